@@ -1,0 +1,46 @@
+"""llmq: quantize a Hugging Face causal LM, measure what it cost, publish the result.
+
+The public surface is five functions. They are imported lazily (module ``__getattr__``, as
+lm-evaluation-harness does) so that ``import llmq`` stays cheap and never pulls in torch or a
+quantization backend until one is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "quantize": "llmq.core:quantize",
+    "load": "llmq.core:load",
+    "QuantizedModel": "llmq.core:QuantizedModel",
+    "evaluate": "llmq.eval:evaluate",
+    "advise": "llmq.advisor:advise",
+    "push": "llmq.publish:push",
+    "LlmqError": "llmq.errors:LlmqError",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from llmq.advisor import advise
+    from llmq.errors import LlmqError
+    from llmq.eval import evaluate
+    from llmq.publish import push
+    from llmq.core import QuantizedModel, load, quantize
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'llmq' has no attribute {name!r}")
+    module, attr = target.split(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

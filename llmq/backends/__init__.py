@@ -1,0 +1,1 @@
+"""Quantization backends. Each module imports its heavy package inside methods only."""

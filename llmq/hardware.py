@@ -1,0 +1,141 @@
+"""What this machine can hold: CPU cores, RAM, CUDA devices and their free memory.
+
+Detected once, cheaply (``/proc/meminfo``, ``torch.cuda.mem_get_info``), and overridable, because
+the advice is often wanted for another machine (``--device cuda --gpu-memory 80``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from llmq.errors import ConfigError
+
+GB = 1024**3  # memory is sold and reported by torch in GiB; "80 GB" GPUs hold ~80 GiB
+
+
+@dataclass
+class GPU:
+    index: int
+    name: str
+    total_gb: float
+    free_gb: float
+
+
+@dataclass
+class Hardware:
+    """The machine the advice is for. ``device`` is what the model would run on."""
+
+    device: str  # "cpu" or "cuda"
+    cpu_cores: int
+    ram_gb: float  # total RAM
+    ram_available_gb: float | None = None
+    gpus: list[GPU] = field(default_factory=list)
+    gpu_memory_gb: float | None = None  # what one model may use on the chosen GPU
+    source: dict[str, str] = field(default_factory=dict)  # field -> "detected" | "flag" | "assumed"
+
+    @property
+    def memory_gb(self) -> float:
+        """The memory the model must fit in on its device."""
+        if self.device == "cuda":
+            return float(self.gpu_memory_gb or 0.0)
+        return float(self.ram_available_gb if self.ram_available_gb is not None else self.ram_gb)
+
+    def describe(self) -> str:
+        cpu = f"{self.cpu_cores} CPU cores, {self.ram_gb:.1f} GB RAM"
+        if self.ram_available_gb is not None:
+            cpu += f" ({self.ram_available_gb:.1f} GB available)"
+        if self.device == "cuda":
+            names = ", ".join(g.name for g in self.gpus) or "a CUDA GPU"
+            return f"cuda: {names}, {self.gpu_memory_gb:.1f} GB usable; {cpu}"
+        return f"cpu only: {cpu}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["memory_gb"] = self.memory_gb
+        return d
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - macOS/Windows
+        return os.cpu_count() or 1
+
+
+def ram_gb() -> tuple[float, float | None]:
+    """(total, available) in GiB; ``/proc/meminfo`` on Linux, ``sysconf`` elsewhere."""
+    try:
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                info[k] = int(v.split()[0]) * 1024
+        total = info["MemTotal"] / GB
+        avail = info.get("MemAvailable")
+        return total, (avail / GB if avail is not None else None)
+    except (OSError, KeyError, ValueError):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB, None
+        except (ValueError, OSError, AttributeError):  # pragma: no cover
+            return 0.0, None
+
+
+def cuda_gpus() -> list[GPU]:
+    """CUDA devices torch can see, with free memory now (another process may hold some)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return []
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        out.append(GPU(i, torch.cuda.get_device_name(i), total / GB, free / GB))
+    return out
+
+
+def detect(device: str | None = None, gpu_memory_gb: float | None = None, ram_gb_override: float | None = None,
+           *, probe_gpu: bool = True) -> Hardware:
+    """This machine, with any flag taking precedence over what is detected.
+
+    ``--gpu-memory`` without a visible GPU (advice for another machine) implies ``--device cuda``;
+    ``--device cuda`` without a GPU here needs ``--gpu-memory``.
+    """
+    if device is not None:
+        device = device.strip().lower()
+        if device.startswith("cuda"):
+            device = "cuda"
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"device={device!r} is invalid; choose 'cpu' or 'cuda'.")
+    for name, v in (("gpu_memory_gb", gpu_memory_gb), ("ram_gb", ram_gb_override)):
+        if v is not None and not (isinstance(v, (int, float)) and v > 0):
+            raise ConfigError(f"{name} must be a positive number of GB, got {v!r}.")
+    src: dict[str, str] = {}
+    total, avail = ram_gb()
+    src["ram_gb"] = "detected"
+    if ram_gb_override is not None:
+        total, avail = float(ram_gb_override), None
+        src["ram_gb"] = "flag"
+    gpus = cuda_gpus() if probe_gpu and device != "cpu" else []
+    if device is None:
+        device = "cuda" if (gpus or gpu_memory_gb is not None) else "cpu"
+        src["device"] = "detected" if gpus or gpu_memory_gb is None else "implied by --gpu-memory"
+    else:
+        src["device"] = "flag"
+    gmem = None
+    if device == "cuda":
+        if gpu_memory_gb is not None:
+            gmem = float(gpu_memory_gb)
+            src["gpu_memory_gb"] = "flag"
+        elif gpus:
+            # The largest free GPU: llmq runs a model on one device.
+            gmem = max(g.free_gb for g in gpus)
+            src["gpu_memory_gb"] = "detected (free now)"
+        else:
+            raise ConfigError("--device cuda but torch sees no CUDA GPU here: also pass --gpu-memory GB "
+                              "(the GPU the advice is for).")
+    return Hardware(device=device, cpu_cores=cpu_cores(), ram_gb=total, ram_available_gb=avail, gpus=gpus,
+                    gpu_memory_gb=gmem, source=src)

