@@ -47,10 +47,31 @@ class QuantizedModel:
     saved_to: Path | None = None
     meta: dict = field(default_factory=dict)
 
+    _reloaded: Any = field(default=None, repr=False)
+
     @property
     def hf_model(self) -> Any:
-        """The ``transformers`` module (GPTQModel wraps it)."""
-        return getattr(self.model, "model", self.model) if self.scheme.backend == "gptqmodel" else self.model
+        """A ``transformers`` model to run. GPTQModel's in-memory model right after ``quantize`` is
+        not in an inference state on CPU (it generated garbage where the saved folder, reloaded,
+        answers correctly), so GPTQ/AWQ models run from the saved folder, saving to a temporary one
+        if needed."""
+        if self.scheme.backend != "gptqmodel":
+            return self.model
+        if self._reloaded is None:
+            if self.saved_to is None:
+                import atexit
+                import shutil
+                import tempfile
+
+                tmp = Path(tempfile.mkdtemp(prefix="llmq-"))
+                atexit.register(shutil.rmtree, tmp, True)
+                self.backend.save(self.model, tmp)
+                self.tokenizer.save_pretrained(tmp)
+                path = tmp
+            else:
+                path = self.saved_to
+            self._reloaded, _ = load(path, device=self.device)
+        return self._reloaded
 
     def generate(self, prompt: str, max_new_tokens: int = 24) -> str:
         import torch
@@ -174,9 +195,11 @@ def _param_count(source: ModelSource) -> int:
     return count_parameters(meta_model(source.config(), trust_remote_code=source.trust_remote_code))
 
 
-def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "auto") -> tuple[Any, Any]:
+def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "auto",
+         kernel: str | None = None) -> tuple[Any, Any]:
     """Load a folder written by llmq (or any causal LM folder) as ``(model, tokenizer)`` with plain
-    transformers; GPTQ/AWQ folders need ``llmq[gptq]`` installed."""
+    transformers; GPTQ/AWQ folders need ``llmq[gptq]`` installed. ``kernel`` picks GPTQModel's
+    kernel for GPTQ/AWQ folders (e.g. ``"marlin"``, ``"triton"``, ``"torch"``; default ``auto``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path).expanduser()
@@ -202,7 +225,16 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
         if TorchAoBackend.missing_packages():
             raise MissingDependencyError("Loading a torchao model", ["torchao"], "torchao")
     device = device or default_device()
-    model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=dtype)
+    kwargs: dict[str, Any] = {}
+    if kernel is not None:
+        if method not in ("gptq", "awq"):
+            raise ConfigError(f"kernel= applies to GPTQ/AWQ folders; {path} is {method or 'not quantized'}.")
+        from transformers import AwqConfig, GPTQConfig
+
+        qc = dict(cfg["quantization_config"])
+        cls = GPTQConfig if method == "gptq" else AwqConfig
+        kwargs["quantization_config"] = cls.from_dict({**qc, "backend": kernel})
+    model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=dtype, **kwargs)
     model.eval()
     tok = AutoTokenizer.from_pretrained(path)
     return model, tok

@@ -83,6 +83,14 @@ class GPTQModelBackend(Backend):
             offload_to_disk=False,
         )
 
+    def post_quant_kernel(self, device: str) -> str:
+        """The kernel GPTQModel packs the fresh weights with. On CUDA its ``auto`` choice for GPTQ on
+        Hopper is Machete, which downloads CUTLASS from GitHub at first use (fails offline); the
+        torch kernel packs everywhere and does not touch the network."""
+        if device.startswith("cuda") and self.method == "gptq":
+            return "torch"
+        return "auto"
+
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         ensure_cpu_workers()
         from gptqmodel import GPTQModel
@@ -90,7 +98,7 @@ class GPTQModelBackend(Backend):
 
         qcfg = self.gptqmodel_config(AutoConfig.from_pretrained(model_dir))
         model = GPTQModel.load(str(model_dir), qcfg, device=device)
-        model.quantize(calibration.as_gptqmodel(), batch_size=1)
+        model.quantize(calibration.as_gptqmodel(), batch_size=1, backend=self.post_quant_kernel(device))
         return model
 
     def save(self, model: Any, out: Path) -> None:

@@ -1,0 +1,116 @@
+"""Quantize SmolLM2-135M (the offline demo model) with every scheme; report time, size, perplexity.
+
+Perplexity protocol: WikiText-2 raw test, text joined with "\\n\\n", non-overlapping windows of
+1024 tokens, first 16 windows (llmq.evaluate with ppl="wikitext2", seqlen=1024, limit=16).
+Calibrated schemes use WikiText-2 *valid* tokens (LLMQ_DATA_DIR mirror), never the test text.
+
+    LLMQ_DATA_DIR=../shared/data python scripts/bench_quantize.py --out eval/bench_quantize
+    python scripts/bench_quantize.py --schemes fp16,int8-dynamic --n-samples 32   # a quick subset
+
+Writes <out>.json and <out>.md and prints the Markdown table. Times are from this one run on this
+machine: compare them as ratios, not with other runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ALL = ["fp16", "bf16", "int8-dynamic", "bnb-int8", "bnb-nf4", "bnb-fp4", "gptq-int8", "gptq-int4", "gptq-int3", "awq-int4"]
+RTN_FLOOR_NOTE = "asymmetric RTN int4 g64 scores 30.30 on this protocol (issue #2)"
+
+
+def ppl_of(model, tok, seqlen: int, limit: int) -> dict:
+    import llmq
+
+    rep = llmq.evaluate((model, tok), ppl="wikitext2", seqlen=seqlen, limit=limit, speed=False).to_dict()
+    return rep["perplexity"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--schemes", default=",".join(ALL))
+    ap.add_argument("--model", default=None, help="default: the offline demo SmolLM2-135M-Instruct")
+    ap.add_argument("--n-samples", type=int, default=128)
+    ap.add_argument("--calib-seqlen", type=int, default=512)
+    ap.add_argument("--group-size", type=int, default=64, help="SmolLM2's 576-wide layers need 64 (or 32)")
+    ap.add_argument("--seqlen", type=int, default=1024)
+    ap.add_argument("--limit", type=int, default=16)
+    ap.add_argument("--out", default="eval/bench_quantize")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("LLMQ_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+    import torch
+
+    import llmq
+    from llmq.models import resolve_model
+
+    src = resolve_model(args.model)
+    base_dir = src.local_dir()
+    rows = []
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    base = ppl_of(model, tok, args.seqlen, args.limit)
+    from llmq.models import folder_size
+
+    base_size = folder_size(base_dir)
+    rows.append({"scheme": "original (fp32)", "time_s": None, "size_bytes": base_size, "ppl": base["value"],
+                 "ppl_delta_pct": 0.0, "protocol": base["protocol"]})
+    print(f"original: ppl {base['value']:.2f} ({base['protocol']})", flush=True)
+    del model
+    gc.collect()
+    for scheme in [s.strip() for s in args.schemes.split(",") if s.strip()]:
+        kw = {}
+        if scheme.startswith(("gptq", "awq")):
+            kw = {"calibration": "wikitext2", "n_samples": args.n_samples, "seqlen": args.calib_seqlen,
+                  "group_size": args.group_size}
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            qm = llmq.quantize(args.model, scheme, device="cpu", **kw)
+            qtime = time.perf_counter() - t0
+            out = qm.save(Path(tmp) / scheme)
+            del qm
+            gc.collect()
+            m, t = llmq.load(out, device="cpu")
+            p = ppl_of(m, t, args.seqlen, args.limit)
+            size = json.loads((out / "llmq.json").read_text())["size_bytes"]["after"]
+            del m
+            gc.collect()
+        row = {"scheme": scheme, "time_s": round(qtime, 1), "size_bytes": size, "ppl": p["value"],
+               "ppl_delta_pct": 100 * (p["value"] / base["value"] - 1), "options": kw, "protocol": p["protocol"]}
+        rows.append(row)
+        print(f"{scheme}: {qtime:.1f}s, {size / 1e6:.1f} MB, ppl {p['value']:.2f}", flush=True)
+
+    md = ["| scheme | quantize time (s) | size on disk (MB) | size vs fp32 | WikiText-2 ppl | Δ ppl |",
+          "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        t = "" if r["time_s"] is None else f"{r['time_s']:.1f}"
+        md.append(f"| {r['scheme']} | {t} | {r['size_bytes'] / 1e6:.1f} | {r['size_bytes'] / base_size:.2f} | "
+                  f"{r['ppl']:.2f} | {r['ppl_delta_pct']:+.1f}% |")
+    table = "\n".join(md)
+    result = {
+        "model": src.base_model_id, "source": str(src.path or src.name), "protocol": base["protocol"],
+        "calibration": {"source": "wikitext2 (valid split, LLMQ_DATA_DIR mirror)", "n_samples": args.n_samples,
+                        "seqlen": args.calib_seqlen, "group_size": args.group_size},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "rows": rows, "note": RTN_FLOOR_NOTE,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(f"Protocol: {base['protocol']}\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

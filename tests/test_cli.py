@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmq.cli import main, overrides_from_args, build_parser, parse_value
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "llmq", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_schemes_json_lists_every_scheme_with_capabilities(capsys):
+    assert main(["schemes", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["awq-int4"]["calibration"] is True and rows["fp16"]["calibration"] is False
+    assert rows["gptq-int4"]["extra"] == "gptq" and rows["bnb-nf4"]["extra"] == "bnb"
+    assert all(r["installed"] for r in rows.values())  # the test environment installs llmq[all]
+
+
+def test_unknown_scheme_is_one_line_with_suggestion():
+    r = run_cli("run", "--model", "x/y", "--scheme", "awq-int5", "-o", "/tmp/never")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert "Unknown scheme 'awq-int5'. Did you mean 'awq-int4'?" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_existing_output_refused_and_untouched(tmp_path, tiny_model_dir):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "precious").write_text("x")
+    code = main(["run", "--model", str(tiny_model_dir), "--scheme", "fp16", "-o", str(out)])
+    assert code == 2 and (out / "precious").read_text() == "x"
+
+
+def test_missing_model_and_bad_group_size(tmp_path, tiny_model_dir, capsys):
+    assert main(["run", "--model", str(tmp_path / "nope"), "--scheme", "fp16", "-o", str(tmp_path / "a")]) == 2
+    assert "not a local folder" in capsys.readouterr().err
+    assert main(["run", "--model", str(tiny_model_dir), "--scheme", "gptq-int4", "--group-size", "48",
+                 "-o", str(tmp_path / "b")]) == 2
+    assert "group_size=48 is invalid" in capsys.readouterr().err
+    assert main(["run", "--model", str(tiny_model_dir), "--scheme", "gptq-int4", "--calibration",
+                 str(tmp_path / "missing.txt"), "-o", str(tmp_path / "c")]) == 2
+    assert "Calibration file not found" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_scheme_required_with_model(tiny_model_dir, capsys, tmp_path):
+    assert main(["run", "--model", str(tiny_model_dir), "-o", str(tmp_path / "x")]) == 2
+    assert "--scheme is required" in capsys.readouterr().err
+
+
+def test_run_end_to_end_on_tiny_model(tmp_path, tiny_model_dir):
+    out = tmp_path / "tiny-i8"
+    r = run_cli("run", "--model", str(tiny_model_dir), "--scheme", "int8-dynamic", "-o", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "int8-dynamic" in r.stdout and "sample:" in r.stdout and "x" in r.stdout  # summary table + sample line
+    meta = json.loads((out / "llmq.json").read_text())
+    assert meta["scheme"] == "int8-dynamic" and meta["source"]["kind"] == "local"
+
+
+def test_overrides_from_args_parses_set_and_skip_modules():
+    args = build_parser().parse_args([
+        "run", "--scheme", "gptq-int4", "--bits", "8", "--asym", "--skip-modules", "down_proj, o_proj",
+        "--set", "damp_percent=0.1", "--set", "desc-act=true",
+    ])
+    ov = overrides_from_args(args)
+    assert ov == {"bits": 8, "sym": False, "skip_modules": ("down_proj", "o_proj"), "damp_percent": 0.1, "desc_act": True}
+    assert parse_value("[1,2]") == [1, 2] and parse_value("abc") == "abc"
+    with pytest.raises(Exception, match="KEY=VALUE"):
+        overrides_from_args(build_parser().parse_args(["run", "--set", "novalue"]))
