@@ -226,6 +226,8 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
             raise MissingDependencyError("Loading a torchao model", ["torchao"], "torchao")
     device = device or default_device()
     kwargs: dict[str, Any] = {}
+    if kernel is None and method == "gptq":
+        kernel = _offline_safe_gptq_kernel(cfg["quantization_config"], device)
     if kernel is not None:
         if method not in ("gptq", "awq"):
             raise ConfigError(f"kernel= applies to GPTQ/AWQ folders; {path} is {method or 'not quantized'}.")
@@ -238,6 +240,19 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
     model.eval()
     tok = AutoTokenizer.from_pretrained(path)
     return model, tok
+
+
+def _offline_safe_gptq_kernel(qc: dict, device: str) -> str | None:
+    """On Hopper GPUs GPTQModel's auto kernel is Machete, which downloads CUTLASS from GitHub the
+    first time (measured: URLError on an offline H100, eval/gpu/h100_gpu_check.json). Marlin builds
+    from sources GPTQModel ships, so pick it there unless the user provides CUTLASS."""
+    if not device.startswith("cuda") or os.environ.get("GPTQMODEL_CUTLASS_DIR"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
+        return None
+    return "marlin" if qc.get("bits") in (4, 8) and qc.get("sym", True) else None
 
 
 def read_meta(path: str | os.PathLike) -> dict | None:

@@ -46,3 +46,28 @@ def tiny_llama(path: str | Path, *, hidden: int = 128, intermediate: int = 256, 
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path
+
+
+def rtn_fake_quantize_(model: Any, bits: int, group_size: int, *, sym: bool = False) -> Any:
+    """In place: round-to-nearest min-max quantize-dequantize every decoder ``nn.Linear`` weight
+    (``lm_head`` and embeddings untouched). The naive baseline every calibrated method must beat."""
+    import torch
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}":
+            w = mod.weight.data.float()
+            o, i = w.shape
+            g = i if group_size == -1 else group_size
+            w = w.reshape(o, i // g, g)
+            if sym:
+                scale = w.abs().amax(-1, keepdim=True).clamp(min=1e-8) / (2 ** (bits - 1) - 1)
+                q = torch.clamp(torch.round(w / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+                deq = q * scale
+            else:
+                lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+                scale = (hi - lo).clamp(min=1e-8) / (2 ** bits - 1)
+                zero = torch.round(-lo / scale)
+                q = torch.clamp(torch.round(w / scale) + zero, 0, 2 ** bits - 1)
+                deq = (q - zero) * scale
+            mod.weight.data = deq.reshape(o, i).to(mod.weight.dtype)
+    return model

@@ -1,7 +1,7 @@
 """Quantize SmolLM2-135M (the offline demo model) with every scheme; report time, size, perplexity.
 
 Perplexity protocol: WikiText-2 raw test, text joined with "\\n\\n", non-overlapping windows of
-1024 tokens, first 16 windows (llmq.evaluate with ppl="wikitext2", seqlen=1024, limit=16).
+1024 tokens, first 16 windows (llmq.eval.perplexity, seqlen=1024, limit=16).
 Calibrated schemes use WikiText-2 *valid* tokens (LLMQ_DATA_DIR mirror), never the test text.
 
     LLMQ_DATA_DIR=../shared/data python scripts/bench_quantize.py --out eval/bench_quantize
@@ -28,10 +28,9 @@ RTN_FLOOR_NOTE = "asymmetric RTN int4 g64 scores 30.30 on this protocol (issue #
 
 
 def ppl_of(model, tok, seqlen: int, limit: int) -> dict:
-    import llmq
+    from llmq.eval.perplexity import perplexity
 
-    rep = llmq.evaluate((model, tok), ppl="wikitext2", seqlen=seqlen, limit=limit, speed=False).to_dict()
-    return rep["perplexity"]
+    return perplexity(model, tok, "wikitext2", seqlen=seqlen, limit=limit).to_dict()
 
 
 def main(argv=None) -> int:

@@ -57,18 +57,9 @@ def rtn_error(model_dir, ids, ref_logits, bits: int, group: int) -> float:
     """Relative logit error of asymmetric min-max round-to-nearest on the decoder's Linear weights."""
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    for name, mod in m.named_modules():
-        if isinstance(mod, torch.nn.Linear) and ".layers." in name:
-            w = mod.weight.data
-            o, i = w.shape
-            g = i if group == -1 else group
-            w = w.reshape(o, i // g, g)
-            lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-            scale = (hi - lo).clamp(min=1e-8) / (2 ** bits - 1)
-            zero = torch.round(-lo / scale)
-            q = torch.clamp(torch.round(w / scale) + zero, 0, 2 ** bits - 1)
-            mod.weight.data = ((q - zero) * scale).reshape(o, i)
+    from llmq.testing import rtn_fake_quantize_
+
+    m = rtn_fake_quantize_(AutoModelForCausalLM.from_pretrained(model_dir).eval(), bits, group)
     with torch.no_grad():
         out = m(ids).logits
     return rel_error(out, ref_logits)

@@ -91,13 +91,28 @@ class GPTQModelBackend(Backend):
             return "torch"
         return "auto"
 
+    def quantize_dtype(self, device: str) -> Any:
+        """fp32 for AWQ on CPU: GPTQModel's bf16 default there ruins AWQ's searches (see
+        ``gptqmodel_patches``); fp32 needs the packing patch, so fall back to GPTQModel's choice
+        where the patch does not apply. GPU and GPTQ: GPTQModel's own choice."""
+        import torch
+
+        if self.method == "awq" and device == "cpu":
+            from llmq.backends import gptqmodel_patches
+
+            if gptqmodel_patches.apply():
+                return torch.float32
+        return None
+
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         ensure_cpu_workers()
         from gptqmodel import GPTQModel
         from transformers import AutoConfig
 
         qcfg = self.gptqmodel_config(AutoConfig.from_pretrained(model_dir))
-        model = GPTQModel.load(str(model_dir), qcfg, device=device)
+        dtype = self.quantize_dtype(device)
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        model = GPTQModel.load(str(model_dir), qcfg, device=device, **kwargs)
         model.quantize(calibration.as_gptqmodel(), batch_size=1, backend=self.post_quant_kernel(device))
         return model
 

@@ -1,0 +1,86 @@
+"""Version-gated fixes for GPTQModel 7.7 on CPU, applied only when llmq runs GPTQModel.
+
+1. fp32 AWQ packing. GPTQModel loads a model in bfloat16 on CPU unless told otherwise
+   (``gptqmodel/utils/model.py`` ``auto_dtype``), and AWQ's scale and clip searches in bf16 cost
+   SmolLM2-135M dearly: ppl 43.51 (asym g64) against 26.73 when the same search runs in fp32
+   (WikiText-2 test, seqlen 1024 x 16; the RTN floor is 30.30). llmq therefore quantizes in fp32,
+   but the CPU packing class ``AwqTorchLinear`` lists only fp16/bf16 as supported dtypes and refuses
+   fp32 inputs. Its packing math is dtype-agnostic (scales are stored as fp16 either way), so fp32
+   is added to its list.
+2. AWQ clip search speed. ``AWQProcessor._compute_best_clip`` forms a ``[co, tokens, groups,
+   group_size]`` broadcast product per grid step: ~45 s per 1536x576 linear on a 2-core CPU, ~30 min
+   for SmolLM2 whatever the sample count. The same reduction as a batched matmul selects the same
+   clip values (``tests/backends/test_gptqmodel_patches.py`` compares both on random data) in ~2 s.
+
+Both are skipped for other GPTQModel versions (their code may differ) and when
+``LLMQ_NO_GPTQMODEL_PATCHES=1``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+from llmq.backends.base import package_version
+
+PATCHED_VERSIONS = ("7.7.",)
+_applied = False
+#: GPTQModel's own clip search, kept for comparison
+original_compute_best_clip = None
+
+
+def supported() -> bool:
+    v = package_version("gptqmodel") or ""
+    return v.startswith(PATCHED_VERSIONS) and os.environ.get("LLMQ_NO_GPTQMODEL_PATCHES", "0") != "1"
+
+
+def fast_compute_best_clip(self, w, input_feat, n_grid=20, max_shrink=0.5, n_sample_token=512):
+    """``AWQProcessor._compute_best_clip`` with the per-group dot products as one ``bmm``.
+
+    Same sampling of tokens, same grid, same quantizer, same first-minimum tie rule and NaN
+    handling as GPTQModel 7.7; returns ``[co, n_group, 1]`` like the original."""
+    import torch
+
+    co, ci = w.shape
+    gs = self.qcfg.group_size if self.qcfg.group_size > 0 else ci
+    x = input_feat.reshape(-1, input_feat.shape[-1])
+    step = max(1, x.shape[0] // n_sample_token)
+    x = x[::step].to(w.device, w.dtype)                      # [T, ci]
+    xg = x.reshape(x.shape[0], -1, gs).permute(1, 0, 2)       # [G, T, gs]
+    wg = w.reshape(co, -1, gs)                                 # [co, G, gs]
+    org_max = wg.abs().amax(dim=-1, keepdim=True)              # [co, G, 1]
+    org_out = torch.bmm(xg, wg.permute(1, 2, 0))               # [G, T, co]
+    errs, vals = [torch.full_like(org_max, float("inf"))], [org_max]
+    clamped, quant = torch.empty_like(wg), torch.empty_like(wg)
+    for i_s in range(int(max_shrink * n_grid)):
+        max_val = org_max * (1 - i_s / n_grid)
+        torch.clamp(wg, -max_val, max_val, out=clamped)
+        self._pseudo_quantize_tensor_into(clamped, quant, abs_max=max_val)
+        cur = torch.bmm(xg, quant.permute(1, 2, 0))
+        err = cur.sub_(org_out).pow_(2).mean(dim=1)            # [G, co]
+        errs.append(err.t().unsqueeze(-1))
+        vals.append(max_val)
+    best = torch.stack(errs, 0).nan_to_num(nan=torch.inf).argmin(dim=0)
+    return torch.gather(torch.stack(vals, 0), 0, best.unsqueeze(0)).squeeze(0)
+
+
+def apply() -> bool:
+    """Apply both patches once; returns whether they are active."""
+    global _applied, original_compute_best_clip
+    if _applied:
+        return True
+    if not supported():
+        return False
+    import torch
+    from gptqmodel.looper.awq_processor import AWQProcessor
+    from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
+
+    params = list(inspect.signature(AWQProcessor._compute_best_clip).parameters)
+    if params[:3] != ["self", "w", "input_feat"] or not hasattr(AWQProcessor, "_pseudo_quantize_tensor_into"):
+        return False
+    original_compute_best_clip = AWQProcessor._compute_best_clip
+    AWQProcessor._compute_best_clip = fast_compute_best_clip
+    if torch.float32 not in AwqTorchLinear.SUPPORTS_DTYPES:
+        AwqTorchLinear.SUPPORTS_DTYPES = [*AwqTorchLinear.SUPPORTS_DTYPES, torch.float32]
+    _applied = True
+    return True

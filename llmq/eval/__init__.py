@@ -1,0 +1,1 @@
+"""Evaluation: what quantization cost, measured the way the field measures it."""

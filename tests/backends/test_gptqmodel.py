@@ -1,0 +1,53 @@
+import os
+
+import pytest
+
+from llmq.backends.gptqmodel import GPTQModelBackend, ensure_cpu_workers, fitting_group_sizes
+from llmq.config import AWQConfig, GPTQConfig
+from llmq.schemes import get_scheme
+
+
+def test_fitting_group_sizes():
+    assert fitting_group_sizes([576, 1536]) == [64, 32, 16]  # SmolLM2: 128 does not fit
+    assert fitting_group_sizes([4096, 11008]) == [256, 128, 64, 32, 16]  # Llama-2-7B
+    assert fitting_group_sizes([100]) == []
+
+
+def test_cpu_workers_env_is_raised_to_two(monkeypatch):
+    monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", "1")
+    ensure_cpu_workers()
+    assert int(os.environ["GPTQMODEL_CPU_WORKERS"]) >= 2
+    monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", "6")
+    ensure_cpu_workers()
+    assert os.environ["GPTQMODEL_CPU_WORKERS"] == "6"  # a user's larger value is kept
+
+
+def test_kernel_choice_avoids_machete_on_cuda():
+    b = GPTQModelBackend(get_scheme("gptq-int4"), GPTQConfig())
+    assert b.post_quant_kernel("cuda") == "torch" and b.post_quant_kernel("cpu") == "auto"
+    a = GPTQModelBackend(get_scheme("awq-int4"), AWQConfig())
+    assert a.post_quant_kernel("cuda") == "auto"
+
+
+def test_skip_modules_become_negative_dynamic_rules(tiny_model_dir):
+    from llmq.models import resolve_model
+
+    cfg = resolve_model(tiny_model_dir).config()
+    b = GPTQModelBackend(get_scheme("gptq-int4"), GPTQConfig(skip_modules=("down_proj",)))
+    q = b.gptqmodel_config(cfg)
+    keys = set(q.dynamic)
+    assert keys == {r"-:^model\.layers\.0\.mlp\.down_proj$", r"-:^model\.layers\.1\.mlp\.down_proj$"}
+    assert q.bits == 4 and q.group_size == 128 and not q.lm_head
+
+
+@pytest.mark.parametrize("gs, ok", [(128, True), (64, True), (-1, True), (256, False)])
+def test_validate_model_group_sizes(tiny_model_dir, gs, ok):
+    from llmq.errors import ConfigError
+    from llmq.models import resolve_model
+
+    b = GPTQModelBackend(get_scheme("gptq-int4"), GPTQConfig(group_size=gs))
+    if ok:
+        b.validate_model(resolve_model(tiny_model_dir))
+    else:
+        with pytest.raises(ConfigError, match="group sizes that fit this model: 128, 64, 32, 16"):
+            b.validate_model(resolve_model(tiny_model_dir))

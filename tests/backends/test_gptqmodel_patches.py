@@ -1,0 +1,39 @@
+import types
+
+import pytest
+import torch
+
+from llmq.backends import gptqmodel_patches as P
+
+
+def _processor(group_size, sym):
+    from gptqmodel.looper.awq_processor import AWQProcessor
+
+    self = types.SimpleNamespace(qcfg=types.SimpleNamespace(group_size=group_size, sym=sym, bits=4))
+    self._pseudo_quantize_tensor_into = types.MethodType(AWQProcessor._pseudo_quantize_tensor_into, self)
+    return self
+
+
+@pytest.mark.parametrize("sym", [False, True])
+def test_fast_clip_selects_the_same_bounds_as_gptqmodel(sym):
+    """The batched-matmul clip search must agree with GPTQModel's own implementation."""
+    if not P.supported():
+        pytest.fail("llmq pins gptqmodel 7.7 in CI; a new version needs this patch re-checked")
+    P.apply()
+    stock = P.original_compute_best_clip
+    torch.manual_seed(0)
+    w = torch.randn(256, 128) * 0.05
+    w[3, :7] *= 20  # outliers make clipping matter
+    x = torch.randn(2, 300, 128)
+    self = _processor(64, sym)
+    a, b = stock(self, w, x), P.fast_compute_best_clip(self, w, x)
+    assert a.shape == b.shape
+    assert torch.equal(a, b) or (a - b).abs().max() / a.abs().max() < 1e-6
+    assert (a < w.reshape(256, 2, 64).abs().amax(-1, keepdim=True)).any()  # some groups really are clipped
+
+
+def test_apply_enables_fp32_awq_packing():
+    assert P.apply()
+    from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
+
+    assert torch.float32 in AwqTorchLinear.SUPPORTS_DTYPES
