@@ -65,7 +65,10 @@ class ModelSource:
             if self.kind == "hub":
                 check_hub_reachable(self.name)
             try:
-                if self.kind == "gguf":
+                cached = _cached_gguf_dir(self.path) if self.kind == "gguf" else None
+                if cached is not None:  # parsing the GGUF again takes ~20 s
+                    self._config = AutoConfig.from_pretrained(cached)
+                elif self.kind == "gguf":
                     self._config = AutoConfig.from_pretrained(self.path.parent, gguf_file=self.path.name)
                     self._config.quantization_config = None
                     if hasattr(self._config, "quantization_config"):
@@ -87,6 +90,9 @@ class ModelSource:
         from transformers import AutoTokenizer
 
         try:
+            cached = _cached_gguf_dir(self.path) if self.kind == "gguf" else None
+            if cached is not None:
+                return AutoTokenizer.from_pretrained(cached)
             if self.kind == "gguf":
                 return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
             return AutoTokenizer.from_pretrained(
@@ -224,12 +230,22 @@ def _download(name: str, revision: str | None) -> Path:
         raise _hub_error(name, e) from e
 
 
-def _dequantize_gguf(path: Path) -> Path:
-    """Dequantize once into ``$LLMQ_CACHE/gguf/<stem>-<hash>`` (temp folder, then rename)."""
+def gguf_cache(path: Path) -> Path:
+    """Where a GGUF file's dequantized folder lives (keyed by path, size and mtime)."""
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    out = cache_dir() / "gguf" / f"{path.stem}-{key}"
-    if (out / "config.json").is_file() and list(out.glob("*.safetensors")):
+    return cache_dir() / "gguf" / f"{path.stem}-{key}"
+
+
+def _cached_gguf_dir(path: Path) -> Path | None:
+    out = gguf_cache(path)
+    return out if (out / "config.json").is_file() and list(out.glob("*.safetensors")) else None
+
+
+def _dequantize_gguf(path: Path) -> Path:
+    """Dequantize once into ``$LLMQ_CACHE/gguf/<stem>-<hash>`` (temp folder, then rename)."""
+    out = gguf_cache(path)
+    if _cached_gguf_dir(path):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,7 +1,8 @@
 """Quantize SmolLM2-135M (the offline demo model) with every scheme; report time, size, perplexity.
 
 Perplexity protocol: WikiText-2 raw test, text joined with "\\n\\n", non-overlapping windows of
-1024 tokens, first 16 windows (llmq.eval.perplexity, seqlen=1024, limit=16).
+1024 tokens, first 16 windows (llmq.eval.perplexity, seqlen=1024, limit=16), computed with fp32
+activations (weights as quantized; bnb-int8 in fp16).
 Calibrated schemes use WikiText-2 *valid* tokens (LLMQ_DATA_DIR mirror), never the test text.
 
     LLMQ_DATA_DIR=../shared/data python scripts/bench_quantize.py --out eval/bench_quantize
@@ -79,7 +80,9 @@ def main(argv=None) -> int:
             out = qm.save(Path(tmp) / scheme)
             del qm
             gc.collect()
-            m, t = llmq.load(out, device="cpu")
+            # fp32 activations on CPU (bf16 matmuls are emulated on CPUs without AVX512-BF16 and
+            # ran ~10x slower here); bnb-int8 stays in fp16, as bitsandbytes wants for LLM.int8.
+            m, t = llmq.load(out, device="cpu", dtype="auto" if scheme == "bnb-int8" else torch.float32)
             p = ppl_of(m, t, args.seqlen, args.limit)
             size = json.loads((out / "llmq.json").read_text())["size_bytes"]["after"]
             del m
