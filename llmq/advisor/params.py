@@ -200,7 +200,7 @@ def config_profile(config: Any, name: str, *, trust_remote_code: bool = False) -
     linears = []
     for n, m in model.named_modules():
         if isinstance(m, nn.Linear) and n != head_name and not (out is not None and m is out):
-            linears.append(Linear(n, m.in_features, m.out_features, ".layers." in f".{n}" or ".h." in f".{n}"))
+            linears.append(Linear(n, m.in_features, m.out_features, ".layers." in f".{n}"))
     head = 0 if (tied or out is None) else out.weight.numel()
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = int(getattr(text, "num_attention_heads", 0) or 0)
@@ -218,7 +218,8 @@ def config_profile(config: Any, name: str, *, trust_remote_code: bool = False) -
 
 def synthetic_profile(parameters: int, name: str | None = None, *, vocab: int = 32000) -> ModelProfile:
     """A Llama-shaped stand-in for a bare parameter count (``advise(7e9)``): width ``h`` a
-    multiple of 256 with ``h/128`` layers, untied embeddings and full multi-head KV, so that
+    multiple of 256 with ``h/128`` layers, untied embeddings and 8 KV heads of 128 (grouped-query
+    attention, as Llama 3 and Qwen 2.5 use at every size), so that
     ``12·L·h² + 2·V·h`` is closest to the count. Each layer's Linears are lumped into one of the
     same total size; only the KV-cache estimate depends on the assumed shape."""
     parameters = int(parameters)
@@ -231,7 +232,7 @@ def synthetic_profile(parameters: int, name: str | None = None, *, vocab: int = 
     lins = [Linear(f"model.layers.{i}.linears", h, per_layer_out, True) for i in range(layers)]
     return ModelProfile(
         name=name or f"{human_count(parameters)} parameters", parameters=parameters, source="given", linears=lins,
-        embedding_params=emb, lm_head_params=emb, tied=False, layers=layers, hidden=h, kv_heads=h // 128,
+        embedding_params=emb, lm_head_params=emb, tied=False, layers=layers, hidden=h, kv_heads=min(8, h // 128),
         head_dim=128, vocab=vocab, intermediate=int(round(8 * h / 3 / 256)) * 256,
         checkpoint_dtype="bfloat16", layout_source="assumed Llama-like shape (no config given)",
     )

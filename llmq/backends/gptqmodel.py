@@ -109,6 +109,9 @@ class GPTQModelBackend(Backend):
         from gptqmodel import GPTQModel
         from transformers import AutoConfig
 
+        from llmq.backends import gptqmodel_patches
+
+        gptqmodel_patches.redirect_logs()
         qcfg = self.gptqmodel_config(AutoConfig.from_pretrained(model_dir))
         dtype = self.quantize_dtype(device)
         kwargs = {"dtype": dtype} if dtype is not None else {}

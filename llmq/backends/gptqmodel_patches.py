@@ -12,7 +12,10 @@
    for SmolLM2 whatever the sample count. The same reduction as a batched matmul selects the same
    clip values (``tests/backends/test_gptqmodel_patches.py`` compares both on random data) in ~2 s.
 
-Both are skipped for other GPTQModel versions (their code may differ) and when
+3. Log location. GPTQModel writes a ``logs/`` folder into the current directory on every run;
+   ``redirect_logs`` moves it under llmq's cache (``$LLMQ_CACHE/gptqmodel-logs``).
+
+1 and 2 are skipped for other GPTQModel versions (their code may differ) and when
 ``LLMQ_NO_GPTQMODEL_PATCHES=1``.
 """
 
@@ -84,3 +87,17 @@ def apply() -> bool:
         AwqTorchLinear.SUPPORTS_DTYPES = [*AwqTorchLinear.SUPPORTS_DTYPES, torch.float32]
     _applied = True
     return True
+
+
+def redirect_logs() -> None:
+    """Keep GPTQModel's per-run logs out of the user's working directory."""
+    from pathlib import Path
+
+    try:
+        from gptqmodel.looper import loop_processor
+    except ImportError:  # pragma: no cover - other layouts
+        return
+    if isinstance(getattr(loop_processor, "_PROJECT_LOG_DIR", None), Path):
+        from llmq.models import cache_dir
+
+        loop_processor._PROJECT_LOG_DIR = cache_dir() / "gptqmodel-logs"

@@ -37,3 +37,11 @@ def test_apply_enables_fp32_awq_packing():
     from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
 
     assert torch.float32 in AwqTorchLinear.SUPPORTS_DTYPES
+
+
+def test_gptqmodel_logs_leave_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMQ_CACHE", str(tmp_path / "cache"))
+    P.redirect_logs()
+    from gptqmodel.looper import loop_processor
+
+    assert loop_processor._PROJECT_LOG_DIR == tmp_path / "cache" / "gptqmodel-logs"

@@ -1,0 +1,55 @@
+"""Which scheme for this model, on this hardware, at this tolerance; sizes before any download;
+and ``--scheme auto``, which measures instead of assuming.
+
+Submodules: ``params`` (parameter counts without weights), ``estimate`` (bytes per scheme),
+``rules`` (rule of thumb and decision tree), ``advice`` (``advise``), ``auto`` (``run_auto``),
+``report`` (the README's "Which scheme?" section), ``cli`` (``llmq advise`` / ``llmq estimate``).
+Everything heavy is imported inside functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def advise(model: Any = None, **kwargs: Any) -> Any:
+    from llmq.advisor.advice import advise as _advise
+
+    return _advise(model, **kwargs)
+
+
+advise.__doc__ = """Rank every scheme for ``model`` (Hub id, local folder, .gguf, parameter count, or None for
+the demo). Keywords: device, gpu_memory_gb, ram_gb, context=2048, batch_size=1, tolerance (0.03 or
+"3%"), revision, trust_remote_code. Returns an ``Advice`` (``.to_dict()``, ``.to_markdown()``,
+printable with rich)."""
+
+
+def add_advise(sub: Any) -> None:
+    from llmq.advisor.cli import add_advise as _add
+
+    _add(sub)
+
+
+def add_estimate(sub: Any) -> None:
+    from llmq.advisor.cli import add_estimate as _add
+
+    _add(sub)
+
+
+def run_auto(args: Any, **kwargs: Any) -> int:
+    from llmq.advisor.auto import run_auto as _run
+
+    return _run(args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    lazy = {"Advice": "advice", "Candidate": "advice", "ModelProfile": "params", "profile": "params",
+            "estimate_scheme": "estimate", "all_estimates": "estimate", "SizeEstimate": "estimate"}
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(f"llmq.advisor.{lazy[name]}"), name)
+    raise AttributeError(f"module 'llmq.advisor' has no attribute {name!r}")
+
+
+__all__ = ["advise", "add_advise", "add_estimate", "run_auto"]

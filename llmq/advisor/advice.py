@@ -1,0 +1,302 @@
+"""``llmq.advise``: which scheme for this model, on this hardware, at this tolerance, with numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmq.advisor import rules
+from llmq.advisor.estimate import MemoryEstimate, SizeEstimate, estimate_scheme, memory, original
+from llmq.advisor.params import ModelProfile, human_count, profile as make_profile
+from llmq.errors import ConfigError
+from llmq.hardware import GB, Hardware, detect
+
+STATUS_ORDER = {"recommended": 0, "ok": 1, "warn": 2, "avoid": 3, "exceeds tolerance": 4, "does not fit": 5}
+
+
+@dataclass
+class Candidate:
+    scheme: str
+    label: str
+    role: str
+    size: SizeEstimate
+    memory: MemoryEstimate
+    fits: bool
+    loss: tuple[float, float] | None
+    loss_source: str
+    status: str = "ok"
+    reasons: list[str] = field(default_factory=list)
+    command: str = ""
+    installed: bool = True
+    rank: int = 0
+
+    @property
+    def loss_text(self) -> str:
+        if self.loss is None:
+            return "unknown"
+        lo, hi = self.loss
+        if hi <= 0.1:
+            return "~0%"
+        return f"{lo:g}-{hi:g}%"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank, "scheme": self.scheme, "format": self.label, "status": self.status,
+            "role": self.role, "size_bytes": self.size.bytes, "bits_per_weight": self.size.bits_per_weight,
+            "memory_bytes": self.memory.total, "memory": self.memory.to_dict(), "fits": self.fits,
+            "expected_loss_pct": list(self.loss) if self.loss else None, "loss_source": self.loss_source,
+            "reasons": self.reasons, "command": self.command, "installed": self.installed,
+        }
+
+
+@dataclass
+class Advice:
+    profile: ModelProfile
+    hardware: Hardware
+    context: int
+    batch_size: int
+    tolerance: float | None  # fraction (0.03 = 3%)
+    situation: str
+    band: rules.SizeBand
+    candidates: list[Candidate]
+    fp32_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def recommended(self) -> Candidate | None:
+        return next((c for c in self.candidates if c.status == "recommended"), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        rec = self.recommended
+        return {
+            "model": self.profile.to_dict(),
+            "hardware": self.hardware.to_dict(),
+            "context": self.context, "batch_size": self.batch_size,
+            "tolerance": self.tolerance,
+            "situation": self.situation,
+            "size_band": {"label": self.band.label, "rule": self.band.verdict,
+                          "four_bit_loss_pct": list(self.band.four_bit_loss), "source": rules.RULE_SOURCE},
+            "decision_tree": rules.TREE_TEXT,
+            "recommended": rec.scheme if rec else None,
+            "fp32_bytes": self.fp32_bytes,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "notes": self.notes,
+        }
+
+    # -- rendering ------------------------------------------------------------------------------
+    def headline(self) -> str:
+        p = self.profile
+        return (f"{p.name}: {p.parameters:,} parameters ({human_count(p.parameters)}; counted from "
+                f"{p.source_text}), size band {self.band.label}: {self.band.verdict}.")
+
+    def to_markdown(self) -> str:
+        lines = [f"**{self.headline()}**", "", f"Hardware: {self.hardware.describe()}. Context {self.context} tokens, "
+                 f"batch {self.batch_size}" + (f", tolerance {self.tolerance * 100:g}%." if self.tolerance else "."),
+                 "", "| # | scheme | status | size | memory at context | expected loss | why | command |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for c in self.candidates:
+            lines.append(f"| {c.rank} | {c.scheme} | {c.status} | {gb(c.size.bytes)} | {gib(c.memory.total)} | "
+                         f"{c.loss_text} | {'; '.join(c.reasons)} | `{c.command}` |")
+        if self.notes:
+            lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        t = Table(title=f"llmq advise: {self.profile.name}", show_lines=True)
+        for col in ("#", "scheme", "status", "size", "memory @ctx", "expected loss", "why", "command"):
+            t.add_column(col, overflow="fold")
+        style = {"recommended": "bold green", "ok": "", "warn": "yellow", "avoid": "red",
+                 "exceeds tolerance": "red", "does not fit": "dim"}
+        for c in self.candidates:
+            t.add_row(str(c.rank), c.scheme, c.status, gb(c.size.bytes), gib(c.memory.total), c.loss_text,
+                      "\n".join(c.reasons), c.command, style=style.get(c.status, ""))
+        parts = [Text(self.headline()),
+                 Text(f"Hardware: {self.hardware.describe()}; context {self.context}, batch {self.batch_size}"
+                      + (f", tolerance {self.tolerance * 100:g}%" if self.tolerance else "")), t]
+        rec = self.recommended
+        parts.append(Text(f"Recommended: {rec.scheme} ({rec.role}). Verify with: {rec.command} --eval"
+                          if rec else "No recommendation: no usable scheme fits (see each status above).", style="bold"))
+        parts += [Text(f"- {n}") for n in self.notes]
+        return Group(*parts)
+
+
+def gb(n: float) -> str:
+    """File sizes: decimal units, as ``llmq run`` prints them."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def gib(n: float) -> str:
+    """Memory: binary units, as torch and GPU vendors report it ("80 GB" H100 = 79.6 GiB usable)."""
+    return f"{n / GB:.2f} GiB"
+
+
+def parse_fraction(v: Any, what: str = "tolerance") -> float | None:
+    """``"3%"`` or ``0.03`` -> 0.03 (the same convention as ``--max-ppl-increase``)."""
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v[:-1]) / 100 if isinstance(v, str) and v.strip().endswith("%") else float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a fraction (0.03) or a percentage (3%), got {v!r}.") from None
+    if not 0 < f < 1:
+        raise ConfigError(f"{what} must be between 0 and 100%, got {v!r}.")
+    return f
+
+
+def _installed(scheme: str) -> tuple[bool, str | None]:
+    from llmq.schemes import get_scheme
+
+    b = get_scheme(scheme).backend_cls()
+    return (not b.missing_packages(), b.extra)
+
+
+def measured_cpu_note(scheme: str) -> str | None:
+    m = rules.MEASURED_CPU_SPEED
+    tps = m.get("tokens_per_s") or {}
+    if scheme not in tps or "fp32" not in tps:
+        return None
+    ratio = tps[scheme] / tps["fp32"]
+    return f"measured {ratio:.2f}x fp32 decode speed on CPU ({m['model']})"
+
+
+def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float | None = None,
+           ram_gb: float | None = None, context: int = 2048, batch_size: int = 1, tolerance: Any = None,
+           revision: str | None = None, trust_remote_code: bool = False, hardware: Hardware | None = None,
+           schemes: list[str] | None = None) -> Advice:
+    """Rank every scheme for ``model`` (Hub id, folder, .gguf, a bare parameter count, or None
+    for the demo) on this machine (or the one the flags describe), without downloading weights."""
+    from llmq.schemes import SCHEMES
+
+    if not isinstance(context, int) or context < 1:
+        raise ConfigError(f"context must be a positive number of tokens, got {context!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    tol = parse_fraction(tolerance)
+    hw = hardware or detect(device, gpu_memory_gb, ram_gb)
+    prof = make_profile(model, revision=revision, trust_remote_code=trust_remote_code)
+    n = prof.parameters
+    band = rules.size_band(n)
+    mem_limit = hw.memory_gb * GB
+    names = [s for s in (schemes or list(SCHEMES)) if s in rules.ROLES]
+
+    est = {s: estimate_scheme(prof, s, device=hw.device) for s in names}
+    mems = {s: memory(prof, e, context=context, batch_size=batch_size, device=hw.device) for s, e in est.items()}
+    fits = {s: m.total <= mem_limit for s, m in mems.items()}
+    if hw.device == "cpu":
+        situation = "cpu"
+    elif fits.get("bf16") or fits.get("fp16"):
+        situation = "gpu_fits"
+    elif any(fits.get(s) for s in ("bnb-int8", "gptq-int8")):
+        situation = "gpu_8bit"
+    else:
+        situation = "gpu_4bit"
+    order = rules.TREE[situation]
+
+    cands = []
+    model_arg = "" if model is None else (f" --model {prof.name}" if not isinstance(model, (int, float))
+                                          else " --model <your-model>")
+    for s in names:
+        role = rules.ROLES[s]
+        loss, loss_src = rules.expected_loss(s, n)
+        c = Candidate(s, est[s].label, role.role, est[s], mems[s], fits[s], loss, loss_src,
+                      command=f"python -m llmq run{model_arg} --scheme {s} --device {hw.device}")
+        c.installed, extra = _installed(s)
+        headroom = (mem_limit - mems[s].total) / GB
+        where = "GPU" if hw.device == "cuda" else "RAM"
+        if fits[s]:
+            c.reasons.append(f"fits: {gib(mems[s].total)} of {hw.memory_gb:.1f} GiB {where} ({headroom:.1f} GiB spare)")
+        else:
+            c.status = "does not fit"
+            c.reasons.append(f"needs {gib(mems[s].total)} > {hw.memory_gb:.1f} GiB {where}")
+        # The decision tree.
+        if situation == "cpu":
+            if s == "int8-dynamic":
+                c.reasons.append("decision tree: CPU only -> int8-dynamic")
+                note = measured_cpu_note(s)
+                tps = rules.MEASURED_CPU_SPEED.get("tokens_per_s") or {}
+                if note:
+                    slower = tps.get(s, 0) < tps.get("fp32", 0)
+                    c.reasons.append(f"saves memory, not time: {note}" if slower else note)
+            if s.startswith("bnb-"):
+                note = measured_cpu_note(s)
+                c.reasons.append("bitsandbytes runs on CPU, slower than fp32" + (f": {note}" if note else ""))
+            elif role.gpu_only_kernels:
+                c.reasons.append("its fast kernels (Marlin, ExLlama) are CUDA-only; CPU speed not measured here")
+        elif situation == "gpu_fits":
+            if role.precision == "16":
+                c.reasons.append("decision tree: the 16-bit model fits -> no quantization needed")
+            else:
+                c.reasons.append("16-bit fits: quantize only to free memory for longer context or bigger batches")
+        else:
+            if role.precision == "16":
+                c.reasons.append("decision tree: the 16-bit model does not fit")
+            elif role.precision == "8" and s != "int8-dynamic":
+                c.reasons.append("decision tree: too large for 16-bit -> 8-bit for max accuracy")
+            elif role.precision == "4":
+                c.reasons.append("decision tree: too large -> 4-bit for max compression")
+        if s == "int8-dynamic" and hw.device == "cuda":
+            c.reasons.append("the decision tree's CPU scheme; on GPU it prefers 16-bit, bitsandbytes or GPTQ/AWQ")
+        # The rule of thumb.
+        if role.precision in ("4", "3"):
+            lo, hi = band.four_bit_loss
+            if band.label == "<100M":
+                c.reasons.append(f"rule of thumb ({band.label}): avoid 4-bit ({lo:g}-{hi:g}% loss)")
+                if c.status != "does not fit":
+                    c.status = "avoid"
+            elif band.label == "100M-1B":
+                c.reasons.append(f"rule of thumb ({band.label}): prefer 8-bit; 4-bit costs {lo:g}-{hi:g}%")
+                if c.status == "ok":
+                    c.status = "warn"
+            else:
+                c.reasons.append(f"rule of thumb ({band.label}): {band.verdict} ({lo:g}-{hi:g}%)")
+        if tol is not None and c.status in ("ok", "warn"):
+            if loss is None:
+                c.status = "warn"
+                c.reasons.append("no expected-loss band: measure it against your tolerance (--scheme auto)")
+            elif loss[0] > tol * 100:
+                c.status = "exceeds tolerance"
+                c.reasons.append(f"expected loss {c.loss_text} > tolerance {tol * 100:g}%")
+            elif loss[1] > tol * 100:
+                c.status = "warn"
+                c.reasons.append(f"expected loss {c.loss_text} may exceed tolerance {tol * 100:g}%")
+        if not c.installed:
+            c.reasons.append(f"not installed: pip install 'llmq[{extra}]'")
+        cands.append(c)
+
+    cands.sort(key=lambda c: (STATUS_ORDER[c.status] >= STATUS_ORDER["avoid"], STATUS_ORDER[c.status] > 1,
+                              order.index(c.scheme) if c.scheme in order else 99))
+    for i, c in enumerate(cands, 1):
+        c.rank = i
+    first = cands[0] if cands and cands[0].status in ("ok", "warn") else None
+    if first is not None:
+        first.status = "recommended"
+
+    notes = []
+    if prof.layout_source != "config (meta device)":
+        notes.append(f"layout: {prof.layout_source}")
+    notes += prof.notes
+    notes.append("memory = weights + KV cache + prefill activations (with full-context fp32 logits) + "
+                 f"{rules_overhead(hw.device)} GiB runtime overhead (assumed)")
+    notes.append(f"expected-loss bands: 4-bit from the {rules.RULE_SOURCE}; 8-bit and 16-bit are priors "
+                 "(see llmq/advisor/rules.py); `--scheme auto` measures instead of assuming")
+    if hw.device == "cpu":
+        nf4 = measured_cpu_note("bnb-nf4")
+        if nf4:
+            notes.append(f"contradicts 'quantize to go faster': bitsandbytes on CPU is slower than fp32: bnb-nf4 {nf4}")
+        i8 = measured_cpu_note("int8-dynamic")
+        if i8 and rules.MEASURED_CPU_SPEED["tokens_per_s"]["int8-dynamic"] < rules.MEASURED_CPU_SPEED["tokens_per_s"]["fp32"]:
+            notes.append(f"int8-dynamic (the CPU pick) was slower than fp32 too, {i8}: it buys memory, not speed")
+        m = rules.MEASURED_CPU_SPEED
+        if m.get("tokens_per_s"):
+            notes.append(f"CPU speeds measured with `{m['command']}` on {m['machine']} (one run)")
+    return Advice(prof, hw, context, batch_size, tol, situation, band, cands, original(prof).bytes, notes)
+
+
+def rules_overhead(device: str) -> float:
+    from llmq.advisor.estimate import RUNTIME_OVERHEAD_GB
+
+    return RUNTIME_OVERHEAD_GB["cuda" if device == "cuda" else "cpu"]

@@ -1,0 +1,289 @@
+"""``llmq run --scheme auto``: try the advisor's candidates, most compressed first, keep the first
+that passes the accuracy gate, and report every candidate tried.
+
+The rule of thumb is a prior; this is the measurement. Each candidate is quantized, saved to a work
+folder beside the output, compared with the original (``llmq.eval.compare``) and judged by
+``llmq.eval.gate.check_gate``. The winner's folder becomes the output, with ``auto_report.json``,
+``auto_report.md`` and ``auto_report.png`` (size vs quality) in it. If none passes the output holds
+only the reports, and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmq.errors import ConfigError, LlmqError
+
+#: never tried unless named: below the rule of thumb's table (gptq-int3), or dominated by a
+#: sibling of the same size (bnb-fp4 by bnb-nf4, fp16 by bf16 on CPU)
+NOT_BY_DEFAULT = ("gptq-int3",)
+REPORT = "auto_report"
+
+
+@dataclass
+class Trial:
+    scheme: str
+    estimated_bytes: int
+    size_bytes: int | None = None
+    passed: bool | None = None
+    verdict: str = ""
+    checks: list[dict] = field(default_factory=list)
+    ppl_increase: float | None = None  # fraction, when the report has perplexity
+    score: float | None = None  # worst check value / limit (<= 1 passes); lower is closer
+    wall_s: float = 0.0
+    error: str | None = None
+    report: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("report")
+        return d
+
+
+def _as_dict(x: Any) -> dict:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.asdict(x)
+    if isinstance(x, dict):
+        return dict(x)
+    return {k: getattr(x, k) for k in dir(x) if not k.startswith("_") and not callable(getattr(x, k))}
+
+
+def _num(d: dict, *keys: str) -> float | None:
+    for k in keys:
+        v = d.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
+def check_summary(checks: Any) -> tuple[list[dict], float | None, float | None]:
+    """(checks as dicts, relative perplexity increase if checked, worst value/limit ratio)."""
+    items = list(checks.values()) if isinstance(checks, dict) else list(checks or [])
+    out, ppl, worst = [], None, None
+    for c in items:
+        d = _as_dict(c)
+        out.append({k: v for k, v in d.items() if isinstance(v, (str, int, float, bool, type(None)))})
+        value, limit = _num(d, "value", "measured", "observed"), _num(d, "limit", "threshold", "max")
+        name = str(d.get("name") or d.get("metric") or d.get("check") or "")
+        if value is not None and limit:
+            r = value / limit
+            worst = r if worst is None else max(worst, r)
+        if "ppl" in name.lower() or "perplexity" in name.lower():
+            ppl = value if ppl is None else ppl
+    return out, ppl, worst
+
+
+def _split_tasks(tasks: Any) -> list[str] | None:
+    if tasks is None or isinstance(tasks, (list, tuple)):
+        return list(tasks) if tasks else None
+    return [t.strip() for t in str(tasks).split(",") if t.strip()] or None
+
+
+def scheme_overrides(scheme: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The user's scheme options that apply to ``scheme`` (``--group-size`` means nothing to bf16;
+    ``--bits`` would turn gptq-int4 into another candidate)."""
+    from llmq.schemes import get_scheme
+
+    names = {f.name for f in dataclasses.fields(get_scheme(scheme).config_cls)}
+    return {k: v for k, v in overrides.items() if k in names and k != "bits"}
+
+
+def pick_candidates(advice: Any, budget_gb: float | None, names: list[str] | None = None) -> list[Any]:
+    """Candidates that fit (and the budget), most compressed first."""
+    if names:
+        known = {c.scheme: c for c in advice.candidates}
+        missing = [n for n in names if n not in known]
+        if missing:
+            from llmq.errors import UnknownNameError
+
+            raise UnknownNameError("candidate scheme", missing[0], known)
+        pool = [known[n] for n in names]
+    else:
+        pool = [c for c in advice.candidates
+                if c.fits and c.status not in ("avoid", "exceeds tolerance") and c.scheme not in NOT_BY_DEFAULT]
+    pool = [c for c in pool if c.installed]
+    if budget_gb is not None:
+        if budget_gb <= 0:
+            raise ConfigError(f"--budget-gb must be positive, got {budget_gb}.")
+        fit = [c for c in pool if c.size.bytes <= budget_gb * 1e9]
+        if not fit:
+            smallest = min(pool, key=lambda c: c.size.bytes, default=None)
+            hint = f"; the smallest candidate is {smallest.scheme} at {smallest.size.bytes / 1e9:.2f} GB" if smallest else ""
+            raise ConfigError(f"No candidate scheme fits --budget-gb {budget_gb:g}{hint}.")
+        pool = fit
+    if not pool:
+        raise ConfigError("No candidate scheme fits this hardware; see `python -m llmq advise`.")
+    return sorted(pool, key=lambda c: (c.size.bytes, c.rank))
+
+
+def run_auto(args: argparse.Namespace, *, candidates: list[str] | None = None) -> int:
+    """Quantize, evaluate and gate each candidate; 0 when one passes, 1 when none does."""
+    import llmq
+    from llmq.advisor.advice import advise
+    from llmq.cli import default_output, gate_requested, overrides_from_args
+    from llmq.io import atomic_dir, check_output
+    from llmq.models import folder_size, resolve_model
+
+    if not gate_requested(args) or not (args.max_ppl_increase or args.max_accuracy_loss is not None
+                                        or args.max_kld is not None):
+        raise ConfigError("--scheme auto needs a gate to choose by: --max-ppl-increase, --max-accuracy-loss "
+                          "or --max-kld.")
+    out = Path(args.output) if args.output else default_output(args.model, "auto")
+    check_output(out, args.overwrite)
+    names = candidates or _split_tasks(getattr(args, "candidates", None))
+    adv = advise(args.model, device=args.device, revision=getattr(args, "revision", None),
+                 trust_remote_code=getattr(args, "trust_remote_code", False))
+    pool = pick_candidates(adv, args.budget_gb, names)
+    overrides = overrides_from_args(args)
+    from llmq.eval import compare
+    from llmq.eval.gate import check_gate
+
+    src = resolve_model(args.model, revision=getattr(args, "revision", None))
+    original = src.local_dir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.auto-", dir=out.parent))
+    print(f"llmq auto: {len(pool)} candidates, most compressed first: {', '.join(c.scheme for c in pool)}", flush=True)
+    trials: list[Trial] = []
+    winner = None
+    try:
+        for c in pool:
+            t = Trial(c.scheme, c.size.bytes)
+            trials.append(t)
+            t0 = time.perf_counter()
+            try:
+                qm = llmq.quantize(args.model, c.scheme, device=args.device, revision=getattr(args, "revision", None),
+                                   trust_remote_code=getattr(args, "trust_remote_code", False),
+                                   **scheme_overrides(c.scheme, overrides))
+                path = qm.save(work / c.scheme)
+                del qm
+                t.size_bytes = folder_size(path)
+                report = compare(str(original), str(path), ppl=args.ppl or "wikitext2", tasks=_split_tasks(args.tasks),
+                                 limit=args.limit, seqlen=getattr(args, "eval_seqlen", None),
+                                 out_dir=str(work / f"{c.scheme}.eval"))
+                gate = check_gate(report, max_ppl_increase=args.max_ppl_increase,
+                                  max_accuracy_loss=args.max_accuracy_loss, max_kld=args.max_kld)
+                t.report = report
+                t.passed, t.verdict = bool(gate.passed), str(gate.verdict)
+                t.checks, t.ppl_increase, t.score = check_summary(gate.checks)
+            except LlmqError as e:
+                t.passed, t.error, t.verdict = False, str(e), f"error: {e}"
+            except Exception as e:  # noqa: BLE001 - one backend failing must not end the search
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                t.passed, t.error, t.verdict = False, msg, f"error: {msg}"
+            t.wall_s = round(time.perf_counter() - t0, 1)
+            print(f"  {c.scheme:12s} {_mb(t.size_bytes)}  {'PASS' if t.passed else 'FAIL'}  {t.verdict}", flush=True)
+            if t.passed:
+                winner = t
+                break
+        with atomic_dir(out, overwrite=args.overwrite) as tmp:
+            if winner is not None:
+                for f in (work / winner.scheme).iterdir():
+                    shutil.move(str(f), tmp / f.name)
+            write_reports(tmp, adv, trials, winner, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print((out / f"{REPORT}.md").read_text())
+    return 0 if winner is not None else 1
+
+
+def _mb(n: int | None) -> str:
+    return f"{n / 1e6:8.1f} MB" if n else "      n/a"
+
+
+def closest(trials: list[Trial]) -> Trial | None:
+    """The failed candidate nearest to passing: smallest worst check/limit ratio."""
+    scored = [t for t in trials if t.score is not None]
+    return min(scored, key=lambda t: t.score) if scored else None
+
+
+def pareto(trials: list[Trial]) -> set[str]:
+    """Schemes not beaten on both size and perplexity increase by another tried scheme."""
+    pts = [t for t in trials if t.size_bytes and t.ppl_increase is not None]
+    return {t.scheme for t in pts if not any(
+        o is not t and o.size_bytes <= t.size_bytes and o.ppl_increase <= t.ppl_increase
+        and (o.size_bytes < t.size_bytes or o.ppl_increase < t.ppl_increase) for o in pts)}
+
+
+def why(winner: Trial | None, trials: list[Trial]) -> str:
+    if winner is None:
+        c = closest(trials)
+        tail = (f" Closest: {c.scheme} (worst check at {c.score:.2f}x its limit: {c.verdict})." if c else
+                " No candidate produced a measurement.")
+        return "No candidate passed the gate." + tail
+    smaller = [t for t in trials if t is not winner]
+    if not smaller:
+        return (f"{winner.scheme} won: it is the most compressed candidate that fits, and it passed the gate "
+                f"({winner.verdict}).")
+    return (f"{winner.scheme} won: it is the smallest candidate that passed the gate ({winner.verdict}); "
+            f"the smaller ones failed: " + "; ".join(f"{t.scheme}: {t.verdict}" for t in smaller) + ".")
+
+
+def write_reports(folder: Path, adv: Any, trials: list[Trial], winner: Trial | None, args: Any) -> None:
+    from llmq.io import write_json
+
+    front = pareto(trials)
+    gate = {"max_ppl_increase": args.max_ppl_increase, "max_accuracy_loss": args.max_accuracy_loss,
+            "max_kld": args.max_kld, "budget_gb": args.budget_gb}
+    data = {
+        "model": adv.profile.name, "parameters": adv.profile.parameters, "device": adv.hardware.device,
+        "gate": gate, "winner": winner.scheme if winner else None, "why": why(winner, trials),
+        "closest": (closest(trials).scheme if winner is None and closest(trials) else None),
+        "tried": [{**t.to_dict(), "pareto": t.scheme in front} for t in trials],
+        "advice": adv.to_dict(),
+    }
+    write_json(folder / f"{REPORT}.json", data)
+    lines = [f"# llmq auto: {adv.profile.name}", "",
+             f"Gate: {', '.join(f'{k}={v}' for k, v in gate.items() if v is not None)}. "
+             f"Candidates tried most compressed first; the first that passes wins.", "",
+             "| scheme | estimated size | actual size | ppl increase | result | Pareto | time |",
+             "|---|---|---|---|---|---|---|"]
+    for t in trials:
+        ppl = f"{t.ppl_increase * 100:+.2f}%" if t.ppl_increase is not None else "n/a"
+        res = "PASS" if t.passed else ("ERROR" if t.error else "FAIL")
+        lines.append(f"| {t.scheme} | {_mb(t.estimated_bytes).strip()} | {_mb(t.size_bytes).strip()} | {ppl} | "
+                     f"{res}: {t.verdict} | {'yes' if t.scheme in front else ''} | {t.wall_s:.0f} s |")
+    lines += ["", why(winner, trials), ""]
+    (folder / f"{REPORT}.md").write_text("\n".join(lines))
+    plot(folder / f"{REPORT}.png", trials, front, args.max_ppl_increase)
+
+
+def plot(path: Path, trials: list[Trial], front: set[str], limit: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [t for t in trials if t.size_bytes and t.ppl_increase is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t in pts:
+        ax.scatter(t.size_bytes / 1e6, t.ppl_increase * 100, marker="o" if t.passed else "x",
+                   color="tab:green" if t.passed else "tab:red", zorder=3)
+        ax.annotate(t.scheme, (t.size_bytes / 1e6, t.ppl_increase * 100), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    fr = sorted((t for t in pts if t.scheme in front), key=lambda t: t.size_bytes)
+    if len(fr) > 1:
+        ax.plot([t.size_bytes / 1e6 for t in fr], [t.ppl_increase * 100 for t in fr], "--", color="grey",
+                label="Pareto front")
+    if limit:
+        from llmq.advisor.advice import parse_fraction
+
+        try:
+            ax.axhline(parse_fraction(limit, "--max-ppl-increase") * 100, color="tab:orange", ls=":",
+                       label="gate")
+        except ConfigError:
+            pass
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_ylabel("perplexity increase (%)")
+    ax.set_title("llmq auto: size vs quality" + ("" if pts else " (no perplexity measured)"))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,167 @@
+"""The decision tree and the rule of thumb on a grid of (parameters, device, memory) cases.
+
+Memory limits are derived from the advisor's own estimates (e.g. "between what 8-bit and 16-bit
+need"), so the cases test the decisions, not the constants.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import llmq
+from llmq.advisor import advice, rules
+from llmq.advisor.estimate import estimate_scheme, memory
+from llmq.advisor.params import profile
+from llmq.errors import ConfigError
+from llmq.hardware import GB
+
+
+def need_gib(n: int, scheme: str, context: int = 2048) -> float:
+    p = profile(n)
+    return memory(p, estimate_scheme(p, scheme), context=context, device="cuda").total / GB
+
+
+def between(n: int, low: str, high: str) -> float:
+    a, b = need_gib(n, low), need_gib(n, high)
+    assert a < b
+    return (a + b) / 2
+
+
+def rec(adv) -> str:
+    assert adv.recommended is not None, [(c.scheme, c.status) for c in adv.candidates]
+    return adv.recommended.scheme
+
+
+def status(adv, scheme: str) -> str:
+    return next(c.status for c in adv.candidates if c.scheme == scheme)
+
+
+def precision(scheme: str) -> str:
+    return rules.ROLES[scheme].precision
+
+
+def test_7b_on_cpu_is_int8_dynamic():
+    adv = llmq.advise(7_000_000_000, device="cpu", ram_gb=64)
+    assert adv.situation == "cpu" and rec(adv) == "int8-dynamic"
+    assert "CPU only -> int8-dynamic" in " ".join(adv.recommended.reasons)
+
+
+def test_7b_on_80gb_gpu_is_16bit():
+    adv = llmq.advise(7_000_000_000, device="cuda", gpu_memory_gb=80)
+    assert adv.situation == "gpu_fits" and rec(adv) in ("bf16", "fp16")
+    assert all(c.fits for c in adv.candidates)
+
+
+def test_70b_on_80gb_gpu_is_8_or_4_bit():
+    adv = llmq.advise(70_000_000_000, device="cuda", gpu_memory_gb=80)
+    assert precision(rec(adv)) in ("8", "4")
+    assert status(adv, "bf16") == status(adv, "fp16") == "does not fit"
+    # 10B+: the rule says excellent for 4-bit; 4-bit candidates are offered, not warned.
+    assert status(adv, "awq-int4") in ("ok", "recommended")
+
+
+def test_too_large_for_16bit_prefers_8bit_for_accuracy():
+    n = 13_000_000_000
+    adv = llmq.advise(n, device="cuda", gpu_memory_gb=between(n, "bnb-int8", "bf16"))
+    assert adv.situation == "gpu_8bit" and rec(adv) in ("bnb-int8", "gptq-int8")
+    four = [c for c in adv.candidates if precision(c.scheme) == "4"]
+    assert four and all(c.fits and "max compression" in " ".join(c.reasons) for c in four)
+
+
+def test_only_4bit_fits_recommends_a_serving_4bit_scheme():
+    n = 7_000_000_000
+    adv = llmq.advise(n, device="cuda", gpu_memory_gb=between(n, "gptq-int4", "bnb-int8"))
+    assert adv.situation == "gpu_4bit" and rec(adv) in ("awq-int4", "gptq-int4")
+    assert status(adv, "bnb-int8") == "does not fit"
+
+
+def test_135m_prefers_8bit_and_warns_on_4bit():
+    n = 135_000_000
+    adv = llmq.advise(n, device="cuda", gpu_memory_gb=between(n, "bnb-int8", "bf16"))
+    assert precision(rec(adv)) == "8"
+    for s in ("awq-int4", "gptq-int4", "bnb-nf4"):
+        c = next(c for c in adv.candidates if c.scheme == s)
+        assert c.status == "warn" and "prefer 8-bit" in " ".join(c.reasons)
+        assert c.loss == (2.0, 5.0)
+        assert c.rank > adv.recommended.rank
+
+
+def test_50m_avoids_4bit_even_when_it_would_fit():
+    n = 50_000_000
+    adv = llmq.advise(n, device="cuda", gpu_memory_gb=80)
+    for s in ("awq-int4", "gptq-int4", "bnb-nf4", "bnb-fp4", "gptq-int3"):
+        assert status(adv, s) == "avoid"
+    assert precision(rec(adv)) == "16"
+    usable = [c.rank for c in adv.candidates if c.status in ("recommended", "ok", "warn")]
+    avoided = [c.rank for c in adv.candidates if c.status == "avoid"]
+    assert max(usable) < min(avoided)
+    # Only 4-bit fits: the advisor recommends nothing rather than contradict the rule.
+    adv = llmq.advise(n, device="cuda", gpu_memory_gb=between(n, "gptq-int4", "bnb-int8"))
+    assert adv.recommended is None
+    assert status(adv, "gptq-int4") == "avoid" and status(adv, "bnb-int8") == "does not fit"
+    assert "avoid 4-bit (5-15% loss)" in " ".join(next(c for c in adv.candidates if c.scheme == "gptq-int4").reasons)
+
+
+@pytest.mark.parametrize("n,band", [(50e6, "<100M"), (135e6, "100M-1B"), (7e9, "1B-10B"), (70e9, "10B+")])
+def test_size_bands(n, band):
+    assert rules.size_band(n).label == band
+    assert llmq.advise(int(n), device="cpu", ram_gb=1000).band.label == band
+
+
+def test_tolerance_filters_by_expected_loss():
+    n = 135_000_000
+    adv = llmq.advise(n, device="cuda", gpu_memory_gb=80, tolerance="1%")
+    assert status(adv, "gptq-int4") == "exceeds tolerance"  # 2-5% > 1%
+    assert status(adv, "bnb-int8") == "ok"  # 0-1%
+    adv = llmq.advise(7_000_000_000, device="cuda", gpu_memory_gb=between(7_000_000_000, "gptq-int4", "bnb-int8"),
+                      tolerance=0.02)
+    assert rec(adv) in ("awq-int4", "gptq-int4") and adv.recommended.status == "recommended"
+    assert "may exceed tolerance 2%" in " ".join(adv.recommended.reasons)  # 1-3% straddles 2%
+
+
+def test_longer_context_needs_more_memory():
+    a = llmq.advise(7_000_000_000, device="cuda", gpu_memory_gb=80, context=2048)
+    b = llmq.advise(7_000_000_000, device="cuda", gpu_memory_gb=80, context=32768)
+    ma = next(c.memory for c in a.candidates if c.scheme == "bf16")
+    mb = next(c.memory for c in b.candidates if c.scheme == "bf16")
+    assert mb.kv_cache == 16 * ma.kv_cache and mb.weights == ma.weights
+
+
+def test_output_is_complete_and_serializable():
+    adv = llmq.advise(7_000_000_000, device="cpu", ram_gb=64)
+    d = json.loads(json.dumps(adv.to_dict()))
+    assert d["recommended"] == "int8-dynamic"
+    assert d["size_band"]["source"] == rules.RULE_SOURCE
+    assert len(d["candidates"]) == len(rules.ROLES)
+    for c in d["candidates"]:
+        assert c["size_bytes"] > 0 and c["memory_bytes"] > c["size_bytes"]
+        assert c["reasons"] and c["command"].startswith("python -m llmq run --model <your-model> --scheme ")
+    md = adv.to_markdown()
+    assert "| 1 | int8-dynamic | recommended |" in md
+
+
+def test_bad_arguments_are_config_errors():
+    with pytest.raises(ConfigError):
+        llmq.advise(7_000_000_000, device="cpu", context=0)
+    with pytest.raises(ConfigError):
+        llmq.advise(7_000_000_000, device="cpu", tolerance="lots")
+    with pytest.raises(ConfigError):
+        llmq.advise(7_000_000_000, device="tpu")
+
+
+def test_real_model_advice_on_this_machine(tiny_model_dir):
+    adv = llmq.advise(str(tiny_model_dir), device="cpu")
+    assert adv.profile.source == "headers"
+    assert rec(adv) == "int8-dynamic"
+    assert adv.candidates[0].command == f"python -m llmq run --model {tiny_model_dir} --scheme int8-dynamic --device cpu"
+
+
+def test_measured_cpu_facts_are_quoted_on_cpu(monkeypatch):
+    monkeypatch.setitem(rules.MEASURED_CPU_SPEED, "tokens_per_s", {"fp32": 10.0, "bnb-nf4": 2.5})
+    adv = llmq.advise(1_000_000_000, device="cpu", ram_gb=64)
+    nf4 = next(c for c in adv.candidates if c.scheme == "bnb-nf4")
+    assert "0.25x fp32 decode speed" in " ".join(nf4.reasons)
+    assert any("slower than fp32" in n for n in adv.notes)
+    assert advice.measured_cpu_note("gptq-int4") is None

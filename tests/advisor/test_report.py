@@ -1,0 +1,22 @@
+"""The README section is rendered from the advisor's tables and measured numbers."""
+
+from __future__ import annotations
+
+from llmq.advisor import measured, report, rules
+
+
+def test_section_follows_the_tables(monkeypatch):
+    md = report.which_scheme_markdown()
+    for b in rules.SIZE_BANDS:
+        assert f"| {b.label} | {b.verdict} |" in md
+    assert rules.TREE_TEXT in md and rules.RULE_SOURCE in md
+
+
+def test_measured_rows_appear_with_their_command(monkeypatch):
+    monkeypatch.setitem(measured.CPU_SPEED, "tokens_per_s", {"fp32": 10.0, "bnb-nf4": 4.0})
+    monkeypatch.setattr(measured, "SMOL_QUALITY", {"command": "python scripts/x.py", "rows": {
+        "bnb-nf4": {"size_bytes": 111_879_761, "ppl_change": 0.06}}})
+    md = report.which_scheme_markdown()
+    assert "| bnb-nf4 | 111.9 MB | +6.00% | 2-5% (prefer 8-bit) |" in md
+    assert "| bnb-nf4 | 4.00 | 0.40x |" in md
+    assert "`python scripts/x.py`" in md and measured.CPU_SPEED["command"] in md
