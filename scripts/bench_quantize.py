@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ALL = ["fp16", "bf16", "int8-dynamic", "bnb-int8", "bnb-nf4", "bnb-fp4", "gptq-int8", "gptq-int4", "gptq-int3", "awq-int4"]
+ALL = ["gptq-int4", "awq-int4", "gptq-int8", "bnb-nf4", "bnb-int8", "fp16", "bf16", "bnb-fp4", "gptq-int3", "int8-dynamic"]
 RTN_FLOOR_NOTE = "asymmetric RTN int4 g64 scores 30.30 on this protocol (issue #2)"
 
 
@@ -66,6 +66,13 @@ def main(argv=None) -> int:
     rows.append({"scheme": "original (fp32)", "time_s": None, "size_bytes": base_size, "ppl": base["value"],
                  "ppl_delta_pct": 0.0, "protocol": base["protocol"]})
     print(f"original: ppl {base['value']:.2f} ({base['protocol']})", flush=True)
+    from llmq.testing import rtn_fake_quantize_
+
+    rtn = ppl_of(rtn_fake_quantize_(model, 4, args.group_size), tok, args.seqlen, args.limit)
+    rows.append({"scheme": f"reference: naive RTN int4 asym g{args.group_size} (fake-quant)", "time_s": None,
+                 "size_bytes": None, "ppl": rtn["value"], "ppl_delta_pct": 100 * (rtn["value"] / base["value"] - 1),
+                 "protocol": rtn["protocol"]})
+    print(f"rtn: ppl {rtn['value']:.2f}", flush=True)
     del model
     gc.collect()
     for scheme in [s.strip() for s in args.schemes.split(",") if s.strip()]:
@@ -91,13 +98,19 @@ def main(argv=None) -> int:
                "ppl_delta_pct": 100 * (p["value"] / base["value"] - 1), "options": kw, "protocol": p["protocol"]}
         rows.append(row)
         print(f"{scheme}: {qtime:.1f}s, {size / 1e6:.1f} MB, ppl {p['value']:.2f}", flush=True)
+        write(args, src, base, base_size, rows, torch)  # after every scheme: a long run keeps what it measured
+    print(write(args, src, base, base_size, rows, torch))
+    return 0
 
+
+def write(args, src, base, base_size, rows, torch) -> str:
     md = ["| scheme | quantize time (s) | size on disk (MB) | size vs fp32 | WikiText-2 ppl | Δ ppl |",
           "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         t = "" if r["time_s"] is None else f"{r['time_s']:.1f}"
-        md.append(f"| {r['scheme']} | {t} | {r['size_bytes'] / 1e6:.1f} | {r['size_bytes'] / base_size:.2f} | "
-                  f"{r['ppl']:.2f} | {r['ppl_delta_pct']:+.1f}% |")
+        size = "" if r["size_bytes"] is None else f"{r['size_bytes'] / 1e6:.1f}"
+        ratio = "" if r["size_bytes"] is None else f"{r['size_bytes'] / base_size:.2f}"
+        md.append(f"| {r['scheme']} | {t} | {size} | {ratio} | {r['ppl']:.2f} | {r['ppl_delta_pct']:+.1f}% |")
     table = "\n".join(md)
     result = {
         "model": src.base_model_id, "source": str(src.path or src.name), "protocol": base["protocol"],
@@ -110,8 +123,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(f"Protocol: {base['protocol']}\n\n{table}\n")
-    print(table)
-    return 0
+    return table
 
 
 if __name__ == "__main__":

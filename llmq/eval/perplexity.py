@@ -105,19 +105,39 @@ def protocol_string(desc: str, seqlen: int, stride: int | None, n_windows: int, 
     return f"{desc}, seqlen={seqlen}, stride={stride or seqlen}, windows={n_windows}, scored tokens={tokens}"
 
 
+def tokenize(tokenizer: Any, source: str | Path = "wikitext2") -> tuple[Any, str]:
+    """``(ids, description)``: the whole text tokenized once, with no BOS/EOS. A BOS only at the start
+    of the stream (what the GPTQ reference code gets from Llama tokenizers) would change one token of
+    the first window and make the number depend on the tokenizer's config; without it the protocol
+    is the same for every tokenizer (and identical to the GPTQ code for tokenizers without a BOS)."""
+    text, desc = load_text(source)
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0], desc
+
+
+def plan(n_tokens: int, desc: str, seqlen: int, stride: int | None, limit: int | None) -> list[tuple[int, int, int]]:
+    """The windows to score; a ``limit`` beyond the data uses what exists and says so."""
+    import warnings
+
+    wins = windows(n_tokens, seqlen, stride, None)
+    if not wins:
+        raise LlmqError(f"{desc} has {n_tokens} tokens: fewer than one window of seqlen={seqlen}.")
+    if limit is not None and limit > len(wins):
+        warnings.warn(f"--limit {limit} is more than the {len(wins)} windows of seqlen={seqlen} in {desc}; "
+                      f"using all {len(wins)}.", stacklevel=3)
+    return wins[:limit] if limit is not None else wins
+
+
 def perplexity(model: Any, tokenizer: Any, source: str | Path = "wikitext2", *, seqlen: int = 2048,
                stride: int | None = None, limit: int | None = None, progress: bool = True,
-               on_window: Any = None) -> PerplexityResult:
+               on_window: Any = None, tokens: tuple[Any, str] | None = None) -> PerplexityResult:
     """Perplexity of ``model`` on ``source``. ``on_window(i, logits, targets)`` (optional) sees each
-    window's scored logits, e.g. to compute KL divergence against a reference on the same windows."""
+    window's scored logits, e.g. to compute KL divergence against a reference on the same windows.
+    ``tokens`` = ``tokenize(tokenizer, source)`` done once, to share between models."""
     import torch
     from tqdm.auto import tqdm
 
-    text, desc = load_text(source)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    wins = windows(len(ids), seqlen, stride, limit)
-    if not wins:
-        raise LlmqError(f"{desc} has {len(ids)} tokens: fewer than one window of seqlen={seqlen}.")
+    ids, desc = tokens if tokens is not None else tokenize(tokenizer, source)
+    wins = plan(len(ids), desc, seqlen, stride, limit)
     device = next(model.parameters()).device
     nll_sum, n_tok = 0.0, 0
     with torch.inference_mode():

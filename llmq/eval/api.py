@@ -1,0 +1,275 @@
+"""``evaluate`` and ``compare``: every metric for one model, or for an original and its quantized copy
+under the same protocol, with only one model in memory at a time."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from llmq.errors import LlmqError, ModelNotFoundError
+
+DEFAULT_SEQLEN = 2048
+#: tasks evaluated when an accuracy gate is set but no --tasks were named
+DEFAULT_GATE_TASKS = ("arc_easy", "piqa")
+RESULT_KEYS = ("path", "size_bytes", "param_memory_bytes", "peak_rss_bytes", "load_time_s",
+               "prefill_tokens_per_s", "decode_tokens_per_s", "perplexity", "tasks", "kld")
+
+
+@dataclass
+class EvalReport:
+    """What ``llmq.evaluate`` returns. With a reference, ``to_dict()`` has the ``report.json`` shape
+    (``original`` = the reference, ``quantized`` = the model); without, the model is under ``model``."""
+
+    protocol: dict
+    model: dict
+    reference: dict | None = None
+    gate: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.reference is None:
+            return {"protocol": self.protocol, "model": self.model, "gate": self.gate}
+        return {"protocol": self.protocol, "original": self.reference, "quantized": self.model, "gate": self.gate}
+
+    def to_markdown(self) -> str:
+        from llmq.eval.report import markdown
+
+        return markdown(self.to_dict())
+
+
+@dataclass
+class _Handle:
+    """A model to evaluate: a folder to load, or an already loaded pair."""
+
+    label: str
+    path: Path | None = None
+    pair: tuple[Any, Any] | None = None
+
+    def tokenizer(self) -> Any:
+        if self.pair is not None:
+            return self.pair[1]
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path)
+
+    def max_length(self) -> int | None:
+        if self.pair is not None:
+            from llmq.eval.loglik import max_length
+
+            return max_length(self.pair[0])
+        from llmq.models import read_json
+
+        cfg = read_json(self.path / "config.json")
+        cfg = cfg.get("text_config", cfg)
+        v = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+        return int(v) if v else None
+
+
+def _handle(model: Any, label: str) -> _Handle:
+    if isinstance(model, (tuple, list)) and len(model) == 2:
+        return _Handle(label, pair=(model[0], model[1]))
+    if hasattr(model, "hf_model") and hasattr(model, "tokenizer"):  # a QuantizedModel
+        return _Handle(label, path=model.saved_to, pair=None if model.saved_to else (model.hf_model, model.tokenizer))
+    if model is None or isinstance(model, (str, os.PathLike)):
+        p = Path(str(model)).expanduser() if model is not None else None
+        if p is not None and p.exists():
+            if not p.is_dir() or not (p / "config.json").is_file():
+                raise ModelNotFoundError(f"{p} is not a model folder: it has no config.json.")
+            return _Handle(label, path=p)
+        from llmq.models import resolve_model
+
+        return _Handle(label, path=resolve_model(None if model is None else str(model)).local_dir())
+    raise LlmqError(f"Cannot evaluate a {type(model).__name__}: pass a folder, a Hub id or a (model, tokenizer) pair.")
+
+
+def check_same_tokenizer(a: Any, b: Any) -> None:
+    """KLD and a shared perplexity protocol need identical tokenization: compare vocabularies and the
+    ids of a probe string."""
+    probe = "Quantization: 1,234 tokens ü ñ 日本 <tag> \n\n  end."
+    va, vb = a.get_vocab(), b.get_vocab()
+    if va != vb:
+        raise LlmqError(f"The tokenizers differ (vocabularies of {len(va)} and {len(vb)} entries, not identical); "
+                        "KL divergence and a shared protocol would be meaningless.")
+    ia, ib = a.encode(probe), b.encode(probe)
+    if ia != ib:
+        raise LlmqError("The tokenizers differ (same vocabulary, but a probe string tokenizes differently); "
+                        "KL divergence and a shared protocol would be meaningless.")
+
+
+def split_tasks(tasks: str | Sequence[Any] | None) -> list[Any]:
+    if tasks is None:
+        return []
+    if isinstance(tasks, str):
+        return [t.strip() for t in tasks.split(",") if t.strip()]
+    return list(tasks)
+
+
+def evaluate(model: Any, *, ppl: str | os.PathLike | None = "wikitext2", tasks: str | Sequence[Any] | None = None,
+             limit: int | None = None, seqlen: int | None = DEFAULT_SEQLEN, stride: int | None = None,
+             reference: Any = None, device: str | None = None, batch_size: int = 16, speed: bool = True,
+             progress: bool = True, kld_topk: int = 32, kld_max_full_bytes: int = 2 << 30) -> EvalReport:
+    """Perplexity, task accuracy, cost and (with ``reference``) KL divergence of ``model``.
+
+    ``model``/``reference``: a folder, a Hub id, or a loaded ``(model, tokenizer)`` pair. ``limit``
+    caps both perplexity windows and examples per task. With a reference, both run the same
+    protocol, the reference first (its distributions cached for the KLD), one model in memory at a time."""
+    from llmq.eval import tasks as task_mod
+
+    task_list = split_tasks(tasks)
+    ours = [t for t in task_list if not (isinstance(t, str) and t.startswith("lm_eval:"))]
+    harness = [t for t in task_list if isinstance(t, str) and t.startswith("lm_eval:")]
+    specs = [task_mod.resolve_task(t) for t in ours]  # unknown task: one line, before any model loads
+    if harness:
+        from llmq.eval import lm_eval_bridge
+
+        if not lm_eval_bridge.available():
+            from llmq.errors import MissingDependencyError
+
+            raise MissingDependencyError("--tasks lm_eval:<task>", ["lm-eval"], "lm-eval")
+    if limit is not None and limit < 1:
+        raise LlmqError(f"--limit must be at least 1, got {limit}.")
+    ppl = None if ppl is None or str(ppl).lower() in ("", "none") else ppl
+    target = _handle(model, "quantized" if reference is not None else "model")
+    ref = _handle(reference, "original") if reference is not None else None
+    tok = target.tokenizer()
+    if ref is not None:
+        check_same_tokenizer(ref.tokenizer(), tok)
+    seqlen = _fit_seqlen(seqlen or DEFAULT_SEQLEN, [h for h in (ref, target) if h is not None])
+    device = device or _default_device()
+
+    protocol: dict[str, Any] = {"ppl": None, "tasks": {}}
+    tokens = cache = None
+    if ppl is not None:
+        from llmq.eval.perplexity import plan, tokenize
+
+        tokens = tokenize(tok, ppl)
+        wins = plan(len(tokens[0]), tokens[1], seqlen, stride, limit)
+        n_scored = sum(k for _, _, k in wins)
+    common = dict(ppl=ppl, specs=specs, harness=harness, limit=limit, seqlen=seqlen, stride=stride, device=device,
+                  batch_size=batch_size, speed=speed, progress=progress, tokens=tokens)
+    ref_result = None
+    try:
+        if ref is not None:
+            state: dict[str, Any] = {}
+
+            def collect(i: int, logits: Any, targets: Any) -> None:
+                if "cache" not in state:
+                    from llmq.eval.kld import ReferenceCache
+
+                    state["cache"] = ReferenceCache(n_scored, logits.shape[-1], topk=kld_topk,
+                                                    max_full_bytes=kld_max_full_bytes)
+                state["cache"].add(i, logits, targets)
+
+            ref_result = _evaluate_one(ref, protocol, on_window=collect if ppl is not None else None, **common)
+            cache = state.get("cache")
+        result = _evaluate_one(target, protocol, on_window=cache.compare if cache is not None else None, **common)
+        if cache is not None:
+            result["kld"] = cache.result(protocol["ppl"]).to_dict()
+            protocol["kld"] = ("KL(original || quantized) per scored token of the perplexity windows, mean and "
+                               f"99th percentile in nats; same_top = share of tokens where both argmaxes agree; "
+                               f"{cache.description}")
+    finally:
+        if cache is not None:
+            cache.close()
+    return EvalReport(protocol=protocol, model=result, reference=ref_result)
+
+
+def _default_device() -> str:
+    from llmq.core import default_device
+
+    return default_device()
+
+
+def _fit_seqlen(seqlen: int, handles: list[_Handle]) -> int:
+    limits = [m for m in (h.max_length() for h in handles) if m]
+    if limits and seqlen > min(limits):
+        warnings.warn(f"seqlen {seqlen} is longer than the model's maximum ({min(limits)}); using {min(limits)}.",
+                      stacklevel=3)
+        return min(limits)
+    return seqlen
+
+
+def _load(h: _Handle, device: str) -> tuple[Any, Any, float | None]:
+    if h.pair is not None:
+        return h.pair[0], h.pair[1], None
+    import llmq
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, tok = llmq.load(h.path, device=device)
+    return model, tok, time.perf_counter() - t0
+
+
+def _evaluate_one(h: _Handle, protocol: dict, *, ppl: Any, specs: list, harness: list, limit: int | None,
+                  seqlen: int, stride: int | None, device: str, batch_size: int, speed: bool, progress: bool,
+                  tokens: Any, on_window: Any) -> dict[str, Any]:
+    from llmq.eval import cost
+    from llmq.eval.tasks import run_task
+
+    out: dict[str, Any] = dict.fromkeys(RESULT_KEYS)
+    out["path"] = str(h.path) if h.path is not None else "(model object in memory)"
+    out["size_bytes"] = cost.size_on_disk(h.path)
+    out["tasks"] = {}
+    if progress:
+        print(f"llmq eval: {h.label}: {out['path']}", flush=True)
+    with cost.PeakRSS() as peak:
+        model, tok, load_s = _load(h, device)
+        out["load_time_s"] = round(load_s, 3) if load_s is not None else None
+        out["param_memory_bytes"] = cost.param_memory(model)
+        if ppl is not None:
+            from llmq.eval.perplexity import perplexity
+
+            r = perplexity(model, tok, ppl, seqlen=seqlen, stride=stride, limit=limit, progress=progress,
+                           on_window=on_window, tokens=tokens)
+            out["perplexity"] = {"value": r.value, "tokens": r.tokens, "windows": r.windows, "protocol": r.protocol}
+            protocol["ppl"] = r.protocol
+        for spec in specs:
+            res = run_task(model, tok, spec, limit=limit, batch_size=batch_size, progress=progress)
+            out["tasks"][spec.name] = res
+            protocol["tasks"][spec.name] = res["protocol"]
+        if harness:
+            from llmq.eval import lm_eval_bridge
+
+            for name, res in lm_eval_bridge.run(model, tok, harness, limit=limit, batch_size=batch_size,
+                                                progress=progress).items():
+                out["tasks"][name] = res
+                protocol["tasks"][name] = res["protocol"]
+        if speed:
+            s = cost.speed(model, tok)
+            out["prefill_tokens_per_s"] = round(s["prefill_tokens_per_s"], 2)
+            out["decode_tokens_per_s"] = round(s["decode_tokens_per_s"], 2)
+            protocol["speed"] = f"{s['protocol']}, device {device}"
+    out["peak_rss_bytes"] = peak.peak
+    if h.pair is None:
+        del model
+    gc.collect()
+    return out
+
+
+def compare(original: Any, quantized: Any, *, ppl: str | os.PathLike | None = "wikitext2",
+            tasks: str | Sequence[Any] | None = None, limit: int | None = None, seqlen: int | None = DEFAULT_SEQLEN,
+            stride: int | None = None, out_dir: str | os.PathLike | None = None, device: str | None = None,
+            batch_size: int = 16, speed: bool = True, progress: bool = True, max_ppl_increase: Any = None,
+            max_accuracy_loss: float | None = None, max_kld: float | None = None) -> dict[str, Any]:
+    """Evaluate both under one protocol; the ``report.json`` dict. With ``out_dir``, writes
+    ``report.json``, ``report.md`` and ``report.png`` there (also when a gate fails)."""
+    from llmq.eval.gate import check_gate, gate_set, validate
+
+    validate(max_ppl_increase, max_accuracy_loss, max_kld)
+    if max_accuracy_loss is not None and not split_tasks(tasks):
+        tasks = list(DEFAULT_GATE_TASKS)
+    report = evaluate(quantized, ppl=ppl, tasks=tasks, limit=limit, seqlen=seqlen, stride=stride, reference=original,
+                      device=device, batch_size=batch_size, speed=speed, progress=progress).to_dict()
+    if gate_set(max_ppl_increase, max_accuracy_loss, max_kld):
+        report["gate"] = check_gate(report, max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss,
+                                    max_kld=max_kld).to_dict()
+    if out_dir is not None:
+        from llmq.eval.report import write_report
+
+        write_report(report, out_dir)
+    return report

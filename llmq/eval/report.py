@@ -1,0 +1,159 @@
+"""``report.json``, ``report.md`` (original, quantized, change) and ``report.png`` (quality vs size)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from llmq.io import write_json
+
+FILES = ("report.json", "report.md", "report.png")
+
+
+def _mb(x: Any) -> str:
+    return "n/a" if x is None else f"{x / 1e6:,.1f} MB"
+
+
+def _num(nd: int) -> Callable[[Any], str]:
+    return lambda x: "n/a" if x is None else f"{x:,.{nd}f}"
+
+
+def _pts(x: Any) -> str:
+    return "n/a" if x is None else f"{x * 100:.2f}"
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return "" if a in (None, 0) or b is None else f"{b / a:.2f}x"
+
+
+def _rel(a: Any, b: Any) -> str:
+    return "" if a in (None, 0) or b is None else f"{(b / a - 1) * 100:+.2f}%"
+
+
+def _dpts(a: Any, b: Any) -> str:
+    return "" if a is None or b is None else f"{(b - a) * 100:+.2f} pts"
+
+
+def rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, original, quantized, change) for every measured metric; a side without an original
+    (``evaluate`` with no reference) has an empty original column."""
+    o = report.get("original") or {}
+    q = report.get("quantized") or report.get("model") or {}
+    out: list[tuple[str, str, str, str]] = []
+
+    def add(label: str, key: Callable[[dict], Any], fmt: Callable[[Any], str], change: Callable | None) -> None:
+        a, b = key(o), key(q)
+        if a is None and b is None:
+            return
+        out.append((label, fmt(a) if o else "", fmt(b), change(a, b) if change and o else ""))
+
+    add("size on disk", lambda d: d.get("size_bytes"), _mb, _ratio)
+    add("parameter memory", lambda d: d.get("param_memory_bytes"), _mb, _ratio)
+    add("peak RSS while evaluating", lambda d: d.get("peak_rss_bytes"), _mb, _ratio)
+    add("load time (s)", lambda d: d.get("load_time_s"), _num(2), _ratio)
+    add("perplexity (lower is better)", lambda d: (d.get("perplexity") or {}).get("value"), _num(3), _rel)
+    for task in dict.fromkeys([*(o.get("tasks") or {}), *(q.get("tasks") or {})]):
+        get = lambda d, m, t=task: ((d.get("tasks") or {}).get(t) or {}).get(m)  # noqa: E731
+        add(f"{task} acc (%)", lambda d, g=get: g(d, "acc"), _pts, _dpts)
+        add(f"{task} acc_norm (%)", lambda d, g=get: g(d, "acc_norm"), _pts, _dpts)
+        add(f"{task} perplexity", lambda d, g=get: g(d, "ppl"), _num(3), _rel)
+    if q.get("kld"):
+        k = q["kld"]
+        out.append(("KL divergence, mean (nats)", "(reference)", f"{k['mean']:.5f}", ""))
+        out.append(("KL divergence, p99 (nats)", "(reference)", f"{k['p99']:.5f}", ""))
+        out.append(("same top-1 token (%)", "(reference)", f"{k['same_top'] * 100:.2f}", ""))
+    add("prefill (tokens/s)", lambda d: d.get("prefill_tokens_per_s"), _num(1), _ratio)
+    add("decode (tokens/s)", lambda d: d.get("decode_tokens_per_s"), _num(1), _ratio)
+    return out
+
+
+def markdown(report: dict) -> str:
+    has_ref = bool(report.get("original"))
+    head = ["metric", "original", "quantized", "change"] if has_ref else ["metric", "value"]
+    lines = ["# llmq evaluation", ""]
+    if has_ref:
+        lines += [f"- original: `{report['original'].get('path')}`", f"- quantized: `{report['quantized'].get('path')}`", ""]
+    else:
+        lines += [f"- model: `{(report.get('model') or {}).get('path')}`", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, a, b, ch in rows(report):
+        cells = [label, a, b, ch] if has_ref else [label, b]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Accuracies in percent; change = quantized / original for sizes and speeds, relative change "
+              "for perplexity, difference in points for accuracies.", "", "## Protocol", ""]
+    proto = report.get("protocol") or {}
+    if proto.get("ppl"):
+        lines.append(f"- perplexity: {proto['ppl']}")
+    for t, p in (proto.get("tasks") or {}).items():
+        lines.append(f"- {t}: {p}")
+    for key in ("kld", "speed"):
+        if proto.get(key):
+            lines.append(f"- {key}: {proto[key]}")
+    gate = report.get("gate")
+    if gate:
+        lines += ["", "## Gate", "", f"**{gate['verdict']}**", ""]
+        for c in gate.get("checks") or []:
+            lines.append(f"- {'pass' if c['passed'] else 'FAIL'}: {c['message']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str | os.PathLike) -> None:
+    """Quality vs size: one panel per quality metric (perplexity, each task's accuracy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sides = [(n, report.get(k) or {}) for n, k in (("original", "original"), ("quantized", "quantized"),
+                                                   ("model", "model")) if report.get(k)]
+    metrics: list[tuple[str, Callable[[dict], Any]]] = []
+    if any((d.get("perplexity") or {}).get("value") is not None for _, d in sides):
+        metrics.append(("perplexity (lower is better)", lambda d: (d.get("perplexity") or {}).get("value")))
+    tasks = dict.fromkeys(t for _, d in sides for t in (d.get("tasks") or {}))
+    for t in tasks:
+        metrics.append((f"{t} accuracy (%)", lambda d, t=t: None if ((d.get("tasks") or {}).get(t) or {}).get("acc")
+                        is None else d["tasks"][t]["acc"] * 100))
+    metrics = metrics[:6] or [("(no quality metric measured)", lambda d: None)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, (label, get) in zip(axes[0], metrics):
+        for (name, d), color in zip(sides, ("tab:blue", "tab:orange", "tab:green")):
+            size, y = d.get("size_bytes") or d.get("param_memory_bytes"), get(d)
+            if size is None or y is None:
+                continue
+            ax.scatter([size / 1e6], [y], color=color, s=60, label=name, zorder=3)
+            ax.annotate(name, (size / 1e6, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.set_xlabel("size on disk (MB)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("llmq: quality vs size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: str | os.PathLike) -> Path:
+    """Write the three files; each appears complete or not at all (temp file + rename)."""
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    _atomic_text(out / "report.md", markdown(report))
+    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".png", dir=out)
+    os.close(fd)
+    try:
+        plot(report, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out / "report.png")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)

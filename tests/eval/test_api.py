@@ -1,0 +1,94 @@
+"""evaluate/compare end to end on the tiny model and its bnb-fp4 copy; the CLI; the report files."""
+
+import json
+import math
+
+import pytest
+
+import llmq
+from llmq.errors import LlmqError, ModelNotFoundError
+from llmq.eval import compare
+from llmq.eval.cli import evaluate_after_run
+
+FAST = {"ppl": "wikitext2", "limit": 4, "seqlen": 128, "speed": False, "progress": False}
+
+
+def test_evaluate_one_model_in_memory(tiny, tmp_path):
+    rep = llmq.evaluate(tiny, tasks=["arc_easy"], **FAST)
+    d = rep.to_dict()
+    assert set(d) == {"protocol", "model", "gate"}
+    m = d["model"]
+    assert math.isfinite(m["perplexity"]["value"]) and m["perplexity"]["windows"] == 4
+    assert m["tasks"]["arc_easy"]["n"] == 4 and m["kld"] is None and m["load_time_s"] is None
+    assert "seqlen=128" in d["protocol"]["ppl"] and "arc_easy" in d["protocol"]["tasks"]
+    assert "| perplexity (lower is better) |" in rep.to_markdown()
+    json.dumps(d)
+
+
+def test_compare_writes_the_report_and_measures_kld(tiny_model_dir, tiny_fp4_dir, tmp_path):
+    out = tmp_path / "rep"
+    r = compare(str(tiny_model_dir), str(tiny_fp4_dir), tasks=["lambada"], out_dir=out,
+                max_ppl_increase="50%", **{k: v for k, v in FAST.items() if k != "progress"}, progress=False)
+    assert set(r) == {"protocol", "original", "quantized", "gate"}
+    o, q = r["original"], r["quantized"]
+    for key in ("path", "size_bytes", "param_memory_bytes", "peak_rss_bytes", "load_time_s",
+                "prefill_tokens_per_s", "decode_tokens_per_s", "perplexity", "tasks", "kld"):
+        assert key in o and key in q
+    assert o["kld"] is None and q["kld"]["tokens"] == q["perplexity"]["tokens"] == 4 * 127
+    assert 0 < q["kld"]["mean"] < 1 and 0 < q["kld"]["same_top"] <= 1 and q["kld"]["p99"] >= q["kld"]["mean"]
+    assert q["size_bytes"] < o["size_bytes"] and q["param_memory_bytes"] < o["param_memory_bytes"]
+    assert q["perplexity"]["value"] != o["perplexity"]["value"]
+    assert r["gate"]["passed"] and r["protocol"]["ppl"] == o["perplexity"]["protocol"] == q["perplexity"]["protocol"]
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(r))
+    md = (out / "report.md").read_text()
+    assert "KL divergence, mean" in md and "lambada acc (%)" in md and "size on disk" in md
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_model_has_zero_kld(tiny_model_dir):
+    r = compare(str(tiny_model_dir), str(tiny_model_dir), **FAST)
+    assert r["quantized"]["kld"]["mean"] == pytest.approx(0, abs=1e-6) and r["quantized"]["kld"]["same_top"] == 1.0
+    assert r["quantized"]["perplexity"]["value"] == pytest.approx(r["original"]["perplexity"]["value"], rel=1e-6)
+
+
+def test_refuses_mismatched_tokenizers_and_non_models(tiny_model_dir, tmp_path):
+    from llmq.testing import tiny_llama
+
+    other = tiny_llama(tmp_path / "other", vocab_size=400)
+    with pytest.raises(LlmqError, match="tokenizers differ"):
+        compare(str(tiny_model_dir), str(other), **FAST)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="not a model folder"):
+        llmq.evaluate(str(tmp_path / "empty"), **FAST)
+    with pytest.raises(LlmqError, match="Unknown task"):
+        llmq.evaluate(str(tiny_model_dir), tasks=["nope"], **FAST)
+
+
+def test_cli_compare_gate_exit_codes(tiny_model_dir, tiny_fp4_dir, tmp_path, capsys):
+    from llmq.cli import main
+
+    base = ["compare", "--original", str(tiny_model_dir), "--quantized", str(tiny_fp4_dir), "--limit", "2",
+            "--seqlen", "128", "--no-speed"]
+    out = tmp_path / "fail"
+    assert main(base + ["--output", str(out), "--max-kld", "1e-9"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("FAIL: mean KL divergence")
+    assert json.loads((out / "report.json").read_text())["gate"]["passed"] is False  # written either way
+    assert main(base + ["--output", str(tmp_path / "pass"), "--max-kld", "10", "--max-ppl-increase", "100%"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASS")
+    assert main(base + ["--max-ppl-increase", "5x"]) == 2
+    assert "max-ppl-increase" in capsys.readouterr().err
+
+
+def test_run_eval_writes_the_report_into_the_quantized_folder(tiny_model_dir, tmp_path, capsys):
+    from llmq.cli import main
+
+    out = tmp_path / "q"
+    code = main(["run", "--model", str(tiny_model_dir), "--scheme", "int8-dynamic", "--output", str(out),
+                 "--no-sample", "--eval", "--limit", "2", "--max-ppl-increase", "50%"])
+    assert code == 0, capsys.readouterr()
+    r = json.loads((out / "report.json").read_text())
+    assert r["gate"]["passed"] and r["original"]["path"] == str(tiny_model_dir)
+    assert r["quantized"]["perplexity"]["windows"] == 2 and "seqlen=1024" in r["protocol"]["ppl"]  # clamped to max
+    assert (out / "report.md").is_file() and (out / "report.png").is_file()
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASS")
