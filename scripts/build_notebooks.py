@@ -69,7 +69,7 @@ DEVICE = "cuda" if ON_GPU else "cpu"
 MODEL = os.environ.get("LLMQ_NOTEBOOK_MODEL") or ("HuggingFaceTB/SmolLM2-1.7B-Instruct" if ON_GPU else "demo")
 MODEL = None if MODEL == "demo" else MODEL  # None = the offline demo model
 SCHEME = os.environ.get("LLMQ_NOTEBOOK_SCHEME")  # None = the advisor's top quantized pick
-LIMIT = int(os.environ.get("LLMQ_NOTEBOOK_LIMIT") or (200 if ON_GPU else 8))  # examples per task / ppl windows
+LIMIT = int(os.environ.get("LLMQ_NOTEBOOK_LIMIT") or (200 if ON_GPU else 4))  # examples per task / ppl windows
 SEQLEN = 2048 if ON_GPU else 256  # perplexity window length (CPU: short windows keep CI fast)
 TASKS = ["arc_easy"]
 REPO_ID = os.environ.get("LLMQ_NOTEBOOK_REPO")  # e.g. "your-name/SmolLM2-1.7B-Instruct-llmq"; None = dry run
@@ -101,7 +101,7 @@ del qm'''),
     new_code_cell('''\
 from llmq.eval import compare
 
-report = compare(MODEL, OUT, tasks=TASKS, limit=LIMIT, seqlen=SEQLEN, device=DEVICE, out_dir=OUT)
+report = compare(MODEL, OUT, tasks=TASKS, limit=LIMIT, seqlen=SEQLEN, device=DEVICE, out_dir=OUT, speed=ON_GPU)
 print((OUT / "report.md").read_text())'''),
     new_markdown_cell("## 4. The model card\n\nEvery number in it comes from `llmq.json` and `report.json`."),
     new_code_cell('''\
@@ -149,7 +149,7 @@ MODEL = None if MODEL == "demo" else MODEL  # None = the offline demo model
 GPU_SCHEMES = "fp16,bnb-int8,gptq-int8,gptq-int4,awq-int4,bnb-nf4"
 CPU_SCHEMES = "fp16,int8-dynamic,bnb-nf4"  # the fast ones: no calibration
 SCHEMES = (os.environ.get("LLMQ_NOTEBOOK_SCHEMES") or (GPU_SCHEMES if ON_GPU else CPU_SCHEMES)).split(",")
-LIMIT = int(os.environ.get("LLMQ_NOTEBOOK_LIMIT") or (200 if ON_GPU else 8))  # examples per task / ppl windows
+LIMIT = int(os.environ.get("LLMQ_NOTEBOOK_LIMIT") or (200 if ON_GPU else 4))  # examples per task / ppl windows
 SEQLEN = 2048 if ON_GPU else 256  # perplexity window length (CPU: short windows keep CI fast)
 TASKS = ["arc_easy"]
 print(f"device={DEVICE} model={MODEL or 'demo (SmolLM2-135M-Instruct from GGUF)'} schemes={SCHEMES}")'''),
@@ -171,7 +171,8 @@ for scheme in SCHEMES:
 from llmq.eval import compare
 
 for scheme, folder in folders.items():  # report.json/.md/.png land in each folder
-    compare(MODEL, folder, tasks=TASKS, limit=LIMIT, seqlen=SEQLEN, device=DEVICE, out_dir=folder, progress=False)
+    compare(MODEL, folder, tasks=TASKS, limit=LIMIT, seqlen=SEQLEN, device=DEVICE, out_dir=folder, progress=False,
+            speed=ON_GPU)  # CPU: skip the decode-speed runs (slow for int8/4-bit kernels there)
     print(scheme, "->", folder / "report.md")'''),
     new_markdown_cell("## 3. Quality against size"),
     new_code_cell('''\

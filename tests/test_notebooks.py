@@ -59,6 +59,7 @@ def _text(nb) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.notebook
 def test_quickstart_runs_on_cpu(tmp_path, monkeypatch):
     nb, seconds = _execute("01_quickstart.ipynb", tmp_path, monkeypatch)
     print(f"01_quickstart.ipynb executed in {seconds:.0f} s")
@@ -76,6 +77,7 @@ def test_quickstart_runs_on_cpu(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.notebook
 def test_compare_schemes_runs_on_cpu(tmp_path, monkeypatch):
     nb, seconds = _execute("02_compare_schemes.ipynb", tmp_path, monkeypatch)
     print(f"02_compare_schemes.ipynb executed in {seconds:.0f} s")
