@@ -273,7 +273,7 @@ def usage(meta: dict, repo: str) -> dict[str, str | None]:
                      "llmq has not tested this path. " + vllm_note)
     elif key in ("gptq", "awq"):
         note = (f"Made with GPTQModel {versions.get('gptqmodel')}; transformers loads {key.upper()} folders "
-                "through GPTQModel, which picks a GPU kernel when one fits and a slower torch kernel on CPU.")
+                "through GPTQModel, which picks a GPU kernel when one fits and a torch kernel on CPU.")
         if key == "awq" and (meta.get("config") or {}).get("format") == "gemv":
             vllm = None
             vllm_note = ("vLLM serves AWQ's GEMM format only; this folder uses GEMV. Re-quantize with "
@@ -303,10 +303,11 @@ def limitations(meta: dict, report: dict | None) -> list[str]:
             items.append(f"{bits:g}-bit weights are below the rule of thumb's table: expect larger losses and measure.")
     key = method_key(meta)
     hw = {
-        "gptq": "GPTQ kernels: fast inference needs an NVIDIA GPU (vLLM's Marlin kernels need compute capability "
-                "8.0+, older GPUs use slower GPTQ kernels); on CPU GPTQModel falls back to a slow torch kernel.",
-        "awq": "AWQ kernels: fast inference needs an NVIDIA GPU (vLLM's AWQ kernels need Turing, compute "
-               "capability 7.5, or newer); on CPU GPTQModel falls back to a slow torch kernel.",
+        "gptq": "GPTQ kernels: the fast ones need an NVIDIA GPU (vLLM's Marlin kernels need compute capability "
+                "8.0+, older GPUs use slower GPTQ kernels); on CPU GPTQModel uses a torch kernel, whose speed "
+                "depends on the CPU (see Evaluation when it was measured on CPU).",
+        "awq": "AWQ kernels: the fast ones need an NVIDIA GPU (vLLM's AWQ kernels need Turing, compute "
+               "capability 7.5, or newer); on CPU GPTQModel uses a torch kernel, whose speed depends on the CPU.",
         "bitsandbytes": "bitsandbytes: its fast kernels are CUDA kernels; CPU support is recent and not built "
                         "for speed.",
         "torchao": "torchao int8 dynamic quantization runs on CPU and GPU; its speed depends on torch.compile and "
@@ -320,8 +321,11 @@ def limitations(meta: dict, report: dict | None) -> list[str]:
     else:
         ns = sorted({t.get("n") for t in ((report.get("quantized") or {}).get("tasks") or {}).values() if t.get("n")})
         if ns:
-            items.append(f"Task accuracies were measured on {', '.join(map(fmt_int, ns))} examples per task: "
-                         "differences of a point or two at that size can be sampling noise.")
+            n = ns[0]
+            se = 100 * 0.5 / n ** 0.5  # binomial standard error at 50% accuracy: the widest it gets
+            items.append(f"Task accuracies were measured on {', '.join(map(fmt_int, ns))} examples per task: one "
+                         f"example is {100 / n:.2g} points, and the standard error of an accuracy can reach "
+                         f"{se:.2g} points, so smaller differences can be sampling noise.")
     if gguf_file(meta):
         items.append("The starting weights were dequantized from a GGUF file, so they already carry that file's "
                      "quantization error" + ("; the evaluation compares against them, not against the base model's "
@@ -535,7 +539,7 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
     evaluation = None
     if report:
         evaluation = {
-            "original_path": (report.get("original") or {}).get("path"),
+            "original": original_label((report.get("original") or {}).get("path"), gguf),
             "protocol": _protocol_items(report),
             "rows": eval_rows(report),
             "gate": gate_summary(report),
@@ -575,6 +579,21 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
 def template_path() -> Path:
     """The packaged template (``llmq/templates/modelcard.md``): the one source of truth, shipped as package data."""
     return Path(__file__).resolve().parent / "templates" / TEMPLATE
+
+
+def original_label(path: str | None, gguf: str | None) -> str:
+    """How the card names the evaluation's original: a Hub id as is, never a local path (it means
+    nothing on the Hub and can leak a user's file layout)."""
+    if not path:
+        return "the original weights"
+    from llmq.models import cache_dir
+
+    p = Path(path)
+    if gguf and cache_dir().resolve() in p.resolve().parents:
+        return f"the original weights (dequantized from `{gguf}`)"
+    if p.is_absolute() or p.exists() or path.startswith((".", "~")):
+        return f"the original weights (a local folder, `{p.name}`)"
+    return f"the original weights (`{path}`)"
 
 
 def render_card(folder: str | os.PathLike, *, repo_id: str | None = None, license: str | None = None,

@@ -113,6 +113,7 @@ def write(args, src, base, base_size, rows, torch) -> str:
         md.append(f"| {r['scheme']} | {t} | {size} | {ratio} | {r['ppl']:.2f} | {r['ppl_delta_pct']:+.1f}% |")
     table = "\n".join(md)
     result = {
+        "command": "LLMQ_DATA_DIR=../shared/data python " + " ".join(["scripts/bench_quantize.py", *sys.argv[1:]]),
         "model": src.base_model_id, "source": str(src.path or src.name), "protocol": base["protocol"],
         "calibration": {"source": "wikitext2 (valid split, LLMQ_DATA_DIR mirror)", "n_samples": args.n_samples,
                         "seqlen": args.calib_seqlen, "group_size": args.group_size},

@@ -178,10 +178,8 @@ for scheme, folder in folders.items():  # report.json/.md/.png land in each fold
     new_code_cell('''\
 import json
 
-import matplotlib
-
-matplotlib.use("Agg")  # also headless in CI; the figure is shown below and saved as a PNG
 import matplotlib.pyplot as plt
+from IPython.display import Image, display
 
 rows = []
 for scheme, folder in folders.items():
@@ -206,8 +204,10 @@ if rows and rows[0]["ppl_original"] is not None:
     axes[0].legend()
 fig.suptitle(f"{name}: quality vs size ({DEVICE}, {LIMIT} examples per task)")
 fig.tight_layout()
-fig.savefig(Path("out") / f"{name}-quality-vs-size.png", dpi=120)
-display(fig)
+png = Path("out") / f"{name}-quality-vs-size.png"
+fig.savefig(png, dpi=120)
+plt.close(fig)
+display(Image(filename=str(png)))  # the saved PNG: the same picture in Colab, Jupyter and headless CI
 for r in rows:
     print(r)'''),
 ]

@@ -50,3 +50,22 @@ def smol_dir() -> Path:
     from llmq.models import resolve_model
 
     return resolve_model(None).local_dir()
+
+
+@pytest.fixture(scope="session")
+def smol_quantized(smol_dir, tmp_path_factory):
+    """``get(scheme) -> folder``: SmolLM2-135M quantized with a scheme's defaults, once per session
+    (the end-to-end and size-estimate tests share the folders)."""
+    import llmq
+
+    root = tmp_path_factory.mktemp("smol-quantized")
+    done: dict[str, Path] = {}
+
+    def get(scheme: str) -> Path:
+        if scheme not in done:
+            qm = llmq.quantize(str(smol_dir), scheme, device="cpu")
+            done[scheme] = qm.save(root / scheme)
+            del qm
+        return done[scheme]
+
+    return get

@@ -2,14 +2,14 @@
 
 Quantize -> save -> reload with llmq.load (plain transformers) -> perplexity on a WikiText-2 test
 slice (seqlen 512, first 4 windows, 2,044 scored tokens). Calibrated schemes use 16 windows of 256
-tokens from the WikiText-2 *valid* split (small, to keep CI fast; the README's table uses 128x512).
+tokens from the WikiText-2 *valid* split (small, to keep CI fast; the README's table uses 64x512).
 
 Bounds, relative to the original's perplexity on the same slice:
 - fp16: +1% (a cast; rounding only);
 - 8-bit schemes: +5% (the issue's quality floor for 8-bit);
 - 4-bit: the naive baseline computed here (asymmetric round-to-nearest, group 64, on the same
   weights) is the bar. GPTQ must stay within 10% of it with this tiny calibration set (it beats it
-  outright with 128 samples: see the README table); AWQ, bnb-nf4 likewise.
+  outright with 64 x 512 tokens: see the README table); AWQ, bnb-nf4 likewise.
 """
 
 from __future__ import annotations
@@ -40,15 +40,30 @@ def baseline(smol_dir, data_dir):
     return {"orig": orig, "rtn4_g64": rtn}
 
 
-def quantized_ppl(scheme, tmp_path, **kw):
-    qm = llmq.quantize(None, scheme, device="cpu", **kw)  # None = the demo model
-    out = qm.save(tmp_path / scheme)
-    del qm
+def quantized_ppl(scheme, tmp_path, smol_quantized, **kw):
+    if kw:
+        qm = llmq.quantize(None, scheme, device="cpu", **kw)  # None = the demo model
+        out = qm.save(tmp_path / scheme)
+        del qm
+        check_size_estimate(out, scheme, kw)
+    else:  # the scheme's defaults: the folder the size-estimate tests also check
+        out = smol_quantized(scheme)
     # fp32 activations: bf16 matmuls are emulated (slow) on CPUs without AVX512-BF16
     model, tok = llmq.load(out, device="cpu", dtype="auto" if scheme == "bnb-int8" else torch.float32)
     value = perplexity(model, tok, **PPL).value
     print(f"{scheme}: ppl {value:.3f}")  # shown with -s / in -rA reports: the measured number behind the bound
     return value
+
+
+def check_size_estimate(folder, scheme, kw):
+    """The advisor's estimate against what GPTQ/AWQ really wrote for SmolLM2 (the issue's 5%; the
+    other schemes are checked in tests/advisor/test_estimate.py)."""
+    from llmq.advisor import estimate, params
+    from llmq.models import folder_size, resolve_model
+
+    profile = params.profile(str(resolve_model(None).local_dir()))
+    est = estimate.estimate_scheme(profile, scheme, device="cpu", **kw)
+    assert est.bytes == pytest.approx(folder_size(folder), rel=0.05), (scheme, folder_size(folder), est.breakdown)
 
 
 def test_baseline_is_sane(baseline):
@@ -57,12 +72,12 @@ def test_baseline_is_sane(baseline):
 
 
 @pytest.mark.parametrize("scheme, bound", [("fp16", 1.01), ("int8-dynamic", 1.05), ("bnb-int8", 1.05)])
-def test_16_and_8_bit(scheme, bound, baseline, tmp_path):
-    p = quantized_ppl(scheme, tmp_path)
+def test_16_and_8_bit(scheme, bound, baseline, tmp_path, smol_quantized):
+    p = quantized_ppl(scheme, tmp_path, smol_quantized)
     assert math.isfinite(p) and p <= bound * baseline["orig"], (scheme, p, baseline)
 
 
 @pytest.mark.parametrize("scheme, kw", [("bnb-nf4", {}), ("gptq-int4", CALIB), ("awq-int4", CALIB)])
-def test_4_bit_against_round_to_nearest(scheme, kw, baseline, tmp_path):
-    p = quantized_ppl(scheme, tmp_path, **kw)
+def test_4_bit_against_round_to_nearest(scheme, kw, baseline, tmp_path, smol_quantized):
+    p = quantized_ppl(scheme, tmp_path, smol_quantized, **kw)
     assert math.isfinite(p) and baseline["orig"] < p <= 1.10 * baseline["rtn4_g64"], (scheme, p, baseline)

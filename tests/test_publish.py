@@ -590,3 +590,15 @@ def test_live_push_to_the_hub(folders, tmp_path):
     assert {name for name, _ in res.files} <= remote
     card = ModelCard.load(repo)
     assert card.data.to_dict()["tags"][0] == "llmq" and "int8-dynamic" in card.text
+
+
+def test_card_never_shows_a_local_path_for_the_original(tmp_path, monkeypatch):
+    from llmq.publish import original_label
+
+    monkeypatch.setenv("LLMQ_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "gguf" / "SmolLM2-135M-Instruct.Q4_1-abc"
+    assert original_label(str(cached), "SmolLM2-135M-Instruct.Q4_1.gguf") == \
+        "the original weights (dequantized from `SmolLM2-135M-Instruct.Q4_1.gguf`)"
+    local = original_label(str(tmp_path / "my-model"), None)
+    assert str(tmp_path) not in local and "`my-model`" in local
+    assert original_label("HuggingFaceTB/SmolLM2-135M", None) == "the original weights (`HuggingFaceTB/SmolLM2-135M`)"

@@ -155,12 +155,41 @@ def _installed(scheme: str) -> tuple[bool, str | None]:
 
 
 def measured_cpu_note(scheme: str) -> str | None:
+    """Our measured CPU speed of ``scheme`` relative to fp32 (decode and prefill), or None."""
     m = rules.MEASURED_CPU_SPEED
-    tps = m.get("tokens_per_s") or {}
+    tps, pre = m.get("tokens_per_s") or {}, m.get("prefill_tokens_per_s") or {}
     if scheme not in tps or "fp32" not in tps:
         return None
-    ratio = tps[scheme] / tps["fp32"]
-    return f"measured {ratio:.2f}x fp32 decode speed on CPU ({m['model']})"
+    text = f"measured {tps[scheme] / tps['fp32']:.2f}x fp32 decode speed"
+    if scheme in pre and pre.get("fp32"):
+        text += f", {pre[scheme] / pre['fp32']:.2f}x prefill"
+    return text + f" on CPU ({m['model']})"
+
+
+def cpu_speed_verdict(scheme: str) -> str | None:
+    """'faster' / 'slower' / 'mixed' than fp32 on our CPU measurement (decode and prefill together)."""
+    m = rules.MEASURED_CPU_SPEED
+    ratios = [d[scheme] / d["fp32"] for d in (m.get("tokens_per_s") or {}, m.get("prefill_tokens_per_s") or {})
+              if scheme in d and d.get("fp32")]
+    if not ratios:
+        return None
+    return "faster" if min(ratios) > 1 else "slower" if max(ratios) < 1 else "mixed"
+
+
+def measured_band_note(band: Any) -> str | None:
+    """Our own SmolLM2-135M measurement, quoted for models in its size band."""
+    from llmq.advisor import measured
+
+    q = measured.SMOL_QUALITY
+    four = [r["ppl_change"] * 100 for s, r in q.get("rows", {}).items()
+            if s in rules.ROLES and rules.ROLES[s].precision == "4"]
+    eight = [r["ppl_change"] * 100 for s, r in q.get("rows", {}).items()
+             if s in rules.ROLES and rules.ROLES[s].precision == "8"]
+    if not four or band.label != rules.size_band(135e6).label:
+        return None
+    return (f"measured on SmolLM2-135M (this size band): 4-bit schemes cost +{min(four):.1f}% to +{max(four):.1f}% "
+            f"perplexity, 8-bit +{min(eight or [0]):.1f}% to +{max(eight or [0]):.1f}%, well beyond the rule of "
+            f"thumb's {band.four_bit_loss[0]:g}-{band.four_bit_loss[1]:g}% for 4-bit (`{q['command']}`)")
 
 
 def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float | None = None,
@@ -216,14 +245,13 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         if situation == "cpu":
             if s == "int8-dynamic":
                 c.reasons.append("decision tree: CPU only -> int8-dynamic")
-                note = measured_cpu_note(s)
-                tps = rules.MEASURED_CPU_SPEED.get("tokens_per_s") or {}
-                if note:
-                    slower = tps.get(s, 0) < tps.get("fp32", 0)
-                    c.reasons.append(f"saves memory, not time: {note}" if slower else note)
-            if s.startswith("bnb-"):
-                note = measured_cpu_note(s)
-                c.reasons.append("bitsandbytes runs on CPU, slower than fp32" + (f": {note}" if note else ""))
+            note = measured_cpu_note(s)
+            if note:
+                verdict = cpu_speed_verdict(s)
+                c.reasons.append({"slower": f"saves memory, not time: {note}",
+                                  "mixed": f"speed vs fp32 depends on the phase: {note}"}.get(verdict, note))
+            elif s.startswith("bnb-"):
+                c.reasons.append("bitsandbytes runs on CPU (>= 0.50); its CPU speed was not measured here")
             elif role.gpu_only_kernels:
                 c.reasons.append("its fast kernels (Marlin, ExLlama) are CUDA-only; CPU speed not measured here")
         elif situation == "gpu_fits":
@@ -283,16 +311,20 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
                  f"{rules_overhead(hw.device)} GiB runtime overhead (assumed)")
     notes.append(f"expected-loss bands: 4-bit from the {rules.RULE_SOURCE}; 8-bit and 16-bit are priors "
                  "(see llmq/advisor/rules.py); `--scheme auto` measures instead of assuming")
+    smol = measured_band_note(band)
+    if smol:
+        notes.append(smol)
     if hw.device == "cpu":
-        nf4 = measured_cpu_note("bnb-nf4")
-        if nf4:
-            notes.append(f"contradicts 'quantize to go faster': bitsandbytes on CPU is slower than fp32: bnb-nf4 {nf4}")
-        i8 = measured_cpu_note("int8-dynamic")
-        if i8 and rules.MEASURED_CPU_SPEED["tokens_per_s"]["int8-dynamic"] < rules.MEASURED_CPU_SPEED["tokens_per_s"]["fp32"]:
-            notes.append(f"int8-dynamic (the CPU pick) was slower than fp32 too, {i8}: it buys memory, not speed")
         m = rules.MEASURED_CPU_SPEED
+        for s in ("int8-dynamic", "bnb-int8", "bnb-nf4"):
+            note, verdict = measured_cpu_note(s), cpu_speed_verdict(s)
+            if note and verdict != "faster":
+                notes.append(f"{s} is not simply a CPU speed-up: {note}")
+            elif note:
+                notes.append(f"{s} ran faster than fp32 here: {note}")
         if m.get("tokens_per_s"):
-            notes.append(f"CPU speeds measured with `{m['command']}` on {m['machine']} (one run)")
+            notes.append(f"CPU speeds measured with `{m['command']}` on {m['machine']} (one run, batch 1); "
+                         "they depend on the CPU (bitsandbytes computes in bf16 by default)")
     return Advice(prof, hw, context, batch_size, tol, situation, band, cands, original(prof).bytes, notes)
 
 

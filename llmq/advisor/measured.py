@@ -5,18 +5,35 @@ Each block names the command that produced it; rerun the command and paste its J
 
 from __future__ import annotations
 
-#: ``python scripts/bench_cpu_speed.py --tokens 32`` (decode tokens/s, best of 2, one run, on a
-#: 2-core machine shared with other jobs; fp32 re-measured alone afterwards: 3.03 tok/s).
-#: torchao int8-dynamic runs eagerly here (no torch.compile), which is why it is slower than fp32.
+#: ``eval/bench_cpu_speed.json``: decode tokens/s (32 greedy tokens, best of 2) and prefill tokens/s
+#: (one 512-token forward, best of 2), batch 1, one run on an otherwise idle machine. bitsandbytes
+#: computes in bf16 by default, which this CPU runs natively (AVX512-BF16); torchao int8-dynamic runs
+#: eagerly (no torch.compile). On other CPUs the ratios differ: rerun the command there.
 CPU_SPEED: dict = {
-    "command": "python scripts/bench_cpu_speed.py --tokens 32",
+    "command": 'python scripts/bench_cpu_speed.py --tokens 32 --prefill 512 --repeats 2',
     "model": "SmolLM2-135M-Instruct",
-    "machine": "2 shared CPU cores, torch 2.14 eager",
-    "tokens_per_s": {"fp32": 2.78, "int8-dynamic": 0.52, "bnb-int8": 0.29, "bnb-nf4": 0.39},
+    "machine": 'AMD EPYC (with AVX512-BF16), 2 CPU threads, torch 2.14.1+cu130 eager',
+    "tokens_per_s": {'fp32': 15.72, 'int8-dynamic': 10.35, 'bnb-int8': 18.0, 'bnb-nf4': 25.59},
+    "prefill_tokens_per_s": {'fp32': 511.6, 'int8-dynamic': 683.0, 'bnb-int8': 255.8, 'bnb-nf4': 730.9},
 }
 
-#: SmolLM2-135M-Instruct, size written by llmq and perplexity change vs the fp32 original
+#: SmolLM2-135M-Instruct (the offline demo, fp32 dequantized from its GGUF): size written by llmq and
+#: perplexity change vs that fp32 original, from ``eval/bench_quantize.json`` (one run, 2-core CPU).
+#: GPTQ/AWQ: group size 64, 64 x 512 calibration tokens from WikiText-2 valid; the naive RTN int4 g64
+#: reference scored +33.1% in the same run.
 SMOL_QUALITY: dict = {
-    "command": "",
-    "rows": {},
+    "command": "LLMQ_DATA_DIR=../shared/data python scripts/bench_quantize.py --n-samples 64",
+    "protocol": "WikiText-2 test, seqlen 1024, first 16 windows (16,368 tokens), fp32 activations; original ppl 22.77",
+    "rows": {
+        "fp16": {"size_bytes": 269060280, "ppl_change": 0.0},
+        "bf16": {"size_bytes": 269060552, "ppl_change": -0.0001},
+        "int8-dynamic": {"size_bytes": 220537624, "ppl_change": 0.0354},
+        "bnb-int8": {"size_bytes": 163557570, "ppl_change": 0.0199},
+        "gptq-int8": {"size_bytes": 168535400, "ppl_change": 0.0001},
+        "bnb-nf4": {"size_bytes": 111879761, "ppl_change": 0.2808},
+        "bnb-fp4": {"size_bytes": 111879761, "ppl_change": 0.4623},
+        "gptq-int4": {"size_bytes": 114620920, "ppl_change": 0.2705},
+        "awq-int4": {"size_bytes": 170694272, "ppl_change": 0.1559},
+        "gptq-int3": {"size_bytes": 101142128, "ppl_change": 1.4108},
+    },
 }

@@ -24,31 +24,56 @@ def which_scheme_markdown() -> str:
               f"({rules.BAND_SOURCES['8']}); `--scheme auto` replaces every assumption with a measurement.", ""]
     q = measured.SMOL_QUALITY
     if q.get("rows"):
-        lines += ["### Measured on SmolLM2-135M (the 100M-1B band)", "",
-                  f"`{q['command']}`", "",
-                  "| scheme | size | perplexity change vs fp32 | rule of thumb says |", "|---|---|---|---|"]
         band = rules.size_band(135e6)
+        lines += [f"### Measured on SmolLM2-135M (the {band.label} band)", "",
+                  f"`{q['command']}`" + (f" ({q['protocol']})" if q.get("protocol") else ""), "",
+                  "| scheme | size | perplexity change vs fp32 | rule of thumb says |", "|---|---|---|---|"]
+        by_precision: dict[str, list[float]] = {}
         for scheme, r in q["rows"].items():
             loss, _ = rules.expected_loss(scheme, 135e6) if scheme in rules.ROLES else ((0.0, 0.0), "")
             say = f"{loss[0]:g}-{loss[1]:g}%" if loss else "not covered"
-            if scheme in rules.ROLES and rules.ROLES[scheme].precision == "4":
-                say += f" ({band.verdict})"
+            if scheme in rules.ROLES:
+                prec = rules.ROLES[scheme].precision
+                by_precision.setdefault(prec, []).append(r["ppl_change"] * 100)
+                if prec == "4":
+                    say += f" ({band.verdict})"
             lines.append(f"| {scheme} | {r['size_bytes'] / 1e6:.1f} MB | {r['ppl_change'] * 100:+.2f}% | {say} |")
         lines.append("")
+        four, eight = by_precision.get("4"), by_precision.get("8")
+        lo, hi = band.four_bit_loss
+        if four and min(four) > hi:
+            e8 = rules.EIGHT_BIT_LOSS
+            lines += [f"At this size 4-bit cost far more perplexity than the rule of thumb's {lo:g}-{hi:g}% "
+                      f"(+{min(four):.1f}% to +{max(four):.1f}% here; the rule does not name its metric), which "
+                      "backs its advice for this band: prefer 8-bit"
+                      + (f" (+{min(eight):.1f}% to +{max(eight):.1f}% here, against the {e8[0]:g}-{e8[1]:g}% "
+                         "assumed)." if eight else "."), ""]
     s = measured.CPU_SPEED
     if s.get("tokens_per_s"):
         base = s["tokens_per_s"].get("fp32")
+        pre = s.get("prefill_tokens_per_s") or {}
         lines += ["### Where our measurements contradict the rule of thumb", "",
-                  f"Quantization is not a speed-up on CPU. Decode speed, {s['model']}, {s['machine']} "
-                  f"(`{s['command']}`, one run):", "",
-                  "| scheme | tokens/s | vs fp32 |", "|---|---|---|"]
+                  f"Quantization is not simply a speed-up on CPU. {s['model']}, {s['machine']} (`{s['command']}`, "
+                  "one run; batch 1):", "",
+                  "| scheme | decode tokens/s | vs fp32 | prefill tokens/s | vs fp32 |", "|---|---|---|---|---|"]
         for k, v in s["tokens_per_s"].items():
-            lines.append(f"| {k} | {v:.2f} | {v / base:.2f}x |" if base else f"| {k} | {v:.2f} | |")
-        lines += ["", "bitsandbytes runs on CPU (>= 0.50) but dequantizes on every matmul: pick it for GPU memory, "
-                  "not CPU speed. int8-dynamic, the decision tree's CPU pick, was slower than fp32 here too "
-                  "(torchao in eager mode): on this machine it buys memory (2.4x smaller than fp32 for "
-                  "SmolLM2), not speed. `advise` quotes these numbers next to the CPU candidates.", ""]
+            p = pre.get(k)
+            pcell = f"{p:.0f} | {p / pre['fp32']:.2f}x" if p and pre.get("fp32") else " | "
+            lines.append(f"| {k} | {v:.2f} | {v / base:.2f}x | {pcell} |" if base else f"| {k} | {v:.2f} | | {pcell} |")
+        from llmq.advisor.advice import cpu_speed_verdict
+
+        said = {"faster": "faster than fp32 in both phases", "slower": "slower than fp32 in both phases",
+                "mixed": "faster in one phase and slower in the other"}
+        verdicts = [f"{k} {said[v]}" for k in s["tokens_per_s"] if k != "fp32" and (v := cpu_speed_verdict(k))]
+        lines += ["", "On this CPU: " + "; ".join(verdicts) + ". The decision tree's CPU pick, int8-dynamic, is "
+                  "a memory saving first (torchao runs eagerly here, without `torch.compile`)."
+                  + (" This contradicts the usual advice that bitsandbytes is slower than fp32 on CPU: bitsandbytes "
+                     "computes in bf16 by default, which this CPU runs natively." if cpu_speed_verdict("bnb-nf4") ==
+                     "faster" else "")
+                  + " Speed ratios depend on the CPU (bf16 support above all): rerun the command on yours. `advise` "
+                  "quotes these numbers next to the CPU candidates.", ""]
     lines += ["Size estimates (`python -m llmq estimate`) match the folders llmq writes for SmolLM2-135M within "
-              "0.2% for fp16, int8-dynamic, bnb-int8 and bnb-nf4, and GPTQ/AWQ within 5% on a tiny model "
-              "(`pytest tests/advisor/test_estimate.py`; GPTQ takes minutes on SmolLM2 on CPU).", ""]
+              "0.2% for fp16, int8-dynamic, bnb-int8 and bnb-nf4 (`tests/advisor/test_estimate.py`), and within "
+              "5% for gptq-int4 and awq-int4 at group size 64 (`tests/test_e2e_smollm2.py`); every scheme on a "
+              "tiny model within 5%.", ""]
     return "\n".join(lines)

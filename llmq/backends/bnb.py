@@ -10,7 +10,8 @@ from llmq.models import excluded_modules, linear_shapes
 
 class BitsAndBytesBackend(Backend):
     """bitsandbytes quantizes at load time; transformers' ``BitsAndBytesConfig`` drives it.
-    bitsandbytes >= 0.50 also runs on CPU (slower than fp32 there)."""
+    bitsandbytes >= 0.50 also runs on CPU; whether it beats fp32 there depends on the CPU
+    (``eval/bench_cpu_speed.json``)."""
 
     name = "bitsandbytes"
     requires = (("bitsandbytes", "bitsandbytes"),)

@@ -257,10 +257,15 @@ def compare(original: Any, quantized: Any, *, ppl: str | os.PathLike | None = "w
             batch_size: int = 16, speed: bool = True, progress: bool = True, max_ppl_increase: Any = None,
             max_accuracy_loss: float | None = None, max_kld: float | None = None) -> dict[str, Any]:
     """Evaluate both under one protocol; the ``report.json`` dict. With ``out_dir``, writes
-    ``report.json``, ``report.md`` and ``report.png`` there (also when a gate fails)."""
+    ``report.json``, ``report.md`` and ``report.png`` there (also when a gate fails). ``original=None``
+    is the offline demo model, as everywhere in llmq."""
     from llmq.eval.gate import check_gate, gate_set, validate
 
     validate(max_ppl_increase, max_accuracy_loss, max_kld)
+    if original is None:  # evaluate(reference=None) would silently drop the comparison
+        from llmq.models import resolve_model
+
+        original = str(resolve_model(None).local_dir())
     if max_accuracy_loss is not None and not split_tasks(tasks):
         tasks = list(DEFAULT_GATE_TASKS)
     report = evaluate(quantized, ppl=ppl, tasks=tasks, limit=limit, seqlen=seqlen, stride=stride, reference=original,

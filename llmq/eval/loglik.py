@@ -85,10 +85,13 @@ def loglikelihood_tokens(model: Any, encoded: Sequence[tuple[list[int], list[int
     for i, (ctx, cont) in enumerate(encoded):
         groups.setdefault(tuple(ctx), []).append(i)
     shared, single = [], []
+    cache_ok = share_context and _supports_cache(model)
     for ctx, idx in groups.items():
         fits = all(len(ctx) + len(encoded[i][1]) <= limit for i in idx)
-        (shared if share_context and len(idx) > 1 and fits and _supports_cache(model) else single).append(idx)
-    shared.sort(key=lambda idx: -len(encoded[idx[0]][0]))  # similar lengths together: little padding
+        (shared if cache_ok and fits and _sharing_pays(len(ctx), [len(encoded[i][1]) for i in idx]) else single
+         ).append(idx)
+    # similar lengths together, little padding: by context + longest continuation (what one row costs)
+    shared.sort(key=lambda idx: -len(encoded[idx[0]][0]) - max(len(encoded[i][1]) for i in idx))
     single_idx = sorted((i for idx in single for i in idx), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
     bar = tqdm(total=len(encoded), desc=desc, unit="req", disable=not progress)
     with torch.inference_mode():
@@ -105,6 +108,14 @@ def loglikelihood_tokens(model: Any, encoded: Sequence[tuple[list[int], list[int
             bar.update(len(part))
     bar.close()
     return results  # type: ignore[return-value]
+
+
+def _sharing_pays(ctx_len: int, cont_lens: list[int]) -> bool:
+    """Sharing saves ``(k-1) * ctx_len`` token positions but costs a second forward and a cache copy,
+    so it loses when short contexts carry long continuations (piqa: a short goal, two long solutions)
+    and wins when a long question carries short answers (arc_easy). ``scripts/bench_eval.py`` times both
+    paths ("no KV sharing" column). Share only when the saved positions outnumber the continuation tokens."""
+    return len(cont_lens) > 1 and (len(cont_lens) - 1) * ctx_len > sum(cont_lens)
 
 
 def _supports_cache(model: Any) -> bool:
@@ -138,12 +149,16 @@ def _score_full(model: Any, pairs: list[tuple[list[int], list[int]]], limit: int
     inputs = [(ctx + cont)[-(limit + 1):][:-1] for ctx, cont in pairs]
     width = max(len(x) for x in inputs)
     ids = torch.zeros(len(inputs), width, dtype=torch.long)
-    mask = torch.zeros(len(inputs), width, dtype=torch.long)
     for r, x in enumerate(inputs):
         ids[r, :len(x)] = torch.tensor(x)
-        mask[r, :len(x)] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    rows = [logits[r, len(x) - len(cont):len(x)] for r, (x, (_, cont)) in enumerate(zip(inputs, pairs))]
+    # No attention mask: padding sits after every real token, which causal attention never looks at
+    # (lm-eval does the same); without a mask SDPA keeps its fast causal path.
+    # Only the last `keep` positions hold scored tokens: skip the vocabulary projection for the rest.
+    keep = max(width - (len(x) - len(cont)) for x, (_, cont) in zip(inputs, pairs))
+    kw = {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
+    logits = model(input_ids=ids.to(device), **kw).logits
+    off = width - logits.shape[1]
+    rows = [logits[r, len(x) - len(cont) - off:len(x) - off] for r, (x, (_, cont)) in enumerate(zip(inputs, pairs))]
     return _score(rows, [cont for _, cont in pairs])
 
 

@@ -263,8 +263,9 @@ def requests_for(spec: TaskSpec, row: dict) -> list[tuple[str, str]]:
 
 
 def run_task(model: Any, tokenizer: Any, spec: TaskSpec | str, *, limit: int | None = None, batch_size: int = 16,
-             progress: bool = True) -> dict[str, Any]:
-    """``{"acc", "acc_norm", "n", "protocol"}`` (plus ``"ppl"`` for the lm shape); accuracies as fractions."""
+             progress: bool = True, share_context: bool = True) -> dict[str, Any]:
+    """``{"acc", "acc_norm", "n", "protocol"}`` (plus ``"ppl"`` for the lm shape); accuracies as fractions.
+    ``share_context=False`` scores every (context, choice) sequence whole, as lm-eval does (same numbers)."""
     import numpy as np
 
     from llmq.eval.loglik import loglikelihood
@@ -276,7 +277,8 @@ def run_task(model: Any, tokenizer: Any, spec: TaskSpec | str, *, limit: int | N
         for r in requests_for(spec, row):
             reqs.append(r)
             owner.append(i)
-    lls = loglikelihood(model, tokenizer, reqs, batch_size=batch_size, progress=progress, desc=spec.name)
+    lls = loglikelihood(model, tokenizer, reqs, batch_size=batch_size, progress=progress, desc=spec.name,
+                        share_context=share_context)
     per_row: list[list[Any]] = [[] for _ in rows]
     for i, ll in zip(owner, lls):
         per_row[i].append(ll)

@@ -159,9 +159,26 @@ def test_real_model_advice_on_this_machine(tiny_model_dir):
 
 
 def test_measured_cpu_facts_are_quoted_on_cpu(monkeypatch):
-    monkeypatch.setitem(rules.MEASURED_CPU_SPEED, "tokens_per_s", {"fp32": 10.0, "bnb-nf4": 2.5})
+    monkeypatch.setitem(rules.MEASURED_CPU_SPEED, "tokens_per_s", {"fp32": 10.0, "bnb-nf4": 2.5, "int8-dynamic": 5.0,
+                                                                    "bnb-int8": 20.0})
+    monkeypatch.setitem(rules.MEASURED_CPU_SPEED, "prefill_tokens_per_s", {"fp32": 100.0, "bnb-nf4": 50.0,
+                                                                            "int8-dynamic": 150.0, "bnb-int8": 200.0})
     adv = llmq.advise(1_000_000_000, device="cpu", ram_gb=64)
-    nf4 = next(c for c in adv.candidates if c.scheme == "bnb-nf4")
-    assert "0.25x fp32 decode speed" in " ".join(nf4.reasons)
-    assert any("slower than fp32" in n for n in adv.notes)
+    reasons = {c.scheme: " ".join(c.reasons) for c in adv.candidates}
+    assert "saves memory, not time: measured 0.25x fp32 decode speed, 0.50x prefill" in reasons["bnb-nf4"]
+    assert "depends on the phase: measured 0.50x fp32 decode speed, 1.50x prefill" in reasons["int8-dynamic"]
+    assert "measured 2.00x fp32 decode speed, 2.00x prefill" in reasons["bnb-int8"]
+    assert "saves memory" not in reasons["bnb-int8"] and "phase" not in reasons["bnb-int8"]
+    assert any(n.startswith("bnb-nf4 is not simply a CPU speed-up") for n in adv.notes)
+    assert any(n.startswith("bnb-int8 ran faster than fp32 here") for n in adv.notes)
     assert advice.measured_cpu_note("gptq-int4") is None
+
+
+def test_our_smollm2_measurement_is_quoted_in_its_size_band_only():
+    import llmq
+    from llmq.advisor import measured
+
+    four = min(r["ppl_change"] for s, r in measured.SMOL_QUALITY["rows"].items() if s in ("gptq-int4", "awq-int4"))
+    small = [n for n in llmq.advise(300_000_000, device="cpu", ram_gb=16).notes if "measured on SmolLM2-135M" in n]
+    assert len(small) == 1 and f"+{four * 100:.1f}%" in small[0] and "rule of thumb's 2-5%" in small[0]
+    assert not [n for n in llmq.advise(7_000_000_000, device="cpu", ram_gb=64).notes if "SmolLM2-135M (this" in n]

@@ -20,3 +20,11 @@ def test_measured_rows_appear_with_their_command(monkeypatch):
     assert "| bnb-nf4 | 111.9 MB | +6.00% | 2-5% (prefer 8-bit) |" in md
     assert "| bnb-nf4 | 4.00 | 0.40x |" in md
     assert "`python scripts/x.py`" in md and measured.CPU_SPEED["command"] in md
+
+
+def test_readme_section_is_the_generated_one():
+    """The README's "Which scheme?" section is `python -m llmq advise --markdown-table`, verbatim."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert report.which_scheme_markdown().strip() in readme, "regenerate it: python -m llmq advise --markdown-table"

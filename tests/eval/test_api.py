@@ -92,3 +92,21 @@ def test_run_eval_writes_the_report_into_the_quantized_folder(tiny_model_dir, tm
     assert r["quantized"]["perplexity"]["windows"] == 2 and "seqlen=1024" in r["protocol"]["ppl"]  # clamped to max
     assert (out / "report.md").is_file() and (out / "report.png").is_file()
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASS")
+
+
+def test_compare_with_no_original_uses_the_demo_model(tiny_model_dir, tiny_fp4_dir, monkeypatch):
+    """``compare(None, ...)`` means the offline demo, as ``quantize(None, ...)`` does: never a report
+    without its original."""
+    import llmq.models
+
+    real = llmq.models.resolve_model
+    seen = []
+
+    class Demo:
+        def local_dir(self):
+            return tiny_model_dir
+
+    monkeypatch.setattr(llmq.models, "resolve_model", lambda m, *a, **k: seen.append(m) or Demo() if m is None
+                        else real(m, *a, **k))
+    r = compare(None, str(tiny_fp4_dir), ppl="wikitext2", limit=1, seqlen=64, speed=False, progress=False)
+    assert None in seen and r["original"]["path"] == str(tiny_model_dir) and r["quantized"]["kld"]["mean"] > 0

@@ -1,0 +1,30 @@
+"""The numbers the advisor quotes are the numbers the benchmark scripts wrote (no drift, no invention)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmq.advisor import measured
+
+EVAL = Path(__file__).resolve().parents[2] / "eval"
+
+
+def test_cpu_speed_is_the_benchmark_output():
+    data = json.loads((EVAL / "bench_cpu_speed.json").read_text())
+    assert measured.CPU_SPEED["command"] == data["command"]
+    assert measured.CPU_SPEED["tokens_per_s"] == {r["scheme"]: r["tokens_per_s"] for r in data["results"]}
+    assert measured.CPU_SPEED["prefill_tokens_per_s"] == {r["scheme"]: r["prefill_tokens_per_s"]
+                                                          for r in data["results"]}
+
+
+def test_smollm2_quality_is_the_benchmark_output():
+    data = json.loads((EVAL / "bench_quantize.json").read_text())
+    rows = {r["scheme"]: r for r in data["rows"] if r["size_bytes"] is not None and r["time_s"] is not None}
+    assert measured.SMOL_QUALITY["command"] in data["command"]
+    assert set(measured.SMOL_QUALITY["rows"]) == set(rows)
+    for scheme, m in measured.SMOL_QUALITY["rows"].items():
+        assert m["size_bytes"] == rows[scheme]["size_bytes"]
+        assert m["ppl_change"] == pytest.approx(rows[scheme]["ppl_delta_pct"] / 100, abs=5e-5)
