@@ -7,8 +7,9 @@ quantization backend until one is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from llmq.registry import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -32,14 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from llmq.core import QuantizedModel, load, quantize
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'llmq' has no attribute {name!r}")
-    module, attr = target.split(":")
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -9,7 +9,6 @@ and exit code 2; a failed accuracy gate is exit code 1.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from llmq.errors import LlmqError
+from llmq.registry import import_target
 
 #: subcommand -> "module:function" that adds its parser (lazy, like the backend registry)
 COMMANDS = {
@@ -257,9 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llmq {llmq.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, target in COMMANDS.items():
-        module, fn = target.split(":")
         try:
-            getattr(importlib.import_module(module), fn)(sub)
+            import_target(target)(sub)
         except (ImportError, AttributeError):
             # A feature module that is not there yet must not break the others.
             p = sub.add_parser(name, help="(unavailable in this build)")

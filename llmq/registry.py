@@ -8,11 +8,31 @@ package; duplicate names raise; an unknown name raises with the nearest valid on
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, MutableMapping, TypeVar
 
 from llmq.errors import UnknownNameError
 
 T = TypeVar("T")
+
+
+def import_target(target: str) -> Any:
+    """``"module:attr"`` -> the object; the module is imported only now."""
+    module, attr = target.split(":", 1)
+    return getattr(importlib.import_module(module), attr)
+
+
+def lazy_exports(module_name: str, targets: Mapping[str, str], namespace: MutableMapping[str, Any]
+                 ) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that imports each of ``targets`` on first use and keeps it in
+    the module's ``namespace``, so a package's public names cost nothing until they are used."""
+    def __getattr__(name: str) -> Any:
+        target = targets.get(name)
+        if target is None:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        namespace[name] = value = import_target(target)
+        return value
+
+    return __getattr__
 
 
 class Registry(Generic[T]):
@@ -39,8 +59,7 @@ class Registry(Generic[T]):
             raise UnknownNameError(self.kind, name, self._entries)
         entry = self._entries[name]
         if isinstance(entry, str):
-            module, attr = entry.split(":", 1)
-            entry = getattr(importlib.import_module(module), attr)
+            entry = import_target(entry)
             self._entries[name] = entry
         return entry  # type: ignore[return-value]
 

@@ -56,3 +56,16 @@ def test_import_llmq_does_not_import_torch_or_backends():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_lazy_exports_import_on_first_use_and_keep_the_object():
+    import json
+
+    from llmq.registry import lazy_exports
+
+    ns: dict = {}
+    getattr_ = lazy_exports("pkg", {"dumps": "json:dumps"}, ns)
+    assert ns == {}
+    assert getattr_("dumps") is json.dumps and ns == {"dumps": json.dumps}
+    with pytest.raises(AttributeError, match="module 'pkg' has no attribute 'loads'"):
+        getattr_("loads")

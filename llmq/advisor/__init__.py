@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmq.registry import lazy_exports
+
 
 def advise(model: Any = None, **kwargs: Any) -> Any:
     from llmq.advisor.advice import advise as _advise
@@ -42,14 +44,11 @@ def run_auto(args: Any, **kwargs: Any) -> int:
     return _run(args, **kwargs)
 
 
-def __getattr__(name: str) -> Any:
-    lazy = {"Advice": "advice", "Candidate": "advice", "ModelProfile": "params", "profile": "params",
-            "estimate_scheme": "estimate", "all_estimates": "estimate", "SizeEstimate": "estimate"}
-    if name in lazy:
-        import importlib
-
-        return getattr(importlib.import_module(f"llmq.advisor.{lazy[name]}"), name)
-    raise AttributeError(f"module 'llmq.advisor' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {
+    name: f"llmq.advisor.{module}:{name}" for name, module in {
+        "Advice": "advice", "Candidate": "advice", "ModelProfile": "params", "profile": "params",
+        "estimate_scheme": "estimate", "all_estimates": "estimate", "SizeEstimate": "estimate"}.items()
+}, globals())
 
 
 __all__ = ["advise", "add_advise", "add_estimate", "run_auto"]

@@ -5,8 +5,9 @@ writing report.json/.md/.png) are imported lazily so that ``llmq.eval.cli`` stay
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from llmq.registry import lazy_exports
 
 _LAZY = {
     "evaluate": "llmq.eval.api:evaluate",
@@ -22,11 +23,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from llmq.eval.gate import GateResult, check_gate
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'llmq.eval' has no attribute {name!r}")
-    module, attr = target.split(":")
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
