@@ -36,8 +36,30 @@ def nb(cells, name):
     nbformat.write(book, OUT / name)
 
 
-def params(extra: str) -> new_code_cell:
-    c = new_code_cell(source=extra)
+PARAMS_HEAD = '''\
+# Parameters (papermill-style tag "parameters"; the environment variables override them).
+import os
+
+import torch
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+MODEL = os.environ.get("LLMQ_NOTEBOOK_MODEL") or ("HuggingFaceTB/SmolLM2-1.7B-Instruct" if ON_GPU else "demo")
+MODEL = None if MODEL == "demo" else MODEL  # None = the offline demo model
+'''
+
+#: the evaluation slice both notebooks use (small on CPU, so CI stays fast)
+PARAMS_SLICE = '''\
+LIMIT = int(os.environ.get("LLMQ_NOTEBOOK_LIMIT") or (200 if ON_GPU else 4))  # examples per task / ppl windows
+SEQLEN = 2048 if ON_GPU else 256  # perplexity window length (CPU: short windows keep CI fast)
+TASKS = ["arc_easy"]
+'''
+
+
+def params(schemes: str, rest: str) -> new_code_cell:
+    """The tagged parameter cell: device and model (shared), the notebook's schemes, the shared
+    evaluation slice, then the rest."""
+    c = new_code_cell(source=PARAMS_HEAD + schemes + PARAMS_SLICE + rest)
     c.metadata["tags"] = ["parameters"]
     return c
 
@@ -59,19 +81,8 @@ PyPI) with small evaluation slices. Environment variables override the parameter
 `LLMQ_NOTEBOOK_REPO` (a Hub repo id: set it, with a token, to really push)."""),
     new_code_cell(INSTALL),
     params('''\
-# Parameters (papermill-style tag "parameters"; the environment variables override them).
-import os
-
-import torch
-
-ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
-MODEL = os.environ.get("LLMQ_NOTEBOOK_MODEL") or ("HuggingFaceTB/SmolLM2-1.7B-Instruct" if ON_GPU else "demo")
-MODEL = None if MODEL == "demo" else MODEL  # None = the offline demo model
 SCHEME = os.environ.get("LLMQ_NOTEBOOK_SCHEME")  # None = the advisor's top quantized pick
-LIMIT = int(os.environ.get("LLMQ_NOTEBOOK_LIMIT") or (200 if ON_GPU else 4))  # examples per task / ppl windows
-SEQLEN = 2048 if ON_GPU else 256  # perplexity window length (CPU: short windows keep CI fast)
-TASKS = ["arc_easy"]
+''', '''\
 REPO_ID = os.environ.get("LLMQ_NOTEBOOK_REPO")  # e.g. "your-name/SmolLM2-1.7B-Instruct-llmq"; None = dry run
 print(f"device={DEVICE} model={MODEL or 'demo (SmolLM2-135M-Instruct from GGUF)'} limit={LIMIT}")'''),
     new_markdown_cell("## 1. Advise\n\nSizes and expected loss for every scheme on this machine, before any weight is downloaded."),
@@ -137,21 +148,10 @@ small slices. Environment variables override the parameters: `LLMQ_NOTEBOOK_MODE
 (comma-separated), `LLMQ_NOTEBOOK_LIMIT`."""),
     new_code_cell(INSTALL),
     params('''\
-# Parameters (papermill-style tag "parameters"; the environment variables override them).
-import os
-
-import torch
-
-ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
-MODEL = os.environ.get("LLMQ_NOTEBOOK_MODEL") or ("HuggingFaceTB/SmolLM2-1.7B-Instruct" if ON_GPU else "demo")
-MODEL = None if MODEL == "demo" else MODEL  # None = the offline demo model
 GPU_SCHEMES = "fp16,bnb-int8,gptq-int8,gptq-int4,awq-int4,bnb-nf4"
 CPU_SCHEMES = "fp16,int8-dynamic,bnb-nf4"  # the fast ones: no calibration
 SCHEMES = (os.environ.get("LLMQ_NOTEBOOK_SCHEMES") or (GPU_SCHEMES if ON_GPU else CPU_SCHEMES)).split(",")
-LIMIT = int(os.environ.get("LLMQ_NOTEBOOK_LIMIT") or (200 if ON_GPU else 4))  # examples per task / ppl windows
-SEQLEN = 2048 if ON_GPU else 256  # perplexity window length (CPU: short windows keep CI fast)
-TASKS = ["arc_easy"]
+''', '''\
 print(f"device={DEVICE} model={MODEL or 'demo (SmolLM2-135M-Instruct from GGUF)'} schemes={SCHEMES}")'''),
     new_markdown_cell("## 1. Quantize with every scheme"),
     new_code_cell('''\
