@@ -154,26 +154,36 @@ def _installed(scheme: str) -> tuple[bool, str | None]:
     return (not b.missing_packages(), b.extra)
 
 
+def cpu_speed_ratios(scheme: str) -> tuple[float | None, float | None]:
+    """(decode, prefill) speed of ``scheme`` relative to fp32 in our CPU measurement; None where not measured."""
+    m = rules.MEASURED_CPU_SPEED
+    return tuple(d[scheme] / d["fp32"] if scheme in d and d.get("fp32") else None  # type: ignore[return-value]
+                 for d in (m.get("tokens_per_s") or {}, m.get("prefill_tokens_per_s") or {}))
+
+
 def measured_cpu_note(scheme: str) -> str | None:
     """Our measured CPU speed of ``scheme`` relative to fp32 (decode and prefill), or None."""
-    m = rules.MEASURED_CPU_SPEED
-    tps, pre = m.get("tokens_per_s") or {}, m.get("prefill_tokens_per_s") or {}
-    if scheme not in tps or "fp32" not in tps:
+    decode, prefill = cpu_speed_ratios(scheme)
+    if decode is None:
         return None
-    text = f"measured {tps[scheme] / tps['fp32']:.2f}x fp32 decode speed"
-    if scheme in pre and pre.get("fp32"):
-        text += f", {pre[scheme] / pre['fp32']:.2f}x prefill"
-    return text + f" on CPU ({m['model']})"
+    text = f"measured {decode:.2f}x fp32 decode speed" + (f", {prefill:.2f}x prefill" if prefill is not None else "")
+    return text + f" on CPU ({rules.MEASURED_CPU_SPEED['model']})"
 
 
 def cpu_speed_verdict(scheme: str) -> str | None:
     """'faster' / 'slower' / 'mixed' than fp32 on our CPU measurement (decode and prefill together)."""
-    m = rules.MEASURED_CPU_SPEED
-    ratios = [d[scheme] / d["fp32"] for d in (m.get("tokens_per_s") or {}, m.get("prefill_tokens_per_s") or {})
-              if scheme in d and d.get("fp32")]
+    ratios = [r for r in cpu_speed_ratios(scheme) if r is not None]
     if not ratios:
         return None
     return "faster" if min(ratios) > 1 else "slower" if max(ratios) < 1 else "mixed"
+
+
+def measured_ppl_changes(precision: str) -> list[float]:
+    """Perplexity changes (%) we measured on SmolLM2-135M for the schemes of one precision ("4", "8", "16")."""
+    from llmq.advisor import measured
+
+    return [r["ppl_change"] * 100 for s, r in measured.SMOL_QUALITY.get("rows", {}).items()
+            if s in rules.ROLES and rules.ROLES[s].precision == precision]
 
 
 def measured_band_note(band: Any) -> str | None:
@@ -181,14 +191,11 @@ def measured_band_note(band: Any) -> str | None:
     from llmq.advisor import measured
 
     q = measured.SMOL_QUALITY
-    four = [r["ppl_change"] * 100 for s, r in q.get("rows", {}).items()
-            if s in rules.ROLES and rules.ROLES[s].precision == "4"]
-    eight = [r["ppl_change"] * 100 for s, r in q.get("rows", {}).items()
-             if s in rules.ROLES and rules.ROLES[s].precision == "8"]
-    if not four or band.label != rules.size_band(135e6).label:
+    four, eight = measured_ppl_changes("4"), measured_ppl_changes("8") or [0]
+    if not four or band.label != rules.size_band(q["params"]).label:
         return None
     return (f"measured on SmolLM2-135M (this size band): 4-bit schemes cost +{min(four):.1f}% to +{max(four):.1f}% "
-            f"perplexity, 8-bit +{min(eight or [0]):.1f}% to +{max(eight or [0]):.1f}%, well beyond the rule of "
+            f"perplexity, 8-bit +{min(eight):.1f}% to +{max(eight):.1f}%, well beyond the rule of "
             f"thumb's {band.four_bit_loss[0]:g}-{band.four_bit_loss[1]:g}% for 4-bit (`{q['command']}`)")
 
 

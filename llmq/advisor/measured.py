@@ -23,6 +23,7 @@ CPU_SPEED: dict = {
 #: reference scored +33.1% in the same run.
 SMOL_QUALITY: dict = {
     "command": "LLMQ_DATA_DIR=../shared/data python scripts/bench_quantize.py --n-samples 64",
+    "params": 134_515_008,  # llmq.json's parameter count for this model
     "protocol": "WikiText-2 test, seqlen 1024, first 16 windows (16,368 tokens), fp32 activations; original ppl 22.77",
     "rows": {
         "fp16": {"size_bytes": 269060280, "ppl_change": 0.0},

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from llmq.advisor import measured, rules
+from llmq.advisor.advice import cpu_speed_ratios, cpu_speed_verdict, measured_ppl_changes
 
 
 def which_scheme_markdown() -> str:
@@ -24,22 +25,18 @@ def which_scheme_markdown() -> str:
               f"({rules.BAND_SOURCES['8']}); `--scheme auto` replaces every assumption with a measurement.", ""]
     q = measured.SMOL_QUALITY
     if q.get("rows"):
-        band = rules.size_band(135e6)
+        band = rules.size_band(q["params"])
         lines += [f"### Measured on SmolLM2-135M (the {band.label} band)", "",
                   f"`{q['command']}`" + (f" ({q['protocol']})" if q.get("protocol") else ""), "",
                   "| scheme | size | perplexity change vs fp32 | rule of thumb says |", "|---|---|---|---|"]
-        by_precision: dict[str, list[float]] = {}
         for scheme, r in q["rows"].items():
-            loss, _ = rules.expected_loss(scheme, 135e6) if scheme in rules.ROLES else ((0.0, 0.0), "")
+            loss, _ = rules.expected_loss(scheme, q["params"]) if scheme in rules.ROLES else ((0.0, 0.0), "")
             say = f"{loss[0]:g}-{loss[1]:g}%" if loss else "not covered"
-            if scheme in rules.ROLES:
-                prec = rules.ROLES[scheme].precision
-                by_precision.setdefault(prec, []).append(r["ppl_change"] * 100)
-                if prec == "4":
-                    say += f" ({band.verdict})"
+            if scheme in rules.ROLES and rules.ROLES[scheme].precision == "4":
+                say += f" ({band.verdict})"
             lines.append(f"| {scheme} | {r['size_bytes'] / 1e6:.1f} MB | {r['ppl_change'] * 100:+.2f}% | {say} |")
         lines.append("")
-        four, eight = by_precision.get("4"), by_precision.get("8")
+        four, eight = measured_ppl_changes("4"), measured_ppl_changes("8")
         lo, hi = band.four_bit_loss
         if four and min(four) > hi:
             e8 = rules.EIGHT_BIT_LOSS
@@ -50,18 +47,16 @@ def which_scheme_markdown() -> str:
                          "assumed)." if eight else "."), ""]
     s = measured.CPU_SPEED
     if s.get("tokens_per_s"):
-        base = s["tokens_per_s"].get("fp32")
         pre = s.get("prefill_tokens_per_s") or {}
         lines += ["### Where our measurements contradict the rule of thumb", "",
                   f"Quantization is not simply a speed-up on CPU. {s['model']}, {s['machine']} (`{s['command']}`, "
                   "one run; batch 1):", "",
                   "| scheme | decode tokens/s | vs fp32 | prefill tokens/s | vs fp32 |", "|---|---|---|---|---|"]
         for k, v in s["tokens_per_s"].items():
-            p = pre.get(k)
-            pcell = f"{p:.0f} | {p / pre['fp32']:.2f}x" if p and pre.get("fp32") else " | "
-            lines.append(f"| {k} | {v:.2f} | {v / base:.2f}x | {pcell} |" if base else f"| {k} | {v:.2f} | | {pcell} |")
-        from llmq.advisor.advice import cpu_speed_verdict
-
+            decode, prefill = cpu_speed_ratios(k)
+            dcell = f"{decode:.2f}x" if decode is not None else ""
+            pcell = f"{pre[k]:.0f} | {prefill:.2f}x" if prefill is not None else " | "
+            lines.append(f"| {k} | {v:.2f} | {dcell} | {pcell} |")
         said = {"faster": "faster than fp32 in both phases", "slower": "slower than fp32 in both phases",
                 "mixed": "faster in one phase and slower in the other"}
         verdicts = [f"{k} {said[v]}" for k in s["tokens_per_s"] if k != "fp32" and (v := cpu_speed_verdict(k))]

@@ -28,3 +28,10 @@ def test_smollm2_quality_is_the_benchmark_output():
     for scheme, m in measured.SMOL_QUALITY["rows"].items():
         assert m["size_bytes"] == rows[scheme]["size_bytes"]
         assert m["ppl_change"] == pytest.approx(rows[scheme]["ppl_delta_pct"] / 100, abs=5e-5)
+
+
+def test_smollm2_parameter_count_is_the_demo_model_s():
+    from llmq.advisor import params
+    from llmq.models import demo_gguf_path
+
+    assert measured.SMOL_QUALITY["params"] == params.profile(str(demo_gguf_path())).parameters

@@ -14,7 +14,7 @@ def test_section_follows_the_tables(monkeypatch):
 
 def test_measured_rows_appear_with_their_command(monkeypatch):
     monkeypatch.setitem(measured.CPU_SPEED, "tokens_per_s", {"fp32": 10.0, "bnb-nf4": 4.0})
-    monkeypatch.setattr(measured, "SMOL_QUALITY", {"command": "python scripts/x.py", "rows": {
+    monkeypatch.setattr(measured, "SMOL_QUALITY", {"command": "python scripts/x.py", "params": 134_515_008, "rows": {
         "bnb-nf4": {"size_bytes": 111_879_761, "ppl_change": 0.06}}})
     md = report.which_scheme_markdown()
     assert "| bnb-nf4 | 111.9 MB | +6.00% | 2-5% (prefer 8-bit) |" in md
