@@ -118,13 +118,18 @@ def _sharing_pays(ctx_len: int, cont_lens: list[int]) -> bool:
     return len(cont_lens) > 1 and (len(cont_lens) - 1) * ctx_len > sum(cont_lens)
 
 
-def _supports_cache(model: Any) -> bool:
+def _forward_params(model: Any) -> Any:
+    """The parameters of ``model.forward`` (empty when its signature cannot be read)."""
     import inspect
 
     try:
-        params = inspect.signature(model.forward).parameters
+        return inspect.signature(model.forward).parameters
     except (TypeError, ValueError):  # pragma: no cover
-        return False
+        return {}
+
+
+def _supports_cache(model: Any) -> bool:
+    params = _forward_params(model)
     return "past_key_values" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
@@ -209,9 +214,4 @@ def _score_shared(model: Any, docs: list[tuple[list[int], list[list[int]]]]) -> 
 
 
 def _accepts(model: Any, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
+    return name in _forward_params(model)
