@@ -85,8 +85,8 @@ def scheme_rows() -> list[dict[str, Any]]:
         b = s.backend_cls()
         rows.append({
             "name": name, "backend": s.backend, "bits": s.bits, "calibration": b.needs_calibration,
-            "cpu": b.cpu, "gpu": b.gpu, "serializable": b.serializable,
-            "installed": not b.missing_packages(), "extra": b.extra, "description": s.description,
+            "runtime": b.runtime, "installed": not b.missing_packages(), "extra": b.extra,
+            "description": s.description,
         })
     return rows
 
@@ -101,12 +101,11 @@ def cmd_schemes(args: argparse.Namespace) -> int:
 
     yn = {True: "yes", False: "no"}
     t = Table(title="llmq schemes")
-    for col in ("name", "backend", "bits", "calibration?", "CPU?", "GPU?", "serializable?", "installed?"):
+    for col in ("name", "backend", "bits", "calibration?", "runtime", "installed?", "description"):
         t.add_column(col)
     for r in rows:
         inst = "yes" if r["installed"] else f"no: pip install 'llmq[{r['extra']}]'"
-        t.add_row(r["name"], r["backend"], str(r["bits"]), yn[r["calibration"]], yn[r["cpu"]], yn[r["gpu"]],
-                  yn[r["serializable"]], inst)
+        t.add_row(r["name"], r["backend"], str(r["bits"]), yn[r["calibration"]], r["runtime"], inst, r["description"])
     Console(width=max(140, _term_width())).print(t)
     return 0
 

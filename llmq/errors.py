@@ -46,8 +46,3 @@ class CalibrationError(LlmqError, ValueError):
 
 class OutputExistsError(LlmqError, FileExistsError):
     """The output folder exists and is not empty; nothing was written."""
-
-
-def nearest(name: str, valid: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return close[0] if close else None

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,10 +327,3 @@ def folder_size(path: Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> i
 def read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
-
-
-def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    for f in Path(src).iterdir():
-        if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja", "generation_config.json"):
-            if not (Path(dst) / f.name).exists():
-                shutil.copy2(f, Path(dst) / f.name)

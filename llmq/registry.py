@@ -63,6 +63,10 @@ class Registry(Generic[T]):
             self._entries[name] = entry
         return entry  # type: ignore[return-value]
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plugin registered at run time, in tests); unknown names are ignored."""
+        self._entries.pop(name, None)
+
     def is_loaded(self, name: str) -> bool:
         return not isinstance(self._entries.get(name), str)
 

@@ -15,7 +15,7 @@ def test_scheme_default_config_is_valid_and_backend_declares_needs(name):
     s = get_scheme(name)
     cfg = s.config()
     b = s.backend_cls()
-    assert isinstance(b.needs_calibration, bool) and isinstance(b.serializable, bool)
+    assert isinstance(b.needs_calibration, bool) and isinstance(b.runs_in_memory, bool)
     assert b.needs_calibration == name.startswith(("gptq", "awq"))
     if b.requires:
         assert b.extra, "a backend with requirements must name its pip extra"

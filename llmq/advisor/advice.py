@@ -182,8 +182,9 @@ def measured_ppl_changes(precision: str) -> list[float]:
     """Perplexity changes (%) we measured on SmolLM2-135M for the schemes of one precision ("4", "8", "16")."""
     from llmq.advisor import measured
 
+    roles = rules.roles()
     return [r["ppl_change"] * 100 for s, r in measured.SMOL_QUALITY.get("rows", {}).items()
-            if s in rules.ROLES and rules.ROLES[s].precision == precision]
+            if s in roles and roles[s].precision == precision]
 
 
 def measured_band_note(band: Any) -> str | None:
@@ -217,7 +218,10 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
     n = prof.parameters
     band = rules.size_band(n)
     mem_limit = hw.memory_gb * GB
-    names = [s for s in (schemes or list(SCHEMES)) if s in rules.ROLES]
+    from llmq.schemes import get_scheme
+
+    names = [get_scheme(s).name for s in schemes] if schemes else list(SCHEMES)
+    roles = rules.roles()
 
     est = {s: estimate_scheme(prof, s, device=hw.device) for s in names}
     mems = {s: memory(prof, e, context=context, batch_size=batch_size, device=hw.device) for s, e in est.items()}
@@ -230,13 +234,13 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         situation = "gpu_8bit"
     else:
         situation = "gpu_4bit"
-    order = rules.TREE[situation]
+    order = rules.tree()[situation]
 
     cands = []
     model_arg = "" if model is None else (f" --model {prof.name}" if not isinstance(model, (int, float))
                                           else " --model <your-model>")
     for s in names:
-        role = rules.ROLES[s]
+        role = roles[s]
         loss, loss_src = rules.expected_loss(s, n)
         c = Candidate(s, est[s].label, role.role, est[s], mems[s], fits[s], loss, loss_src,
                       command=f"python -m llmq run{model_arg} --scheme {s} --device {hw.device}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from llmq.io import write_json
+from llmq.io import atomic_file, write_json, write_text
 
 FILES = ("report.json", "report.md", "report.png")
 
@@ -138,22 +137,7 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
-    _atomic_text(out / "report.md", markdown(report))
-    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".png", dir=out)
-    os.close(fd)
-    try:
+    write_text(out / "report.md", markdown(report))
+    with atomic_file(out / "report.png") as tmp:
         plot(report, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out / "report.png")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
