@@ -74,14 +74,7 @@ class QuantizedModel:
         return self._reloaded
 
     def generate(self, prompt: str, max_new_tokens: int = 24) -> str:
-        import torch
-
-        model = self.hf_model
-        enc = self.tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return generate(self.hf_model, self.tokenizer, prompt, max_new_tokens)
 
     def metadata(self, size_after: int | None = None) -> dict:
         import torch
@@ -127,6 +120,17 @@ class QuantizedModel:
             write_json(tmp / META_FILE, self.meta)
         self.saved_to = Path(path).expanduser()
         return self.saved_to
+
+
+def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 24) -> str:
+    """Greedy continuation of ``prompt`` (the sample ``llmq run`` prints)."""
+    import torch
+
+    enc = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def _jsonable(x: Any) -> Any:

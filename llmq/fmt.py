@@ -17,6 +17,21 @@ def human_bytes(n: float | None) -> str:
     return f"{n:.1f} TB"  # pragma: no cover
 
 
+def mb(n: float | None) -> str:
+    """Megabytes (decimal), the unit of report and auto tables."""
+    return "n/a" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+def gb(n: float) -> str:
+    """File sizes in the advisor: decimal units, as ``llmq run`` prints them."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def gib(n: float) -> str:
+    """Memory: binary units, as torch and GPU vendors report it ("80 GB" H100 = 79.6 GiB usable)."""
+    return f"{n / 1024**3:.2f} GiB"
+
+
 def term_width(default: int = 140) -> int:
     return shutil.get_terminal_size((default, 24)).columns
 

@@ -9,6 +9,7 @@ from llmq.advisor import rules
 from llmq.advisor.estimate import MemoryEstimate, SizeEstimate, estimate_scheme, memory, original
 from llmq.advisor.params import ModelProfile, human_count, profile as make_profile
 from llmq.errors import ConfigError
+from llmq.fmt import gb, gib
 from llmq.hardware import GB, Hardware, detect
 
 STATUS_ORDER = {"recommended": 0, "ok": 1, "warn": 2, "avoid": 3, "exceeds tolerance": 4, "does not fit": 5}
@@ -124,29 +125,6 @@ class Advice:
         return Group(*parts)
 
 
-def gb(n: float) -> str:
-    """File sizes: decimal units, as ``llmq run`` prints them."""
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
-def gib(n: float) -> str:
-    """Memory: binary units, as torch and GPU vendors report it ("80 GB" H100 = 79.6 GiB usable)."""
-    return f"{n / GB:.2f} GiB"
-
-
-def parse_fraction(v: Any, what: str = "tolerance") -> float | None:
-    """``"3%"`` or ``0.03`` -> 0.03 (the same convention as ``--max-ppl-increase``)."""
-    if v is None or v == "":
-        return None
-    try:
-        f = float(v[:-1]) / 100 if isinstance(v, str) and v.strip().endswith("%") else float(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a fraction (0.03) or a percentage (3%), got {v!r}.") from None
-    if not 0 < f < 1:
-        raise ConfigError(f"{what} must be between 0 and 100%, got {v!r}.")
-    return f
-
-
 def _installed(scheme: str) -> tuple[bool, str | None]:
     from llmq.schemes import get_scheme
 
@@ -212,7 +190,9 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         raise ConfigError(f"context must be a positive number of tokens, got {context!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    tol = parse_fraction(tolerance)
+    from llmq.eval.gate import parse_fraction
+
+    tol = parse_fraction(tolerance, "tolerance")
     hw = hardware or detect(device, gpu_memory_gb, ram_gb)
     prof = make_profile(model, revision=revision, trust_remote_code=trust_remote_code)
     n = prof.parameters

@@ -251,6 +251,38 @@ def _evaluate_one(h: _Handle, protocol: dict, *, ppl: Any, specs: list, harness:
     return out
 
 
+def assess(model: Any, *, reference: Any = None, ppl: str | os.PathLike | None = "wikitext2",
+           tasks: str | Sequence[Any] | None = None, limit: int | None = None, seqlen: int | None = DEFAULT_SEQLEN,
+           stride: int | None = None, out_dir: str | os.PathLike | None = None, device: str | None = None,
+           batch_size: int = 16, speed: bool = True, progress: bool = True, max_ppl_increase: Any = None,
+           max_accuracy_loss: float | None = None, max_kld: float | None = None,
+           note: Any = None) -> dict[str, Any]:
+    """``evaluate`` plus the accuracy gate and the report files: the one pipeline behind ``compare``,
+    ``llmq eval``, ``llmq compare`` and ``llmq run --eval``. Returns the ``report.json`` dict; with
+    ``out_dir`` writes ``report.json``, ``report.md`` and ``report.png`` there (also when the gate
+    fails). ``note(text)`` is told when the gate's default tasks are added."""
+    from llmq.eval.gate import check_gate, gate_set, validate
+
+    validate(max_ppl_increase, max_accuracy_loss, max_kld)
+    gated = gate_set(max_ppl_increase, max_accuracy_loss, max_kld)
+    if gated and reference is None:
+        raise LlmqError("A gate compares against the original: pass --reference.")
+    if max_accuracy_loss is not None and not split_tasks(tasks):
+        tasks = list(DEFAULT_GATE_TASKS)
+        if note is not None:
+            note(f"llmq eval: --max-accuracy-loss without --tasks: evaluating {', '.join(tasks)}")
+    report = evaluate(model, ppl=ppl, tasks=tasks, limit=limit, seqlen=seqlen, stride=stride, reference=reference,
+                      device=device, batch_size=batch_size, speed=speed, progress=progress).to_dict()
+    if gated:
+        report["gate"] = check_gate(report, max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss,
+                                    max_kld=max_kld).to_dict()
+    if out_dir is not None:
+        from llmq.eval.report import write_report
+
+        write_report(report, out_dir)
+    return report
+
+
 def compare(original: Any, quantized: Any, *, ppl: str | os.PathLike | None = "wikitext2",
             tasks: str | Sequence[Any] | None = None, limit: int | None = None, seqlen: int | None = DEFAULT_SEQLEN,
             stride: int | None = None, out_dir: str | os.PathLike | None = None, device: str | None = None,
@@ -259,22 +291,29 @@ def compare(original: Any, quantized: Any, *, ppl: str | os.PathLike | None = "w
     """Evaluate both under one protocol; the ``report.json`` dict. With ``out_dir``, writes
     ``report.json``, ``report.md`` and ``report.png`` there (also when a gate fails). ``original=None``
     is the offline demo model, as everywhere in llmq."""
-    from llmq.eval.gate import check_gate, gate_set, validate
+    from llmq.eval.gate import validate
 
     validate(max_ppl_increase, max_accuracy_loss, max_kld)
     if original is None:  # evaluate(reference=None) would silently drop the comparison
         from llmq.models import resolve_model
 
         original = str(resolve_model(None).local_dir())
-    if max_accuracy_loss is not None and not split_tasks(tasks):
-        tasks = list(DEFAULT_GATE_TASKS)
-    report = evaluate(quantized, ppl=ppl, tasks=tasks, limit=limit, seqlen=seqlen, stride=stride, reference=original,
-                      device=device, batch_size=batch_size, speed=speed, progress=progress).to_dict()
-    if gate_set(max_ppl_increase, max_accuracy_loss, max_kld):
-        report["gate"] = check_gate(report, max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss,
-                                    max_kld=max_kld).to_dict()
-    if out_dir is not None:
-        from llmq.eval.report import write_report
+    return assess(quantized, reference=original, ppl=ppl, tasks=tasks, limit=limit, seqlen=seqlen, stride=stride,
+                  out_dir=out_dir, device=device, batch_size=batch_size, speed=speed, progress=progress,
+                  max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
 
-        write_report(report, out_dir)
-    return report
+
+def original_of(path: str | os.PathLike) -> str:
+    """The local folder of the model an llmq folder was quantized from (read from its ``llmq.json``)."""
+    from llmq.core import read_meta
+    from llmq.models import resolve_model
+
+    path = Path(path)
+    meta = read_meta(path) or {}
+    src = meta.get("source") or {}
+    name = src.get("name")
+    if src.get("kind") == "gguf" and name and not str(name).endswith(".gguf") and not Path(name).exists():
+        name = None  # the offline demo: its GGUF ships in a package; `name` is its Hub id, not a path
+    if not src:
+        raise LlmqError(f"{path} has no llmq.json: cannot tell which model it was quantized from.")
+    return str(resolve_model(name).local_dir())

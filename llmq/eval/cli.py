@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from llmq.errors import LlmqError
 
@@ -55,9 +56,8 @@ def add_compare(sub: Any) -> None:
 
 
 def _gate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"max_ppl_increase": getattr(args, "max_ppl_increase", None),
-            "max_accuracy_loss": getattr(args, "max_accuracy_loss", None),
-            "max_kld": getattr(args, "max_kld", None)}
+    return {"max_ppl_increase": args.max_ppl_increase, "max_accuracy_loss": args.max_accuracy_loss,
+            "max_kld": args.max_kld}
 
 
 def _ppl_arg(value: Any) -> Any:
@@ -90,11 +90,8 @@ def _print(report: dict, as_json: bool) -> None:
         con.print(f"{name}: {text}", highlight=False)
 
 
-def _finish(report: dict, out_dir: Path | None, as_json: bool) -> int:
-    if out_dir is not None:
-        from llmq.eval.report import write_report
-
-        write_report(report, out_dir)
+def finish(report: dict, out_dir: Path | None, as_json: bool = False) -> int:
+    """Print the report (written already) and the gate's verdict; the exit code."""
     _print(report, as_json)
     if out_dir is not None and not as_json:
         print(f"wrote {out_dir / 'report.json'}, report.md, report.png")
@@ -106,31 +103,27 @@ def _finish(report: dict, out_dir: Path | None, as_json: bool) -> int:
 
 
 def _run(original: Any, quantized: Any, args: argparse.Namespace, out_dir: Path | None, tasks: Any) -> int:
-    from llmq.eval.api import DEFAULT_GATE_TASKS, evaluate, split_tasks
-    from llmq.eval.gate import check_gate, gate_set, validate
+    from llmq.eval.api import assess
 
-    gk = _gate_kwargs(args)
-    validate(**gk)
-    if gate_set(**gk) and original is None:
-        raise LlmqError("A gate compares against the original: pass --reference.")
-    if gk["max_accuracy_loss"] is not None and not split_tasks(tasks):
-        tasks = list(DEFAULT_GATE_TASKS)
-        print(f"llmq eval: --max-accuracy-loss without --tasks: evaluating {', '.join(tasks)}", flush=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", UserWarning)
-        warnings.showwarning = _one_line_warning
-        rep = evaluate(quantized, ppl=_ppl_arg(args.ppl), tasks=tasks, limit=args.limit,
-                       seqlen=getattr(args, "seqlen", None) or 2048, stride=getattr(args, "stride", None),
-                       reference=original, device=args.device, batch_size=getattr(args, "batch_size", 16),
-                       speed=not getattr(args, "no_speed", False))
-    report = rep.to_dict()
-    if gate_set(**gk):
-        report["gate"] = check_gate(report, **gk).to_dict()
-    return _finish(report, out_dir, getattr(args, "json", False))
+    with one_line_warnings():
+        report = assess(quantized, reference=original, ppl=_ppl_arg(args.ppl), tasks=tasks, limit=args.limit,
+                        seqlen=args.seqlen or 2048, stride=args.stride, out_dir=out_dir, device=args.device,
+                        batch_size=args.batch_size, speed=not args.no_speed,
+                        note=lambda text: print(text, flush=True), **_gate_kwargs(args))
+    return finish(report, out_dir, args.json)
 
 
 def _one_line_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     print(f"llmq: note: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Evaluation warnings (a seqlen capped to the model's maximum, ...) as one ``llmq: note:`` line each."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = _one_line_warning
+        yield
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -144,25 +137,3 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if out is None:
         raise LlmqError("--quantized is not a local folder: pass --output for the report.")
     return _run(args.original, args.quantized, args, out, args.tasks)
-
-
-def evaluate_after_run(args: argparse.Namespace, path: str | Path) -> int:
-    """``llmq run ... --eval``: compare the saved folder with the model it came from, write the report
-    into that folder, print the table and the verdict; 0 on pass (or no gate), 1 on failure."""
-    from llmq.core import read_meta
-    from llmq.models import resolve_model
-
-    path = Path(path)
-    meta = read_meta(path) or {}
-    src = meta.get("source") or {}
-    name = src.get("name")
-    if src.get("kind") == "gguf" and name and not str(name).endswith(".gguf") and not Path(name).exists():
-        name = None  # the offline demo: its GGUF ships in a package; `name` is its Hub id, not a path
-    if not src:
-        raise LlmqError(f"{path} has no llmq.json: cannot tell which model it was quantized from.")
-    original = resolve_model(name).local_dir()
-    ns = argparse.Namespace(
-        ppl=args.ppl if getattr(args, "ppl", None) is not None else "wikitext2",
-        limit=getattr(args, "limit", None), seqlen=getattr(args, "eval_seqlen", None) or 2048, stride=None,
-        device=getattr(args, "device", None), batch_size=16, no_speed=False, json=False, **_gate_kwargs(args))
-    return _run(str(original), str(path), ns, path, getattr(args, "tasks", None))

@@ -6,13 +6,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from llmq.fmt import mb
 from llmq.io import atomic_file, write_json, write_text
 
 FILES = ("report.json", "report.md", "report.png")
-
-
-def _mb(x: Any) -> str:
-    return "n/a" if x is None else f"{x / 1e6:,.1f} MB"
 
 
 def _num(nd: int) -> Callable[[Any], str]:
@@ -48,9 +45,9 @@ def rows(report: dict) -> list[tuple[str, str, str, str]]:
             return
         out.append((label, fmt(a) if o else "", fmt(b), change(a, b) if change and o else ""))
 
-    add("size on disk", lambda d: d.get("size_bytes"), _mb, _ratio)
-    add("parameter memory", lambda d: d.get("param_memory_bytes"), _mb, _ratio)
-    add("peak RSS while evaluating", lambda d: d.get("peak_rss_bytes"), _mb, _ratio)
+    add("size on disk", lambda d: d.get("size_bytes"), mb, _ratio)
+    add("parameter memory", lambda d: d.get("param_memory_bytes"), mb, _ratio)
+    add("peak RSS while evaluating", lambda d: d.get("peak_rss_bytes"), mb, _ratio)
     add("load time (s)", lambda d: d.get("load_time_s"), _num(2), _ratio)
     add("perplexity (lower is better)", lambda d: (d.get("perplexity") or {}).get("value"), _num(3), _rel)
     for task in dict.fromkeys([*(o.get("tasks") or {}), *(q.get("tasks") or {})]):
