@@ -11,7 +11,7 @@ from typing import Any
 from llmq.errors import LlmqError
 from llmq.fmt import fmt_bytes, fmt_float, fmt_int
 from llmq.modelcard import (
-    CARD_FILE, LLMQ_URL, eval_results, eval_rows, gate_summary, gguf_file, hub_base_model, install_spec,
+    CARD_FILE, LLMQ_URL, card_facts, eval_results, eval_rows, gate_summary, gguf_file, hub_base_model, install_spec,
     check_repo_id, license_text, limitations, original_label, read_folder, reproduce_command, source_text, tags_for, usage,
     base_license, protocol_items,
 )
@@ -89,7 +89,7 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
     data = ModelCardData(
         base_model=base,
         base_model_relation="quantized" if base else None,
-        library_name="transformers",
+        library_name=card_facts(meta).library_name,
         pipeline_tag="text-generation",
         tags=tags_for(meta),
         model_name=title,

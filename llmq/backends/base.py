@@ -81,6 +81,7 @@ class CardFacts:
     note: str | None = None  # a caveat under the snippet
     serve: str | None = None  # a serving command (vLLM), None when it cannot serve the folder
     serve_note: str | None = None
+    library_name: str = "transformers"  # the card metadata's library_name (e.g. "gguf" for llama.cpp files)
 
 
 def transformers_snippet(repo: str) -> str:
