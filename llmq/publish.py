@@ -17,6 +17,7 @@ from typing import Any
 from llmq.cardrender import GENERATED_MARK, card_parts, render_card, template_path, write_card
 from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
 from llmq.fmt import human_bytes
+from llmq.hub import hub_error
 from llmq.modelcard import (  # noqa: F401 - the card's pieces, under their old address
     CARD_FILE, META_FILE, REPORT_FILE, check_repo_id, eval_rows, install_spec, limitations, original_label,
     read_folder, reproduce_command, tags_for, usage,
@@ -72,26 +73,6 @@ def resolve_token(token: str | None) -> str:
         raise LlmqError("No Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run).")
     return found
 
-def _scrub(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
-
-def _hub_error(e: Exception, repo_id: str, what: str, token: str | None) -> LlmqError:
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    if isinstance(e, OfflineModeIsEnabled):
-        return LlmqError(f"HF_HUB_OFFLINE is set; unset it to push to {repo_id} (or use --dry-run).")
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    if isinstance(e, HfHubHTTPError) and status == 401:
-        return LlmqError("The Hugging Face Hub rejected the token (401): log in again with `hf auth login` or set HF_TOKEN.")
-    if isinstance(e, HfHubHTTPError) and status == 403:
-        return LlmqError(f"The token cannot write to {repo_id} (403): use a token with write access to that namespace.")
-    msg = _scrub(str(e).splitlines()[0] if str(e) else type(e).__name__, token)
-    low = f"{type(e).__name__} {msg}".lower()
-    if any(w in low for w in ("connect", "resolve", "network", "timed out", "timeout")):
-        return LlmqError(f"Lost the connection to the Hugging Face Hub while {what} for {repo_id}; run the push again "
-                         "(uploaded files are not sent twice).")
-    return LlmqError(f"Push to {repo_id} failed while {what}: {msg}")
-
 def push(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
          revision: str | None = None, overwrite: bool = False, dry_run: bool = False,
          commit_message: str | None = None, license: str | None = None, quantized_by: str | None = None,
@@ -145,7 +126,7 @@ def push(folder: str | os.PathLike, repo_id: str, *, private: bool = False, toke
     except RevisionNotFoundError:
         remote = []  # the branch is created below
     except Exception as e:  # noqa: BLE001
-        raise _hub_error(e, repo_id, "reading the repo", tok) from e
+        raise hub_error(e, repo_id, writing="reading the repo", token=tok) from e
     foreign = sorted(set(remote) - HUB_DEFAULT_FILES - local_names)
     if foreign and not overwrite and revision is None:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -166,7 +147,7 @@ def push(folder: str | os.PathLike, repo_id: str, *, private: bool = False, toke
             if revision:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
         except Exception as e:  # noqa: BLE001
-            raise _hub_error(e, repo_id, "creating the repo", tok) from e
+            raise hub_error(e, repo_id, writing="creating the repo", token=tok) from e
         try:
             if total > LARGE_FOLDER_BYTES and hasattr(api, "upload_large_folder") and not (overwrite and foreign):
                 method = "upload_large_folder"
@@ -180,7 +161,7 @@ def push(folder: str | os.PathLike, repo_id: str, *, private: bool = False, toke
                                          delete_patterns=foreign if overwrite and foreign else None)
                 commit_url = getattr(info, "commit_url", None)
         except Exception as e:  # noqa: BLE001
-            raise _hub_error(e, repo_id, "uploading", tok) from e
+            raise hub_error(e, repo_id, writing="uploading", token=tok) from e
     except BaseException:
         if ours:  # a failed push leaves the folder as it was
             if old_card is None:
