@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
-from llmq.fmt import fmt_bytes, fmt_change_pts, fmt_change_rel, fmt_float, fmt_int, fmt_kld, fmt_pct
+from llmq.fmt import fmt_int
 
 CARD_FILE = "README.md"
 
@@ -250,37 +250,12 @@ def ppl_dataset(report: dict) -> str | None:
             return name
     return None
 
-#: evaluation rows: (label, getter, formatter, change formatter)
 def eval_rows(report: dict) -> list[tuple[str, str, str, str]]:
-    o, q = report.get("original") or {}, report.get("quantized") or {}
-    rows: list[tuple[str, str, str, str]] = []
+    """The card's evaluation table: ``llmq.eval.report.rows`` in its card style."""
+    from llmq.eval.report import rows
 
-    def add(label: str, a: Any, b: Any, fmt, change=None) -> None:
-        rows.append((label, fmt(a), fmt(b), change(a, b) if change else ""))
+    return rows(report, "card", dataset=ppl_dataset(report) or "dataset in protocol")
 
-    po, pq = (o.get("perplexity") or {}), (q.get("perplexity") or {})
-    ds = ppl_dataset(report) or "dataset in protocol"
-    add(f"Perplexity ({ds}), lower is better", po.get("value"), pq.get("value"), fmt_float, fmt_change_rel)
-    tasks = list(dict.fromkeys([*(o.get("tasks") or {}), *(q.get("tasks") or {})]))
-    for task in tasks:
-        to, tq = (o.get("tasks") or {}).get(task) or {}, (q.get("tasks") or {}).get(task) or {}
-        add(f"{task} acc", to.get("acc"), tq.get("acc"), fmt_pct, fmt_change_pts)
-        if to.get("acc_norm") is not None or tq.get("acc_norm") is not None:
-            add(f"{task} acc_norm", to.get("acc_norm"), tq.get("acc_norm"), fmt_pct, fmt_change_pts)
-    kld = q.get("kld") or {}
-    na = lambda _x: "(reference)"  # noqa: E731 - the original is the reference distribution
-    rows.append(("KL divergence to original, mean", na(None), fmt_kld(kld.get("mean")), ""))
-    rows.append(("KL divergence to original, p99", na(None), fmt_kld(kld.get("p99")), ""))
-    rows.append(("Same top-1 token as original", na(None), fmt_pct(kld.get("same_top")), ""))
-    add("Size on disk (bytes)", o.get("size_bytes"), q.get("size_bytes"), fmt_bytes, fmt_change_rel)
-    add("Parameter memory (bytes)", o.get("param_memory_bytes"), q.get("param_memory_bytes"), fmt_bytes, fmt_change_rel)
-    add("Peak RSS (bytes)", o.get("peak_rss_bytes"), q.get("peak_rss_bytes"), fmt_bytes, fmt_change_rel)
-    add("Load time (s)", o.get("load_time_s"), q.get("load_time_s"), lambda x: fmt_float(x, 2), fmt_change_rel)
-    add("Prefill (tokens/s)", o.get("prefill_tokens_per_s"), q.get("prefill_tokens_per_s"),
-        lambda x: fmt_float(x, 1), fmt_change_rel)
-    add("Decode (tokens/s)", o.get("decode_tokens_per_s"), q.get("decode_tokens_per_s"),
-        lambda x: fmt_float(x, 1), fmt_change_rel)
-    return rows
 
 def gate_summary(report: dict) -> dict | None:
     gate = report.get("gate")
