@@ -74,7 +74,7 @@ class QuantizedModel:
         return self._reloaded
 
     def generate(self, prompt: str, max_new_tokens: int = 24) -> str:
-        return generate(self.hf_model, self.tokenizer, prompt, max_new_tokens)
+        return self.backend.generate(self.hf_model, self.tokenizer, prompt, max_new_tokens)
 
     def metadata(self, size_after: int | None = None) -> dict:
         import torch
@@ -116,21 +116,10 @@ class QuantizedModel:
             missing = self.backend.missing_files(tmp)
             if missing:
                 raise LlmqError(f"The {self.scheme.backend} backend wrote no {' and no '.join(missing)}.")
-            self.meta = self.metadata(folder_size(tmp))
+            self.meta = self.metadata(folder_size(tmp, self.backend.weight_patterns))
             write_json(tmp / META_FILE, self.meta)
         self.saved_to = Path(path).expanduser()
         return self.saved_to
-
-
-def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 24) -> str:
-    """Greedy continuation of ``prompt`` (the sample ``llmq run`` prints)."""
-    import torch
-
-    enc = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
-    with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def _jsonable(x: Any) -> Any:
@@ -201,17 +190,25 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
     that owns it loads it: a transformers folder by its ``quantization_config.quant_method`` (GPTQ/AWQ
     folders need ``llmq[gptq]``), another artefact (e.g. a .gguf file) by the plugin that recognises
     it. ``kernel`` picks GPTQModel's kernel for GPTQ/AWQ folders (e.g. ``"marlin"``, ``"torch"``)."""
+    path = Path(path).expanduser()
+    plugin = plugin_of_folder(path)
+    if plugin is Backend and not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
+    return plugin.load(path, device=device or default_device(), dtype=dtype, kernel=kernel)
+
+
+def plugin_of_folder(path: str | os.PathLike) -> type[Backend]:
+    """The plugin that loads (and runs) the output at ``path``: the one that recognises it, else the
+    one whose ``quant_method`` its config.json names, else plain transformers (``Backend``)."""
     from llmq.schemes import plugin_for_method, plugin_recognising
 
     path = Path(path).expanduser()
-    device = device or default_device()
     owner = plugin_recognising(path)
     if owner is not None:
-        return owner.load(path, device=device, dtype=dtype, kernel=kernel)
-    if not (path / "config.json").is_file():
-        raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
-    method = (read_json(path / "config.json").get("quantization_config") or {}).get("quant_method")
-    return plugin_for_method(method).load(path, device=device, dtype=dtype, kernel=kernel)
+        return owner
+    cfg = path / "config.json"
+    method = (read_json(cfg).get("quantization_config") or {}).get("quant_method") if cfg.is_file() else None
+    return plugin_for_method(method)
 
 
 def read_meta(path: str | os.PathLike) -> dict | None:

@@ -168,8 +168,9 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
                 qm = llmq.quantize(model, c.scheme, device=device, revision=revision,
                                    trust_remote_code=trust_remote_code, **scheme_overrides(c.scheme, overrides))
                 path = qm.save(work / c.scheme)
+                qm_weights = qm.backend.weight_patterns
                 del qm
-                t.size_bytes = folder_size(path)
+                t.size_bytes = folder_size(path, qm_weights)
                 report = compare(str(original), str(path), ppl=ppl or "wikitext2", tasks=_split_tasks(tasks),
                                  limit=limit, seqlen=eval_seqlen, out_dir=str(work / f"{c.scheme}.eval"))
                 gate = check_gate(report, **gate_limits)

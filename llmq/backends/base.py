@@ -117,6 +117,8 @@ class Backend:
     #: whether the model ``quantize`` returns can be run right away as a transformers model; if
     #: not, ``QuantizedModel.hf_model`` runs it from the saved folder through ``load``
     runs_in_memory: ClassVar[bool] = True
+    #: the files that hold the weights in a saved output (its "size after" in ``llmq.json``)
+    weight_patterns: ClassVar[tuple[str, ...]] = ("*.safetensors",)
 
     def __init__(self, scheme: Scheme, config: Any):
         self.scheme = scheme
@@ -203,6 +205,18 @@ class Backend:
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=dtype, **kwargs)
         model.eval()
         return model, AutoTokenizer.from_pretrained(path)
+
+    @classmethod
+    def generate(cls, model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 24) -> str:
+        """Greedy continuation of ``prompt`` with a model ``load`` returned (the sample ``llmq run``
+        prints); default: transformers ``generate``."""
+        import torch
+
+        enc = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     # -- what the advisor and the card need ---------------------------------------------------
     @classmethod

@@ -35,6 +35,7 @@ class ToyConfig(SchemeConfig):
 class ToyBackend(Backend):
     name = "toy"
     runtime = "toy-runtime"
+    weight_patterns = ("*.toy",)
     schemes = (Scheme("toy-fp16", "toy", ToyConfig, {}, 16, "fp16 weights in one .toy file", "16",
                       "toy: proves the plugin recipe", tree_rank={"cpu": 0.5}),)
 
@@ -122,12 +123,16 @@ def test_toy_scheme_appears_everywhere(toy, tiny_model_dir, tmp_path, capsys):
     assert (out / TOY_FILE).is_file() and not list(out.glob("*.safetensors")) and (out / "llmq.json").is_file()
     meta = json.loads((out / "llmq.json").read_text())
     assert meta["scheme"] == "toy-fp16" and meta["backend"] == "toy"
+    assert meta["size_bytes"]["after"] == (out / TOY_FILE).stat().st_size  # the plugin says which files are weights
     model, tok = llmq.load(out, device="cpu")
     import torch
 
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         assert torch.equal(model(ids).logits, qm.model(ids).logits)
+    assert llmq.core.plugin_of_folder(out) is ToyBackend
+    assert qm.generate("The capital of France is", max_new_tokens=4) == ToyBackend.generate(
+        model, tok, "The capital of France is", max_new_tokens=4)
 
     # the card's facts come from the plugin
     from llmq.publish import render_card
