@@ -53,12 +53,13 @@ def read_folder(folder: str | os.PathLike) -> tuple[Path, dict, dict | None]:
     missing = [k for k in ("scheme", "backend", "source", "size_bytes", "versions") if k not in meta]
     if missing:
         raise LlmqError(f"{meta_file} is missing {', '.join(missing)}; it was not written by llmq.")
+    from llmq.backends.base import Backend
     from llmq.schemes import SCHEMES
 
-    if meta["scheme"] in SCHEMES:
-        missing = plugin_of(meta).missing_files(path)
-        if missing:
-            raise LlmqError(f"{path} has no {' and no '.join(missing)}; nothing to publish.")
+    plugin = plugin_of(meta) if meta["scheme"] in SCHEMES else Backend  # the plugin says what a complete output is
+    missing = plugin.missing_files(path)
+    if missing:
+        raise LlmqError(f"{path} has no {' and no '.join(missing)}; nothing to publish.")
     report = _load_json(path / REPORT_FILE) if (path / REPORT_FILE).is_file() else None
     return path, meta, report
 

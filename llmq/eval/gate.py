@@ -32,14 +32,11 @@ def parse_fraction(value: Any, what: str = "--max-ppl-increase") -> float | None
         return None
     text = str(value).strip()
     try:
-        if text.endswith("%"):
-            x = float(text[:-1]) / 100
-        else:
-            x = float(text)
-            if x >= 1:
-                raise ConfigError(f"{what} {text} is ambiguous: write {text}% or a fraction like {x / 100:g}.")
+        x = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         raise ConfigError(f"{what} expects a percentage like 5% or a fraction like 0.05, got {text!r}.") from None
+    if not text.endswith("%") and x >= 1:
+        raise ConfigError(f"{what} {text} is ambiguous: write {text}% or a fraction like {x / 100:g}.")
     if x < 0:
         raise ConfigError(f"{what} must not be negative, got {text}.")
     return x
