@@ -208,13 +208,15 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
     fits = {s: m.total <= mem_limit for s, m in mems.items()}
     if hw.device == "cpu":
         situation = "cpu"
-    elif fits.get("bf16") or fits.get("fp16"):
+    elif any(fits[s] for s in names if roles[s].precision == "16"):
         situation = "gpu_fits"
-    elif any(fits.get(s) for s in ("bnb-int8", "gptq-int8")):
+    elif any(fits[s] for s in names if roles[s].precision == "8" and roles[s].gpu_only_kernels):
         situation = "gpu_8bit"
     else:
         situation = "gpu_4bit"
-    order = rules.tree()[situation]
+    tree = rules.tree()
+    order = tree[situation]
+    cpu_pick = tree["cpu"][0]  # int8-dynamic: the tree's CPU scheme
 
     cands = []
     model_arg = "" if model is None else (f" --model {prof.name}" if not isinstance(model, (int, float))
@@ -234,8 +236,8 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
             c.reasons.append(f"needs {gib(mems[s].total)} > {hw.memory_gb:.1f} GiB {where}")
         # The decision tree.
         if situation == "cpu":
-            if s == "int8-dynamic":
-                c.reasons.append("decision tree: CPU only -> int8-dynamic")
+            if s == cpu_pick:
+                c.reasons.append(f"decision tree: CPU only -> {s}")
             note = measured_cpu_note(s)
             if note:
                 verdict = cpu_speed_verdict(s)
@@ -253,11 +255,11 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         else:
             if role.precision == "16":
                 c.reasons.append("decision tree: the 16-bit model does not fit")
-            elif role.precision == "8" and s != "int8-dynamic":
+            elif role.precision == "8" and s != cpu_pick:
                 c.reasons.append("decision tree: too large for 16-bit -> 8-bit for max accuracy")
             elif role.precision == "4":
                 c.reasons.append("decision tree: too large -> 4-bit for max compression")
-        if s == "int8-dynamic" and hw.device == "cuda":
+        if s == cpu_pick and hw.device == "cuda":
             c.reasons.append("the decision tree's CPU scheme; on GPU it prefers 16-bit, bitsandbytes or GPTQ/AWQ")
         # The rule of thumb.
         if role.precision in ("4", "3"):
