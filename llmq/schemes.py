@@ -9,7 +9,7 @@ line below (or call ``register_plugin(cls)`` from your own code).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 from llmq.backends.base import Backend, Scheme
 from llmq.errors import UnknownNameError
@@ -25,46 +25,21 @@ BACKENDS.register("gptqmodel", "llmq.backends.gptqmodel:GPTQModelBackend")
 PLUGINS = BACKENDS
 
 
-class _Schemes(Registry[Scheme]):
-    """Scheme name -> ``Scheme``, read from the plugins when first asked (importing the plugin
-    modules, which import no heavy package)."""
-
-    def __init__(self) -> None:
-        super().__init__("scheme")
-        self._seen: set[str] = set()
-
-    def _sync(self) -> None:
-        for name in BACKENDS.names():
-            if name not in self._seen:
-                self._seen.add(name)
-                for s in BACKENDS.get(name).schemes:
-                    self.register(s.name, s)
-
-    def forget(self, plugin: str) -> None:
-        self._seen.discard(plugin)
-
-    def get(self, name: str) -> Scheme:
-        self._sync()
-        return super().get(name)
-
-    def names(self) -> list[str]:
-        self._sync()
-        return super().names()
-
-    def __contains__(self, name: object) -> bool:
-        self._sync()
-        return super().__contains__(name)
-
-    def __iter__(self) -> Iterator[str]:
-        self._sync()
-        return super().__iter__()
-
-    def __len__(self) -> int:
-        self._sync()
-        return super().__len__()
+_SEEN: set[str] = set()  # plugins whose schemes are in SCHEMES
 
 
-SCHEMES: Registry[Scheme] = _Schemes()
+def _read_plugins() -> None:
+    """Put the schemes of every plugin registered so far into ``SCHEMES`` (imports plugin modules,
+    which import no heavy package)."""
+    for name in BACKENDS.names():
+        if name not in _SEEN:
+            _SEEN.add(name)
+            for s in BACKENDS.get(name).schemes:
+                SCHEMES.register(s.name, s)
+
+
+#: scheme name -> ``Scheme``, read from the plugins when first asked
+SCHEMES: Registry[Scheme] = Registry("scheme", before_read=_read_plugins)
 
 
 def register_plugin(cls: type[Backend]) -> type[Backend]:
@@ -80,7 +55,7 @@ def unregister_plugin(name: str) -> None:
     for s in cls.schemes:
         SCHEMES.unregister(s.name)
     BACKENDS.unregister(name)
-    SCHEMES.forget(name)  # type: ignore[attr-defined]
+    _SEEN.discard(name)
 
 
 def get_scheme(name: str) -> Scheme:

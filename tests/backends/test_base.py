@@ -9,7 +9,6 @@ hooks are exercised on the path that is not ``from_pretrained``."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
