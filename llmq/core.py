@@ -190,25 +190,13 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
     that owns it loads it: a transformers folder by its ``quantization_config.quant_method`` (GPTQ/AWQ
     folders need ``llmq[gptq]``), another artefact (e.g. a .gguf file) by the plugin that recognises
     it. ``kernel`` picks GPTQModel's kernel for GPTQ/AWQ folders (e.g. ``"marlin"``, ``"torch"``)."""
+    from llmq.schemes import plugin_of_folder
+
     path = Path(path).expanduser()
     plugin = plugin_of_folder(path)
     if plugin is Backend and not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
     return plugin.load(path, device=device or default_device(), dtype=dtype, kernel=kernel)
-
-
-def plugin_of_folder(path: str | os.PathLike) -> type[Backend]:
-    """The plugin that loads (and runs) the output at ``path``: the one that recognises it, else the
-    one whose ``quant_method`` its config.json names, else plain transformers (``Backend``)."""
-    from llmq.schemes import plugin_for_method, plugin_recognising
-
-    path = Path(path).expanduser()
-    owner = plugin_recognising(path)
-    if owner is not None:
-        return owner
-    cfg = path / "config.json"
-    method = (read_json(cfg).get("quantization_config") or {}).get("quant_method") if cfg.is_file() else None
-    return plugin_for_method(method)
 
 
 def read_meta(path: str | os.PathLike) -> dict | None:

@@ -72,7 +72,8 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
         meta = read_meta(out) if code == 0 else None
         res = RunResult(out if meta else None, out, meta["scheme"] if meta else None, code, meta)
         if meta and sample:
-            from llmq.core import load, plugin_of_folder
+            from llmq.core import load
+            from llmq.schemes import plugin_of_folder
 
             m, tok = load(out, device=device)
             res.sample = _one_line(plugin_of_folder(out).generate(m, tok, SAMPLE_PROMPT, max_new_tokens=16))

@@ -86,3 +86,19 @@ def plugin_recognising(path: Any) -> type[Backend] | None:
 
 def plugins() -> list[type[Backend]]:
     return [BACKENDS.get(n) for n in BACKENDS.names()]
+
+
+def plugin_of_folder(path: Any) -> type[Backend]:
+    """The plugin that loads (and runs) the output at ``path``: the one that recognises it, else the
+    one whose ``quant_method`` its config.json names, else plain transformers (``Backend``)."""
+    from pathlib import Path
+
+    from llmq.models import read_json
+
+    path = Path(path).expanduser()
+    owner = plugin_recognising(path)
+    if owner is not None:
+        return owner
+    cfg = path / "config.json"
+    method = (read_json(cfg).get("quantization_config") or {}).get("quant_method") if cfg.is_file() else None
+    return plugin_for_method(method)

@@ -129,7 +129,7 @@ def test_toy_scheme_appears_everywhere(toy, tiny_model_dir, tmp_path, capsys):
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         assert torch.equal(model(ids).logits, qm.model(ids).logits)
-    assert llmq.core.plugin_of_folder(out) is ToyBackend
+    assert llmq.schemes.plugin_of_folder(out) is ToyBackend
     assert qm.generate("The capital of France is", max_new_tokens=4) == ToyBackend.generate(
         model, tok, "The capital of France is", max_new_tokens=4)
 
