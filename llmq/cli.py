@@ -206,6 +206,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise LlmqError("--scheme is required with --model (see `python -m llmq schemes`, or use --scheme auto).")
     out = Path(args.output) if args.output else default_output(args.model, args.scheme)
     check_output(out, args.overwrite)
+    from llmq.outdir import check_location, check_writable
+
+    check_location(out, [args.model])
+    check_writable(out)
     from llmq.core import prepare
 
     ov = overrides_from_args(args)
@@ -283,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llmq: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("llmq: interrupted; nothing was written to the output folder.", file=sys.stderr)
+        from llmq.outdir import interrupt_message
+
+        print(interrupt_message(), file=sys.stderr)
         return 130
 
 

@@ -120,13 +120,18 @@ class QuantizedModel:
         """Write config, safetensors, tokenizer and ``llmq.json`` to a temp folder, then rename."""
         if not self.backend.serializable:
             raise ConfigError(f"Scheme {self.scheme.name!r} cannot be saved.")
-        with atomic_dir(path, overwrite=overwrite) as tmp:
+        with atomic_dir(path, overwrite=overwrite, inputs=(self.source.path,)) as tmp:
             self.backend.save(self.model, tmp)
             self.tokenizer.save_pretrained(tmp)
             if not list(tmp.glob("*.safetensors")):
                 raise LlmqError(f"The {self.scheme.backend} backend wrote no safetensors weights.")
             for f in tmp.glob("*.bin"):
                 f.unlink()
+            from llmq.outdir import canonicalize_folder
+            from llmq.safety import check_finite_safetensors
+
+            check_finite_safetensors(tmp, f"The {self.scheme.name} result")  # e.g. fp16 scales = inf
+            canonicalize_folder(tmp)  # same input and seed -> byte-identical files
             self.meta = self.metadata(folder_size(tmp))
             write_json(tmp / META_FILE, self.meta)
         self.saved_to = Path(path).expanduser()
@@ -154,11 +159,18 @@ def prepare(model: str | None, scheme: str, *, device: str | None = None, revisi
             raise ConfigError(f"Scheme {sch.name!r} needs no calibration; drop {', '.join(given)}.")
     cfg = sch.config(**overrides)
     backend_cls = sch.backend_cls()
+    from llmq import safety
+
+    safety.check_device(device)
     device = device or default_device()
     backend_cls.validate_environment(sch.name, device)
     source = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     source.config()
     backend_cls(sch, cfg).validate_model(source)
+    if getattr(cfg, "skip_modules", None):
+        from llmq.models import linear_shapes
+
+        safety.check_skip_modules(cfg.skip_modules, linear_shapes(source.config()))
     if isinstance(cfg, CalibratedConfig):
         calib_mod.validate_source(cfg.calibration)
     return sch, cfg, backend_cls, source, device
@@ -178,6 +190,10 @@ def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None
     if isinstance(cfg, CalibratedConfig):
         calib = calib_mod.build(cfg.calibration, tokenizer, n_samples=cfg.n_samples, seqlen=cfg.seqlen, seed=cfg.seed)
     model_dir = source.local_dir()
+    from llmq import safety
+
+    safety.check_no_missing_weights(model_dir, source.config(), trust_remote_code=source.trust_remote_code)
+    safety.check_finite_safetensors(model_dir, f"The source model {source.name}")
     size_before = folder_size(model_dir)
     t0 = time.perf_counter()
     qmodel = backend.quantize(model_dir, calib, device)
@@ -196,7 +212,7 @@ def _param_count(source: ModelSource) -> int:
 
 
 def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "auto",
-         kernel: str | None = None) -> tuple[Any, Any]:
+         kernel: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load a folder written by llmq (or any causal LM folder) as ``(model, tokenizer)`` with plain
     transformers; GPTQ/AWQ folders need ``llmq[gptq]`` installed. ``kernel`` picks GPTQModel's
     kernel for GPTQ/AWQ folders (e.g. ``"marlin"``, ``"triton"``, ``"torch"``; default ``auto``)."""
@@ -205,6 +221,10 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
+    from llmq import safety
+
+    safety.refuse_remote_code(path, trust_remote_code)
+    safety.check_safetensors_folder(path)
     cfg = read_json(path / "config.json")
     method = (cfg.get("quantization_config") or {}).get("quant_method")
     if method in ("gptq", "awq"):
@@ -236,9 +256,10 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
         qc = dict(cfg["quantization_config"])
         cls = GPTQConfig if method == "gptq" else AwqConfig
         kwargs["quantization_config"] = cls.from_dict({**qc, "backend": kernel})
-    model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=dtype, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=dtype,
+                                                 trust_remote_code=trust_remote_code, **kwargs)
     model.eval()
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model, tok
 
 

@@ -137,6 +137,10 @@ def resolve_model(model: str | os.PathLike | None, *, revision: str | None = Non
                 f"{path} has no .safetensors weights; llmq loads safetensors only "
                 "(convert with transformers: model.save_pretrained(dir, safe_serialization=True))."
             )
+        from llmq import safety
+
+        safety.refuse_remote_code(path, trust_remote_code)
+        safety.check_safetensors_folder(path)
         return ModelSource(text, "local", path.resolve(), trust_remote_code=trust_remote_code)
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither a model folder nor a .gguf file.")

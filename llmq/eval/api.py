@@ -132,6 +132,9 @@ def evaluate(model: Any, *, ppl: str | os.PathLike | None = "wikitext2", tasks: 
             raise MissingDependencyError("--tasks lm_eval:<task>", ["lm-eval"], "lm-eval")
     if limit is not None and limit < 1:
         raise LlmqError(f"--limit must be at least 1, got {limit}.")
+    from llmq.safety import check_eval_options
+
+    check_eval_options(seqlen=seqlen, stride=stride, batch_size=batch_size)
     ppl = None if ppl is None or str(ppl).lower() in ("", "none") else ppl
     target = _handle(model, "quantized" if reference is not None else "model")
     ref = _handle(reference, "original") if reference is not None else None
@@ -221,6 +224,9 @@ def _evaluate_one(h: _Handle, protocol: dict, *, ppl: Any, specs: list, harness:
         model, tok, load_s = _load(h, device)
         out["load_time_s"] = round(load_s, 3) if load_s is not None else None
         out["param_memory_bytes"] = cost.param_memory(model)
+        from llmq.safety import check_model_output
+
+        check_model_output(model, tok, f"The {h.label} ({out['path']})")
         if ppl is not None:
             from llmq.eval.perplexity import perplexity
 

@@ -109,6 +109,11 @@ def _run(original: Any, quantized: Any, args: argparse.Namespace, out_dir: Path 
     from llmq.eval.api import DEFAULT_GATE_TASKS, evaluate, split_tasks
     from llmq.eval.gate import check_gate, gate_set, validate
 
+    from llmq.safety import check_eval_options, check_report_dir
+
+    check_eval_options(seqlen=getattr(args, "seqlen", None), stride=getattr(args, "stride", None),
+                       batch_size=getattr(args, "batch_size", None), limit=args.limit)
+    check_report_dir(out_dir)
     gk = _gate_kwargs(args)
     validate(**gk)
     if gate_set(**gk) and original is None:
