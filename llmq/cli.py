@@ -210,6 +210,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_location(out, [args.model])
     check_writable(out)
+    from llmq import safety
+
+    safety.check_repo_id(args.push_to_hub)
+    if gate_requested(args):
+        safety.check_eval_request(tasks=args.tasks, ppl=args.ppl, max_ppl_increase=args.max_ppl_increase,
+                                  max_accuracy_loss=args.max_accuracy_loss, max_kld=args.max_kld)
     from llmq.core import prepare
 
     ov = overrides_from_args(args)

@@ -66,13 +66,13 @@ def check_writable(output: str | os.PathLike) -> None:
     """The output's nearest existing ancestor is a folder we can create entries in (tested by
     creating one, since ``os.access`` says yes to root on read-only mounts)."""
     p = Path(output).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise OutputExistsError(f"{p} exists and is a file; choose another output folder.")
     anc = p if p.exists() else p.parent
     while not anc.exists():
         anc = anc.parent
     if not anc.is_dir():
         raise ConfigError(f"Cannot write {output}: {anc} is a file, not a folder.")
-    if p.exists() and not p.is_dir():
-        raise OutputExistsError(f"{p} exists and is a file; choose another output folder.")
     probe_dir = p.parent if p.parent.exists() else anc
     try:
         d = tempfile.mkdtemp(prefix=".llmq-write-test-", dir=probe_dir)

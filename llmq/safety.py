@@ -334,3 +334,31 @@ def check_model_output(model: Any, tokenizer: Any, what: str, text: str = "The q
     with torch.inference_mode():
         logits = model(input_ids=enc["input_ids"].to(dev)).logits
     check_finite_logits(logits, what)
+
+
+# -- everything `run` will do after quantizing, checked before it loads a weight ----------------------------
+def check_repo_id(repo_id: str | None) -> None:
+    """``--push-to-hub``: ``owner/name`` in the Hub's alphabet (the push happens last; a typo must not
+    cost a quantization)."""
+    if repo_id is None:
+        return
+    from llmq.models import HUB_ID
+
+    if not HUB_ID.match(repo_id) or len(repo_id) > 96:
+        raise ConfigError(f"--push-to-hub {repo_id!r} is not a Hub repo id (owner/name, letters, digits, -_.).")
+
+
+def check_eval_request(*, tasks: Any = None, ppl: Any = None, max_ppl_increase: Any = None,
+                       max_accuracy_loss: Any = None, max_kld: Any = None) -> None:
+    """``run --eval``: gate thresholds, task names and files, the perplexity file, all without a model."""
+    from llmq.eval.api import split_tasks
+    from llmq.eval.gate import validate
+    from llmq.eval.tasks import resolve_task
+
+    validate(max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
+    for t in split_tasks(tasks):
+        if not (isinstance(t, str) and t.startswith("lm_eval:")):
+            resolve_task(t)
+    if ppl is not None and str(ppl).lower() != "none" and ("/" in str(ppl) or Path(str(ppl)).suffix):
+        if not Path(str(ppl)).expanduser().is_file():
+            raise ConfigError(f"--ppl file not found: {ppl}")
