@@ -287,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from llmq.outdir import terminate_as_interrupt
+
+    terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except LlmqError as e:

@@ -264,6 +264,21 @@ def atomic_output(output: str | os.PathLike, overwrite: bool = False,
     COMMITTED.append(output)
 
 
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM (``kill``, job schedulers, ``timeout``) unwind like Ctrl-C, so the temp folder
+    and the lock are removed instead of left for the next run. Main thread only (a no-op elsewhere)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def interrupt_message() -> str:
     """What Ctrl-C actually left behind, for the CLI's last line."""
     done = ", ".join(str(p) for p in COMMITTED)

@@ -316,31 +316,30 @@ def test_second_writer_fails_and_deletes_nothing(models, tmp_path, capsys):
 
 
 def test_two_api_saves_to_one_folder_one_wins_nothing_lost(models, tmp_path):
-    """Two processes quantize, meet at a barrier, then both `save(out, overwrite=False)`."""
-    out, barrier = tmp_path / "o", tmp_path / "go"
-    script = textwrap.dedent(f"""
-        import os, sys, time, llmq
-        from llmq.errors import OutputExistsError
-        qm = llmq.quantize({str(models['good'])!r}, "int8-dynamic", device="cpu")
-        open({str(tmp_path)!r} + "/ready-" + str(os.getpid()), "w").close()
-        while not os.path.exists({str(barrier)!r}):
-            time.sleep(0.01)
+    """Two quantized models meet at a barrier, then both `save(out, overwrite=False)` at once."""
+    import threading
+
+    import llmq
+    from llmq.errors import OutputExistsError
+
+    out = tmp_path / "o"
+    qms = [llmq.quantize(models["good"], "int8-dynamic", device="cpu") for _ in range(2)]
+    barrier, results = threading.Barrier(2), []
+
+    def save(qm):
+        barrier.wait()
         try:
-            qm.save({str(out)!r}, overwrite=False)
-            print("saved")
-        except OutputExistsError as e:
-            print("refused:", e)
-        """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for _ in range(2)]
-    deadline = time.time() + 240
-    while len(list(tmp_path.glob("ready-*"))) < 2 and time.time() < deadline:
-        time.sleep(0.1)
-    barrier.touch()
-    outs = [p.communicate(timeout=240) for p in procs]
-    results = sorted(o[0].strip().split(":")[0] for o in outs)
-    assert results == ["refused", "saved"], outs
+            qm.save(out, overwrite=False)
+            results.append("saved")
+        except OutputExistsError:
+            results.append("refused")
+
+    threads = [threading.Thread(target=save, args=(qm,)) for qm in qms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(results) == ["refused", "saved"]
     assert json.loads((out / "llmq.json").read_text())["scheme"] == "int8-dynamic"
     assert debris_of(out) == []
 
@@ -392,8 +391,9 @@ def test_sigterm_during_run_then_next_run_leaves_no_debris(models, tmp_path):
     while not any(n.endswith(".incomplete") for n in debris_of(out)) and time.time() < deadline and p.poll() is None:
         time.sleep(0.005)
     p.send_signal(signal.SIGTERM)
-    p.wait(timeout=60)
+    assert p.wait(timeout=60) in (0, 130)  # unwound like Ctrl-C (0: the save won the race)
     assert not out.exists() or (out / "llmq.json").is_file()  # complete or absent
+    assert debris_of(out) == []
     r = run_cli("run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out, "--no-sample", "--overwrite")
     assert r.returncode == 0, r.stderr[-2000:]
     assert debris_of(out) == []
@@ -494,11 +494,8 @@ def test_gptq_progress_does_not_flood_a_non_tty_log(gptq_outlier_run):
 
 
 def test_int8_dynamic_files_are_byte_identical_across_runs(models, tmp_path):
-    outs = [tmp_path / "a", tmp_path / "b"]
-    procs = [subprocess.Popen([sys.executable, "-m", "llmq", "run", "--model", str(models["good"]), "--scheme",
-                               "int8-dynamic", "-o", str(o), "--no-sample"], env={**os.environ, "PYTHONPATH": str(ROOT)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for o in outs]
-    for p in procs:
-        assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
-    a, b = (o / "model.safetensors" for o in outs)
-    assert a.read_bytes() == b.read_bytes()
+    import llmq
+
+    for name in ("a", "b"):
+        llmq.quantize(models["good"], "int8-dynamic", device="cpu").save(tmp_path / name)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
