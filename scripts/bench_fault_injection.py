@@ -62,6 +62,12 @@ def env() -> dict:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
+def _default_sigint() -> None:
+    """A shell's background job (``... &``) starts with SIGINT ignored and children inherit that; the
+    killed run must get SIGINT the way a terminal's Ctrl-C delivers it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def debris(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
 
@@ -124,7 +130,7 @@ def main() -> int:
     for s in schemes:
         out = work / f"baseline-{s}"
         t0 = time.perf_counter()
-        r = subprocess.run(run_cmd(src, s, out, False), env=env(), capture_output=True, text=True)
+        r = subprocess.run(run_cmd(src, s, out, False), env=env(), capture_output=True, text=True, cwd=work)
         durations[s] = time.perf_counter() - t0
         if r.returncode != 0:
             print(r.stderr[-3000:], file=sys.stderr)
@@ -143,7 +149,8 @@ def main() -> int:
         if overwrite:
             shutil.copytree(previous[scheme], out)
         proc = subprocess.Popen(run_cmd(src, scheme, out, overwrite), env=env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, cwd=work,  # cwd: `-m llmq` must not import ./llmq
+                                preexec_fn=_default_sigint)
         t0 = time.perf_counter()
         if target == "uniform":
             delay = rng.uniform(0, durations[scheme])
@@ -166,7 +173,8 @@ def main() -> int:
         ok, why = complete(out) if exists else (True, "absent")
         lost_previous = overwrite and not exists
         debris_after_kill = debris(out)
-        nxt = subprocess.run(run_cmd(src, "int8-dynamic", out, True), env=env(), capture_output=True, text=True)
+        nxt = subprocess.run(run_cmd(src, "int8-dynamic", out, True), env=env(), capture_output=True, text=True,
+                             cwd=work)
         debris_after_next = debris(out)
         trial = {
             "trial": i, "scheme": scheme, "mode": "overwrite" if overwrite else "fresh", "target": target,

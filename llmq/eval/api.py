@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -219,7 +220,7 @@ def _evaluate_one(h: _Handle, protocol: dict, *, ppl: Any, specs: list, harness:
     out["size_bytes"] = cost.size_on_disk(h.path)
     out["tasks"] = {}
     if progress:
-        print(f"llmq eval: {h.label}: {out['path']}", flush=True)
+        print(f"llmq eval: {h.label}: {out['path']}", file=sys.stderr, flush=True)  # stdout: the report only
     with cost.PeakRSS() as peak:
         model, tok, load_s = _load(h, device)
         out["load_time_s"] = round(load_s, 3) if load_s is not None else None

@@ -120,7 +120,7 @@ def _run(original: Any, quantized: Any, args: argparse.Namespace, out_dir: Path 
         raise LlmqError("A gate compares against the original: pass --reference.")
     if gk["max_accuracy_loss"] is not None and not split_tasks(tasks):
         tasks = list(DEFAULT_GATE_TASKS)
-        print(f"llmq eval: --max-accuracy-loss without --tasks: evaluating {', '.join(tasks)}", flush=True)
+        print(f"llmq eval: --max-accuracy-loss without --tasks: evaluating {', '.join(tasks)}", file=sys.stderr, flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)
         warnings.showwarning = _one_line_warning
