@@ -155,6 +155,10 @@ def validate_source(source: Any) -> None:
         if path.suffix or "/" in text:
             if not path.is_file():
                 raise CalibrationError(f"Calibration file not found: {path}")
+            if path.suffix.lower() in (".txt", ".raw", ".tokens", ".md"):
+                from llmq.safety import check_text_file
+
+                check_text_file(path)
             return
         from llmq.errors import UnknownNameError
 

@@ -222,13 +222,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from llmq.outdir import terminate_as_interrupt
+
+    terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except LlmqError as e:
         print(f"llmq: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("llmq: interrupted; nothing was written to the output folder.", file=sys.stderr)
+        from llmq.outdir import interrupt_message
+
+        print(interrupt_message(), file=sys.stderr)
         return 130
 
 

@@ -48,6 +48,9 @@ class SchemeConfig:
         for key in overrides:
             if key not in names:
                 raise UnknownNameError(f"option for {type(self).__name__}", key, names)
+        from llmq.safety import check_field_types
+
+        check_field_types(type(self), overrides)
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values.update(overrides)
         if "skip_modules" in values and isinstance(values["skip_modules"], (list, str)):

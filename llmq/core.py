@@ -70,7 +70,7 @@ class QuantizedModel:
                 path = tmp
             else:
                 path = self.saved_to
-            self._reloaded, _ = load(path, device=self.device)
+            self._reloaded, _ = load(path, device=self.device, trust_remote_code=self.source.trust_remote_code)
         return self._reloaded
 
     def generate(self, prompt: str, max_new_tokens: int = 24) -> str:
@@ -111,11 +111,12 @@ class QuantizedModel:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the plugin's output and ``llmq.json`` to a temp folder, then rename."""
-        with atomic_dir(path, overwrite=overwrite) as tmp:
+        with atomic_dir(path, overwrite=overwrite, inputs=(self.source.path,)) as tmp:
             self.backend.save(self.model, self.tokenizer, tmp)
             missing = self.backend.missing_files(tmp)
             if missing:
                 raise LlmqError(f"The {self.scheme.backend} backend wrote no {' and no '.join(missing)}.")
+            self.backend.verify_output(tmp, f"The {self.scheme.name} result")  # e.g. fp16 scales = inf
             self.meta = self.metadata(folder_size(tmp, self.backend.weight_patterns))
             write_json(tmp / META_FILE, self.meta)
         self.saved_to = Path(path).expanduser()
@@ -143,11 +144,19 @@ def prepare(model: str | None, scheme: str, *, device: str | None = None, revisi
             raise ConfigError(f"Scheme {sch.name!r} needs no calibration; drop {', '.join(given)}.")
     cfg = sch.config(**overrides)
     backend_cls = sch.backend_cls()
+    from llmq import safety
+
+    safety.check_device(device)
     device = device or default_device()
     backend_cls.validate_environment(sch.name, device)
     source = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     source.config()
     backend_cls(sch, cfg).validate_model(source)
+    if getattr(cfg, "skip_modules", None):
+        from llmq.models import linear_shapes
+
+        safety.check_skip_modules(cfg.skip_modules, linear_shapes(source.config(),
+                                                                 trust_remote_code=source.trust_remote_code))
     if isinstance(cfg, CalibratedConfig):
         calib_mod.validate_source(cfg.calibration)
     return sch, cfg, backend_cls, source, device
@@ -167,6 +176,10 @@ def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None
     if isinstance(cfg, CalibratedConfig):
         calib = calib_mod.build(cfg.calibration, tokenizer, n_samples=cfg.n_samples, seqlen=cfg.seqlen, seed=cfg.seed)
     model_dir = source.local_dir()
+    from llmq import safety
+
+    safety.check_no_missing_weights(model_dir, source.config(), trust_remote_code=source.trust_remote_code)
+    safety.check_finite_safetensors(model_dir, f"The source model {source.name}")
     size_before = folder_size(model_dir)
     t0 = time.perf_counter()
     qmodel = backend.quantize(model_dir, calib, device)
@@ -185,18 +198,30 @@ def _param_count(source: ModelSource) -> int:
 
 
 def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "auto",
-         kernel: str | None = None) -> tuple[Any, Any]:
+         kernel: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load an output written by llmq (or any causal LM folder) as ``(model, tokenizer)``. The plugin
     that owns it loads it: a transformers folder by its ``quantization_config.quant_method`` (GPTQ/AWQ
     folders need ``llmq[gptq]``), another artefact (e.g. a .gguf file) by the plugin that recognises
-    it. ``kernel`` picks GPTQModel's kernel for GPTQ/AWQ folders (e.g. ``"marlin"``, ``"torch"``)."""
+    it. ``kernel`` picks GPTQModel's kernel for GPTQ/AWQ folders (e.g. ``"marlin"``, ``"torch"``).
+    A folder that ships its own modeling code is refused unless ``trust_remote_code``."""
     from llmq.schemes import plugin_of_folder
 
     path = Path(path).expanduser()
     plugin = plugin_of_folder(path)
     if plugin is Backend and not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
-    return plugin.load(path, device=device or default_device(), dtype=dtype, kernel=kernel)
+    if path.is_dir():
+        from llmq import safety
+
+        safety.refuse_remote_code(path, trust_remote_code)
+    kwargs: dict[str, Any] = {}
+    if trust_remote_code:  # only plugins whose runtime can run a folder's own Python take the flag
+        import inspect
+
+        if "trust_remote_code" not in inspect.signature(plugin.load).parameters:
+            raise ConfigError(f"trust_remote_code does not apply to {plugin.name} outputs ({path}).")
+        kwargs["trust_remote_code"] = True
+    return plugin.load(path, device=device or default_device(), dtype=dtype, kernel=kernel, **kwargs)
 
 
 def read_meta(path: str | os.PathLike) -> dict | None:

@@ -46,3 +46,15 @@ class CalibrationError(LlmqError, ValueError):
 
 class OutputExistsError(LlmqError, FileExistsError):
     """The output folder exists and is not empty; nothing was written."""
+
+
+class RemoteCodeError(LlmqError, ValueError):
+    """A model folder ships its own Python and the user did not pass ``--trust-remote-code``."""
+
+
+class CorruptModelError(LlmqError, ValueError):
+    """Weights that are truncated, not safetensors, non-finite, or missing for the model class."""
+
+
+class OutputLockedError(OutputExistsError):
+    """Another llmq process is writing the same output folder; nothing was written or deleted."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,25 +23,13 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a sibling ``*.incomplete`` folder; on success it replaces ``path`` in one rename
-    (the old folder is removed only after the new one is complete), on error it is deleted."""
-    path = check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".incomplete", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False, inputs: tuple = ()) -> Iterator[Path]:
+    """Yield a sibling ``*.incomplete`` folder that replaces ``path`` only when complete; locked,
+    debris-cleaning and source-protecting (see ``llmq.outdir.atomic_output``)."""
+    from llmq.outdir import atomic_output
+
+    with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

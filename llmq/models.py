@@ -115,8 +115,10 @@ class ModelSource:
 
 
 def resolve_model(model: str | os.PathLike | None, *, revision: str | None = None,
-                  trust_remote_code: bool = False) -> ModelSource:
-    """Classify ``model`` and fail fast with a one-line error when it cannot be used."""
+                  trust_remote_code: bool = False, weights: bool = True) -> ModelSource:
+    """Classify ``model`` and fail fast with a one-line error when it cannot be used. ``weights=False``
+    (the advisor and the size estimate, which read the config only) accepts a local folder that
+    holds just ``config.json``."""
     if model is None or model == "" or model == "demo":
         path = demo_gguf_path()
         return ModelSource("HuggingFaceTB/SmolLM2-135M-Instruct", "gguf", path)
@@ -132,11 +134,15 @@ def resolve_model(model: str | os.PathLike | None, *, revision: str | None = Non
             if ggufs:
                 return ModelSource(str(ggufs[0]), "gguf", ggufs[0].resolve())
             raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
-        if not list(path.glob("*.safetensors")):
+        if weights and not list(path.glob("*.safetensors")):
             raise ModelNotFoundError(
                 f"{path} has no .safetensors weights; llmq loads safetensors only "
                 "(convert with transformers: model.save_pretrained(dir, safe_serialization=True))."
             )
+        from llmq import safety
+
+        safety.refuse_remote_code(path, trust_remote_code)
+        safety.check_safetensors_folder(path)
         return ModelSource(text, "local", path.resolve(), trust_remote_code=trust_remote_code)
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither a model folder nor a .gguf file.")

@@ -5,6 +5,7 @@ parses its flags and calls ``run``."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,21 +53,31 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
     ``evaluate`` or a gate (``max_ppl_increase``, ``max_accuracy_loss``, ``max_kld``) is given, and
     push it to ``push_to_hub``. ``on_saved(meta, path, sample)`` and ``on_report(report, path)`` are
     called as soon as each step is done (the CLI prints there)."""
+    from llmq import safety
     from llmq.eval.gate import gate_set
-    from llmq.io import check_output
+    from llmq.outdir import reserve_output
 
     overrides = dict(overrides or {})
     gated = gate_set(max_ppl_increase, max_accuracy_loss, max_kld)
     demo = not model
+    # What runs after quantizing (push, evaluation, gate) is checked before the first weight loads.
+    safety.check_repo_id(push_to_hub)
+    if evaluate or gated:
+        safety.check_eval_request(tasks=tasks, ppl=ppl, max_ppl_increase=max_ppl_increase,
+                                  max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
+        safety.check_eval_options(limit=limit, seqlen=eval_seqlen)
     if scheme == "auto":
         from llmq.advisor.auto import run_auto
 
         out = Path(output) if output else default_output(model, "auto")
-        code = run_auto(model, output=out, overwrite=overwrite, device=device, revision=revision,
-                        trust_remote_code=trust_remote_code, overrides=overrides, tasks=tasks, ppl=ppl, limit=limit,
-                        eval_seqlen=eval_seqlen, max_ppl_increase=max_ppl_increase,
-                        max_accuracy_loss=max_accuracy_loss, max_kld=max_kld, budget_gb=budget_gb,
-                        candidates=candidates)
+        # The output is checked and locked from here until the winner is saved: a second writer of
+        # the same output fails now, and the source can never be the output.
+        with reserve_output(out, overwrite=overwrite, inputs=[model]):
+            code = run_auto(model, output=out, overwrite=overwrite, device=device, revision=revision,
+                            trust_remote_code=trust_remote_code, overrides=overrides, tasks=tasks, ppl=ppl,
+                            limit=limit, eval_seqlen=eval_seqlen, max_ppl_increase=max_ppl_increase,
+                            max_accuracy_loss=max_accuracy_loss, max_kld=max_kld, budget_gb=budget_gb,
+                            candidates=candidates)
         from llmq.core import read_meta
 
         meta = read_meta(out) if code == 0 else None
@@ -75,7 +86,7 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
             from llmq.core import load
             from llmq.schemes import plugin_of_folder
 
-            m, tok = load(out, device=device)
+            m, tok = load(out, device=device, trust_remote_code=trust_remote_code)
             res.sample = _one_line(plugin_of_folder(out).generate(m, tok, SAMPLE_PROMPT, max_new_tokens=16))
             del m
         if meta and on_saved:
@@ -91,17 +102,17 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
         if not scheme:
             raise LlmqError("--scheme is required with --model (see `python -m llmq schemes`, or use --scheme auto).")
         out = Path(output) if output else default_output(model, scheme)
-        check_output(out, overwrite)
         from llmq.core import prepare, quantize
 
-        # Every cheap check first (scheme, options, packages, model config, group sizes, calibration file).
-        prepare(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code, **overrides)
-        from llmq.eval.gate import validate
-
-        validate(max_ppl_increase, max_accuracy_loss, max_kld)
-        qm = quantize(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
-                      **overrides)
-        path = qm.save(out, overwrite=overwrite)
+        # The output is checked (exists, is/contains/is inside the source, writable) and locked from
+        # here through the save: a second `run` to the same output fails before it loads a weight.
+        with reserve_output(out, overwrite=overwrite, inputs=[model]):
+            # Every cheap check first (scheme, options, packages, model config, group sizes, calibration file).
+            prepare(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
+                    **overrides)
+            qm = quantize(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
+                          **overrides)
+            path = qm.save(out, overwrite=overwrite)
         text = _one_line(qm.generate(SAMPLE_PROMPT, max_new_tokens=16)) if sample else None
         res = RunResult(path, out, qm.scheme.name, 0, qm.meta, text)
         del qm
@@ -113,7 +124,8 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
             res.report = assess(str(path), reference=original_of(path), ppl=ppl or "wikitext2", tasks=tasks,
                                 limit=limit, seqlen=eval_seqlen or 2048, out_dir=path, device=device,
                                 max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss,
-                                max_kld=max_kld, note=lambda t: print(t, flush=True))
+                                max_kld=max_kld, trust_remote_code=trust_remote_code,
+                                note=lambda t: print(t, file=sys.stderr, flush=True))
             if on_report:
                 on_report(res.report, path)
             gate = res.report.get("gate")

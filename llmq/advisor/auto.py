@@ -152,10 +152,11 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
     overrides = dict(overrides or {})
     gate_limits = {"max_ppl_increase": max_ppl_increase, "max_accuracy_loss": max_accuracy_loss, "max_kld": max_kld}
 
-    src = resolve_model(model, revision=revision)
+    src = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     original = src.local_dir()
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.auto-", dir=out.parent))
+    # named like the save's temp folder, so a killed search's leftovers are removed by the next write
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-auto-", suffix=".incomplete", dir=out.parent))
     print(f"llmq auto: {len(pool)} candidates, most compressed first: {', '.join(c.scheme for c in pool)}", flush=True)
     trials: list[Trial] = []
     winner = None
@@ -172,7 +173,8 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
                 del qm
                 t.size_bytes = folder_size(path, qm_weights)
                 report = compare(str(original), str(path), ppl=ppl or "wikitext2", tasks=_split_tasks(tasks),
-                                 limit=limit, seqlen=eval_seqlen, out_dir=str(work / f"{c.scheme}.eval"))
+                                 limit=limit, seqlen=eval_seqlen, out_dir=str(work / f"{c.scheme}.eval"),
+                                 trust_remote_code=trust_remote_code)
                 gate = check_gate(report, **gate_limits)
                 t.report = report
                 t.passed, t.verdict = bool(gate.passed), str(gate.verdict)
@@ -187,7 +189,7 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
             if t.passed:
                 winner = t
                 break
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with atomic_dir(out, overwrite=overwrite, inputs=(src.path,)) as tmp:
             if winner is not None:
                 for f in (work / winner.scheme).iterdir():
                     shutil.move(str(f), tmp / f.name)

@@ -168,6 +168,18 @@ class Backend:
             missing.append(".safetensors weights")
         return missing
 
+    @classmethod
+    def verify_output(cls, folder: Path, what: str) -> None:
+        """Refuse a saved output with NaN/Inf tensors (e.g. an fp16 scale that overflowed to inf) and
+        make its bytes reproducible, before it is renamed into place. Default: every ``*.safetensors``
+        (one tensor at a time), then their ``__metadata__`` keys sorted (same input and seed give
+        byte-identical files). A plugin writing another format checks its own."""
+        from llmq.outdir import canonicalize_folder
+        from llmq.safety import check_finite_safetensors
+
+        check_finite_safetensors(folder, what)
+        canonicalize_folder(folder)
+
     def quantization_config(self, model: Any) -> dict | None:
         qc = getattr(model.config, "quantization_config", None)
         if qc is None:
@@ -194,17 +206,24 @@ class Backend:
         return {}
 
     @classmethod
-    def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None) -> tuple[Any, Any]:
-        """``(model, tokenizer)`` for an output of this plugin; default: plain transformers."""
+    def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
+             trust_remote_code: bool = False) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` for an output of this plugin; default: plain transformers, after
+        checking every safetensors header (a truncated or garbage file is one line, not a
+        traceback). ``trust_remote_code`` is the user's opt-in to the folder's own Python
+        (``llmq.load`` has refused such a folder already when it is False)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from llmq.models import read_json
+        from llmq.safety import check_safetensors_folder
 
+        check_safetensors_folder(path)
         qc = read_json(path / "config.json").get("quantization_config") or {}
         kwargs = cls.load_kwargs(path, qc, device, kernel)
-        model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code, **kwargs)
         model.eval()
-        return model, AutoTokenizer.from_pretrained(path)
+        return model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
     @classmethod
     def generate(cls, model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 24) -> str:

@@ -197,17 +197,23 @@ class GPTQModelBackend(Backend):
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         ensure_cpu_workers()
+        from llmq.backends import gptqmodel_patches
+
+        quiet = gptqmodel_patches.quiet_logs()  # before the import: a log file gets one line per layer
         from gptqmodel import GPTQModel
         from transformers import AutoConfig
-
-        from llmq.backends import gptqmodel_patches
 
         gptqmodel_patches.redirect_logs()
         qcfg = self.gptqmodel_config(AutoConfig.from_pretrained(model_dir))
         dtype = self.quantize_dtype(device)
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = GPTQModel.load(str(model_dir), qcfg, device=device, **kwargs)
-        model.quantize(calibration.as_gptqmodel(), batch_size=1, backend=self.post_quant_kernel(device))
+        hooks = gptqmodel_patches.layer_progress(model.model, self.scheme.name) if quiet else []
+        try:
+            model.quantize(calibration.as_gptqmodel(), batch_size=1, backend=self.post_quant_kernel(device))
+        finally:
+            for h in hooks:
+                h.remove()
         return model
 
     def save(self, model: Any, tokenizer: Any, out: Path) -> None:

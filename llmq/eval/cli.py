@@ -15,8 +15,14 @@ from llmq.errors import LlmqError
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppl", default="wikitext2",
                    help="perplexity text: wikitext2, c4, a local .txt file, or none (default wikitext2)")
-    p.add_argument("--tasks", help="comma-separated: arc_easy, piqa, hellaswag, lambada, a .jsonl file, "
-                                   "name=file.jsonl, or lm_eval:<task> (lm-evaluation-harness)")
+    p.add_argument("--tasks", help="comma-separated list; each item is one of: a registered task (arc_easy, piqa, "
+                                   "hellaswag, lambada; read from LLMQ_DATA_DIR/tasks or the Hub); FILE.jsonl (your "
+                                   "own task, its shape detected from the first row's fields); NAME=FILE.jsonl (the "
+                                   "registered task NAME read from FILE: NAME's prompt and field names, your rows); "
+                                   "lm_eval:TASK (lm-evaluation-harness); or none (default: no tasks)")
+    p.add_argument("--task-fields", metavar="CANONICAL=FIELD,...",
+                   help="field names of a task file that differ from llmq's: e.g. contexts=context_options,"
+                        "gold=label (canonical names: query, choices, gold, context, continuation, contexts)")
     p.add_argument("--limit", type=int, help="perplexity windows and examples per task (default: all)")
     p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length (default 2048)")
     p.add_argument("--stride", type=int, help="sliding-window stride (default: seqlen, non-overlapping)")
@@ -24,7 +30,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16,
                    help="questions (a context with all its choices) per forward pass (default 16)")
     p.add_argument("--no-speed", action="store_true", help="skip the prefill/decode speed measurement")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table "
+                                                       "(stdout holds the JSON only; notes go to stderr)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a model folder's own Python (config auto_map, modeling_*.py); refused otherwise")
 
 
 def _gate(p: argparse.ArgumentParser) -> None:
@@ -36,8 +45,8 @@ def _gate(p: argparse.ArgumentParser) -> None:
 
 def add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate one model: perplexity, task accuracy, cost (and KLD with --reference)")
-    p.add_argument("--model", required=True, help="model folder or Hub id")
-    p.add_argument("--reference", help="reference model (folder or Hub id) for KL divergence and deltas")
+    p.add_argument("--model", required=True, help="model folder, .gguf file or Hub id (what `run` accepts)")
+    p.add_argument("--reference", help="reference model (folder, .gguf file or Hub id) for KL divergence and deltas")
     p.add_argument("--output", "-o", help="folder to write report.json/report.md/report.png into")
     _common(p)
     _gate(p)
@@ -46,8 +55,9 @@ def add_eval(sub: Any) -> None:
 
 def add_compare(sub: Any) -> None:
     p = sub.add_parser("compare", help="evaluate an original and its quantized copy under the same protocol")
-    p.add_argument("--original", required=True, help="original model folder or Hub id")
-    p.add_argument("--quantized", required=True, help="quantized model folder")
+    p.add_argument("--original", required=True, help="original model: folder, .gguf file or Hub id (what `run` "
+                                                      "accepts, e.g. the file you quantized from)")
+    p.add_argument("--quantized", required=True, help="quantized model folder (or any source `run` accepts)")
     p.add_argument("--output", "-o", help="folder for report.json/report.md/report.png "
                                           "(default: the quantized folder, when it is local)")
     _common(p)
@@ -97,7 +107,7 @@ def finish(report: dict, out_dir: Path | None, as_json: bool = False) -> int:
         print(f"wrote {out_dir / 'report.json'}, report.md, report.png")
     gate = report.get("gate")
     if gate:
-        print(gate["verdict"], file=sys.stdout)
+        print(gate["verdict"], file=sys.stderr if as_json else sys.stdout)
         return 0 if gate["passed"] else 1
     return 0
 
@@ -107,9 +117,10 @@ def _run(original: Any, quantized: Any, args: argparse.Namespace, out_dir: Path 
 
     with one_line_warnings():
         report = assess(quantized, reference=original, ppl=_ppl_arg(args.ppl), tasks=tasks, limit=args.limit,
-                        seqlen=args.seqlen or 2048, stride=args.stride, out_dir=out_dir, device=args.device,
-                        batch_size=args.batch_size, speed=not args.no_speed,
-                        note=lambda text: print(text, flush=True), **_gate_kwargs(args))
+                        seqlen=args.seqlen, stride=args.stride, out_dir=out_dir, device=args.device,
+                        batch_size=args.batch_size, speed=not args.no_speed, task_fields=args.task_fields,
+                        trust_remote_code=args.trust_remote_code,
+                        note=lambda text: print(text, file=sys.stderr, flush=True), **_gate_kwargs(args))
     return finish(report, out_dir, args.json)
 
 
