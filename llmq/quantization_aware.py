@@ -132,6 +132,7 @@ class QATTrainConfig:
     eval_windows: int = 8  # held-out windows of the training text (never trained on)
     max_ppl_increase: Any = None  # "5%": stop once fake-quant ppl <= (1+x) * original ppl on held-out text
     fake_quant: bool = True
+    train_embeddings: bool = False  # frozen by default: not quantized, 1/5 of SmolLM2's parameters, and cheaper
     device: str | None = None
     gradient_checkpointing: bool | None = None  # None: on for CUDA
 
@@ -327,6 +328,9 @@ def train(model: Any, data: TrainData, cfg: QATTrainConfig, *, device: str, chec
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     model.train()
+    if not cfg.train_embeddings and model.get_input_embeddings() is not None:
+        for p in model.get_input_embeddings().parameters():  # a tied lm_head shares this parameter
+            p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     order = batch_order(len(data.train), cfg.steps, cfg.batch_size, cfg.seed)
