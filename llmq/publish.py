@@ -195,6 +195,9 @@ def reproduce_command(meta: dict) -> tuple[str, str | None]:
     Options equal to the scheme's defaults are left out, except calibration (always spelled out)."""
     from llmq.schemes import get_scheme
 
+    if meta.get("training"):  # QAT folder (llmq.quantization_aware)
+        from llmq.quantization_aware import reproduce_command as qat_command
+        return qat_command(meta)
     sch = get_scheme(meta["scheme"])
     defaults = sch.config().to_dict()
     cfg = dict(meta.get("config") or {})
@@ -238,7 +241,7 @@ def reproduce_command(meta: dict) -> tuple[str, str | None]:
 def install_spec(meta: dict) -> str:
     from llmq.schemes import get_scheme
 
-    extra = get_scheme(meta["scheme"]).backend_cls().extra
+    extra = "torchao" if meta.get("training") else get_scheme(meta["scheme"]).backend_cls().extra
     version = (meta.get("versions") or {}).get("llmq") or meta.get("llmq_version")
     name = f"llmq[{extra}]" if extra else "llmq"
     return f"{name}=={version}" if version else name
@@ -487,9 +490,10 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
     """``(ModelCardData, template variables)`` for a folder."""
     from huggingface_hub import ModelCardData
 
+    from llmq.quantization_aware import card_rows, card_scheme
     from llmq.schemes import get_scheme
 
-    sch = get_scheme(meta["scheme"])
+    sch = card_scheme(meta) or get_scheme(meta["scheme"])
     src = meta.get("source") or {}
     base = hub_base_model(meta)
     title = repo_id.split("/", 1)[1] if repo_id else path.resolve().name
@@ -526,6 +530,7 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
         ("Source", source_text(meta)),
         ("Parameters", fmt_int(meta.get("parameters"))),
         ("Calibration", cal),
+        *(card_rows(meta) if meta.get("training") else []),
         ("Quantized on", f"`{meta.get('device')}`"),
         ("Wall time (s)", fmt_float(meta.get("wall_time_s"), 2)),
         ("Software", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),

@@ -545,6 +545,56 @@ def metadata(res: QATResult, size_after: int | None) -> dict:
     }
 
 
+# -- model card facts (publish.py asks these for folders whose llmq.json has a "training" block) -----
+def card_scheme(meta: dict) -> QATScheme | None:
+    """The QAT scheme a saved folder was made with, or None for folders ``llmq run`` made."""
+    if not meta.get("training"):
+        return None
+    name = (meta.get("config") or {}).get("scheme") or meta.get("scheme")
+    sch = QAT_SCHEMES.get(name)
+    if sch is not None and meta.get("scheme") == "qat-fp32-twin":
+        return replace(sch, name="qat-fp32-twin", description="fine-tuned without fake quantization (fp32 twin)")
+    return sch
+
+
+def card_rows(meta: dict) -> list[tuple[str, str]]:
+    """Model-card rows that say the model was trained, on what, for how many steps."""
+    t = meta.get("training") or {}
+    c = t.get("config") or {}
+    stop = " (stopped early: the gate held)" if t.get("early_stopped") else ""
+    return [
+        ("Training", f"{t.get('method')}: {t.get('steps_done')} of {t.get('steps_planned')} steps{stop}, "
+                     f"{t.get('tokens_trained')} tokens"),
+        ("Training data", f"`{t.get('data')}` (sha256 `{str(t.get('data_sha256', ''))[:16]}`)"),
+        ("Training settings", f"lr {c.get('lr')}, batch {c.get('batch_size')} x {c.get('seqlen')} tokens, "
+                              f"warmup {c.get('warmup_steps')}, seed {c.get('seed')}, {t.get('precision')}"),
+        ("Training loss", f"{t.get('loss_first')} (first step) -> {t.get('loss_last_10_mean')} (mean of last 10)"),
+    ]
+
+
+def reproduce_command(meta: dict) -> tuple[str, str | None]:
+    """The ``python -m llmq qat`` command that re-creates a QAT folder, and a caveat if any."""
+    import shlex
+
+    t = meta.get("training") or {}
+    c = t.get("config") or {}
+    src = meta.get("source") or {}
+    args = ["python", "-m", "llmq", "qat"]
+    note = None
+    if src.get("kind") != "gguf" or not str(src.get("name", "")).endswith("SmolLM2-135M-Instruct"):
+        args += ["--model", str(src.get("name"))]
+    args += ["--scheme", str(c.get("scheme")), "--data", str(c.get("data")), "--steps", str(c.get("steps")),
+             "--lr", str(c.get("lr")), "--seed", str(c.get("seed")), "--batch-size", str(c.get("batch_size")),
+             "--seqlen", str(c.get("seqlen")), "--warmup-steps", str(c.get("warmup_steps"))]
+    if c.get("max_ppl_increase"):
+        args += ["--max-ppl-increase", str(c["max_ppl_increase"]), "--eval-every", str(c.get("eval_every"))]
+    if not c.get("fake_quant", True):
+        args.append("--fp32-twin")
+    if str(c.get("data", "")).startswith("<"):
+        note = "It was trained on a list of strings passed from Python, which this command cannot repeat."
+    return " ".join(shlex.quote(a) for a in args + ["-o", "OUT"]), note
+
+
 def save(res: QATResult, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Safetensors + tokenizer + ``llmq.json`` into a temporary folder, renamed when complete."""
     from llmq.io import atomic_dir, write_json

@@ -205,3 +205,14 @@ def test_short_qat_on_demo_model_reduces_quantization_loss(tmp_path):
     Q.ptq(twin.model, Q.get_qat_scheme("qat-int4"))
     rtn = perplexity(twin.model, twin.tokenizer, "wikitext2", **ev).value
     assert q / tw - 1 < 0.75 * (rtn / tw - 1), (tw, q, rtn)
+
+
+def test_model_card_says_it_was_trained_and_how_to_repeat_it(tiny, texts, tmp_path):
+    from llmq.cli import main
+
+    out = tmp_path / "card"
+    Q.qat(str(tiny), "qat-8da4w", data=texts, steps=2, lr=1e-4, output=out, **SMALL)
+    assert main(["push", str(out), "--repo", "me/tiny-qat", "--dry-run", "--license", "apache-2.0"]) == 0
+    card = (out / "README.md").read_text()
+    assert "| Training | quantization-aware training (torchao QATConfig prepare/convert): 2 of 2 steps, 128 tokens |" in card
+    assert "python -m llmq qat --model" in card and "--scheme qat-8da4w --data" in card and "--steps 2" in card
