@@ -196,7 +196,8 @@ def test_short_qat_on_demo_model_reduces_quantization_loss(tmp_path):
     if data_dir() is None:
         pytest.skip("needs LLMQ_DATA_DIR (WikiText-2)")
     os.environ.setdefault("LLMQ_DATA_DIR", str(data_dir()))
-    kw = dict(data="wikitext2", steps=30, lr=2e-5, seqlen=256, batch_size=2, warmup_steps=3, progress=False)
+    # the settings of the measured short run in eval/bench_qat.json (twin 27.29, QAT +21.7%, RTN of twin +33.4%)
+    kw = dict(data="wikitext2", steps=8, lr=5e-5, seqlen=256, batch_size=2, warmup_steps=1, progress=False)
     twin = Q.qat(None, "qat-int4", fake_quant=False, **kw)
     qat = Q.qat(None, "qat-int4", **kw)
     ev = dict(seqlen=512, limit=4, progress=False)
