@@ -41,14 +41,14 @@ def test_prepare_inserts_torchao_fake_quantizers_in_decoder_linears_only(tiny):
 
     model = _load(tiny)
     n_linear = sum(isinstance(m, torch.nn.Linear) for n, m in model.named_modules() if ".layers." in f".{n}")
-    Q.prepare_fake_quant(model, Q.get_qat_scheme("qat-int4"))
+    Q.prepare_fake_quant(model, Q.qat_config("qat-int4"))
     assert Q.count_fake_quantized(model) == n_linear == 14
     assert not isinstance(model.lm_head, FakeQuantizedLinear)
     q = model.model.layers[0].self_attn.q_proj
     assert q.weight_fake_quantizer.config.group_size == 32
     assert q.activation_fake_quantizer is None  # weight-only
     m2 = _load(tiny)
-    Q.prepare_fake_quant(m2, Q.get_qat_scheme("qat-w8a8"))
+    Q.prepare_fake_quant(m2, Q.qat_config("qat-w8a8"))
     assert m2.model.layers[0].mlp.up_proj.activation_fake_quantizer is not None
 
 
@@ -57,7 +57,7 @@ def test_convert_gives_real_quantized_weights_that_match_fake_quant(tiny, scheme
     from torchao.quantization import IntxUnpackedToInt8Tensor
 
     model = _load(tiny).eval()
-    sch = Q.get_qat_scheme(scheme)
+    sch = Q.qat_config(scheme)
     Q.prepare_fake_quant(model, sch)
     x = torch.randint(0, 400, (1, 24))
     with torch.no_grad():
@@ -77,9 +77,9 @@ def test_qat_saves_a_folder_that_reloads_with_from_pretrained(tiny, texts, tmp_p
     out = tmp_path / "out"
     res = Q.qat(str(tiny), "qat-int4", data=texts, steps=3, lr=1e-3, output=out, **SMALL)
     meta = json.loads((out / "llmq.json").read_text())
-    assert meta["scheme"] == "qat-int4" and meta["training"]["steps_done"] == 3
+    assert meta["scheme"] == "qat-int4" and meta["training"]["steps_done"] == 3 and meta["backend"] == "qat"
     assert meta["training"]["tokens_trained"] == 3 * 2 * 32
-    assert "on list:79 strings" in meta["card"]["trained"] or "strings" in meta["training"]["data"]
+    assert meta["training"]["data"].startswith("list:") and meta["config"]["data"].endswith("strings>")
     assert not Q.default_checkpoint_dir(out).exists()  # the finished model replaced the checkpoint
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["quantization_config"]["quant_method"] == "torchao"
@@ -96,17 +96,17 @@ def test_training_changes_weights_and_fp32_twin_has_no_fake_quant(tiny, texts, t
     twin = Q.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, fake_quant=False, **SMALL)
     w = twin.model.model.layers[0].mlp.up_proj.weight
     assert type(w) is torch.nn.Parameter and not torch.equal(w.detach(), before)
-    assert twin.training["method"].startswith("fine-tuning without fake quantization")
+    assert twin.backend.training["method"].startswith("fine-tuning without fake quantization")
 
 
 def _run_train(tiny, texts, tmp_path, steps, crash_at=None, resume=False, ckdir=None):
     from transformers import AutoTokenizer
 
-    cfg = Q.QATTrainConfig(scheme="qat-int4", data=texts, steps=steps, lr=1e-3, seed=3, checkpoint_every=2,
-                           seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
+    cfg = Q.qat_config("qat-int4", data=texts, steps=steps, lr=1e-3, seed=3, checkpoint_every=2,
+                       seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
     data = Q.build_data(cfg, AutoTokenizer.from_pretrained(tiny))
     model = _load(tiny)
-    Q.prepare_fake_quant(model, Q.get_qat_scheme("qat-int4"))
+    Q.prepare_fake_quant(model, cfg)
 
     def on_step(step, loss):
         if step == crash_at:
@@ -142,7 +142,7 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tiny, texts, tmp_path):
 
 def test_early_stop_when_gate_holds(tiny, texts):
     res = Q.qat(str(tiny), "qat-int4", data=texts, steps=6, lr=1e-4, max_ppl_increase="50%", eval_every=2, **SMALL)
-    t = res.training
+    t = res.backend.training
     assert t["early_stopped"] and t["steps_done"] == 2  # int4 on a random model is within 50% at the first check
     assert t["heldout_ppl"][0][1] <= t["baseline_heldout_ppl"] * 1.5
 
@@ -203,7 +203,7 @@ def test_short_qat_on_demo_model_reduces_quantization_loss(tmp_path):
     ev = dict(seqlen=512, limit=4, progress=False)
     tw = perplexity(twin.model, twin.tokenizer, "wikitext2", **ev).value
     q = perplexity(qat.model, qat.tokenizer, "wikitext2", **ev).value
-    Q.ptq(twin.model, Q.get_qat_scheme("qat-int4"))
+    Q.ptq(twin.model, Q.qat_config("qat-int4"))
     rtn = perplexity(twin.model, twin.tokenizer, "wikitext2", **ev).value
     assert q / tw - 1 < 0.75 * (rtn / tw - 1), (tw, q, rtn)
 
@@ -215,5 +215,8 @@ def test_model_card_says_it_was_trained_and_how_to_repeat_it(tiny, texts, tmp_pa
     Q.qat(str(tiny), "qat-8da4w", data=texts, steps=2, lr=1e-4, output=out, **SMALL)
     assert main(["push", str(out), "--repo", "me/tiny-qat", "--dry-run", "--license", "apache-2.0"]) == 0
     card = (out / "README.md").read_text()
-    assert "| Training | quantization-aware training (torchao QATConfig prepare/convert): 2 of 2 steps, 128 tokens |" in card
-    assert "python -m llmq qat --model" in card and "--scheme qat-8da4w --data" in card and "--steps 2" in card
+    assert "| Training | quantization-aware training (torchao QATConfig prepare/convert): 2 of 2 steps, 128 tokens, " in card
+    assert "| Training data | `list:79 strings` (sha256 " in card and "| Training settings | lr 0.0001, batch 2 x 32" in card
+    assert "--scheme qat-8da4w --set steps=2 --set lr=0.0001" in card and "data=" not in card.split("--scheme")[1][:200]
+    assert "list of strings passed from Python" in card and 'pip install "llmq[torchao]' in card
+    assert "- qat" in card and "- int4" in card and "- 4-bit" in card  # tags
