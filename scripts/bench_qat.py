@@ -56,7 +56,8 @@ def main() -> int:
     from llmq.models import resolve_model
 
     torch.manual_seed(args.seed)
-    schemes = [Q.get_qat_scheme(s) for s in args.schemes.split(",") if s]
+    schemes = [Q.qat_scheme_name(s) for s in args.schemes.split(",") if s]
+    cfgs = {s: Q.qat_config(s) for s in schemes}
     tasks = [resolve_task(t) for t in args.tasks.split(",") if t] if args.task_limit > 0 else []
     train_kw = dict(data="wikitext2", steps=args.steps, lr=args.lr, seed=args.seed, batch_size=args.batch_size,
                     seqlen=args.seqlen, warmup_steps=args.steps // 10 if args.warmup_steps is None else args.warmup_steps,
@@ -106,9 +107,9 @@ def main() -> int:
 
     base = measure("original", fresh())
     for s in schemes:
-        m = Q.ptq(fresh(), s)
-        measure(f"ptq-rtn:{s.name}", m, {"gap_vs_original": None}, with_tasks=False)
-        out["models"][f"ptq-rtn:{s.name}"]["gap_vs_original"] = out["models"][f"ptq-rtn:{s.name}"]["ppl"] / base["ppl"] - 1
+        m = Q.ptq(fresh(), cfgs[s])
+        measure(f"ptq-rtn:{s}", m, {"gap_vs_original": None}, with_tasks=False)
+        out["models"][f"ptq-rtn:{s}"]["gap_vs_original"] = out["models"][f"ptq-rtn:{s}"]["ppl"] / base["ppl"] - 1
         del m
         gc.collect()
     for name in [n for n in args.llmq_ptq.split(",") if n]:
@@ -122,29 +123,29 @@ def main() -> int:
         gc.collect()
     write()
 
-    twin = Q.qat(args.model, schemes[0].name, fake_quant=False, **train_kw)
-    tw = measure("fp32-twin", twin.model, {"training": twin.training})
+    twin = Q.qat(args.model, schemes[0], fake_quant=False, **train_kw)
+    tw = measure("fp32-twin", twin.model, {"training": twin.backend.training})
     for s in schemes:
-        m = Q.ptq(_copy(twin.model), s)
-        r = measure(f"ptq-rtn-of-twin:{s.name}", m, with_tasks=False)
+        m = Q.ptq(_copy(twin.model), cfgs[s])
+        r = measure(f"ptq-rtn-of-twin:{s}", m, with_tasks=False)
         r["gap_vs_twin"] = r["ppl"] / tw["ppl"] - 1
         del m
         gc.collect()
     del twin
     gc.collect()
     for s in schemes:
-        res = Q.qat(args.model, s.name, **train_kw)
-        extra = {"training": res.training}
-        if args.save_dir:
-            path = Q.save(res, Path(args.save_dir) / s.name, overwrite=True)
-            extra["saved_to"] = str(path)
+        save_to = Path(args.save_dir) / s if args.save_dir else None
+        res = Q.qat(args.model, s, output=save_to, overwrite=True, **train_kw)
+        extra = {"training": res.backend.training}
+        if save_to is not None:
+            extra["saved_to"] = str(res.saved_to)
             extra["size_bytes"] = res.meta["size_bytes"]["after"]
-        r = measure(f"qat:{s.name}", res.model, extra)
+        r = measure(f"qat:{s}", res.model, extra)
         r["gap_vs_twin"] = r["ppl"] / tw["ppl"] - 1
         del res
         gc.collect()
 
-    out["verdicts"] = verdicts(out["models"], schemes, tasks)
+    out["verdicts"] = verdicts(out["models"], cfgs, tasks)
     out["machine"]["loadavg_end"] = os.getloadavg()
     write()
     print_table(out)
@@ -157,30 +158,30 @@ def _copy(model):
     return copy.deepcopy(model)
 
 
-def verdicts(models: dict, schemes, tasks) -> dict:
+def verdicts(models: dict, cfgs: dict, tasks) -> dict:
     v: dict = {}
     ptq4 = {k: m.get("gap_vs_original", m.get("gap_vs_twin")) for k, m in models.items()
             if k.startswith("ptq") and ("int4" in k or "8da4w" in k or "awq" in k or "gptq" in k)}
     best_ptq4 = min(ptq4.values()) if ptq4 else None
     orig = models["original"]
-    for s in schemes:
-        q = models.get(f"qat:{s.name}")
+    for name, s in cfgs.items():
+        q = models.get(f"qat:{name}")
         if q is None:
             continue
         d = {"gap_vs_twin": q["gap_vs_twin"], "train_seconds": q["training"]["train_seconds"],
              "steps": q["training"]["steps_done"]}
-        if s.weight_bits == 4:
+        if s.bits == 4:
             d["best_ptq_4bit_gap"] = best_ptq4
             d["target_half_of_best_ptq"] = best_ptq4 is not None and q["gap_vs_twin"] <= best_ptq4 / 2
             d["moonshot_5pct"] = q["gap_vs_twin"] <= 0.05
             d["within_30_min"] = q["training"]["wall_time_s"] <= 1800
-        if s.weight_bits == 8 and s.act_bits == 8:
+        if s.bits == 8 and s.act_bits == 8:
             d["target_0.5pct"] = q["gap_vs_twin"] <= 0.005
         for t in tasks:
             if t.name in q and t.name in orig:
                 d[f"{t.name}_drop_points"] = 100 * (orig[t.name]["acc"] - q[t.name]["acc"])
                 d[f"{t.name}_within_1_point"] = d[f"{t.name}_drop_points"] <= 1.0
-        v[s.name] = d
+        v[name] = d
     return v
 
 

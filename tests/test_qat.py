@@ -81,6 +81,11 @@ def test_qat_saves_a_folder_that_reloads_with_from_pretrained(tiny, texts, tmp_p
     assert meta["training"]["tokens_trained"] == 3 * 2 * 32
     assert meta["training"]["data"].startswith("list:") and meta["config"]["data"].endswith("strings>")
     assert not Q.default_checkpoint_dir(out).exists()  # the finished model replaced the checkpoint
+    from llmq.advisor.estimate import estimate_scheme
+    from llmq.advisor.params import profile
+
+    est = estimate_scheme(profile(str(tiny)), "qat-int4", device="cpu").bytes
+    assert abs(est / meta["size_bytes"]["after"] - 1) < 0.05, (est, meta["size_bytes"])  # the advisor's size is right
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["quantization_config"]["quant_method"] == "torchao"
     model = _load(out)
@@ -89,6 +94,22 @@ def test_qat_saves_a_folder_that_reloads_with_from_pretrained(tiny, texts, tmp_p
     x = torch.randint(0, 400, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, res.model(x).logits)
+
+
+def test_llmq_run_with_a_named_qat_scheme_trains_and_advise_never_recommends_it(tiny, texts, tmp_path):
+    import llmq
+    from llmq.run import run
+
+    opts = dict(data=texts, steps=2, seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
+    res = run(str(tiny), "qat-w8a8", output=tmp_path / "run", overrides=opts, device="cpu")
+    assert res.code == 0 and res.scheme == "qat-w8a8" and res.sample is not None
+    assert res.meta["training"]["steps_done"] == 2 and res.meta["config"]["act_bits"] == 8
+    model, _ = llmq.load(res.path, device="cpu")
+    assert model.model.layers[0].self_attn.q_proj.weight.__class__.__name__ == "IntxUnpackedToInt8Tensor"
+    adv = llmq.advise(str(tiny), device="cpu")
+    listed = [c.scheme for c in adv.candidates]
+    assert {"qat-int4", "qat-w8a8"} <= set(listed) and not adv.recommended.scheme.startswith("qat-")
+    assert all(listed.index(q) > listed.index("int8-dynamic") for q in ("qat-w8a8", "qat-int8"))
 
 
 def test_training_changes_weights_and_fp32_twin_has_no_fake_quant(tiny, texts, tmp_path):
