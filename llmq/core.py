@@ -170,7 +170,8 @@ def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None
              plugin_options: dict[str, Any] | None = None, **overrides: Any) -> QuantizedModel:
     """Quantize ``model`` (Hub id, local folder, ``.gguf`` file; ``None`` = the offline demo model)
     with ``scheme``. ``plugin_options``: run-time settings for the plugin that are not part of the
-    result (QAT: ``checkpoint_dir``, ``resume``, ``progress``). Keyword overrides (``bits``, ``group_size``, ``skip_modules``, ``calibration``,
+    result (QAT: ``checkpoint_dir``, ``resume``, ``progress``). Keyword overrides (``bits``,
+    ``group_size``, ``skip_modules``, ``calibration``,
     ``n_samples``, ...) go into the scheme's config and are validated before any weight loads."""
     sch, cfg, backend_cls, source, device = prepare(
         None if model is None else str(model), scheme, device=device, revision=revision,

@@ -226,6 +226,7 @@ def test_short_qat_on_demo_model_reduces_quantization_loss(data_dir, monkeypatch
     q = perplexity(qat.model, qat.tokenizer, "wikitext2", **ev).value
     Q.ptq(twin.model, Q.qat_config("qat-int4"))  # the same torchao int4 g32 config, no training
     rtn = perplexity(twin.model, twin.tokenizer, "wikitext2", **ev).value
+    print(f"fp32 twin {tw:.3f}, QAT int4 {q:.3f} ({q / tw - 1:+.2%}), RTN int4 of twin {rtn:.3f} ({rtn / tw - 1:+.2%})")
     assert rtn / tw - 1 > 0.05, (tw, rtn)  # int4 rounding costs this model something to win back
     assert q / tw - 1 < rtn / tw - 1, (tw, q, rtn)
 
