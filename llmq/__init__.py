@@ -20,6 +20,7 @@ _LAZY = {
     "evaluate": "llmq.eval:evaluate",
     "advise": "llmq.advisor:advise",
     "push": "llmq.publish:push",
+    "qat": "llmq.quantization_aware:qat",
     "LlmqError": "llmq.errors:LlmqError",
 }
 

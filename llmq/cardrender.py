@@ -66,6 +66,7 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
         ("Source", source_text(meta)),
         ("Parameters", fmt_int(meta.get("parameters"))),
         ("Calibration", cal),
+        *card_facts(meta).rows,  # the plugin's own rows (QAT: trained on what, how many steps)
         ("Quantized on", f"`{meta.get('device')}`"),
         ("Wall time (s)", fmt_float(meta.get("wall_time_s"), 2)),
         ("Software", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),

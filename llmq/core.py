@@ -4,6 +4,7 @@ Everything method-specific is the scheme's plugin's (``llmq/backends/``); this m
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -107,6 +108,7 @@ class QuantizedModel:
                 **self.backend.versions(),
             },
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **self.backend.extra_metadata(),
         }
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -139,7 +141,8 @@ def prepare(model: str | None, scheme: str, *, device: str | None = None, revisi
     sch = get_scheme(scheme)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if not issubclass(sch.config_cls, CalibratedConfig):
-        given = [k for k in _CALIB_KEYS if k in overrides]
+        own = {f.name for f in dataclasses.fields(sch.config_cls)}  # e.g. QAT's own seed and seqlen
+        given = [k for k in _CALIB_KEYS if k in overrides and k not in own]
         if given:
             raise ConfigError(f"Scheme {sch.name!r} needs no calibration; drop {', '.join(given)}.")
     cfg = sch.config(**overrides)
@@ -163,14 +166,17 @@ def prepare(model: str | None, scheme: str, *, device: str | None = None, revisi
 
 
 def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None = None,
-             revision: str | None = None, trust_remote_code: bool = False, **overrides: Any) -> QuantizedModel:
+             revision: str | None = None, trust_remote_code: bool = False,
+             plugin_options: dict[str, Any] | None = None, **overrides: Any) -> QuantizedModel:
     """Quantize ``model`` (Hub id, local folder, ``.gguf`` file; ``None`` = the offline demo model)
-    with ``scheme``. Keyword overrides (``bits``, ``group_size``, ``skip_modules``, ``calibration``,
+    with ``scheme``. ``plugin_options``: run-time settings for the plugin that are not part of the
+    result (QAT: ``checkpoint_dir``, ``resume``, ``progress``). Keyword overrides (``bits``,
+    ``group_size``, ``skip_modules``, ``calibration``,
     ``n_samples``, ...) go into the scheme's config and are validated before any weight loads."""
     sch, cfg, backend_cls, source, device = prepare(
         None if model is None else str(model), scheme, device=device, revision=revision,
         trust_remote_code=trust_remote_code, **overrides)
-    backend = backend_cls(sch, cfg)
+    backend = backend_cls(sch, cfg, plugin_options)
     calib = None
     tokenizer = source.tokenizer()
     if isinstance(cfg, CalibratedConfig):

@@ -164,6 +164,9 @@ def reproduce_command(meta: dict) -> tuple[str, str | None]:
             continue
         if value == defaults[key]:
             continue
+        if isinstance(value, str) and value.startswith("<") and value.endswith("strings>"):
+            note = f"Its `{key}` was a list of strings passed from Python, which this command cannot repeat."
+            continue
         if key == "bits":
             args += ["--bits", str(value)]
         elif key == "group_size":

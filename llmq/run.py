@@ -45,14 +45,15 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
         tasks: str | Sequence[str] | None = None, ppl: str | None = None, limit: int | None = None,
         eval_seqlen: int | None = None, max_ppl_increase: Any = None, max_accuracy_loss: float | None = None,
         max_kld: float | None = None, budget_gb: float | None = None, candidates: Sequence[str] | None = None,
-        push_to_hub: str | None = None, private: bool = False, sample: bool = True,
+        push_to_hub: str | None = None, private: bool = False, sample: bool = True, allow_training: bool = False,
         on_saved: Callable[[dict, Path, str | None], None] | None = None,
         on_report: Callable[[dict, Path], None] | None = None) -> RunResult:
     """Quantize ``model`` (None: the offline demo) with ``scheme`` (a name from ``llmq schemes``, or
     ``"auto"``), save it to ``output``, generate a sample, evaluate it against the original when
     ``evaluate`` or a gate (``max_ppl_increase``, ``max_accuracy_loss``, ``max_kld``) is given, and
     push it to ``push_to_hub``. ``on_saved(meta, path, sample)`` and ``on_report(report, path)`` are
-    called as soon as each step is done (the CLI prints there)."""
+    called as soon as each step is done (the CLI prints there). ``allow_training``: with ``"auto"``,
+    escalate to quantization-aware training (``qat-*``) when every post-training candidate fails."""
     from llmq import safety
     from llmq.eval.gate import gate_set
     from llmq.outdir import reserve_output
@@ -77,7 +78,7 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
                             trust_remote_code=trust_remote_code, overrides=overrides, tasks=tasks, ppl=ppl,
                             limit=limit, eval_seqlen=eval_seqlen, max_ppl_increase=max_ppl_increase,
                             max_accuracy_loss=max_accuracy_loss, max_kld=max_kld, budget_gb=budget_gb,
-                            candidates=candidates)
+                            candidates=candidates, allow_training=allow_training)
         from llmq.core import read_meta
 
         meta = read_meta(out) if code == 0 else None

@@ -76,7 +76,9 @@ def main(argv=None) -> int:
     gc.collect()
     from llmq.schemes import SCHEMES, get_scheme
 
-    names = [s.strip() for s in args.schemes.split(",") if s.strip()] if args.schemes else list(SCHEMES)
+    # training schemes (qat-*) have their own benchmark with fp32 twins: scripts/bench_qat.py
+    names = [s.strip() for s in args.schemes.split(",") if s.strip()] if args.schemes else [
+        n for n in SCHEMES if not get_scheme(n).backend_cls().needs_training]
     for scheme in names:
         kw = {}
         if get_scheme(scheme).backend_cls().needs_calibration:

@@ -3,7 +3,8 @@ import pytest
 from llmq.errors import UnknownNameError
 from llmq.schemes import BACKENDS, SCHEMES, get_scheme
 
-EXPECTED = {"fp16", "bf16", "int8-dynamic", "bnb-int8", "bnb-nf4", "bnb-fp4", "gptq-int4", "gptq-int8", "gptq-int3", "awq-int4"}
+EXPECTED = {"fp16", "bf16", "int8-dynamic", "bnb-int8", "bnb-nf4", "bnb-fp4", "gptq-int4", "gptq-int8", "gptq-int3", "awq-int4",
+            "qat-int4", "qat-8da4w", "qat-w8a8", "qat-int8"}
 
 
 def test_every_family_is_registered():
@@ -17,6 +18,7 @@ def test_scheme_default_config_is_valid_and_backend_declares_needs(name):
     b = s.backend_cls()
     assert isinstance(b.needs_calibration, bool) and isinstance(b.runs_in_memory, bool)
     assert b.needs_calibration == name.startswith(("gptq", "awq"))
+    assert b.needs_training == name.startswith("qat-")
     if b.requires:
         assert b.extra, "a backend with requirements must name its pip extra"
     if hasattr(cfg, "bits"):
@@ -30,7 +32,7 @@ def test_get_scheme_normalises_and_suggests():
 
 
 def test_backends_are_lazy_strings_until_used():
-    assert set(BACKENDS.names()) == {"cast", "torchao", "bitsandbytes", "gptqmodel"}
+    assert set(BACKENDS.names()) == {"cast", "torchao", "bitsandbytes", "gptqmodel", "qat"}
 
 
 def _tiny_meta(name: str) -> dict:

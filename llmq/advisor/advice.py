@@ -292,7 +292,10 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
                               order.index(c.scheme) if c.scheme in order else 99))
     for i, c in enumerate(cands, 1):
         c.rank = i
-    first = cands[0] if cands and cands[0].status in ("ok", "warn") else None
+    # a scheme that trains (QAT) is never the recommendation: it needs data and time the user did not offer
+    # (ok/warn sort before every other status, so this is cands[0] when no QAT scheme precedes it)
+    first = next((c for c in cands if c.status in ("ok", "warn")
+                  and not get_scheme(c.scheme).backend_cls().needs_training), None)
     if first is not None:
         first.status = "recommended"
 

@@ -38,6 +38,7 @@ class Trial:
     ppl_increase: float | None = None  # fraction, when the report has perplexity
     score: float | None = None  # worst check value / limit (<= 1 passes); lower is closer
     wall_s: float = 0.0
+    trained: bool = False  # a quantization-aware training candidate (tried only with allow_training)
     error: str | None = None
     report: dict | None = None
 
@@ -95,8 +96,17 @@ def scheme_overrides(scheme: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if k in names and k != "bits"}
 
 
-def pick_candidates(advice: Any, budget_gb: float | None, names: list[str] | None = None) -> list[Any]:
-    """Candidates that fit (and the budget), most compressed first."""
+def needs_training(scheme: str) -> bool:
+    from llmq.schemes import get_scheme
+
+    return bool(getattr(get_scheme(scheme).backend_cls(), "needs_training", False))
+
+
+def pick_candidates(advice: Any, budget_gb: float | None, names: list[str] | None = None,
+                    training: bool = False) -> list[Any]:
+    """Candidates that fit (and the budget), most compressed first: the post-training ones, or
+    (``training``) the quantization-aware training ones, which are never tried unless named or
+    escalated to."""
     if names:
         known = {c.scheme: c for c in advice.candidates}
         missing = [n for n in names if n not in known]
@@ -107,7 +117,8 @@ def pick_candidates(advice: Any, budget_gb: float | None, names: list[str] | Non
         pool = [known[n] for n in names]
     else:
         pool = [c for c in advice.candidates
-                if c.fits and c.status not in ("avoid", "exceeds tolerance") and c.scheme not in NOT_BY_DEFAULT]
+                if c.fits and c.status not in ("avoid", "exceeds tolerance") and c.scheme not in NOT_BY_DEFAULT
+                and needs_training(c.scheme) == training]
     pool = [c for c in pool if c.installed]
     if budget_gb is not None:
         if budget_gb <= 0:
@@ -119,6 +130,8 @@ def pick_candidates(advice: Any, budget_gb: float | None, names: list[str] | Non
             raise ConfigError(f"No candidate scheme fits --budget-gb {budget_gb:g}{hint}.")
         pool = fit
     if not pool:
+        if training:
+            return []
         raise ConfigError("No candidate scheme fits this hardware; see `python -m llmq advise`.")
     return sorted(pool, key=lambda c: (c.size.bytes, c.rank))
 
@@ -129,9 +142,13 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
              tasks: str | Sequence[str] | None = None, ppl: str | None = None, limit: int | None = None,
              eval_seqlen: int | None = None, max_ppl_increase: Any = None, max_accuracy_loss: float | None = None,
              max_kld: float | None = None, budget_gb: float | None = None,
-             candidates: Sequence[str] | None = None) -> int:
+             candidates: Sequence[str] | None = None, allow_training: bool = False) -> int:
     """Quantize, evaluate and gate each candidate (``candidates``, or the advisor's); 0 when one passes
-    (its folder becomes ``output``), 1 when none does (``output`` holds only the reports)."""
+    (its folder becomes ``output``), 1 when none does (``output`` holds only the reports).
+
+    ``allow_training``: when every post-training candidate fails, escalate to quantization-aware
+    training (the ``qat-*`` schemes that fit, most compressed first; their ``steps``/``data``/``lr``
+    come from ``overrides``). Its training data is checked before the first candidate runs."""
     import llmq
     from llmq.advisor.advice import advise
     from llmq.eval import compare
@@ -150,6 +167,13 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
     adv = advise(model, device=device, revision=revision, trust_remote_code=trust_remote_code)
     pool = pick_candidates(adv, budget_gb, names)
     overrides = dict(overrides or {})
+    train_pool = [c for c in pick_candidates(adv, budget_gb, None, training=True)
+                  if c.scheme not in {p.scheme for p in pool}] if allow_training else []
+    if train_pool:  # the training text (exists, long enough for steps x batch x seqlen) before any weight loads
+        from llmq.core import prepare
+
+        prepare(model, train_pool[0].scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
+                **scheme_overrides(train_pool[0].scheme, overrides))
     gate_limits = {"max_ppl_increase": max_ppl_increase, "max_accuracy_loss": max_accuracy_loss, "max_kld": max_kld}
 
     src = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
@@ -161,8 +185,8 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
     trials: list[Trial] = []
     winner = None
     try:
-        for c in pool:
-            t = Trial(c.scheme, c.size.bytes)
+        for c in _with_escalation(pool, train_pool, trials):
+            t = Trial(c.scheme, c.size.bytes, trained=needs_training(c.scheme))
             trials.append(t)
             t0 = time.perf_counter()
             try:
@@ -193,11 +217,39 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
             if winner is not None:
                 for f in (work / winner.scheme).iterdir():
                     shutil.move(str(f), tmp / f.name)
-            write_reports(tmp, adv, trials, winner, {**gate_limits, "budget_gb": budget_gb})
+            write_reports(tmp, adv, trials, winner, {**gate_limits, "budget_gb": budget_gb},
+                          allow_training=allow_training, training_left=[c.scheme for c in train_pool])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print((out / f"{REPORT}.md").read_text())
     return 0 if winner is not None else 1
+
+
+def _with_escalation(pool: list[Any], train_pool: list[Any], trials: list[Trial]):
+    """The post-training candidates, then (when all of them failed) the training ones."""
+    yield from pool
+    if train_pool and not any(t.passed for t in trials):
+        print(f"llmq auto: every post-training candidate failed the gate; --allow-training: escalating to "
+              f"quantization-aware training: {', '.join(c.scheme for c in train_pool)}", flush=True)
+        yield from train_pool
+
+
+def escalation_text(trials: list[Trial], allow_training: bool, training_left: list[str]) -> str:
+    """What the advisor says about the training step: why it was taken, or that it is available."""
+    trained = [t for t in trials if t.trained]
+    ptq = [t for t in trials if not t.trained]
+    if trained:
+        return (f"Every post-training candidate failed the gate ({', '.join(t.scheme for t in ptq)}), so with "
+                f"--allow-training llmq escalated to quantization-aware training: {', '.join(t.scheme for t in trained)} "
+                "fine-tuned the model with torchao fake quantization (QAT) on training text, then converted it to "
+                "real quantized weights. Training can also lower perplexity by adapting to the training text's "
+                "domain: compare with an fp32 twin (`llmq qat --fp32-twin`) before crediting the quantization.")
+    if not allow_training and ptq and not any(t.passed for t in ptq):
+        return ("Next step: --allow-training lets llmq escalate to quantization-aware training (the qat-* schemes: "
+                "fine-tuning with fake quantization, which needs training text and minutes to hours).")
+    if allow_training and not training_left and ptq and not any(t.passed for t in ptq):
+        return "--allow-training: no quantization-aware training scheme fits this hardware and budget."
+    return ""
 
 
 def _mb(n: int | None) -> str:
@@ -228,6 +280,10 @@ def why(winner: Trial | None, trials: list[Trial]) -> str:
                 " No candidate produced a measurement.")
         return "No candidate passed the gate." + tail
     smaller = [t for t in trials if t is not winner]
+    if winner.trained:
+        return (f"{winner.scheme} won after escalating to quantization-aware training: it passed the gate "
+                f"({winner.verdict}) where every candidate before it failed: "
+                + "; ".join(f"{t.scheme}: {t.verdict}" for t in smaller) + ".")
     if not smaller:
         return (f"{winner.scheme} won: it is the most compressed candidate that fits, and it passed the gate "
                 f"({winner.verdict}).")
@@ -235,14 +291,18 @@ def why(winner: Trial | None, trials: list[Trial]) -> str:
             f"the smaller ones failed: " + "; ".join(f"{t.scheme}: {t.verdict}" for t in smaller) + ".")
 
 
-def write_reports(folder: Path, adv: Any, trials: list[Trial], winner: Trial | None, gate: dict[str, Any]) -> None:
+def write_reports(folder: Path, adv: Any, trials: list[Trial], winner: Trial | None, gate: dict[str, Any],
+                  allow_training: bool = False, training_left: list[str] | None = None) -> None:
     """``auto_report.json``/``.md``/``.png``; ``gate``: the limits (and ``budget_gb``) used."""
     from llmq.io import write_json, write_text
 
     front = pareto(trials)
+    escalation = escalation_text(trials, allow_training, list(training_left or []))
     data = {
         "model": adv.profile.name, "parameters": adv.profile.parameters, "device": adv.hardware.device,
         "gate": gate, "winner": winner.scheme if winner else None, "why": why(winner, trials),
+        "allow_training": allow_training, "escalated_to_training": any(t.trained for t in trials),
+        "escalation": escalation,
         "closest": (closest(trials).scheme if winner is None and closest(trials) else None),
         "tried": [{**t.to_dict(), "pareto": t.scheme in front} for t in trials],
         "advice": adv.to_dict(),
@@ -258,7 +318,7 @@ def write_reports(folder: Path, adv: Any, trials: list[Trial], winner: Trial | N
         res = "PASS" if t.passed else ("ERROR" if t.error else "FAIL")
         lines.append(f"| {t.scheme} | {_mb(t.estimated_bytes).strip()} | {_mb(t.size_bytes).strip()} | {ppl} | "
                      f"{res}: {t.verdict} | {'yes' if t.scheme in front else ''} | {t.wall_s:.0f} s |")
-    lines += ["", why(winner, trials), ""]
+    lines += ["", why(winner, trials), ""] + ([escalation, ""] if escalation else [])
     write_text(folder / f"{REPORT}.md", "\n".join(lines))
     plot(folder / f"{REPORT}.png", trials, front, gate.get("max_ppl_increase"))
 

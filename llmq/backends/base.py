@@ -82,6 +82,7 @@ class CardFacts:
     serve: str | None = None  # a serving command (vLLM), None when it cannot serve the folder
     serve_note: str | None = None
     library_name: str = "transformers"  # the card metadata's library_name (e.g. "gguf" for llama.cpp files)
+    rows: list[tuple[str, str]] = field(default_factory=list)  # extra rows of the card's Quantization table
 
 
 def transformers_snippet(repo: str) -> str:
@@ -108,6 +109,8 @@ class Backend:
     #: the ``llmq[extra]`` that installs them
     extra: ClassVar[str | None] = None
     needs_calibration: ClassVar[bool] = False
+    #: quantize() fine-tunes (QAT): ``--scheme auto`` tries it only with ``allow_training``
+    needs_training: ClassVar[bool] = False
     #: the schemes this plugin offers
     schemes: ClassVar[tuple[Scheme, ...]] = ()
     #: ``quantization_config.quant_method`` values (config.json) whose folders this plugin loads
@@ -120,9 +123,11 @@ class Backend:
     #: the files that hold the weights in a saved output (its "size after" in ``llmq.json``)
     weight_patterns: ClassVar[tuple[str, ...]] = ("*.safetensors",)
 
-    def __init__(self, scheme: Scheme, config: Any):
+    def __init__(self, scheme: Scheme, config: Any, options: Mapping[str, Any] | None = None):
         self.scheme = scheme
         self.config = config
+        #: run-time settings that are not part of the result (e.g. QAT's checkpoint folder, resume)
+        self.options = dict(options or {})
 
     # -- checks, all before any weights load -------------------------------------------------
     @classmethod
@@ -179,6 +184,11 @@ class Backend:
 
         check_finite_safetensors(folder, what)
         canonicalize_folder(folder)
+
+    def extra_metadata(self) -> dict[str, Any]:
+        """Entries ``quantize`` recorded for ``llmq.json`` beyond the common ones (e.g. QAT's
+        ``training`` block); merged last."""
+        return {}
 
     def quantization_config(self, model: Any) -> dict | None:
         qc = getattr(model.config, "quantization_config", None)

@@ -130,3 +130,44 @@ def test_cli_auto_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No candidate scheme fits --budget-gb 0.0001; the smallest candidate is" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+#: a few tiny QAT steps on the local WikiText-2 train text (``--set steps=2`` ... on the CLI)
+QAT_STEPS = {"steps": 2, "batch_size": 2, "seqlen": 64, "warmup_steps": 1, "lr": 1e-4, "eval_windows": 1}
+
+
+def test_auto_without_allow_training_never_trains_and_says_it_could(tiny_model_dir, tmp_path, thresholds):
+    _, fp4 = thresholds
+    out = tmp_path / "auto-no-train"
+    code = llmq.advisor.run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(fp4 / 2)),
+                                 candidates=["bnb-fp4"], overrides=QAT_STEPS)
+    assert code == 1
+    rep = json.loads((out / "auto_report.json").read_text())
+    assert [t["scheme"] for t in rep["tried"]] == ["bnb-fp4"] and not rep["escalated_to_training"]
+    assert "--allow-training" in rep["escalation"] and "--allow-training" in (out / "auto_report.md").read_text()
+
+
+def test_auto_escalates_to_qat_when_every_post_training_candidate_fails(tiny_model_dir, tmp_path, thresholds, capsys):
+    """bnb-fp4 fails a gate at half its measured change; with allow_training the search goes on to
+    the QAT schemes the advisor lists for this model (4-bit is 'avoid' below 100M parameters, so
+    the 8-bit ones), and the first that passes is saved, trained, loadable and explained."""
+    _, fp4 = thresholds
+    out = tmp_path / "auto-train"
+    code = llmq.advisor.run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(fp4 / 2)),
+                                 candidates=["bnb-fp4"], overrides=QAT_STEPS, allow_training=True)
+    rep = json.loads((out / "auto_report.json").read_text())
+    tried = rep["tried"]
+    assert tried[0]["scheme"] == "bnb-fp4" and not tried[0]["passed"] and not tried[0]["trained"]
+    assert len(tried) >= 2 and all(t["trained"] and t["scheme"].startswith("qat-") for t in tried[1:])
+    assert not any(t["scheme"] in ("qat-int4", "qat-8da4w") for t in tried)  # 'avoid' for <100M, never tried
+    assert rep["escalated_to_training"] and "escalated to quantization-aware training" in rep["escalation"]
+    assert "escalating to quantization-aware training" in capsys.readouterr().out
+    # int8 weights+activations change the random model's perplexity far less than fp4 does
+    assert code == 0 and rep["winner"] is not None
+    assert rep["winner"] == tried[-1]["scheme"] and "after escalating to quantization-aware training" in rep["why"]
+    meta = llmq.core.read_meta(out)
+    assert meta["backend"] == "qat" and meta["training"]["steps_done"] == 2
+    model, _ = llmq.load(out, device="cpu")  # the torchao plugin loads it (quant_method "torchao")
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+
+    assert isinstance(model.model.layers[0].mlp.up_proj.weight, IntxUnpackedToInt8Tensor)

@@ -1,0 +1,207 @@
+"""Quantization-aware training (QAT) as a scheme plugin: ``quantize`` fine-tunes the model with
+torchao fake quantization (``QATConfig(base, step="prepare")``) on training text, then converts
+with the same torchao base config (``step="convert"``), so the saved model computes exactly what
+training saw. The output is a torchao safetensors folder with a ``TorchAoConfig`` in
+``config.json``: the torchao plugin (``quant_method`` "torchao") loads it with plain
+``from_pretrained``, so eval/compare/gate/push treat it like any other output.
+
+Why Intx base configs: in torchao 0.18 ``QATConfig`` derives fake quantizers from
+``IntxWeightOnlyConfig`` and ``Int8DynamicActivationIntxWeightConfig`` on CPU (``Int4WeightOnlyConfig``
+needs CUDA kernels; ``Int8DynamicActivationInt8WeightConfig``, llmq's int8-dynamic, is not
+supported), so W8A8 here is int8 per-channel weights with int8 per-token dynamic activations
+through ``Int8DynamicActivationIntxWeightConfig``.
+
+The training loop, checkpoints and ``llmq.qat`` live in ``llmq.quantization_aware``; this file
+holds everything scheme-specific (config, torchao base config, size, advisor role, card facts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmq.backends.base import Backend, CardFacts, Scheme, transformers_snippet
+from llmq.config import QuantConfigBase
+from llmq.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class QATConfig(QuantConfigBase):
+    """What one QAT run trains toward and how. ``act_bits=8``: int8 dynamic per-token activations
+    (None: weight-only); ``group_size=-1``: one scale per output channel. ``data`` is a named
+    dataset (``wikitext2`` = WikiText-2 *train* text, never the test split), a .txt/.jsonl/.parquet
+    file or a list of strings. The last ``eval_windows`` windows of it are held out for the early
+    stop (``max_ppl_increase``: stop once the fake-quantized model's held-out perplexity is within
+    this of the untrained model's). Embeddings are frozen by default (not quantized; 1/5 of SmolLM2)."""
+
+    bits: int = 4
+    group_size: int = 32
+    act_bits: int | None = None
+    data: Any = "wikitext2"
+    steps: int = 100
+    lr: float = 1e-5
+    seed: int = 0
+    batch_size: int = 4
+    seqlen: int = 256
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50
+    eval_every: int = 25
+    eval_windows: int = 8
+    max_ppl_increase: Any = None
+    train_embeddings: bool = False
+    gradient_checkpointing: bool | None = None  # None: on for CUDA
+
+    def validate(self) -> None:
+        """Every check that needs no weights and no tokenizer; one line each."""
+        super().validate()
+        from llmq.errors import CalibrationError
+        from llmq.eval.gate import parse_increase
+
+        if self.bits not in (4, 8):
+            raise ConfigError(f"QAT bits must be 4 or 8, got {self.bits!r}.")
+        if self.act_bits not in (None, 8):
+            raise ConfigError(f"QAT act_bits must be 8 (int8 dynamic activations) or None, got {self.act_bits!r}.")
+        if not isinstance(self.group_size, int) or not (self.group_size == -1 or (
+                self.group_size >= 16 and self.group_size & (self.group_size - 1) == 0)):
+            raise ConfigError(f"group_size={self.group_size!r} is invalid; use -1 (per channel) or a power of two >= 16.")
+        for k in ("steps", "batch_size", "seqlen", "checkpoint_every", "eval_every"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"QAT {k} must be a positive integer, got {v!r}.")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"QAT learning rate must be > 0, got {self.lr!r}.")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.eval_windows < 0:
+            raise ConfigError("QAT warmup_steps, weight_decay, grad_clip and eval_windows must not be negative.")
+        parse_increase(self.max_ppl_increase)
+        if self.max_ppl_increase not in (None, "") and self.eval_windows < 1:
+            raise ConfigError("max_ppl_increase needs eval_windows >= 1 (held-out text to check the gate on).")
+        if self.data is None or (isinstance(self.data, (list, tuple)) and not self.data):
+            raise CalibrationError("QAT needs training data: pass data='wikitext2', a text/JSONL file or a list of strings.")
+        from llmq.calibration import validate_source
+
+        validate_source(self.data)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if not isinstance(self.data, (str, Path, type(None))):
+            out["data"] = f"<{len(self.data)} strings>"
+        return out
+
+
+def base_config(cfg: QATConfig) -> Any:
+    """The torchao post-training config QAT fake-quantizes toward and converts with (applied
+    directly, with no training, it is the round-to-nearest PTQ baseline of the fair protocol)."""
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, PerAxis, PerGroup
+
+    dtype = {4: torch.int4, 8: torch.int8}[cfg.bits]
+    gran = PerAxis(0) if cfg.group_size == -1 else PerGroup(cfg.group_size)
+    if cfg.act_bits == 8:
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=gran)
+    return IntxWeightOnlyConfig(weight_dtype=dtype, granularity=gran)
+
+
+_RANK_LAST = {"cpu": 50, "gpu_fits": 50, "gpu_8bit": 50, "gpu_4bit": 50}  # never the advisor's first pick: it trains
+_TRAINS = "fine-tunes with fake quantization (needs training text and time; `llmq qat`, or --scheme auto --allow-training)"
+
+
+class QATBackend(Backend):
+    name = "qat"
+    requires = (("torchao", "torchao"),)
+    extra = "torchao"
+    needs_calibration = False
+    needs_training = True
+    quant_methods = ()  # the output is a torchao folder: the torchao plugin loads it
+    schemes = (
+        Scheme("qat-int4", "qat", QATConfig, {"bits": 4, "group_size": 32}, 4,
+               "QAT: int4 weights, group 32, symmetric (torchao fake quantization, then conversion)", "4",
+               f"4-bit weights that win back part of the rounding loss by training; {_TRAINS}",
+               tree_rank={**_RANK_LAST, "cpu": 51, "gpu_4bit": 49}),
+        Scheme("qat-8da4w", "qat", QATConfig, {"bits": 4, "group_size": 32, "act_bits": 8}, 4,
+               "QAT: int4 weights (group 32) with int8 dynamic per-token activations", "4",
+               f"4-bit weights and int8 activations (ExecuTorch-style 8da4w); {_TRAINS}",
+               tree_rank={**_RANK_LAST, "cpu": 52, "gpu_4bit": 49.5}),
+        Scheme("qat-w8a8", "qat", QATConfig, {"bits": 8, "group_size": -1, "act_bits": 8}, 8,
+               "QAT: int8 per-channel weights with int8 dynamic per-token activations", "8",
+               f"int8 weights and activations, trained; {_TRAINS}", tree_rank=_RANK_LAST),
+        Scheme("qat-int8", "qat", QATConfig, {"bits": 8, "group_size": -1}, 8,
+               "QAT: int8 per-channel weights, weight-only", "8",
+               f"int8 weights, trained; {_TRAINS}", tree_rank={k: v + 1 for k, v in _RANK_LAST.items()}),
+    )
+
+    def validate_model(self, source: Any) -> None:
+        """Too little training text for ``steps x batch_size x seqlen`` is a one-line error here,
+        before any weight loads (tokenizes the text once)."""
+        from llmq.quantization_aware import build_data
+
+        build_data(self.config, source.tokenizer())
+
+    def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+        from llmq.quantization_aware import train_model
+
+        model, self.training = train_model(model_dir, self.config, device, **self.options)
+        return model
+
+    def extra_metadata(self) -> dict[str, Any]:
+        t = getattr(self, "training", None)
+        if t is None:
+            return {}
+        if not t.get("fake_quant", True):  # the fp32 twin: fine-tuned, not quantized
+            return {"training": t, "scheme": "qat-fp32-twin", "bits": 32, "quantization_config": None,
+                    "twin_of": self.scheme.name}
+        return {"training": t}
+
+    @classmethod
+    def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
+        """torchao ``IntxUnpackedToInt8Tensor``: int8 ``qdata`` (4-bit values in int8 containers),
+        one fp32 scale and one int8 zero point per group (per row for group -1); the rest fp32
+        (training runs in fp32)."""
+        from llmq.advisor.estimate import BYTES, SizeEstimate, base_tensors, header_bytes, kept_params, selected_linears
+
+        lins, _ = selected_linears(profile, False, tuple(config.skip_modules))
+        q = sum(l.numel for l in lins)
+        groups = sum(l.out_features * (1 if config.group_size == -1 else math.ceil(l.in_features / config.group_size))
+                     for l in lins)
+        scales = groups * (4 + 1)
+        kept = kept_params(profile, q) * BYTES["float32"]
+        hdr = header_bytes(base_tensors(profile) + len(profile.linears) + 2 * len(lins), "torchao")
+        return SizeEstimate(scheme.name, f"int{config.bits}", q + scales + kept + hdr, q, kept_params(profile, q),
+                            "float32", 8 * (q + scales) / q if q else None,
+                            {"int8 containers": q, "scales/zeros": scales, "kept (float32)": kept, "header": hdr})
+
+    @classmethod
+    def card_facts(cls, meta: dict, repo: str) -> CardFacts:
+        version = (meta.get("versions") or {}).get("torchao")
+        cfg = meta.get("config") or {}
+        bits = cfg.get("bits")
+        return CardFacts(
+            packages="transformers accelerate torchao", python=transformers_snippet(repo),
+            tags=["torchao", "qat", *([f"int{bits}"] if bits else []),
+                  *(["w8a8"] if bits == 8 and cfg.get("act_bits") == 8 else [])],
+            hardware=("Weights are stored unpacked in int8 containers (torchao IntxUnpackedToInt8Tensor), so a "
+                      "4-bit checkpoint is about half the size of fp32 plus the fp32 embeddings, not an eighth; "
+                      "inference dequantizes on the fly (no fused 4-bit kernel), which on CPU is slower than fp32."),
+            note=(f"Made with torchao {version}: torchao checkpoints are tied to torchao's serialization format, "
+                  "so load them with the same (or a compatible) torchao version."),
+            rows=training_rows(meta))
+
+
+def training_rows(meta: dict) -> list[tuple[str, str]]:
+    """Card rows that say the model was trained, on what, for how many steps."""
+    t = meta.get("training") or {}
+    if not t:
+        return []
+    c = meta.get("config") or {}
+    stop = " (stopped early: the gate held)" if t.get("early_stopped") else ""
+    return [
+        ("Training", f"{t.get('method')}: {t.get('steps_done')} of {t.get('steps_planned')} steps{stop}, "
+                     f"{t.get('tokens_trained')} tokens, {t.get('train_seconds')} s"),
+        ("Training data", f"`{t.get('data')}` (sha256 `{str(t.get('data_sha256', ''))[:16]}`)"),
+        ("Training settings", f"lr {c.get('lr')}, batch {c.get('batch_size')} x {c.get('seqlen')} tokens, "
+                              f"warmup {c.get('warmup_steps')}, seed {c.get('seed')}, {t.get('precision')}"),
+        ("Training loss", f"{t.get('loss_first')} (first step) -> {t.get('loss_last_10_mean')} (mean of last 10)"),
+    ]

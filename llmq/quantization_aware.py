@@ -1,0 +1,415 @@
+"""Quantization-aware fine-tuning (QAT) through torchao's QAT API: the training engine behind the
+``qat-*`` schemes (``llmq/backends/qat.py``, which holds everything scheme-specific) and
+``llmq.qat``.
+
+Every decoder ``nn.Linear`` (not ``lm_head``) becomes torchao's ``FakeQuantizedLinear``
+(``QATConfig(base_config, step="prepare")``); the model is fine-tuned so its weights learn to sit
+where the quantization grid rounds them well; then it is converted with the *same* base config
+(``step="convert"``) into real torchao quantized weights (``IntxUnpackedToInt8Tensor``), saved as
+safetensors with a ``TorchAoConfig`` that plain ``from_pretrained`` reloads.
+
+``fake_quant=False`` trains the **fp32 twin** (same data, steps, seed, no fake quantization): the
+reference that separates quantization recovery from plain fine-tuning on the training text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from llmq.errors import CalibrationError, ConfigError, LlmqError, UnknownNameError
+
+CKPT_FILE = "qat_state.pt"
+
+#: llmq scheme names QAT can target, mapped to the QAT scheme that produces the same format
+ALIASES = {"int4": "qat-int4", "8da4w": "qat-8da4w", "w8a8": "qat-w8a8", "int8": "qat-int8",
+           "int8-dynamic": "qat-w8a8"}
+
+
+def qat_schemes() -> list[str]:
+    from llmq.schemes import SCHEMES
+
+    return [n for n in SCHEMES if SCHEMES.get(n).backend_cls().needs_training]
+
+
+def qat_scheme_name(name: str) -> str:
+    """``name`` as a QAT scheme (``int8-dynamic`` -> ``qat-w8a8``); a scheme QAT cannot produce is a
+    one-line error."""
+    key = ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    names = qat_schemes()
+    if key not in names:
+        raise UnknownNameError("QAT scheme", name, names)
+    return key
+
+
+def qat_config(name: str, **overrides: Any) -> Any:
+    """The ``QATConfig`` of a QAT scheme with ``overrides`` applied and validated."""
+    from llmq.schemes import get_scheme
+
+    return get_scheme(qat_scheme_name(name)).config(**overrides)
+
+
+def fingerprint(cfg: Any, fake_quant: bool) -> dict:
+    """The settings a resumed run must share with the run that wrote the checkpoint."""
+    d = cfg.to_dict()
+    for k in ("checkpoint_every", "gradient_checkpointing"):
+        d.pop(k, None)
+    d["fake_quant"] = fake_quant
+    return json.loads(json.dumps(d, default=str))
+
+
+# -- data ----------------------------------------------------------------------------------------
+@dataclass
+class TrainData:
+    train: Any  # LongTensor [n_train, seqlen]
+    heldout: Any  # LongTensor [n_heldout, seqlen]
+    description: str
+    tokens_available: int
+    sha256: str
+
+
+def build_data(cfg: Any, tokenizer: Any) -> TrainData:
+    """Cut the text into non-overlapping windows; the last ``eval_windows`` are held out (the early
+    stop is judged on them, never on the test split). Too little text is a one-line error."""
+    import torch
+
+    from llmq.calibration import load_texts
+
+    texts, desc = load_texts(cfg.data)
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise CalibrationError(f"QAT training data {desc} is empty.")
+    ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    n_win = len(ids) // cfg.seqlen
+    need = cfg.steps * cfg.batch_size
+    if n_win < need + cfg.eval_windows:
+        raise CalibrationError(
+            f"QAT training data {desc} has {len(ids)} tokens = {n_win} windows of seqlen={cfg.seqlen}; "
+            f"steps={cfg.steps} x batch_size={cfg.batch_size} needs {need} (+{cfg.eval_windows} held out). "
+            "Give more text or lower steps/batch_size/seqlen.")
+    t = torch.tensor(ids[: n_win * cfg.seqlen], dtype=torch.long).view(n_win, cfg.seqlen)
+    train, heldout = t[: n_win - cfg.eval_windows], t[n_win - cfg.eval_windows:]
+    return TrainData(train, heldout, desc, len(ids), hashlib.sha256(t.numpy().tobytes()).hexdigest())
+
+
+def batch_order(n_windows: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Which windows each step trains on: a seeded shuffle, each window used at most once."""
+    perm = list(range(n_windows))
+    random.Random(seed).shuffle(perm)
+    return [perm[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
+
+
+# -- torchao plumbing ----------------------------------------------------------------------------
+def _is_quantized_linear(skip: tuple[str, ...] = ()) -> Callable[[Any, str], bool]:
+    """``lm_head`` stays full precision (tied to the embeddings in many models, as in llmq's other
+    schemes). The filter must test the module type: quantize_ stops descending where it matches."""
+    import torch
+
+    import fnmatch
+
+    skip = ("lm_head", *skip)
+
+    def f(mod: Any, fqn: str) -> bool:
+        return isinstance(mod, torch.nn.Linear) and not any(
+            fqn == s or fqn.endswith("." + s) or fnmatch.fnmatch(fqn, s) for s in skip)
+
+    return f
+
+
+def prepare_fake_quant(model: Any, cfg: Any) -> Any:
+    """Swap decoder linears for torchao ``FakeQuantizedLinear`` (in place); ``cfg``: a ``QATConfig``."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    from llmq.backends.qat import base_config
+
+    quantize_(model, QATConfig(base_config(cfg), step="prepare"), filter_fn=_is_quantized_linear(cfg.skip_modules))
+    return model
+
+
+def convert_fake_quant(model: Any, cfg: Any) -> Any:
+    """Fake-quantized linears -> real torchao quantized weights, with the same base config."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    from llmq.backends.qat import base_config
+
+    quantize_(model, QATConfig(base_config(cfg), step="convert"), filter_fn=_is_quantized_linear(cfg.skip_modules))
+    return model
+
+
+def ptq(model: Any, cfg: Any) -> Any:
+    """The same torchao base config applied with no training: the round-to-nearest PTQ baseline."""
+    from torchao.quantization import quantize_
+
+    from llmq.backends.qat import base_config
+
+    quantize_(model, base_config(cfg), filter_fn=_is_quantized_linear(cfg.skip_modules))
+    return model
+
+
+def attach_torchao_config(model: Any, cfg: Any) -> None:
+    """Make ``save_pretrained`` write torchao safetensors (flattened tensor subclasses + metadata)
+    and a ``quantization_config`` that ``from_pretrained`` reloads."""
+    from transformers import TorchAoConfig
+    from transformers.quantizers import AutoHfQuantizer
+
+    from llmq.backends.qat import base_config
+
+    qc = TorchAoConfig(base_config(cfg), modules_to_not_convert=["lm_head", *cfg.skip_modules])
+    model.config.quantization_config = qc
+    model.hf_quantizer = AutoHfQuantizer.from_config(qc)
+
+
+def count_fake_quantized(model: Any) -> int:
+    from torchao.quantization.qat import FakeQuantizedLinear
+
+    return sum(isinstance(m, FakeQuantizedLinear) for m in model.modules())
+
+
+# -- training ------------------------------------------------------------------------------------
+def _lr_at(step: int, cfg: Any) -> float:
+    """Linear warmup, then cosine decay to 10% (the torchao/torchtune QAT recipes' shape)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / span)))
+
+
+def heldout_ppl(model: Any, windows: Any, device: str, amp: Any = None) -> float:
+    """Perplexity on held-out training windows (the early-stop signal)."""
+    import contextlib
+
+    import torch
+
+    amp = amp or contextlib.nullcontext
+    was = model.training
+    model.eval()
+    nll, n = 0.0, 0
+    with torch.no_grad(), amp():
+        for w in windows:
+            x = w.unsqueeze(0).to(device)
+            nll += model(input_ids=x, labels=x).loss.float().item() * (x.shape[1] - 1)
+            n += x.shape[1] - 1
+    model.train(was)
+    return math.exp(nll / n)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temp file, then rename: a crash mid-write keeps the previous checkpoint."""
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f".{CKPT_FILE}.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path / CKPT_FILE)
+
+
+def train(model: Any, data: TrainData, cfg: Any, *, device: str, checkpoint_dir: Path | None = None,
+          resume: bool = False, progress: bool = True, baseline_heldout_ppl: float | None = None,
+          on_step: Callable[[int, float], None] | None = None, fake_quant: bool = True) -> dict:
+    """Fine-tune ``model`` (already prepared for fake quantization, or not for the fp32 twin) in
+    place; returns the training facts. Deterministic for a given seed on a given device.
+    ``baseline_heldout_ppl``: the untrained model's held-out perplexity, needed for the early stop."""
+    import contextlib
+
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    cuda = device.startswith("cuda")
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    gc = cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+    if gc and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    model.train()
+    if not cfg.train_embeddings and model.get_input_embeddings() is not None:
+        for p in model.get_input_embeddings().parameters():  # a tied lm_head shares this parameter
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    order = batch_order(len(data.train), cfg.steps, cfg.batch_size, cfg.seed)
+    from llmq.eval.gate import parse_increase
+
+    max_inc = parse_increase(cfg.max_ppl_increase)
+    if max_inc is not None and baseline_heldout_ppl is None:
+        raise ConfigError("max_ppl_increase needs baseline_heldout_ppl (the untrained model's held-out perplexity).")
+    hist: dict[str, Any] = {"loss": [], "heldout_ppl": [], "start_step": 0, "baseline_heldout_ppl": baseline_heldout_ppl,
+                            "early_stopped": False, "tokens": 0, "train_seconds": 0.0}
+    start = 0
+    ckpt = checkpoint_dir / CKPT_FILE if checkpoint_dir is not None else None
+    if resume:
+        if ckpt is None or not ckpt.is_file():
+            raise LlmqError(f"--resume: no QAT checkpoint at {ckpt}; start without --resume.")
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state["config"] != fingerprint(cfg, fake_quant) or state["data_sha256"] != data.sha256:
+            raise ConfigError(f"--resume: the checkpoint at {ckpt} was written with other settings or data "
+                              f"({state['config']}); use the same ones or start a fresh run.")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
+        hist = state["history"]
+        hist["start_step"] = start
+
+    def checkpoint(step: int) -> None:
+        if ckpt is None:
+            return
+        _save_checkpoint(checkpoint_dir, {
+            "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "rng": torch.get_rng_state(), "config": fingerprint(cfg, fake_quant), "data_sha256": data.sha256,
+            "history": hist})
+
+    tok_per_step = cfg.batch_size * cfg.seqlen
+    bar = tqdm(total=cfg.steps, initial=start, desc="qat" if fake_quant else "fine-tune", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    step = start
+    try:
+        t_run = time.perf_counter()
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, cfg)
+            x = data.train[order[step]].to(device)
+            with amp():
+                loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise LlmqError(f"QAT loss became {lv} at step {step + 1}; lower the learning rate (lr={cfg.lr}).")
+            dt = time.perf_counter() - t0
+            hist["loss"].append(round(lv, 5))
+            hist["tokens"] += tok_per_step
+            bar.update(1)
+            bar.set_postfix(loss=f"{lv:.3f}", tok_s=f"{tok_per_step / dt:.0f}", refresh=False)
+            if on_step is not None:
+                on_step(step + 1, lv)
+            done = step + 1
+            if max_inc is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+                p = heldout_ppl(model, data.heldout, device, amp)
+                hist["heldout_ppl"].append([done, round(p, 4)])
+                if p <= hist["baseline_heldout_ppl"] * (1 + max_inc):
+                    hist["early_stopped"] = done < cfg.steps
+                    hist["steps_done"] = done
+                    checkpoint(done)
+                    break
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                checkpoint(done)
+        else:
+            hist["steps_done"] = cfg.steps
+        hist["train_seconds"] += time.perf_counter() - t_run
+    except KeyboardInterrupt:
+        bar.close()
+        raise LlmqError(f"QAT interrupted at step {step}; the last checkpoint is in {checkpoint_dir} "
+                        "(run again with --resume to continue).") from None
+    finally:
+        bar.close()
+    hist.setdefault("steps_done", cfg.steps)
+    hist["tokens_per_s"] = round(hist["tokens"] / hist["train_seconds"], 1) if hist["train_seconds"] else None
+    if gc and hasattr(model, "gradient_checkpointing_disable"):
+        model.gradient_checkpointing_disable()
+    model.eval()
+    return hist
+
+
+# -- public API ----------------------------------------------------------------------------------
+def default_checkpoint_dir(output: str | os.PathLike) -> Path:
+    out = Path(output).expanduser()
+    return out.with_name(f".{out.name}.qat-checkpoint")
+
+
+def train_model(model_dir: Path, cfg: Any, device: str, *, checkpoint_dir: str | os.PathLike | None = None,
+                resume: bool = False, progress: bool = True, fake_quant: bool = True,
+                on_step: Callable[[int, float], None] | None = None) -> tuple[Any, dict]:
+    """Load ``model_dir`` in fp32, fine-tune it (with fake quantization unless ``fake_quant=False``:
+    the fp32 twin), convert it and attach the torchao config ``save_pretrained`` writes. Returns
+    ``(model, training facts)``; the QAT plugin's ``quantize``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tdata = build_data(cfg, AutoTokenizer.from_pretrained(model_dir))
+    ckdir = Path(checkpoint_dir).expanduser() if checkpoint_dir else None
+    if resume and ckdir is None:
+        raise ConfigError("--resume needs an output folder or checkpoint_dir to find the checkpoint in.")
+    t0 = time.perf_counter()
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map=device)
+    base_ppl = None
+    if cfg.max_ppl_increase not in (None, ""):
+        # the early stop compares against the untrained model, on held-out training text (never test)
+        base_ppl = heldout_ppl(hf, tdata.heldout, device)
+    if fake_quant:
+        prepare_fake_quant(hf, cfg)
+    hist = train(hf, tdata, cfg, device=device, checkpoint_dir=ckdir, resume=resume, progress=progress,
+                 baseline_heldout_ppl=base_ppl, on_step=on_step, fake_quant=fake_quant)
+    if fake_quant:
+        convert_fake_quant(hf, cfg)
+        attach_torchao_config(hf, cfg)
+    training = {
+        "method": "quantization-aware training (torchao QATConfig prepare/convert)" if fake_quant
+        else "fine-tuning without fake quantization (fp32 twin)",
+        "fake_quant": fake_quant,
+        "data": tdata.description, "data_sha256": tdata.sha256, "tokens_available": tdata.tokens_available,
+        "steps_planned": cfg.steps, "steps_done": hist["steps_done"], "early_stopped": hist["early_stopped"],
+        "tokens_trained": hist["tokens"], "tokens_per_s": hist["tokens_per_s"],
+        "train_seconds": round(hist["train_seconds"], 1), "resumed_from_step": hist["start_step"] or None,
+        "loss_first": hist["loss"][0] if hist["loss"] else None,
+        "loss_last_10_mean": round(sum(hist["loss"][-10:]) / max(1, len(hist["loss"][-10:])), 5),
+        "heldout_ppl": hist["heldout_ppl"], "baseline_heldout_ppl": hist["baseline_heldout_ppl"],
+        "device": device, "precision": "bf16 autocast, fp32 master weights" if device.startswith("cuda") else "fp32",
+        "wall_time_s": round(time.perf_counter() - t0, 1),
+    }
+    return hf, training
+
+
+def qat(model: str | os.PathLike | None, scheme: str = "qat-int4", *, data: Any = "wikitext2", steps: int = 100,
+        lr: float = 1e-5, seed: int = 0, output: str | os.PathLike | None = None, overwrite: bool = False,
+        resume: bool = False, checkpoint_dir: str | os.PathLike | None = None, progress: bool = True,
+        fake_quant: bool = True, device: str | None = None, revision: str | None = None,
+        trust_remote_code: bool = False, **options: Any) -> Any:
+    """Fine-tune ``model`` with torchao fake quantization for ``scheme`` (``qat-int4``, ``qat-8da4w``,
+    ``qat-w8a8``, ``qat-int8``, or the PTQ name it mirrors: ``int8-dynamic`` -> ``qat-w8a8``) on
+    ``data``, convert it to real torchao quantized weights and (with ``output``) save it like
+    ``llmq run`` does. Returns ``llmq.QuantizedModel``; its ``backend.training`` holds the facts.
+
+    ``options`` are ``QATConfig`` fields (``batch_size``, ``seqlen``, ``warmup_steps``,
+    ``checkpoint_every``, ``max_ppl_increase``, ...). ``fake_quant=False`` trains the fp32 twin.
+    A checkpoint is written every ``checkpoint_every`` steps (to ``checkpoint_dir``, default
+    ``.<output>.qat-checkpoint``); ``resume=True`` continues from it. All inputs are checked before
+    any weight loads."""
+    from llmq.core import quantize
+    from llmq.io import check_output
+
+    name = qat_scheme_name(scheme)
+    if output is not None and not resume:
+        check_output(output, overwrite)
+    ckdir = Path(checkpoint_dir).expanduser() if checkpoint_dir else (
+        default_checkpoint_dir(output) if output is not None else None)
+    if resume and ckdir is None:
+        raise ConfigError("--resume needs an output folder or checkpoint_dir to find the checkpoint in.")
+    qm = quantize(None if model is None else str(model), name, device=device, revision=revision,
+                  trust_remote_code=trust_remote_code,
+                  plugin_options={"checkpoint_dir": ckdir, "resume": resume, "progress": progress,
+                                  "fake_quant": fake_quant},
+                  data=data, steps=steps, lr=lr, seed=seed, **options)
+    if output is not None:
+        qm.save(output, overwrite=overwrite or resume)
+        if ckdir is not None and ckdir == default_checkpoint_dir(output):
+            shutil.rmtree(ckdir, ignore_errors=True)  # the finished model replaces the checkpoint
+    return qm
+
+
+__all__ = ["qat", "qat_config", "qat_scheme_name", "qat_schemes", "build_data", "train", "train_model",
+           "prepare_fake_quant", "convert_fake_quant", "ptq", "attach_torchao_config", "count_fake_quantized"]

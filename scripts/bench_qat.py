@@ -1,0 +1,198 @@
+"""QAT benchmark with twins: does quantization-aware training win back what PTQ loses?
+
+Fine-tuning on WikiText can lower WikiText perplexity by domain adaptation alone, so every QAT
+model is compared with its **fp32 twin**: the same model fine-tuned on the same data, steps and
+seed without fake quantization. The no-training baseline is the same torchao base config applied
+directly (round-to-nearest PTQ), on the original model and on the twin; ``--llmq-ptq`` adds llmq's
+calibrated schemes (e.g. awq-int4, gptq-int4) to the "best PTQ 4-bit" comparison.
+
+Train on WikiText-2 *train* text (``wikitext2`` = ``wiki.valid.tokens`` under LLMQ_DATA_DIR, a
+split the test never sees), evaluate perplexity on WikiText-2 *test* (``wiki.test.raw``), tasks on
+arc_easy/piqa. Writes the JSON after every stage, so a cut-short run keeps what it measured.
+
+    LLMQ_DATA_DIR=../shared/data python scripts/bench_qat.py --steps 200          # the full protocol
+    LLMQ_DATA_DIR=../shared/data python scripts/bench_qat.py --steps 10 --ppl-windows 4 --ppl-seqlen 512 \\
+        --task-limit 0 --schemes qat-int4 --json eval/bench_qat_short.json           # a short run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="default: the offline SmolLM2-135M-Instruct demo")
+    ap.add_argument("--schemes", default="qat-int4,qat-w8a8")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--warmup-steps", type=int, default=None, help="default: steps // 10")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ppl-windows", type=int, default=16)
+    ap.add_argument("--ppl-seqlen", type=int, default=1024)
+    ap.add_argument("--tasks", default="arc_easy,piqa")
+    ap.add_argument("--task-limit", type=int, default=200, help="examples per task; 0 skips tasks")
+    ap.add_argument("--llmq-ptq", default="", help="extra llmq PTQ schemes for the 4-bit baseline, e.g. awq-int4")
+    ap.add_argument("--save-dir", default=None, help="also save each QAT model here (checks it reloads)")
+    ap.add_argument("--json", default="eval/bench_qat.json")
+    args = ap.parse_args()
+
+    import torch
+
+    from llmq import quantization_aware as Q
+    from llmq.eval.perplexity import perplexity, tokenize
+    from llmq.eval.tasks import resolve_task, run_task
+    from llmq.models import resolve_model
+
+    torch.manual_seed(args.seed)
+    schemes = [Q.qat_scheme_name(s) for s in args.schemes.split(",") if s]
+    cfgs = {s: Q.qat_config(s) for s in schemes}
+    tasks = [resolve_task(t) for t in args.tasks.split(",") if t] if args.task_limit > 0 else []
+    train_kw = dict(data="wikitext2", steps=args.steps, lr=args.lr, seed=args.seed, batch_size=args.batch_size,
+                    seqlen=args.seqlen, warmup_steps=args.steps // 10 if args.warmup_steps is None else args.warmup_steps,
+                    checkpoint_every=max(1, args.steps), progress=True)
+    source = resolve_model(args.model)
+    tok = source.tokenizer()
+    test_tokens = tokenize(tok, "wikitext2")
+    out: dict = {
+        "command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]),
+        "model": source.base_model_id,
+        "protocol": {
+            "train": "wikitext2 train text (LLMQ_DATA_DIR: wiki.valid.tokens), non-overlapping windows, seeded order",
+            "perplexity": f"WikiText-2 test, {args.ppl_windows} windows x {args.ppl_seqlen} tokens",
+            "tasks": {t.name: args.task_limit for t in tasks},
+            "train_settings": {k: v for k, v in train_kw.items() if k != "progress"},
+            "gaps": "QAT vs its fp32 twin (same data, steps, seed); PTQ vs the model it quantized",
+        },
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                    "torch": torch.__version__, "device": "cpu", "note": "shared 2-core machine (5 engineers)",
+                    "loadavg_start": os.getloadavg()},
+        "models": {},
+    }
+
+    def write() -> None:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
+
+    def measure(name: str, model, extra: dict | None = None, with_tasks: bool = True) -> dict:
+        t0 = time.perf_counter()
+        r = {"ppl": perplexity(model, tok, "wikitext2", seqlen=args.ppl_seqlen, limit=args.ppl_windows,
+                               progress=False, tokens=test_tokens).value}
+        for spec in tasks if with_tasks else []:
+            res = run_task(model, tok, spec, limit=args.task_limit, progress=False)
+            r[spec.name] = {"acc": res["acc"], "acc_norm": res.get("acc_norm"), "n": res["n"]}
+        r["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        r.update(extra or {})
+        out["models"][name] = r
+        print(f"{name:28s} ppl {r['ppl']:.3f}  " + "  ".join(f"{t.name} {r[t.name]['acc']:.3f}" for t in tasks
+                                                              if t.name in r) + f"  ({r['eval_seconds']} s)", flush=True)
+        write()
+        return r
+
+    def fresh():
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(source.local_dir(), dtype=torch.float32).eval()
+
+    base = measure("original", fresh())
+    for s in schemes:
+        m = Q.ptq(fresh(), cfgs[s])
+        measure(f"ptq-rtn:{s}", m, {"gap_vs_original": None}, with_tasks=False)
+        out["models"][f"ptq-rtn:{s}"]["gap_vs_original"] = out["models"][f"ptq-rtn:{s}"]["ppl"] / base["ppl"] - 1
+        del m
+        gc.collect()
+    for name in [n for n in args.llmq_ptq.split(",") if n]:
+        import llmq
+
+        q = llmq.quantize(args.model, name)
+        r = measure(f"ptq-llmq:{name}", q.hf_model, with_tasks=False)
+        r["gap_vs_original"] = r["ppl"] / base["ppl"] - 1
+        r["quantize_seconds"] = round(q.wall_time_s, 1)
+        del q
+        gc.collect()
+    write()
+
+    twin = Q.qat(args.model, schemes[0], fake_quant=False, **train_kw)
+    tw = measure("fp32-twin", twin.model, {"training": twin.backend.training})
+    for s in schemes:
+        m = Q.ptq(_copy(twin.model), cfgs[s])
+        r = measure(f"ptq-rtn-of-twin:{s}", m, with_tasks=False)
+        r["gap_vs_twin"] = r["ppl"] / tw["ppl"] - 1
+        del m
+        gc.collect()
+    del twin
+    gc.collect()
+    for s in schemes:
+        save_to = Path(args.save_dir) / s if args.save_dir else None
+        res = Q.qat(args.model, s, output=save_to, overwrite=True, **train_kw)
+        extra = {"training": res.backend.training}
+        if save_to is not None:
+            extra["saved_to"] = str(res.saved_to)
+            extra["size_bytes"] = res.meta["size_bytes"]["after"]
+        r = measure(f"qat:{s}", res.model, extra)
+        r["gap_vs_twin"] = r["ppl"] / tw["ppl"] - 1
+        del res
+        gc.collect()
+
+    out["verdicts"] = verdicts(out["models"], cfgs, tasks)
+    out["machine"]["loadavg_end"] = os.getloadavg()
+    write()
+    print_table(out)
+    return 0
+
+
+def _copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def verdicts(models: dict, cfgs: dict, tasks) -> dict:
+    v: dict = {}
+    ptq4 = {k: m.get("gap_vs_original", m.get("gap_vs_twin")) for k, m in models.items()
+            if k.startswith("ptq") and ("int4" in k or "8da4w" in k or "awq" in k or "gptq" in k)}
+    best_ptq4 = min(ptq4.values()) if ptq4 else None
+    orig = models["original"]
+    for name, s in cfgs.items():
+        q = models.get(f"qat:{name}")
+        if q is None:
+            continue
+        d = {"gap_vs_twin": q["gap_vs_twin"], "train_seconds": q["training"]["train_seconds"],
+             "steps": q["training"]["steps_done"]}
+        if s.bits == 4:
+            d["best_ptq_4bit_gap"] = best_ptq4
+            d["target_half_of_best_ptq"] = best_ptq4 is not None and q["gap_vs_twin"] <= best_ptq4 / 2
+            d["moonshot_5pct"] = q["gap_vs_twin"] <= 0.05
+            d["within_30_min"] = q["training"]["wall_time_s"] <= 1800
+        if s.bits == 8 and s.act_bits == 8:
+            d["target_0.5pct"] = q["gap_vs_twin"] <= 0.005
+        for t in tasks:
+            if t.name in q and t.name in orig:
+                d[f"{t.name}_drop_points"] = 100 * (orig[t.name]["acc"] - q[t.name]["acc"])
+                d[f"{t.name}_within_1_point"] = d[f"{t.name}_drop_points"] <= 1.0
+        v[name] = d
+    return v
+
+
+def print_table(out: dict) -> None:
+    print(f"\n{'model':30s} {'ppl':>9s} {'gap':>8s}  tasks")
+    for k, m in out["models"].items():
+        gap = m.get("gap_vs_twin", m.get("gap_vs_original"))
+        tasks = "  ".join(f"{n} {m[n]['acc']:.3f}" for n in ("arc_easy", "piqa") if n in m)
+        print(f"{k:30s} {m['ppl']:9.3f} {'' if gap is None else f'{100 * gap:+7.2f}%'}  {tasks}")
+    print(json.dumps(out.get("verdicts", {}), indent=1))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
