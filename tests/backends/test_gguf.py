@@ -1,0 +1,224 @@
+"""GGUF backend plumbing on tiny random models: llama.cpp's converter + llama_model_quantize write every
+scheme, the files load in llama-cpp-python and in transformers (``gguf_file=``) with logits close to
+the fp32 source, the importance matrix has llama-imatrix's shape and changes the bits, and bad input
+fails with one line. Quality claims (perplexity vs llama.cpp's tools) are in scripts/bench_gguf.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llmq.backends import gguf as G
+from llmq.errors import ConfigError, MissingDependencyError
+
+#: relative logit error (||q - fp32|| / ||fp32||) each type must stay under on the tiny model
+TOL = {"gguf-q8_0": 0.02, "gguf-q6_k": 0.05, "gguf-q5_k_m": 0.08, "gguf-q4_k_m": 0.15, "gguf-q4_0": 0.15}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from llmq.testing_gguf import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+@pytest.fixture(scope="module")
+def ref_logits(tiny):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(0, 49000, (1, 48), generator=torch.Generator().manual_seed(0))
+    m = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return ids, m(ids).logits[0].numpy()
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("scheme", list(G.SCHEMES))
+def test_every_scheme_loads_in_llama_cpp_and_transformers(scheme, tiny, ref_logits, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmq.eval.llamacpp import LlamaCppLM
+
+    ids, ref = ref_logits
+    res = G.quantize_model(tiny, tmp_path / "out", G.config_for(scheme), name="tiny")
+    assert res.path == tmp_path / "out" / "tiny.gguf" and res.path.is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Modelfile", "llmq.json", "tiny.gguf"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+    rec = json.loads((tmp_path / "out" / "llmq.json").read_text())
+    assert rec["scheme"] == scheme and rec["ftype"] == G.SCHEMES[scheme] and rec["imatrix"] is False
+    assert "FROM ./tiny.gguf" in (tmp_path / "out" / "Modelfile").read_text()
+    types = G.tensor_types(res.path)
+    base = {"gguf-q8_0": "Q8_0", "gguf-q6_k": "Q6_K", "gguf-q5_k_m": "Q5_K", "gguf-q4_k_m": "Q4_K",
+            "gguf-q4_0": "Q4_0"}[scheme]
+    assert types["blk.0.attn_q.weight"] == base
+    assert types["blk.0.attn_norm.weight"] == "F32"
+    # tied embedding doubles as output: llama.cpp's output rule (Q6_K unless the base is Q8_0)
+    assert types["token_embd.weight"] == ("Q8_0" if base == "Q8_0" else "Q6_K")
+
+    lm = LlamaCppLM(res.path, n_ctx=64)
+    try:
+        got = lm(ids).logits[0].numpy()
+    finally:
+        lm.close()
+    assert got.shape == ref.shape
+    assert _rel(got, ref) < TOL[scheme]
+
+    m = AutoModelForCausalLM.from_pretrained(res.path.parent, gguf_file=res.path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf = m(ids).logits[0].numpy()
+    assert _rel(hf, ref) < TOL[scheme]
+
+
+def test_q4_k_m_mixes_types_like_llama_quantize(tiny, tmp_path):
+    res = G.quantize_model(tiny, tmp_path / "o", G.config_for("gguf-q4_k_m"))
+    types = G.tensor_types(res.path)
+    # llama.cpp's use_more_bits(i, n): with n = 2 layers only layer 1 (i >= 7n/8) gets Q6_K attn_v/ffn_down
+    assert types["blk.1.attn_v.weight"] == "Q6_K" and types["blk.1.ffn_down.weight"] == "Q6_K"
+    assert types["blk.0.attn_v.weight"] == "Q4_K" and types["blk.0.ffn_down.weight"] == "Q4_K"
+    assert types["blk.0.attn_k.weight"] == "Q4_K"
+
+
+def test_output_type_override(tiny, tmp_path):
+    cfg = G.config_for("gguf-q4_k_m", token_embedding_type="q8_0", output_tensor_type="q8_0")
+    res = G.quantize_model(tiny, tmp_path / "o", cfg)
+    assert G.tensor_types(res.path)["token_embd.weight"] == "Q8_0"
+
+
+def test_imatrix_semantics_and_effect(tiny, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = ["The quick brown fox jumps over the lazy dog. " * 40] * 4
+    im, fp = G.compute_imatrix(tiny, texts, n_samples=2, seqlen=64, seed=0)
+    assert set(im) >= {"blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.1.ffn_up.weight"}
+    assert all(k.startswith("blk.") for k in im)  # llama-imatrix skips output.weight by default
+    assert im["blk.0.ffn_down.weight"].shape == (512,) and im["blk.0.attn_q.weight"].shape == (256,)
+    # llama-imatrix's statistic: mean over tokens of x^2 per input column, here recomputed by hand
+    tok = AutoTokenizer.from_pretrained(tiny)
+    from llmq import calibration as cal
+
+    calib = cal.build(texts, tok, n_samples=2, seqlen=64, seed=0)
+    m = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    seen = []
+    h = m.model.layers[1].mlp.up_proj.register_forward_hook(lambda mod, a, o: seen.append(a[0][0]))
+    with torch.no_grad():
+        for s in calib.samples:
+            m(torch.tensor([s]))
+    h.remove()
+    x = torch.cat(seen)
+    np.testing.assert_allclose(im["blk.1.ffn_up.weight"], (x * x).mean(0).numpy(), rtol=1e-4)
+    assert fp["n_samples"] == 2 and fp["seqlen"] == 64
+
+    plain = G.quantize_model(tiny, tmp_path / "a", G.config_for("gguf-q4_k_m"))
+    with_im = G.quantize_model(tiny, tmp_path / "b", G.config_for("gguf-q4_k_m"), imatrix=im)
+    assert with_im.record["imatrix"] is True
+    assert plain.path.read_bytes() != with_im.path.read_bytes()
+
+
+def test_calibration_recorded(tiny, tmp_path):
+    texts = ["Calibration text for the importance matrix, repeated. " * 30] * 3
+    res = G.quantize_model(tiny, tmp_path / "o", G.config_for("gguf-q4_k_m", calibration=texts, n_samples=2,
+                                                                seqlen=32))
+    rec = json.loads((tmp_path / "o" / "llmq.json").read_text())
+    assert rec["imatrix"] is True and rec["calibration"]["n_samples"] == 2
+    assert rec["calibration"]["tensors"] == 14 and len(rec["calibration"]["sha256"]) == 64
+    assert rec["config"]["calibration"] == "<3 strings>"
+    assert res.record["timings"]["imatrix_s"] > 0
+
+
+def test_gemma3_converts_and_matches(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmq.eval.llamacpp import LlamaCppLM
+    from llmq.testing_gguf import tiny_model
+
+    src = tiny_model(tmp_path / "g3", "gemma3")
+    res = G.quantize_model(src, tmp_path / "o", G.config_for("gguf-q8_0"))
+    assert res.record["gguf_arch"] == "gemma3"
+    ids = torch.randint(0, 49000, (1, 40), generator=torch.Generator().manual_seed(1))
+    m = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = m(ids).logits[0].numpy()
+    lm = LlamaCppLM(res.path, n_ctx=64)
+    try:
+        got = lm(ids).logits[0].numpy()
+    finally:
+        lm.close()
+    assert _rel(got, ref) < 0.03
+
+
+def test_unsupported_architecture_one_line(tiny, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["architectures"] = ["FrobnicatorForCausalLM"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError) as e:
+        G.quantize_model(bad, tmp_path / "o", G.config_for("gguf-q8_0"))
+    msg = str(e.value)
+    assert "\n" not in msg and "FrobnicatorForCausalLM" in msg and "LLAMA_CPP_ROOT" in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_llama_cpp_python_one_line(tiny, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a))
+    with pytest.raises(MissingDependencyError) as e:
+        G.quantize_model(tiny, tmp_path / "o", G.config_for("gguf-q4_k_m"))
+    msg = str(e.value)
+    assert "\n" not in msg and "llama-cpp-python" in msg and "pip install 'llmq[gguf]'" in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        G.GGUFConfig(ftype="Q3_K_XL")
+    with pytest.raises(ConfigError):
+        G.config_for("gguf-q4_k_m", output_tensor_type="q7_k")
+    from llmq.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError):
+        G.config_for("gguf-q4_k_s")
+
+
+def test_llama_cpp_perplexity_matches_transformers(tiny, tmp_path):
+    """The same protocol string and (fp32 vs F32 GGUF) the same perplexity within 0.5%."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmq.eval import llamacpp
+    from llmq.eval.perplexity import perplexity
+
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(f"Sentence number {i} talks about apples, rivers and {i * 7} stones." for i in range(300)))
+    f32 = tmp_path / "f32.gguf"
+    G.convert(tiny, f32, "f32")
+    tok = AutoTokenizer.from_pretrained(tiny)
+    m = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    a = perplexity(m, tok, str(text), seqlen=128, limit=4, progress=False)
+    b = llamacpp.perplexity(f32, tok, str(text), seqlen=128, limit=4)
+    assert a.protocol == b.protocol
+    assert abs(b.value / a.value - 1) < 0.005
+
+
+def test_size_estimate_close_to_file(tiny, tmp_path):
+    from llmq.advisor.params import profile
+
+    prof = profile(str(tiny))
+    for scheme in ("gguf-q8_0", "gguf-q4_k_m"):
+        est = G.estimate_size(prof, scheme)
+        real = G.quantize_model(tiny, tmp_path / scheme, G.config_for(scheme)).path.stat().st_size
+        # tiny model: weights ~1/3 of the file, the 49k-token vocabulary metadata the rest
+        assert abs(est.bytes / real - 1) < 0.25, (scheme, est.bytes, real)
