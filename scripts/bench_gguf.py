@@ -84,6 +84,64 @@ def reference_quantize(tools: Path | None, src: Path, dst: Path, ftype: str, ima
     return f"llama_model_quantize(default params, ftype={ftype}) via llama-cpp-python"
 
 
+def speed_section(args, f32, files, hf_model, tok) -> dict:
+    from llmq.eval import llamacpp
+
+    sp = {"fp32_transformers_decode_tok_s": decode_hf(hf_model, tok),
+          "fp32_transformers_protocol": "generate 64 tokens greedy, best of 2 after warm-up, torch threads = all"}
+    for label, f in (("F32", f32), *files):
+        mine = llamacpp.speed(f, threads=args.threads).to_dict()
+        ref = llama_bench(args.tools, f, args.threads) if args.tools else None
+        sp[label] = {"llmq": mine, "llama_bench": ref}
+        if ref:
+            sp[label]["decode_ratio_llmq_over_llama_bench"] = mine["decode_tok_s"] / ref["decode_tok_s"]
+            sp[label]["prefill_ratio_llmq_over_llama_bench"] = mine["prefill_tok_s"] / ref["prefill_tok_s"]
+    sp["q8_0_decode_over_fp32_transformers"] = sp["Q8_0 (llmq)"]["llmq"]["decode_tok_s"] / sp[
+        "fp32_transformers_decode_tok_s"]
+    return sp
+
+
+def speed_only(args, src, tok, work) -> int:
+    """Tool rows (llama-quantize types, llama-bench) added to an existing report, from one run."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmq.backends import gguf as G
+
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    try:
+        f32 = work / "smollm2-f32.gguf"
+        G.convert(src, f32, "f32")
+        files, tools_types = [], {}
+        for scheme in ("gguf-q8_0", "gguf-q4_k_m"):
+            ft = G.SCHEMES[scheme]
+            res = G.quantize_model(src, work / f"llmq-{scheme}", G.config_for(scheme, threads=args.threads),
+                                   name=f"SmolLM2-135M-Instruct-{ft}")
+            ref = work / f"ref-{ft}.gguf"
+            how = reference_quantize(args.tools, f32, ref, ft)
+            tools_types[scheme] = {"reference": how, "same_tensor_types": G.tensor_types(ref) == G.tensor_types(res.path),
+                                   "identical_bytes": ref.read_bytes() == res.path.read_bytes()}
+            files.append((f"{ft} (llmq)", res.path))
+        torch.set_num_threads(os.cpu_count() or 1)
+        hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        report["speed"] = speed_section(args, f32, files, hf, tok)
+        report["tools_reference"] = tools_types
+        report["speed_run"] = {"tools": str(args.tools), "llama_cpp_lib": os.environ.get("LLAMA_CPP_LIB_PATH"),
+                               "threads": args.threads, "shared_machine": True}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    sp = report["speed"]
+    print(f"fp32 transformers decode: {sp['fp32_transformers_decode_tok_s']:.1f} tok/s")
+    for k in ("F32", "Q8_0 (llmq)", "Q4_K_M (llmq)"):
+        m, r = sp[k]["llmq"], sp[k]["llama_bench"]
+        rb = f" | llama-bench pp512 {r['prefill_tok_s']:.0f} tg128 {r['decode_tok_s']:.1f}" if r else ""
+        print(f"{k:16s} llmq pp512 {m['prefill_tok_s']:.0f} tg128 {m['decode_tok_s']:.1f}{rb}")
+    print(f"Q8_0 decode / fp32 transformers decode: {sp['q8_0_decode_over_fp32_transformers']:.1f}x")
+    print(json.dumps(report["tools_reference"], indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--windows", type=int, default=16)
@@ -93,6 +151,8 @@ def main() -> int:
     ap.add_argument("--n-samples", type=int, default=128)
     ap.add_argument("--calib-seqlen", type=int, default=512)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only the speed rows and the llama-quantize tensor-type check; merged into --out")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "eval" / "bench_gguf.json")
     args = ap.parse_args()
     os.environ.setdefault("LLMQ_DATA_DIR", "/work/shared/data")
@@ -121,6 +181,8 @@ def main() -> int:
         return llamacpp.perplexity(f, tok, "wikitext2", seqlen=args.seqlen, limit=args.windows, tokens=tokens,
                                    threads=args.threads)
 
+    if args.speed_only:
+        return speed_only(args, src, tok, work)
     try:
         # -- fp32 on transformers, F32 GGUF on llama.cpp: same protocol -----------------------
         fp32, hf_model = ppl_hf(src, tok, tokens, args.seqlen, args.windows)
@@ -186,21 +248,10 @@ def main() -> int:
 
         # -- speed ---------------------------------------------------------------------------------
         if not args.skip_speed:
-            sp = {}
-            sp["fp32_transformers_decode_tok_s"] = decode_hf(hf_model, tok)
-            del hf_model
-            q8 = work / "llmq-gguf-q8_0" / "SmolLM2-135M-Instruct-Q8_0.gguf"
-            for label, f in (("F32", f32), ("Q8_0 (llmq)", q8), ("Q4_K_M (llmq)", work / "llmq-gguf-q4_k_m" /
-                                                                  "SmolLM2-135M-Instruct-Q4_K_M.gguf")):
-                mine = llamacpp.speed(f, threads=args.threads).to_dict()
-                ref = llama_bench(args.tools, f, args.threads) if args.tools else None
-                sp[label] = {"llmq": mine, "llama_bench": ref}
-                if ref:
-                    sp[label]["decode_ratio_llmq_over_llama_bench"] = mine["decode_tok_s"] / ref["decode_tok_s"]
-                    sp[label]["prefill_ratio_llmq_over_llama_bench"] = mine["prefill_tok_s"] / ref["prefill_tok_s"]
-            sp["q8_0_decode_over_fp32_transformers"] = (sp["Q8_0 (llmq)"]["llmq"]["decode_tok_s"]
-                                                       / sp["fp32_transformers_decode_tok_s"])
-            report["speed"] = sp
+            report["speed"] = speed_section(args, f32, (
+                ("Q8_0 (llmq)", work / "llmq-gguf-q8_0" / "SmolLM2-135M-Instruct-Q8_0.gguf"),
+                ("Q4_K_M (llmq)", work / "llmq-gguf-q4_k_m" / "SmolLM2-135M-Instruct-Q4_K_M.gguf")), hf_model, tok)
+        del hf_model
 
         # -- second architecture: tiny random Gemma-3 ---------------------------------------------
         from llmq.testing_gguf import tiny_model

@@ -143,12 +143,25 @@ def _conversion(model_dir: Path) -> Any:
     return lcc.get_conversion(model_dir, auto_update=False)
 
 
+def _dist_version(dist: str) -> str | None:
+    from llmq.backends.base import package_version
+
+    return package_version(dist)
+
+
 def check_model(model_dir: Path, scheme: str = "gguf") -> str:
     """The architecture name, or a one-line error when llama.cpp's converter does not support it."""
     arch = architecture(model_dir)
     try:
         _conversion(model_dir)
     except NotImplementedError as e:
+        if isinstance(e.__cause__, AttributeError):  # converter module newer than the installed gguf-py
+            raise LlmqError(
+                f"Scheme {scheme!r}: llama.cpp's converter for {arch} needs a newer gguf-py than the installed gguf "
+                f"{_dist_version('gguf')} (it lacks {e.__cause__}): pip install --no-deps <llama.cpp>/gguf-py, e.g. "
+                "vendor/llama.cpp/gguf-py from the llama-cpp-python sdist (pip download --no-binary :all: "
+                "--no-deps llama-cpp-python)."
+            ) from e
         raise ConfigError(
             f"Scheme {scheme!r}: llama.cpp's converter does not support architecture {arch}; use a non-GGUF "
             "scheme, or point LLAMA_CPP_ROOT at a newer llama.cpp checkout that supports it."
