@@ -42,8 +42,10 @@ def tiny_model(path: str | Path, arch: str = "llama", *, hidden: int = 256, inte
     elif arch == "gemma3":
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-        cfg = Gemma3TextConfig(**common, head_dim=hidden // heads, sliding_window=64,
-                               tie_word_embeddings=True)
+        # query_pre_attn_scalar = head_dim, as in the released Gemma-3 1B/4B/12B (llama.cpp scales
+        # queries by 1/sqrt(head_dim) for every size but 27B; transformers' default is 256)
+        cfg = Gemma3TextConfig(**common, head_dim=hidden // heads, query_pre_attn_scalar=hidden // heads,
+                               sliding_window=64, tie_word_embeddings=True)
         model = Gemma3ForCausalLM(cfg)
     else:
         raise ValueError(f"arch must be one of {ARCHES}, got {arch!r}")

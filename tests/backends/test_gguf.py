@@ -15,7 +15,7 @@ from llmq.errors import ConfigError, MissingDependencyError
 
 #: relative logit error (||q - fp32|| / ||fp32||) each type must stay under on the tiny random model
 #: (measured: Q8_0 0.029/0.024 on llama.cpp/transformers, Q6_K 0.088, Q5_K_M 0.135, Q4_K_M 0.26, Q4_0 0.32;
-#: a model with other random weights is at ~1.4), so ~1.5x the measured error
+#: independent logits of equal norm would be at sqrt(2) = 1.41), so ~1.5x the measured error
 TOL = {"gguf-q8_0": 0.045, "gguf-q6_k": 0.13, "gguf-q5_k_m": 0.2, "gguf-q4_k_m": 0.4, "gguf-q4_0": 0.45}
 
 
