@@ -67,9 +67,9 @@ def cmd_advise(args: argparse.Namespace) -> int:
     else:
         from rich.console import Console
 
-        from llmq.cli import _term_width
+        from llmq.fmt import term_width
 
-        Console(width=max(160, _term_width())).print(adv)
+        Console(width=max(160, term_width())).print(adv)
     return 0
 
 
@@ -107,7 +107,7 @@ def estimate_rows(prof: Any, group_size: int | None = None, context: int = 2048,
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from llmq.advisor.advice import gb, gib
+    from llmq.fmt import gb, gib
     from llmq.advisor.params import human_count, profile
 
     if args.context < 1:
