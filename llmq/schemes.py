@@ -21,6 +21,7 @@ BACKENDS.register("cast", "llmq.backends.cast:CastBackend")
 BACKENDS.register("torchao", "llmq.backends.torchao:TorchAoBackend")
 BACKENDS.register("bitsandbytes", "llmq.backends.bnb:BitsAndBytesBackend")
 BACKENDS.register("gptqmodel", "llmq.backends.gptqmodel:GPTQModelBackend")
+BACKENDS.register("gguf", "llmq.backends.gguf:GGUFBackend")
 
 PLUGINS = BACKENDS
 

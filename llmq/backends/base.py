@@ -82,6 +82,8 @@ class CardFacts:
     serve: str | None = None  # a serving command (vLLM), None when it cannot serve the folder
     serve_note: str | None = None
     library_name: str = "transformers"  # the card metadata's library_name (e.g. "gguf" for llama.cpp files)
+    usage_title: str = "transformers"  # the heading over ``packages``/``python``
+    serve_title: str = "vLLM"  # the heading over ``serve``
 
 
 def transformers_snippet(repo: str) -> str:

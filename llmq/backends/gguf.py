@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from llmq.config import SchemeConfig, _check_choice
+from llmq.backends.base import Backend as _Backend
+from llmq.config import SchemeConfig, check_choice as _check_choice
 from llmq.errors import ConfigError, LlmqError, MissingDependencyError
 
 #: llmq scheme name -> llama.cpp file type (``llama_ftype`` / ``llama-quantize`` name)
@@ -222,8 +223,11 @@ def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, 
     from llmq import calibration as cal
 
     model_dir = Path(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    calib = cal.build(calibration, tok, n_samples=n_samples, seqlen=seqlen, seed=seed)
+    if isinstance(calibration, cal.Calibration):  # windows already cut (llmq.quantize builds them)
+        calib = calibration
+    else:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        calib = cal.build(calibration, tok, n_samples=n_samples, seqlen=seqlen, seed=seed)
     name_map, _ = _tensor_name_map(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     sums: dict[str, Any] = {}
@@ -330,51 +334,67 @@ class GGUFResult:
     record: dict[str, Any] = field(default_factory=dict)  # what goes into llmq.json
 
 
+def build(model_dir: Path, work: Path, config: GGUFConfig, *, scheme: str, name: str,
+          calibration: Any = None, imatrix: dict[str, Any] | None = None,
+          progress: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Convert ``model_dir`` with llama.cpp's converter into ``work``, quantize to ``config.ftype``
+    (with an importance matrix from ``calibration`` (a ``Calibration`` or a source), else from
+    ``config.calibration``, or the ``imatrix`` given) into ``work/<name>.gguf``; returns the file and
+    its record (what ``llmq.json`` says about it). ``work`` is a scratch folder the caller owns."""
+    model_dir, work = Path(model_dir), Path(work)
+    arch = check_model(model_dir, scheme)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    f32 = work / f"model-{config.outtype}.gguf"
+    conv = convert(model_dir, f32, config.outtype)
+    timings["convert_s"] = round(time.perf_counter() - t, 2)
+    calib_record = None
+    source = calibration if calibration is not None else config.calibration
+    if imatrix is None and source is not None:
+        t = time.perf_counter()
+        imatrix, calib_record = compute_imatrix(model_dir, source, n_samples=config.n_samples,
+                                                seqlen=config.seqlen, seed=config.seed, progress=progress)
+        timings["imatrix_s"] = round(time.perf_counter() - t, 2)
+    elif imatrix is not None:
+        calib_record = {"source": "imatrix given by caller", "tensors": len(imatrix)}
+    t = time.perf_counter()
+    dst = work / f"{name}.gguf"
+    quantize_file(f32, dst, config.ftype, imatrix=imatrix, output_tensor_type=config.output_tensor_type,
+                  token_embedding_type=config.token_embedding_type, threads=config.threads)
+    timings["quantize_s"] = round(time.perf_counter() - t, 2)
+    f32.unlink()
+    types = tensor_types(dst)
+    record = {
+        "quant_method": "gguf", "scheme": scheme, "format": "gguf", "file": dst.name, "ftype": config.ftype,
+        "config": config.to_dict(), "calibration": calib_record, "imatrix": calib_record is not None,
+        **conv, "source_architecture": arch, "tensor_types": type_counts(types),
+        "output_tensor": types.get("output.weight"), "token_embd_tensor": types.get("token_embd.weight"),
+        "bytes": dst.stat().st_size, "timings": timings, "versions": versions(),
+    }
+    return dst, record
+
+
 def quantize_model(model_dir: Path, out_dir: Path, config: GGUFConfig, *, name: str | None = None,
                    scheme: str | None = None, overwrite: bool = False, progress: bool = False,
                    imatrix: dict[str, Any] | None = None) -> GGUFResult:
-    """Convert ``model_dir`` (an HF folder) with llama.cpp's converter, quantize to ``config.ftype``
-    (with an importance matrix when ``config.calibration`` is set, or the ``imatrix`` given), and write
-    ``out_dir/<name>.gguf`` + ``Modelfile`` + ``llmq.json`` through a temp folder renamed at the end."""
+    """Folder in, folder out, without ``llmq.quantize``'s pipeline (the bench script and the
+    backend tests use it): ``out_dir/<name>.gguf`` + ``Modelfile`` + ``llmq.json`` (the record)
+    through a temp folder renamed at the end."""
     from llmq.io import atomic_dir, write_json
 
     scheme = scheme or f"gguf-{config.ftype.lower()}"
     check_environment(scheme)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    arch = check_model(model_dir, scheme)
     if config.calibration is not None:
         from llmq import calibration as cal
 
         cal.validate_source(config.calibration)
     name = name or f"{model_dir.name}-{config.ftype}"
-    timings: dict[str, float] = {}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory(prefix="llmq-gguf-") as work:
-        t = time.perf_counter()
-        f32 = Path(work) / f"model-{config.outtype}.gguf"
-        conv = convert(model_dir, f32, config.outtype)
-        timings["convert_s"] = time.perf_counter() - t
-        calib_record = None
-        if imatrix is None and config.calibration is not None:
-            t = time.perf_counter()
-            imatrix, calib_record = compute_imatrix(model_dir, config.calibration, n_samples=config.n_samples,
-                                                    seqlen=config.seqlen, seed=config.seed, progress=progress)
-            timings["imatrix_s"] = time.perf_counter() - t
-        elif imatrix is not None:
-            calib_record = {"source": "imatrix given by caller", "tensors": len(imatrix)}
-        t = time.perf_counter()
-        dst = tmp / f"{name}.gguf"
-        quantize_file(f32, dst, config.ftype, imatrix=imatrix, output_tensor_type=config.output_tensor_type,
-                      token_embedding_type=config.token_embedding_type, threads=config.threads)
-        timings["quantize_s"] = time.perf_counter() - t
+        dst, record = build(model_dir, Path(work), config, scheme=scheme, name=name, imatrix=imatrix,
+                            progress=progress)
+        shutil.move(str(dst), tmp / dst.name)
         write_modelfile(tmp, dst.name)
-        types = tensor_types(dst)
-        record = {
-            "scheme": scheme, "format": "gguf", "file": dst.name, "ftype": config.ftype,
-            "config": config.to_dict(), "calibration": calib_record, "imatrix": calib_record is not None,
-            **conv, "source_architecture": arch, "tensor_types": type_counts(types),
-            "output_tensor": types.get("output.weight"), "token_embd_tensor": types.get("token_embd.weight"),
-            "bytes": dst.stat().st_size, "timings": timings, "versions": versions(),
-        }
         write_json(tmp / "llmq.json", record)
     return GGUFResult(out_dir / dst.name, record)
 
@@ -401,47 +421,6 @@ def write_modelfile(folder: Path, gguf_name: str, **kw: Any) -> Path:
     p = Path(folder) / "Modelfile"
     p.write_text(modelfile_text(gguf_name, **kw))
     return p
-
-
-def card_facts(record: dict[str, Any], repo_id: str | None = None) -> dict[str, Any]:
-    """What the model card says for a GGUF output: packages, how to run, limitations, tags."""
-    f = record.get("file", "model.gguf")
-    repo = repo_id or "<user>/<repo>"
-    return {
-        "pip": ["llama-cpp-python"],
-        "library_name": "gguf",
-        "tags": ["gguf", "llama.cpp", record.get("ftype", "").lower(), "llmq"]
-        + (["imatrix"] if record.get("imatrix") else []),
-        "usage": {
-            "llama.cpp": f"llama-cli -m {f} -p \"Hello\" -n 64\n# or: llama-server -m {f}",
-            "llama-cpp-python": (
-                "from llama_cpp import Llama\n"
-                f"llm = Llama(model_path=\"{f}\", n_ctx=4096)\n"
-                "print(llm(\"Hello\", max_tokens=64)[\"choices\"][0][\"text\"])"
-            ),
-            "ollama": f"ollama create my-model -f Modelfile   # Modelfile: FROM ./{f}\nollama run my-model",
-            "hub": f"llama-cli -hf {repo}  # or Llama.from_pretrained(\"{repo}\", filename=\"{f}\")",
-            "transformers": (f"AutoModelForCausalLM.from_pretrained(\"{repo}\", gguf_file=\"{f}\")"
-                             "  # dequantizes to full precision"),
-        },
-        "limitations": [
-            "GGUF runs in llama.cpp and tools built on it (llama-cpp-python, Ollama, LM Studio); transformers "
-            "and vLLM dequantize or support only some types.",
-            "Tensor types follow llama.cpp's per-type rules: mixed precision inside one file "
-            f"({', '.join(f'{k}: {v}' for k, v in record.get('tensor_types', {}).items())}).",
-            "K-quants need rows divisible by 256; llama.cpp falls back to Q5_0/Q8_0-style types where they are not.",
-        ],
-    }
-
-
-ADVISOR_ROLE = (
-    "GGUF (llama.cpp): the CPU/edge format; llama.cpp's kernels decode several times faster than "
-    "transformers on CPU and Q4_K_M/Q5_K_M keep more accuracy per byte than scale-only 4-bit. Runs in "
-    "llama.cpp, Ollama, LM Studio; not a transformers/vLLM GPU serving format."
-)
-#: the precision each scheme stores its main weights at, for the advisor's tables
-PRECISION = {"gguf-q8_0": "int8 (Q8_0)", "gguf-q6_k": "6-bit K-quant", "gguf-q5_k_m": "5-bit K-quant mix",
-             "gguf-q4_k_m": "4-bit K-quant mix", "gguf-q4_0": "4-bit (Q4_0)"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,3 +493,202 @@ def estimate_size(profile: Any, scheme: str) -> Any:
     bd["metadata (approx.)"] = header
     return SizeEstimate(scheme, ftype, int(total), q_params, other, "float32",
                         8 * total / max(profile.parameters, 1), bd)
+
+
+# ---------------------------------------------------------------------------------------------
+# the scheme plugin
+# ---------------------------------------------------------------------------------------------
+_ROLE = ("llama.cpp file for CPU/edge runtimes (llama.cpp, Ollama, LM Studio); scored on llama.cpp; "
+         "not a transformers/vLLM GPU serving format")
+#: advisor ranks: on CPU each GGUF type sits right after the transformers scheme of its precision
+#: (int8-dynamic 0, bf16 1, bnb-int8 2, bnb-nf4 6, bnb-fp4 7); with a GPU, after every GPU format
+#: (llmq[gguf] builds llama.cpp for CPU). Which one wins on CPU is measured by ``--scheme auto``.
+_GPU_LAST = {"gpu_fits": 20, "gpu_8bit": 20, "gpu_4bit": 20}
+
+
+def _scheme(name: str, bits: float, precision: str, cpu: float, what: str) -> Any:
+    from llmq.backends.base import Scheme
+
+    ftype = SCHEMES[name]
+    return Scheme(name, "gguf", GGUFConfig, {"ftype": ftype}, bits,
+                  f"llama.cpp {ftype} GGUF ({what}); optional importance matrix from calibration",
+                  precision=precision, role=f"{what}: {_ROLE}", gpu_only_kernels=False,
+                  tree_rank={"cpu": cpu, **{k: v + cpu / 10 for k, v in _GPU_LAST.items()}})
+
+
+def _gguf_in(path: Path) -> Path | None:
+    """The .gguf ``path`` is, or the one .gguf of an output folder without config.json."""
+    path = Path(path)
+    if path.is_file():
+        return path if path.suffix == ".gguf" else None
+    if path.is_dir() and not (path / "config.json").is_file():
+        files = sorted(path.glob("*.gguf"))
+        if len(files) == 1:
+            return files[0]
+    return None
+
+
+def llama_cpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+@dataclass
+class GGUFArtifact:
+    """What ``GGUFBackend.quantize`` returns: the quantized file in a scratch folder, and its record."""
+
+    path: Path
+    record: dict[str, Any]
+
+
+def output_name(model_dir: Path) -> str:
+    """The model's name for ``<name>-<FTYPE>.gguf``: a Hub snapshot's repo name, a dequantized GGUF
+    cache folder's source stem (without llmq's cache hash and the source's own type), else the folder name."""
+    model_dir = Path(model_dir)
+    if model_dir.parent.name == "snapshots":
+        return model_dir.parent.parent.name.split("--")[-1]
+    from llmq.models import cache_dir
+
+    if model_dir.parent == cache_dir() / "gguf":
+        stem = model_dir.name.rsplit("-", 1)[0]
+        return stem.split(".")[0] or stem
+    return model_dir.name
+
+
+class GGUFBackend(_Backend):
+    """llama.cpp's formats: the converter + ``llama_model_quantize`` write one ``.gguf``; llama.cpp
+    (llama-cpp-python) runs and scores it. The loader falls back to transformers (dequantized) only
+    when llama-cpp-python is not installed, and the model it returns says which runtime it is."""
+
+    name = "gguf"
+    requires = REQUIRES
+    extra = EXTRA
+    needs_calibration = False  # optional: an importance matrix when calibration= is given
+    quant_methods = ("gguf",)
+    runtime = "llama.cpp"
+    runs_in_memory = False
+    weight_patterns = ("*.gguf",)
+    #: the evaluator's longest window on this runtime (``LlamaCppLM``'s context)
+    eval_context = 2048
+    schemes = (
+        _scheme("gguf-q8_0", 8, "8", 0.5, "8-bit Q8_0"),
+        _scheme("gguf-q6_k", 6, "8", 1.5, "6-bit K-quant Q6_K"),
+        _scheme("gguf-q5_k_m", 5, "4", 5.5, "5-bit K-quant mix Q5_K_M"),
+        _scheme("gguf-q4_k_m", 4, "4", 5.6, "4-bit K-quant mix Q4_K_M"),
+        _scheme("gguf-q4_0", 4, "4", 7.5, "4-bit scale-only Q4_0"),
+    )
+
+    def validate_model(self, source: Any) -> None:
+        """The converter must know the architecture: checked on the config alone, before weights load."""
+        with tempfile.TemporaryDirectory(prefix="llmq-gguf-cfg-") as d:
+            source.config().to_json_file(str(Path(d) / "config.json"))
+            check_model(Path(d), self.scheme.name)
+
+    def quantize(self, model_dir: Path, calibration: Any, device: str) -> GGUFArtifact:
+        """Convert + (imatrix on the fp32 transformers model, CPU) + quantize into a scratch folder
+        removed at exit; ``save`` copies the file out."""
+        import atexit
+
+        work = Path(tempfile.mkdtemp(prefix="llmq-gguf-"))
+        atexit.register(shutil.rmtree, work, True)
+        name = f"{output_name(model_dir)}-{self.config.ftype}"
+        path, record = build(model_dir, work, self.config, scheme=self.scheme.name, name=name,
+                             calibration=calibration)
+        return GGUFArtifact(path, record)
+
+    def save(self, model: GGUFArtifact, tokenizer: Any, out: Path) -> None:
+        shutil.copyfile(model.path, Path(out) / model.path.name)
+        write_modelfile(out, model.path.name)
+
+    def quantization_config(self, model: GGUFArtifact) -> dict | None:
+        return model.record
+
+    @classmethod
+    def missing_files(cls, folder: Path) -> list[str]:
+        files = list(Path(folder).glob("*.gguf"))
+        missing = [] if len(files) == 1 else [f"one .gguf file (found {len(files)})"]
+        if not (Path(folder) / "Modelfile").is_file():
+            missing.append("Modelfile")
+        return missing
+
+    @classmethod
+    def verify_output(cls, folder: Path, what: str) -> None:
+        """The file parses as GGUF and its float tensors (norms, F32/F16 overrides) are finite."""
+        import numpy as np
+        import gguf
+
+        for f in Path(folder).glob("*.gguf"):
+            r = gguf.GGUFReader(str(f))
+            for t in r.tensors:
+                if t.tensor_type.name in ("F32", "F16") and not np.isfinite(np.asarray(t.data)).all():
+                    raise LlmqError(f"{what}: tensor {t.name} of {f.name} has NaN/Inf values.")
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        return _gguf_in(path) is not None
+
+    @classmethod
+    def load_tokenizer(cls, path: Path) -> Any:
+        from transformers import AutoTokenizer
+
+        f = _gguf_in(path)
+        return AutoTokenizer.from_pretrained(f.parent, gguf_file=f.name)
+
+    @classmethod
+    def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None) -> tuple[Any, Any]:
+        """``(LlamaCppLM, tokenizer)`` when llama-cpp-python is installed (the file runs on llama.cpp);
+        otherwise transformers' GGUF loader dequantizes it (``runtime`` says which)."""
+        f = _gguf_in(path)
+        if f is None:
+            raise LlmqError(f"{path} is not a .gguf file or a folder holding one.")
+        if kernel is not None:
+            raise ConfigError(f"kernel= applies to GPTQ/AWQ folders; {path} is a GGUF file.")
+        tok = cls.load_tokenizer(f)
+        if llama_cpp_installed():
+            from llmq.eval.llamacpp import LlamaCppLM
+
+            return LlamaCppLM(f), tok
+        from transformers import AutoModelForCausalLM
+
+        from llmq.models import strip_quantization_config
+
+        model = AutoModelForCausalLM.from_pretrained(f.parent, gguf_file=f.name, dtype="auto").eval()
+        strip_quantization_config(model)
+        model.llmq_runtime = "transformers (dequantized GGUF)"
+        return model, tok
+
+    @classmethod
+    def generate(cls, model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 24) -> str:
+        if hasattr(model, "complete"):
+            return model.complete(prompt, max_new_tokens)
+        return super().generate(model, tokenizer, prompt, max_new_tokens)
+
+    @classmethod
+    def estimate(cls, profile: Any, scheme: Any, config: Any, device: str) -> Any:
+        return estimate_size(profile, scheme.name)
+
+    @classmethod
+    def card_facts(cls, meta: dict, repo: str) -> Any:
+        from llmq.backends.base import CardFacts
+
+        qc = meta.get("quantization_config") or {}
+        f = qc.get("file") or "model.gguf"
+        ftype = qc.get("ftype") or ""
+        types = qc.get("tensor_types") or {}
+        python = ("from llama_cpp import Llama\n\n"
+                  f'llm = Llama.from_pretrained("{repo}", filename="{f}", n_ctx=4096)  # or Llama(model_path="{f}")\n'
+                  'print(llm("The capital of France is", max_tokens=20)["choices"][0]["text"])')
+        note = (f"llama.cpp CLI: `llama-cli -hf {repo} -p \"The capital of France is\" -n 20` (or `llama-cli -m {f}`). "
+                f"transformers can read it too (`from_pretrained(\"{repo}\", gguf_file=\"{f}\")`), dequantized to "
+                "full precision, losing the size and speed benefit.")
+        hardware = ("llama.cpp's kernels: CPU (x86 AVX2/AVX-512, ARM NEON) and, in GPU builds of llama.cpp, CUDA/Metal/"
+                    "Vulkan. Tensor types follow llama.cpp's per-tensor rules, so the file mixes types"
+                    + (f" ({', '.join(f'{k}: {v}' for k, v in types.items())} tensors)" if types else "")
+                    + "; K-quants need rows divisible by 256 and fall back to other types where they are not.")
+        return CardFacts(
+            packages="llama-cpp-python", python=python,
+            tags=["gguf", "llama.cpp", ftype.lower()] + (["imatrix"] if qc.get("imatrix") else []),
+            hardware=hardware, note=note,
+            serve=f"ollama create my-model -f Modelfile && ollama run my-model\n# or: llama-server -m {f}",
+            serve_note=f"The `Modelfile` next to `{f}` is Ollama's (`FROM ./{f}`); Ollama reads the chat template "
+                       "from the GGUF. llmq's own tests run llama-cpp-python, not Ollama.",
+            library_name="gguf", usage_title="llama.cpp / llama-cpp-python", serve_title="Ollama / llama-server")

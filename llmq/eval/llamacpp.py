@@ -36,10 +36,17 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+#: the context a scoring LlamaCppLM opens (logits for every position: n_ctx x vocab floats)
+DEFAULT_CTX = 2048
+
+
 class LlamaCppLM:
     """A ``.gguf`` behind the slice of the transformers model interface llmq's evaluators use."""
 
-    def __init__(self, path: str | Path, *, n_ctx: int = 2048, threads: int | None = None, verbose: bool = False):
+    #: what the evaluator's report records as the runtime that computed the numbers
+    llmq_runtime = "llama.cpp"
+
+    def __init__(self, path: str | Path, *, n_ctx: int = DEFAULT_CTX, threads: int | None = None, verbose: bool = False):
         llama_cpp = _llama_cpp()
         self.path = Path(path)
         if not self.path.is_file():
@@ -48,6 +55,10 @@ class LlamaCppLM:
         self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                                    logits_all=True, n_threads=threads or default_threads(),
                                    n_threads_batch=threads or default_threads(), verbose=verbose)
+        # close before interpreter teardown (llama-cpp-python's own __del__ fails once modules are gone)
+        import weakref
+
+        weakref.finalize(self, self.llm.close)
         self.config = SimpleNamespace(max_position_embeddings=n_ctx, vocab_size=self.llm.n_vocab(),
                                       name_or_path=str(self.path))
         self._param = None
@@ -73,7 +84,9 @@ class LlamaCppLM:
         self.llm.eval(tokens)
         return np.array(self.llm.scores[: len(tokens)], dtype=np.float32, copy=True)
 
-    def forward(self, input_ids: Any, logits_to_keep: int = 0) -> Any:
+    def forward(self, input_ids: Any, logits_to_keep: int = 0, **_ignored: Any) -> Any:
+        """Logits of each row from an empty cache (``attention_mask``/``use_cache`` are ignored:
+        rows are scored one by one, so no padding is attended)."""
         import torch
 
         ids = input_ids.tolist() if hasattr(input_ids, "tolist") else list(input_ids)
@@ -86,6 +99,26 @@ class LlamaCppLM:
         return SimpleNamespace(logits=torch.stack(rows))
 
     __call__ = forward
+
+    def buffers(self):
+        return iter(())
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights llama.cpp maps (the file's tensor data; its parameter memory)."""
+        return self.path.stat().st_size
+
+    def complete(self, prompt: str, max_new_tokens: int = 24) -> str:
+        """Greedy continuation (the sample ``llmq run`` prints)."""
+        self.llm.reset()
+        self.llm._ctx.kv_cache_clear()
+        out = self.llm(prompt, max_tokens=max_new_tokens, temperature=0.0, top_k=1)
+        return out["choices"][0]["text"]
+
+    def measure_speed(self, prefill_tokens: int, decode_tokens: int, repeats: int) -> dict[str, Any]:
+        """llmq's speed keys (``llmq.eval.cost.speed``) measured on llama.cpp with ``speed``."""
+        r = speed(self.path, n_prompt=prefill_tokens, n_gen=decode_tokens, repetitions=repeats)
+        return {"prefill_tokens_per_s": r.prefill_tok_s, "decode_tokens_per_s": r.decode_tok_s,
+                "protocol": r.protocol}
 
     def close(self) -> None:
         if getattr(self, "llm", None) is not None:
