@@ -224,3 +224,137 @@ def test_size_estimate_close_to_file(tiny, tmp_path):
         real = G.quantize_model(tiny, tmp_path / scheme, G.config_for(scheme)).path.stat().st_size
         # tiny model: weights ~1/3 of the file, the 49k-token vocabulary metadata the rest
         assert abs(est.bytes / real - 1) < 0.25, (scheme, est.bytes, real)
+
+
+# ---------------------------------------------------------------------------------------------
+# the plugin in llmq's pipeline: quantize/save, run --calibration, load, card, push, advisor
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def q8_out(tiny, tmp_path_factory):
+    import llmq
+
+    qm = llmq.quantize(str(tiny), "gguf-q8_0")
+    out = qm.save(tmp_path_factory.mktemp("plugin") / "q8")
+    return qm, out
+
+
+def test_quantize_save_writes_one_gguf_modelfile_and_meta(q8_out):
+    qm, out = q8_out
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["Modelfile", "llama-Q8_0.gguf", "llmq.json"]
+    meta = json.loads((out / "llmq.json").read_text())
+    assert meta["scheme"] == "gguf-q8_0" and meta["backend"] == "gguf" and meta["calibration"] is None
+    qc = meta["quantization_config"]
+    assert qc["file"] == "llama-Q8_0.gguf" and qc["imatrix"] is False and qc["tensor_types"]["Q8_0"] == 15
+    assert meta["size_bytes"]["after"] == (out / "llama-Q8_0.gguf").stat().st_size
+    assert meta["versions"]["llama-cpp-python"] and meta["versions"]["auto-round"]
+    assert "FROM ./llama-Q8_0.gguf" in (out / "Modelfile").read_text()
+    assert isinstance(qm.generate("The capital of France is", 4), str)
+
+
+def test_load_runs_the_output_on_llama_cpp_and_falls_back_to_transformers(q8_out, ref_logits, monkeypatch):
+    import torch
+
+    import llmq
+    from llmq.eval.llamacpp import LlamaCppLM
+    from llmq.schemes import plugin_of_folder
+
+    _, out = q8_out
+    assert plugin_of_folder(out) is G.GGUFBackend and plugin_of_folder(out / "llama-Q8_0.gguf") is G.GGUFBackend
+    ids, ref = ref_logits
+    m, tok = llmq.load(out)
+    assert isinstance(m, LlamaCppLM) and m.llmq_runtime == "llama.cpp" and tok.get_vocab()
+    try:
+        assert _rel(m(ids).logits[0].numpy(), ref) < TOL["gguf-q8_0"]
+    finally:
+        m.close()
+    # the rule: without llama-cpp-python, transformers dequantizes the file, and says so
+    monkeypatch.setattr(G, "llama_cpp_installed", lambda: False)
+    m, _ = llmq.load(out / "llama-Q8_0.gguf")
+    assert m.llmq_runtime == "transformers (dequantized GGUF)"
+    with torch.no_grad():
+        assert _rel(m(ids).logits[0].numpy(), ref) < TOL["gguf-q8_0"]
+
+
+def test_run_with_calibration_records_it(tiny, tmp_path):
+    from llmq.cli import main
+
+    txt = tmp_path / "calib.txt"
+    txt.write_text("Calibration text for the importance matrix, repeated often. " * 80)
+    out = tmp_path / "run"
+    rc = main(["run", "--model", str(tiny), "--scheme", "gguf-q4_k_m", "--calibration", str(txt),
+               "--n-samples", "2", "--seqlen", "32", "-o", str(out)])
+    assert rc == 0
+    meta = json.loads((out / "llmq.json").read_text())
+    assert meta["config"]["calibration"] == str(txt) and meta["config"]["n_samples"] == 2
+    assert meta["calibration"]["n_samples"] == 2 and len(meta["calibration"]["sha256"]) == 64
+    qc = meta["quantization_config"]
+    assert qc["imatrix"] is True and qc["calibration"]["tensors"] == 14
+    from llmq.modelcard import reproduce_command
+
+    cmd, _ = reproduce_command(meta)
+    assert "--calibration" in cmd and "--n-samples 2" in cmd and "--seqlen 32" in cmd
+
+
+def test_card_and_push_dry_run(q8_out, monkeypatch):
+    import llmq.models as models
+    from llmq import publish
+    from llmq.errors import ModelNotFoundError
+
+    def unreachable(what, timeout=3.0):
+        raise ModelNotFoundError(f"Cannot reach the Hugging Face Hub for {what!r}: offline.")
+
+    monkeypatch.setattr(models, "check_hub_reachable", unreachable)
+
+    _, out = q8_out
+    res = publish.push(out, "me/tiny-gguf", dry_run=True)
+    names = {n for n, _ in res.files}
+    assert {"llama-Q8_0.gguf", "Modelfile", "llmq.json", "README.md"} <= names
+    card = (out / "README.md").read_text()
+    assert "library_name: gguf" in card and "### llama.cpp / llama-cpp-python" in card
+    assert 'Llama.from_pretrained("me/tiny-gguf", filename="llama-Q8_0.gguf"' in card
+    assert "ollama create my-model -f Modelfile" in card and "llama-cli -hf me/tiny-gguf" in card
+    assert "### vLLM" not in card and "- gguf" in card and "- q8_0" in card
+
+
+def test_advisor_and_auto_candidates_include_gguf_on_cpu(tiny):
+    from llmq.advisor.advice import advise
+    from llmq.advisor.auto import pick_candidates
+
+    adv = advise(str(tiny), device="cpu", ram_gb=16)
+    by = {c.scheme: c for c in adv.candidates}
+    assert set(G.SCHEMES) <= set(by) and all(by[s].installed for s in G.SCHEMES)
+    assert by["gguf-q8_0"].size.bytes < by["bf16"].size.bytes
+    pool = [c.scheme for c in pick_candidates(adv, None)]
+    assert "gguf-q8_0" in pool
+    # the decision tree: with a GPU every GPU format comes before llama.cpp's (CPU-built) files; on
+    # CPU each GGUF type sits right after the transformers scheme of its precision
+    from llmq.advisor.rules import tree
+
+    t = tree()
+    for sit in ("gpu_fits", "gpu_8bit", "gpu_4bit"):
+        assert t[sit][-len(G.SCHEMES):] == list(G.SCHEMES), sit
+    assert t["cpu"][:3] == ["int8-dynamic", "gguf-q8_0", "bf16"]
+
+
+def test_pipeline_refuses_missing_packages_and_unsupported_architecture_before_weights(tiny, tmp_path, monkeypatch):
+    import importlib.util
+    import shutil
+
+    import llmq
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["architectures"] = ["FrobnicatorForCausalLM"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError) as e:
+        llmq.quantize(str(bad), "gguf-q4_k_m")
+    assert "\n" not in str(e.value) and "FrobnicatorForCausalLM" in str(e.value)
+
+    real = importlib.util.find_spec
+    for mod, dist in (("llama_cpp", "llama-cpp-python"), ("auto_round", "auto-round")):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a, _m=mod: None if n == _m else real(n, *a))
+        with pytest.raises(MissingDependencyError) as e:
+            llmq.quantize(str(bad), "gguf-q8_0")
+        msg = str(e.value)
+        assert "\n" not in msg and dist in msg and "pip install 'llmq[gguf]'" in msg
