@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def speed_section(args, f32, files, hf_model, tok) -> dict:
     from llmq.eval import llamacpp
 
     sp = {"fp32_transformers_decode_tok_s": decode_hf(hf_model, tok),
+          "llmq_speed_function": "llmq.eval.llamacpp.speed (what `llmq eval` reports for a .gguf)",
           "fp32_transformers_protocol": f"generate 64 tokens greedy, best of 2 after warm-up, torch threads={args.threads}"}
     for label, f in (("F32", f32), *files):
         mine = llamacpp.speed(f, threads=args.threads).to_dict()
@@ -112,21 +114,26 @@ def speed_only(args, src, tok, work) -> int:
         f32 = work / "smollm2-f32.gguf"
         G.convert(src, f32, "f32")
         files, tools_types = [], {}
+        import llmq
+
         for scheme in ("gguf-q8_0", "gguf-q4_k_m"):
             ft = G.SCHEMES[scheme]
-            res = G.quantize_model(src, work / f"llmq-{scheme}", G.config_for(scheme, threads=args.threads),
-                                   name=f"SmolLM2-135M-Instruct-{ft}")
+            # llmq's own output: the run pipeline (llmq.quantize(...).save(), as `llmq run` does)
+            out = llmq.quantize(None, scheme, threads=args.threads).save(work / f"llmq-{scheme}")
+            (path,) = out.glob("*.gguf")
             ref = work / f"ref-{ft}.gguf"
             how = reference_quantize(args.tools, f32, ref, ft)
-            tools_types[scheme] = {"reference": how, "same_tensor_types": G.tensor_types(ref) == G.tensor_types(res.path),
-                                   "identical_bytes": ref.read_bytes() == res.path.read_bytes()}
-            files.append((f"{ft} (llmq)", res.path))
+            tools_types[scheme] = {"reference": how, "same_tensor_types": G.tensor_types(ref) == G.tensor_types(path),
+                                   "identical_bytes": ref.read_bytes() == path.read_bytes(), "llmq_file": path.name}
+            files.append((f"{ft} (llmq)", path))
         torch.set_num_threads(args.threads)
         hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
         report["speed"] = speed_section(args, f32, files, hf, tok)
         report["tools_reference"] = tools_types
         report["speed_run"] = {"tools": str(args.tools), "llama_cpp_lib": os.environ.get("LLAMA_CPP_LIB_PATH"),
-                               "threads": args.threads, "shared_machine": True}
+                               "llama_cpp_python": G.versions().get("llama-cpp-python"),
+                               "threads": args.threads, "shared_machine": args.shared,
+                               "command": "python scripts/bench_gguf.py " + " ".join(sys.argv[1:])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -137,6 +144,9 @@ def speed_only(args, src, tok, work) -> int:
         rb = f" | llama-bench pp512 {r['prefill_tok_s']:.0f} tg128 {r['decode_tok_s']:.1f}" if r else ""
         print(f"{k:16s} llmq pp512 {m['prefill_tok_s']:.0f} tg128 {m['decode_tok_s']:.1f}{rb}")
     print(f"Q8_0 decode / fp32 transformers decode: {sp['q8_0_decode_over_fp32_transformers']:.1f}x")
+    q8 = sp["Q8_0 (llmq)"]
+    if q8.get("decode_ratio_llmq_over_llama_bench"):
+        print(f"Q8_0 decode llmq / llama-bench: {q8['decode_ratio_llmq_over_llama_bench']:.3f} (target 0.9-1.1)")
     print(json.dumps(report["tools_reference"], indent=1))
     return 0
 
@@ -152,6 +162,8 @@ def main() -> int:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--speed-only", action="store_true",
                     help="only the speed rows and the llama-quantize tensor-type check; merged into --out")
+    ap.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,
+                    help="record whether other jobs shared the machine (--no-shared for a quiet window)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "eval" / "bench_gguf.json")
     args = ap.parse_args()
     os.environ.setdefault("LLMQ_DATA_DIR", "/work/shared/data")
@@ -177,7 +189,7 @@ def main() -> int:
     report: dict = {"model": src_model.name, "source_folder": str(src), "machine": platform.processor() or platform.machine(),
                     "threads": args.threads, "versions": G.versions(),
                     "llama_cpp_lib": os.environ.get("LLAMA_CPP_LIB_PATH", "llama-cpp-python wheel"),
-                    "tools": str(args.tools) if args.tools else None, "shared_machine": True}
+                    "tools": str(args.tools) if args.tools else None, "shared_machine": args.shared}
     rows = []
 
     def ppl_gguf(f):
@@ -315,6 +327,9 @@ def main() -> int:
             rb = f" | llama-bench pp {r['prefill_tok_s']:.0f} tg {r['decode_tok_s']:.1f}" if r else ""
             print(f"{k:16s} llmq pp512 {m['prefill_tok_s']:.0f} tg128 {m['decode_tok_s']:.1f}{rb}")
         print(f"Q8_0 decode / fp32 transformers decode: {sp['q8_0_decode_over_fp32_transformers']:.1f}x")
+    q8 = sp["Q8_0 (llmq)"]
+    if q8.get("decode_ratio_llmq_over_llama_bench"):
+        print(f"Q8_0 decode llmq / llama-bench: {q8['decode_ratio_llmq_over_llama_bench']:.3f} (target 0.9-1.1)")
     g = report["gemma3_tiny"]
     print(f"gemma3 tiny: runtimes agree {g['runtime_agreement_pct']:+.3f}%; " + "; ".join(
         f"{s}: same types {r['same_tensor_types']}, ppl diff {r['ppl_diff_pct']:+.3f}%" for s, r in g["schemes"].items()))
