@@ -23,6 +23,8 @@ def size_on_disk(path: str | Path | None) -> int | None:
     from llmq.schemes import plugin_of_folder
 
     p = Path(path)
+    if p.is_file():  # a single-file model (a .gguf)
+        return p.stat().st_size
     n = folder_size(p, plugin_of_folder(p).weight_patterns) if p.exists() else 0
     return n if n else folder_size(p, ("*.bin", "*.pt", "*.gguf")) or None
 

@@ -84,9 +84,10 @@ class LlamaCppLM:
         self.llm.eval(tokens)
         return np.array(self.llm.scores[: len(tokens)], dtype=np.float32, copy=True)
 
-    def forward(self, input_ids: Any, logits_to_keep: int = 0, **_ignored: Any) -> Any:
+    def forward(self, input_ids: Any, logits_to_keep: int = 0, attention_mask: Any = None, use_cache: Any = None) -> Any:
         """Logits of each row from an empty cache (``attention_mask``/``use_cache`` are ignored:
-        rows are scored one by one, so no padding is attended)."""
+        rows are scored one by one, so no padding is attended). No ``past_key_values``: the
+        evaluators see that and score every request in full."""
         import torch
 
         ids = input_ids.tolist() if hasattr(input_ids, "tolist") else list(input_ids)
