@@ -570,7 +570,7 @@ class GGUFBackend(_Backend):
     #: the evaluator's longest window on this runtime (``LlamaCppLM``'s context)
     eval_context = 2048
     schemes = (
-        _scheme("gguf-q8_0", 8, "8", 0.5, "8-bit Q8_0"),
+        _scheme("gguf-q8_0", 8, "8", 0.6, "8-bit Q8_0"),
         _scheme("gguf-q6_k", 6, "8", 1.5, "6-bit K-quant Q6_K"),
         _scheme("gguf-q5_k_m", 5, "4", 5.5, "5-bit K-quant mix Q5_K_M"),
         _scheme("gguf-q4_k_m", 4, "4", 5.6, "4-bit K-quant mix Q4_K_M"),
