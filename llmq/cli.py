@@ -121,7 +121,7 @@ def add_run(sub: Any) -> None:
     g.add_argument("--skip-modules", help="comma-separated module names or glob patterns kept in full precision")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set damp_percent=0.1 (repeatable)")
-    c = p.add_argument_group("calibration (GPTQ, AWQ)")
+    c = p.add_argument_group("calibration (GPTQ, AWQ; optional for GGUF: an importance matrix)")
     c.add_argument("--calibration", help="wikitext2, c4, pileval, builtin, or a .txt/.jsonl/.parquet file")
     c.add_argument("--n-samples", type=int)
     c.add_argument("--seqlen", type=int)

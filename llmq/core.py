@@ -140,7 +140,7 @@ def prepare(model: str | None, scheme: str, *, device: str | None = None, revisi
     """Every check that needs no weights: scheme, options, packages, device, model, shapes."""
     sch = get_scheme(scheme)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if not issubclass(sch.config_cls, CalibratedConfig):
+    if not _takes_calibration(sch.config_cls):
         own = {f.name for f in dataclasses.fields(sch.config_cls)}  # e.g. QAT's own seed and seqlen
         given = [k for k in _CALIB_KEYS if k in overrides and k not in own]
         if given:
@@ -160,7 +160,7 @@ def prepare(model: str | None, scheme: str, *, device: str | None = None, revisi
 
         safety.check_skip_modules(cfg.skip_modules, linear_shapes(source.config(),
                                                                  trust_remote_code=source.trust_remote_code))
-    if isinstance(cfg, CalibratedConfig):
+    if _takes_calibration(type(cfg)) and cfg.calibration is not None:
         calib_mod.validate_source(cfg.calibration)
     return sch, cfg, backend_cls, source, device
 
@@ -179,7 +179,7 @@ def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None
     backend = backend_cls(sch, cfg, plugin_options)
     calib = None
     tokenizer = source.tokenizer()
-    if isinstance(cfg, CalibratedConfig):
+    if _takes_calibration(type(cfg)) and cfg.calibration is not None:
         calib = calib_mod.build(cfg.calibration, tokenizer, n_samples=cfg.n_samples, seqlen=cfg.seqlen, seed=cfg.seed)
     model_dir = source.local_dir()
     from llmq import safety
@@ -195,6 +195,11 @@ def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None
         device=device, wall_time_s=wall, parameters=_param_count(source), size_before=size_before,
         calibration=calib.fingerprint if calib else None,
     )
+
+
+def _takes_calibration(config_cls: type) -> bool:
+    """Calibrated schemes, and those where it is optional (a ``calibration`` field, e.g. GGUF's imatrix)."""
+    return issubclass(config_cls, CalibratedConfig) or "calibration" in {f.name for f in dataclasses.fields(config_cls)}
 
 
 def _param_count(source: ModelSource) -> int:

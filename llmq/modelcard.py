@@ -157,6 +157,8 @@ def reproduce_command(meta: dict) -> tuple[str, str | None]:
         if key not in defaults:
             continue
         if key in ("calibration", "n_samples", "seqlen", "seed") and calibrated:
+            if cfg.get("calibration") is None:  # optional calibration (GGUF's imatrix) not used
+                continue
             if key == "calibration" and isinstance(value, str) and value.startswith("<") and value.endswith("strings>"):
                 note = "It was calibrated on a list of strings passed from Python, which this command cannot repeat."
                 continue
@@ -189,7 +191,8 @@ def install_spec(meta: dict) -> str:
 
 def usage(meta: dict, repo: str) -> dict[str, str | None]:
     f = card_facts(meta, repo)
-    return {"pip": f.packages, "python": f.python, "note": f.note, "vllm": f.serve, "vllm_note": f.serve_note}
+    return {"pip": f.packages, "python": f.python, "note": f.note, "vllm": f.serve, "vllm_note": f.serve_note,
+            "title": f.usage_title, "serve_title": f.serve_title}
 
 def limitations(meta: dict, report: dict | None) -> list[str]:
     items = []

@@ -22,6 +22,7 @@ BACKENDS.register("torchao", "llmq.backends.torchao:TorchAoBackend")
 BACKENDS.register("bitsandbytes", "llmq.backends.bnb:BitsAndBytesBackend")
 BACKENDS.register("gptqmodel", "llmq.backends.gptqmodel:GPTQModelBackend")
 BACKENDS.register("qat", "llmq.backends.qat:QATBackend")
+BACKENDS.register("gguf", "llmq.backends.gguf:GGUFBackend")
 
 PLUGINS = BACKENDS
 

@@ -492,6 +492,10 @@ def test_eval_accepts_a_gguf_like_run(tmp_path, models, capsys):
                          "--limit", "1", "--no-speed", "--json")
     assert code == 0, err
     assert json.loads(out)["model"]["perplexity"]["windows"] == 1
+    from llmq.backends.gguf import llama_cpp_installed  # the rule: llama.cpp scores a .gguf when installed
+
+    assert json.loads(out)["model"]["runtime"] == ("llama.cpp" if llama_cpp_installed()
+                                                   else "transformers (dequantized GGUF)")
 
 
 def test_tasks_none_is_accepted_like_ppl_none(models, capsys):

@@ -83,6 +83,8 @@ class CardFacts:
     serve_note: str | None = None
     library_name: str = "transformers"  # the card metadata's library_name (e.g. "gguf" for llama.cpp files)
     rows: list[tuple[str, str]] = field(default_factory=list)  # extra rows of the card's Quantization table
+    usage_title: str = "transformers"  # the heading over ``packages``/``python``
+    serve_title: str = "vLLM"  # the heading over ``serve``
 
 
 def transformers_snippet(repo: str) -> str:

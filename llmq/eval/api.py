@@ -54,9 +54,17 @@ class _Handle:
     def tokenizer(self) -> Any:
         if self.pair is not None:
             return self.pair[1]
+        plugin = self.plugin()
+        if hasattr(plugin, "load_tokenizer"):  # a non-transformers output (a .gguf)
+            return plugin.load_tokenizer(self.path)
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+
+    def plugin(self) -> Any:
+        from llmq.schemes import plugin_of_folder
+
+        return plugin_of_folder(self.path)
 
     def max_length(self) -> int | None:
         if self.pair is not None:
@@ -65,6 +73,8 @@ class _Handle:
             return max_length(self.pair[0])
         from llmq.models import read_json
 
+        if not (self.path / "config.json").is_file():  # a plugin's output (a .gguf): its runtime's context
+            return getattr(self.plugin(), "eval_context", None)
         cfg = read_json(self.path / "config.json")
         cfg = cfg.get("text_config", cfg)
         v = cfg.get("max_position_embeddings") or cfg.get("n_positions")
@@ -245,6 +255,7 @@ def _evaluate_one(h: _Handle, protocol: dict, *, ppl: Any, specs: list, harness:
         model, tok, load_s = _load(h, device)
         out["load_time_s"] = round(load_s, 3) if load_s is not None else None
         out["param_memory_bytes"] = cost.param_memory(model)
+        out["runtime"] = getattr(model, "llmq_runtime", "transformers")  # e.g. "llama.cpp" for a .gguf
         from llmq.safety import check_model_output
 
         check_model_output(model, tok, f"The {h.label} ({out['path']})")

@@ -23,12 +23,17 @@ def size_on_disk(path: str | Path | None) -> int | None:
     from llmq.schemes import plugin_of_folder
 
     p = Path(path)
+    if p.is_file():  # a single-file model (a .gguf)
+        return p.stat().st_size
     n = folder_size(p, plugin_of_folder(p).weight_patterns) if p.exists() else 0
     return n if n else folder_size(p, ("*.bin", "*.pt", "*.gguf")) or None
 
 
 def param_memory(model: Any) -> int:
-    """Bytes held by parameters and buffers as stored (packed 4-bit weights count as packed)."""
+    """Bytes held by parameters and buffers as stored (packed 4-bit weights count as packed); a
+    non-torch runtime (llama.cpp) says its own (``weight_bytes``)."""
+    if hasattr(model, "weight_bytes"):
+        return model.weight_bytes()
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
         key = (t.data_ptr(), t.nbytes) if t.device.type != "meta" else id(t)
@@ -77,7 +82,10 @@ def current_peak() -> int:
 def speed(model: Any, tokenizer: Any, *, prefill_tokens: int = PREFILL_TOKENS, decode_tokens: int = DECODE_TOKENS,
           repeats: int = REPEATS) -> dict[str, float]:
     """Tokens/s at batch 1: prefill of a fixed ``prefill_tokens``-token prompt, then ``decode_tokens``
-    greedy steps from its KV cache (end-of-text ignored). One warm-up run first; median of ``repeats``."""
+    greedy steps from its KV cache (end-of-text ignored). One warm-up run first; median of ``repeats``.
+    A non-torch runtime (llama.cpp) measures itself (``measure_speed``, its protocol string says how)."""
+    if hasattr(model, "measure_speed"):
+        return model.measure_speed(prefill_tokens, decode_tokens, repeats)
     import statistics
 
     import torch

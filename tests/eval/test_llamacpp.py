@@ -1,0 +1,57 @@
+"""A .gguf on both sides of compare is scored on llama.cpp (perplexity, KLD, a task) under the same
+protocol strings as the transformers path, and the report names the runtime; without
+llama-cpp-python the same call dequantizes through transformers and says so."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+FAST = {"ppl": "wikitext2", "limit": 4, "seqlen": 128, "speed": False, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def ggufs(tmp_path_factory):
+    """A tiny random Llama (SmolLM2's tokenizer), its F32 GGUF and its Q4_0 GGUF output folder."""
+    from llmq.backends import gguf as G
+    from llmq.testing_gguf import tiny_model
+
+    d = tmp_path_factory.mktemp("llamacpp")
+    src = tiny_model(d / "src", "llama")
+    f32 = d / "f32" / "tiny-F32.gguf"
+    f32.parent.mkdir()
+    G.convert(src, f32, "f32")
+    q = G.quantize_model(src, d / "q4", G.config_for("gguf-q4_0"), name="tiny-Q4_0")
+    return src, f32, q.path.parent
+
+
+def test_compare_gguf_to_gguf_on_llama_cpp(ggufs, tmp_path):
+    from llmq.eval import compare, evaluate
+
+    src, f32, q4 = ggufs
+    r = compare(str(f32), str(q4), tasks=["arc_easy"], out_dir=tmp_path / "rep", **FAST)
+    o, q = r["original"], r["quantized"]
+    assert o["runtime"] == q["runtime"] == "llama.cpp"
+    assert q["kld"]["tokens"] == q["perplexity"]["tokens"] == 4 * 127 and 0 < q["kld"]["mean"] < 5
+    assert q["perplexity"]["value"] > o["perplexity"]["value"] > 1
+    assert q["tasks"]["arc_easy"]["n"] == o["tasks"]["arc_easy"]["n"] == 4
+    assert q["size_bytes"] == (q4 / "tiny-Q4_0.gguf").stat().st_size < o["size_bytes"] == f32.stat().st_size
+    assert q["param_memory_bytes"] == q["size_bytes"]
+    # the same protocol strings as the transformers path, and the F32 file scores like the fp32 source
+    hf = evaluate(str(src), tasks=["arc_easy"], **FAST).to_dict()
+    assert hf["model"]["runtime"] == "transformers"
+    assert r["protocol"]["ppl"] == hf["protocol"]["ppl"]
+    assert r["protocol"]["tasks"]["arc_easy"] == hf["protocol"]["tasks"]["arc_easy"]
+    assert abs(o["perplexity"]["value"] / hf["model"]["perplexity"]["value"] - 1) < 0.005
+    assert o["tasks"]["arc_easy"]["acc"] == hf["model"]["tasks"]["arc_easy"]["acc"]
+
+
+def test_gguf_without_llama_cpp_python_is_scored_on_transformers(ggufs, monkeypatch):
+    from llmq.backends import gguf as G
+    from llmq.eval import evaluate
+
+    _, _, q4 = ggufs
+    monkeypatch.setattr(G, "llama_cpp_installed", lambda: False)
+    m = evaluate(str(q4), **FAST).to_dict()["model"]
+    assert m["runtime"] == "transformers (dequantized GGUF)" and math.isfinite(m["perplexity"]["value"])
