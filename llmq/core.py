@@ -224,6 +224,9 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
 
         if TorchAoBackend.missing_packages():
             raise MissingDependencyError("Loading a torchao model", ["torchao"], "torchao")
+        from llmq.backends.int8_static import enable_loading
+
+        enable_loading()  # int8-static's activation scales (transformers 5.24 omits their names)
     device = device or default_device()
     kwargs: dict[str, Any] = {}
     if kernel is None and method == "gptq":

@@ -18,6 +18,7 @@ BACKENDS.register("cast", "llmq.backends.cast:CastBackend")
 BACKENDS.register("torchao", "llmq.backends.torchao:TorchAoBackend")
 BACKENDS.register("bitsandbytes", "llmq.backends.bnb:BitsAndBytesBackend")
 BACKENDS.register("gptqmodel", "llmq.backends.gptqmodel:GPTQModelBackend")
+BACKENDS.register("int8-static", "llmq.backends.int8_static:Int8StaticBackend")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ class Scheme:
 SCHEMES: Registry[Scheme] = Registry("scheme")
 
 
+def _lazy_int8_static_config() -> type:
+    from llmq.backends.int8_static import Int8StaticConfig  # imports no torch at module level
+
+    return Int8StaticConfig
+
+
 def _add(s: Scheme) -> None:
     SCHEMES.register(s.name, s)
 
@@ -48,6 +55,8 @@ _add(Scheme("fp16", "cast", C.CastConfig, {"dtype": "float16"}, 16, "cast weight
 _add(Scheme("bf16", "cast", C.CastConfig, {"dtype": "bfloat16"}, 16, "cast weights to bfloat16"))
 _add(Scheme("int8-dynamic", "torchao", C.Int8DynamicConfig, {}, 8,
             "torchao int8 weights per channel, int8 activations per token at run time"))
+_add(Scheme("int8-static", "int8-static", _lazy_int8_static_config(), {}, 8,
+            "torchao int8 weights and int8 activations with calibrated static scales (W8A8)"))
 _add(Scheme("bnb-int8", "bitsandbytes", C.BnbInt8Config, {}, 8, "bitsandbytes LLM.int8() with outlier threshold"))
 _add(Scheme("bnb-nf4", "bitsandbytes", C.Bnb4bitConfig, {"quant_type": "nf4"}, 4,
             "bitsandbytes 4-bit NormalFloat, double quantization"))
