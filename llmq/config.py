@@ -88,11 +88,14 @@ class Int8DynamicConfig(QuantConfigBase):
 
     weight_granularity: str = "per_channel"
     dtype: str = "float32"
+    quantize_embeddings: bool = True  # int8 per-row embeddings and lm_head (False: keep them at dtype)
 
     def validate(self) -> None:
         super().validate()
         _check_choice("weight_granularity", self.weight_granularity, ("per_channel", "per_tensor"))
         _check_choice("dtype", self.dtype, DTYPES)
+        if not isinstance(self.quantize_embeddings, bool):
+            raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
 
 
 @dataclass(kw_only=True)

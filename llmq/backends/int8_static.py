@@ -361,8 +361,15 @@ def serializable_config(cfg: Int8StaticConfig, model: Any) -> Any:
 
 def attach_quantizer(model: Any, cfg: Int8StaticConfig) -> None:
     """Give an in-place-quantized model the transformers quantizer that writes torchao's
-    safetensors layout; tied weights are written once (transformers 5.24 writes both halves of a
-    tied tensor subclass, and then cannot compare them on reload)."""
+    safetensors layout, with int8-static's config recorded in config.json."""
+    attach_torchao_saver(model, serializable_config(cfg, model))
+
+
+def attach_torchao_saver(model: Any, qc: Any) -> None:
+    """Make ``save_pretrained`` write ``model`` (torchao tensors, ``qc`` a ``TorchAoConfig``) as
+    torchao safetensors, each tied tensor once: transformers 5.24 writes both halves of a tied
+    tensor subclass and then cannot compare them on reload (no ``aten.equal`` for ``Int8Tensor``).
+    Also used by int8-dynamic for its int8 embeddings."""
     from transformers.quantizers.quantizer_torchao import TorchAoHfQuantizer
 
     class _TiedAwareTorchAoQuantizer(TorchAoHfQuantizer):
@@ -374,7 +381,6 @@ def attach_quantizer(model: Any, cfg: Int8StaticConfig) -> None:
                 sd.pop(k, None)
             return flatten_tensor_state_dict(sd)
 
-    qc = serializable_config(cfg, model)
     model.config.quantization_config = qc
     model.hf_quantizer = _TiedAwareTorchAoQuantizer(qc)
 

@@ -26,6 +26,13 @@ class TorchAoBackend(Backend):
             Int8DynamicActivationInt8WeightConfig(granularity=gran, set_inductor_config=False),
             modules_to_not_convert=skip or None,
         )
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch_dtype(self.config.dtype), device_map=device, quantization_config=qc
         )
+        if self.config.quantize_embeddings:  # int8 per row; fp32 embeddings were 40% of the folder
+            from llmq.backends.int8_static import attach_torchao_saver, quantize_embeddings
+
+            quantize_embeddings(model)
+            qc.include_input_output_embeddings = True
+            attach_torchao_saver(model, qc)
+        return model
