@@ -27,6 +27,7 @@ COMMANDS = {
     "advise": "llmq.advisor:add_advise",
     "estimate": "llmq.advisor:add_estimate",
     "push": "llmq.publish:add_push",
+    "bench": "llmq.bench:add_bench",
 }
 
 #: With no --model: the demo model, and the scheme the advisor picks for a CPU (int8-dynamic, seconds).

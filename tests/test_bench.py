@@ -64,3 +64,16 @@ def test_gguf_without_runner_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(B, "_RUNNERS", [])
     with pytest.raises(ConfigError, match="No runner for GGUF"):
         B.bench(["model.gguf"], isolate=False)
+
+
+def test_cli_bench_json(tiny_model_dir, capsys):
+    import json
+
+    from llmq.cli import main
+
+    assert main(["bench", str(tiny_model_dir), "--prompt-tokens", "8", "--new-tokens", "3", "--batch-sizes", "1",
+                 "--samples", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["batch"] == 1 and rows[0]["ratios"]["decode"] == 1.0
+    assert main(["bench", str(tiny_model_dir), "--batch-sizes", "1,x"]) == 2
+    assert "--batch-sizes must be integers" in capsys.readouterr().err

@@ -154,6 +154,10 @@ def estimate_scheme(profile: ModelProfile, scheme: str, *, device: str = "cuda",
     skip = tuple(getattr(cfg, "skip_modules", ()) or ())
     if isinstance(cfg, CastConfig):
         return cast(profile, sch.name, cfg.dtype)
+    if isinstance(cfg, Int8DynamicConfig) and cfg.quantize_embeddings or sch.name == "int8-static":
+        from llmq.backends.int8_static import estimate as torchao_int8
+
+        return torchao_int8(profile, cfg, sch.name)
     if isinstance(cfg, Int8DynamicConfig):
         return int8_rowwise(profile, sch.name, cfg.dtype, zero_point=True, skip=skip)
     if isinstance(cfg, BnbInt8Config):

@@ -439,35 +439,46 @@ class Int8StaticBackend(Backend):
 
 
 # -- size estimate --------------------------------------------------------------------------------
-def estimate(profile: Any, cfg: Int8StaticConfig | None = None, scheme: str = "int8-static") -> Any:
-    """Bytes on disk from the layout: int8 weights + fp32 per-row (or per-tensor) scale + int8
-    zero point per row (torchao writes one even when symmetric) + one fp32 activation scale per
-    Linear (+ int8 zero point when asymmetric; + fp32 smoothing vector per input channel);
-    embeddings/lm_head int8 per row when ``quantize_embeddings``; the rest at ``dtype``."""
+def estimate(profile: Any, cfg: Any = None, scheme: str | None = None) -> Any:
+    """Bytes on disk from the layout, for torchao's int8 layouts (int8-static, and int8-dynamic
+    with int8 embeddings). Per quantized Linear: int8 ``qdata``, fp32 ``scale`` and int8
+    ``zero_point`` per row (per tensor: one each; torchao writes the zero point even when
+    symmetric); static adds an fp32 ``act_quant_scale`` (+ int8 ``act_quant_zero_point`` when
+    asymmetric, + fp32 ``act_pre_scale`` per input channel when smoothing). Embeddings and a
+    separate lm_head: int8 per row with the same three tensors. The rest stays at ``cfg.dtype``."""
     from llmq.advisor.estimate import BYTES, SizeEstimate, _header, _selected
 
     cfg = cfg or Int8StaticConfig(calibration="wikitext2")
+    static = isinstance(cfg, Int8StaticConfig)
     lins, _ = _selected(profile, False, tuple(cfg.skip_modules))
     lins = [l for l in lins if l.name != "lm_head"]
     q = sum(l.numel for l in lins)
     per_row = cfg.weight_granularity == "per_channel"
-    scales = sum((l.out_features if per_row else 1) * 5 + 4 + (0 if cfg.sym else 1)
-                 + (4 * l.in_features if cfg.smooth_alpha is not None else 0) for l in lins)
-    n_tensors = 5 * len(lins) + 2 * profile.layers + 1
+    scales, n_q_tensors = 0, 0
+    for l in lins:
+        rows = l.out_features if per_row else 1
+        scales += rows * 5
+        n_q_tensors += 3
+        if static:
+            scales += 4 + (0 if cfg.sym else 1) + (4 * l.in_features if cfg.smooth_alpha is not None else 0)
+            n_q_tensors += 1 + (0 if cfg.sym else 1) + (0 if cfg.smooth_alpha is None else 1)
     emb_q = emb_scales = 0
-    if cfg.quantize_embeddings:
-        for rows, numel in ((profile.vocab, profile.embedding_params), (profile.vocab, profile.lm_head_params)):
-            if numel:
-                emb_q += numel
-                emb_scales += 5 * rows
-        n_tensors += 3 * (1 if profile.tied or not profile.lm_head_params else 2)
-    else:
-        n_tensors += 1 if profile.tied else 2
+    n_emb_tensors = 0
+    tables = [profile.embedding_params] + ([profile.lm_head_params] if profile.lm_head_params else [])
+    for numel in tables:
+        if cfg.quantize_embeddings:
+            emb_q += numel
+            emb_scales += 5 * profile.vocab
+            n_emb_tensors += 3
+        else:
+            n_emb_tensors += 1
     kept_params = profile.parameters - q - emb_q
     kept = kept_params * BYTES[cfg.dtype]
-    hdr = _header(n_tensors, "torchao")
+    n_kept_tensors = 2 * profile.layers + 1 + (len(profile.linears) - len(lins) - (1 if profile.lm_head_params else 0))
+    hdr = _header(n_q_tensors + n_emb_tensors + n_kept_tensors, "torchao")
     total = q + scales + emb_q + emb_scales + kept + hdr
-    return SizeEstimate(scheme, "int8", total, q + emb_q, kept_params, cfg.dtype,
+    name = scheme or ("int8-static" if static else "int8-dynamic")
+    return SizeEstimate(name, "int8", total, q + emb_q, kept_params, cfg.dtype,
                         8 * (q + scales + emb_q + emb_scales) / (q + emb_q) if q + emb_q else None,
                         {"int8 weights": q + emb_q, "scales/zeros": scales + emb_scales,
                          f"kept ({cfg.dtype})": kept, "header": hdr})
