@@ -156,6 +156,14 @@ def _prompt(tok: Any, n: int, batch: int) -> list[list[int]]:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` (reset at exec; ``ru_maxrss`` is not, so a
+    child started from a large parent would report the parent's peak)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
