@@ -79,6 +79,7 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--json", default=str(ROOT / "eval" / "bench_int8.json"))
+    ap.add_argument("--redo", action="store_true", help="re-measure quality rows already in --json")
     args = ap.parse_args()
     os.environ.setdefault("LLMQ_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     stages = set(args.stages.split(","))
@@ -98,9 +99,11 @@ def main() -> int:
         r = rows.setdefault(name, {})
         if "size" in stages:
             r["size_mb"] = round(folder_size(path or src) / 1e6, 1)
-        if "quality" in stages:
+        if "quality" in stages and (args.redo or "ppl" not in r):
             r.update(quality(path, args.ppl_windows, args.limit, args.tasks.split(",")))
             print(name, json.dumps(r), flush=True)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")  # resumable
     if "speed" in stages:
         from llmq.bench import bench, format_table
 
