@@ -12,7 +12,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from llmq.data import check_hub, hub_error, local_file
 from llmq.errors import CalibrationError, LlmqError
@@ -155,12 +155,12 @@ def validate_source(source: Any) -> None:
         if path.suffix or "/" in text:
             if not path.is_file():
                 raise CalibrationError(f"Calibration file not found: {path}")
+            if path.suffix.lower() in (".txt", ".raw", ".tokens", ".md"):
+                from llmq.safety import check_text_file
+
+                check_text_file(path)
             return
         from llmq.errors import UnknownNameError
 
         raise UnknownNameError("calibration dataset", text, NAMED)
     raise CalibrationError(f"calibration must be a dataset name, a file path or a list of strings, got {type(source).__name__}.")
-
-
-def texts_token_count(texts: Sequence[str], tokenizer: Any) -> int:
-    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)

@@ -30,13 +30,6 @@ COMMANDS = {
     "bench": "llmq.bench:add_bench",
 }
 
-#: With no --model: the demo model, and the scheme the advisor picks for a CPU (int8-dynamic, seconds).
-#: A calibrated scheme on the demo model calibrates on Python's bundled docs (offline) with groups of
-#: 64 (SmolLM2's 576-wide layers do not split into 128s).
-DEMO = {"scheme": "int8-dynamic", "group_size": 64, "calibration": "builtin"}
-SAMPLE_PROMPT = "The capital of France is"
-
-
 def _quiet_libraries() -> None:
     """Library chatter (torch pytree notices, Hub retry logs) would bury llmq's one-line errors."""
     import logging
@@ -60,16 +53,6 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
 # -- schemes ------------------------------------------------------------------------------------
 def add_schemes(sub: Any) -> None:
     p = sub.add_parser("schemes", help="list the quantization schemes")
@@ -86,8 +69,8 @@ def scheme_rows() -> list[dict[str, Any]]:
         b = s.backend_cls()
         rows.append({
             "name": name, "backend": s.backend, "bits": s.bits, "calibration": b.needs_calibration,
-            "cpu": b.cpu, "gpu": b.gpu, "serializable": b.serializable,
-            "installed": not b.missing_packages(), "extra": b.extra, "description": s.description,
+            "runtime": b.runtime, "installed": not b.missing_packages(), "extra": b.extra,
+            "description": s.description,
         })
     return rows
 
@@ -102,24 +85,21 @@ def cmd_schemes(args: argparse.Namespace) -> int:
 
     yn = {True: "yes", False: "no"}
     t = Table(title="llmq schemes")
-    for col in ("name", "backend", "bits", "calibration?", "CPU?", "GPU?", "serializable?", "installed?"):
+    for col in ("name", "backend", "bits", "calibration?", "runtime", "installed?", "description"):
         t.add_column(col)
     for r in rows:
         inst = "yes" if r["installed"] else f"no: pip install 'llmq[{r['extra']}]'"
-        t.add_row(r["name"], r["backend"], str(r["bits"]), yn[r["calibration"]], yn[r["cpu"]], yn[r["gpu"]],
-                  yn[r["serializable"]], inst)
-    Console(width=max(140, _term_width())).print(t)
+        t.add_row(r["name"], r["backend"], str(r["bits"]), yn[r["calibration"]], r["runtime"], inst, r["description"])
+    from llmq.fmt import term_width
+
+    Console(width=max(140, term_width())).print(t)
     return 0
-
-
-def _term_width() -> int:
-    import shutil
-
-    return shutil.get_terminal_size((140, 24)).columns
 
 
 # -- run ----------------------------------------------------------------------------------------
 def add_run(sub: Any) -> None:
+    from llmq.run import DEMO
+
     p = sub.add_parser(
         "run", help="quantize a model, save it, and optionally evaluate and publish it",
         description="With no --model, runs the offline demo: SmolLM2-135M-Instruct (from the PyPI "
@@ -141,11 +121,16 @@ def add_run(sub: Any) -> None:
     g.add_argument("--skip-modules", help="comma-separated module names or glob patterns kept in full precision")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set damp_percent=0.1 (repeatable)")
-    c = p.add_argument_group("calibration (GPTQ, AWQ)")
+    g.add_argument("--keep-embeddings", dest="quantize_embeddings", action="store_false", default=None,
+                   help="int8 schemes: keep embeddings and lm_head at the model's dtype (default: int8 per row)")
+    c = p.add_argument_group("calibration (GPTQ, AWQ, int8-static)")
     c.add_argument("--calibration", help="wikitext2, c4, pileval, builtin, or a .txt/.jsonl/.parquet file")
     c.add_argument("--n-samples", type=int)
     c.add_argument("--seqlen", type=int)
     c.add_argument("--seed", type=int)
+    c.add_argument("--calibration-method", help="int8-static activation ranges: minmax, percentile (default) or entropy")
+    c.add_argument("--percentile", type=float, help="int8-static with --calibration-method percentile (default 99.99)")
+    c.add_argument("--smooth-alpha", type=float, help="int8-static: SmoothQuant migration strength in [0, 1] (off by default)")
     e = p.add_argument_group("evaluation and accuracy gate")
     e.add_argument("--eval", action="store_true", help="evaluate the quantized model against the original")
     e.add_argument("--tasks", help="comma-separated task names for --eval")
@@ -164,7 +149,8 @@ def add_run(sub: Any) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     ov: dict[str, Any] = {}
-    for key in ("bits", "group_size", "sym", "calibration", "n_samples", "seqlen", "seed"):
+    for key in ("bits", "group_size", "sym", "calibration", "n_samples", "seqlen", "seed", "calibration_method",
+                "percentile", "smooth_alpha", "quantize_embeddings"):
         v = getattr(args, key, None)
         if v is not None:
             ov[key] = v
@@ -178,59 +164,20 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return ov
 
 
-def default_output(model: str | None, scheme: str) -> Path:
-    name = "SmolLM2-135M-Instruct" if not model else Path(str(model).rstrip("/")).name.removesuffix(".gguf")
-    return Path("out") / f"{name}-{scheme}"
-
-
-def gate_requested(args: argparse.Namespace) -> bool:
-    return bool(args.eval or args.max_ppl_increase or args.max_accuracy_loss is not None or args.max_kld is not None)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from llmq.io import check_output
+    from llmq.eval.cli import finish, one_line_warnings
+    from llmq.run import run
 
-    demo = not args.model
-    if args.scheme == "auto":
-        from llmq.advisor import run_auto
-
-        return run_auto(args)
-    if demo:
-        args.scheme = args.scheme or DEMO["scheme"]
-        from llmq.schemes import get_scheme
-
-        if get_scheme(args.scheme).backend_cls().needs_calibration:
-            for k in ("group_size", "calibration"):
-                if getattr(args, k) is None:
-                    setattr(args, k, DEMO[k])
-    if not args.scheme:
-        raise LlmqError("--scheme is required with --model (see `python -m llmq schemes`, or use --scheme auto).")
-    out = Path(args.output) if args.output else default_output(args.model, args.scheme)
-    check_output(out, args.overwrite)
-    from llmq.core import prepare
-
-    ov = overrides_from_args(args)
-    # Every cheap check first (scheme, options, packages, model config, group sizes, calibration file).
-    prepare(args.model, args.scheme, device=args.device, revision=args.revision,
-            trust_remote_code=args.trust_remote_code, **ov)
-    import llmq
-
-    qm = llmq.quantize(args.model, args.scheme, device=args.device, revision=args.revision,
-                       trust_remote_code=args.trust_remote_code, **ov)
-    path = qm.save(out, overwrite=args.overwrite)
-    sample = None if args.no_sample else qm.generate(SAMPLE_PROMPT, max_new_tokens=16).strip().replace("\n", " ")
-    print_summary(qm.meta, path, sample)
-    code = 0
-    if gate_requested(args):
-        from llmq.eval.cli import evaluate_after_run
-
-        del qm
-        code = evaluate_after_run(args, path)
-    if args.push_to_hub:
-        from llmq.publish import push
-
-        push(path, repo_id=args.push_to_hub, private=args.private)
-    return code
+    with one_line_warnings():
+        res = run(args.model, args.scheme, output=args.output, overwrite=args.overwrite, device=args.device,
+                  revision=args.revision, trust_remote_code=args.trust_remote_code,
+                  overrides=overrides_from_args(args), evaluate=args.eval, tasks=args.tasks, ppl=args.ppl,
+                  limit=args.limit, max_ppl_increase=args.max_ppl_increase, max_accuracy_loss=args.max_accuracy_loss,
+                  max_kld=args.max_kld, budget_gb=args.budget_gb, push_to_hub=args.push_to_hub, private=args.private,
+                  sample=not args.no_sample, on_saved=print_summary, on_report=lambda report, path: finish(report, path))
+    if res.push is not None:
+        print(f"Pushed to {res.push.url}")
+    return res.code
 
 
 def print_summary(meta: dict, path: Path, sample: str | None) -> None:
@@ -242,11 +189,15 @@ def print_summary(meta: dict, path: Path, sample: str | None) -> None:
     for col in ("scheme", "size before", "size after", "compression", "time", "saved to"):
         t.add_column(col)
     ratio = meta.get("compression_ratio")
+    from llmq.fmt import human_bytes, term_width
+
     t.add_row(meta["scheme"], human_bytes(sb["before"]), human_bytes(sb["after"]),
               f"{ratio:.2f}x" if ratio else "n/a", f"{meta['wall_time_s']:.1f} s", str(path))
-    con = Console(width=max(140, _term_width()))
+    con = Console(width=max(140, term_width()))
     con.print(t)
     if sample is not None:
+        from llmq.run import SAMPLE_PROMPT
+
         con.print(f"sample: {SAMPLE_PROMPT!r} -> {sample!r}", highlight=False)
 
 
@@ -278,13 +229,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from llmq.outdir import terminate_as_interrupt
+
+    terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except LlmqError as e:
         print(f"llmq: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("llmq: interrupted; nothing was written to the output folder.", file=sys.stderr)
+        from llmq.outdir import interrupt_message
+
+        print(interrupt_message(), file=sys.stderr)
         return 130
 
 

@@ -1,4 +1,5 @@
-"""One typed, validated config dataclass per scheme family.
+"""The config base classes every scheme plugin builds on; each plugin (``llmq/backends/*.py``)
+defines its own config dataclass next to its quantize code.
 
 Configs validate in ``__post_init__`` with ``ConfigError`` (a ``ValueError``), never ``assert``
 (stripped under ``python -O``). ``with_overrides`` is the one way user keyword arguments reach a
@@ -8,15 +9,16 @@ config, so an unknown override is rejected with the list of valid ones.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from llmq.errors import ConfigError, UnknownNameError
+from llmq.registry import lazy_exports
 
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
+def check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is invalid; choose one of {', '.join(map(repr, choices))}.")
 
@@ -46,22 +48,15 @@ class SchemeConfig:
         for key in overrides:
             if key not in names:
                 raise UnknownNameError(f"option for {type(self).__name__}", key, names)
+        from llmq.safety import check_field_types
+
+        check_field_types(type(self), overrides)
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values.update(overrides)
         if "skip_modules" in values and isinstance(values["skip_modules"], (list, str)):
             sm = values["skip_modules"]
             values["skip_modules"] = tuple([sm] if isinstance(sm, str) else sm)
         return type(self)(**values)
-
-
-@dataclass(kw_only=True)
-class CastConfig(SchemeConfig):
-    """fp16/bf16: halve the size of an fp32 checkpoint with no calibration and no kernels."""
-
-    dtype: str = "float16"
-
-    def validate(self) -> None:
-        _check_choice("dtype", self.dtype, ("float16", "bfloat16"))
 
 
 @dataclass(kw_only=True)
@@ -78,57 +73,6 @@ class QuantConfigBase(SchemeConfig):
         for s in self.skip_modules:
             if not isinstance(s, str) or not s:
                 raise ConfigError(f"skip_modules entries must be non-empty strings, got {s!r}.")
-
-
-@dataclass(kw_only=True)
-class Int8DynamicConfig(QuantConfigBase):
-    """torchao int8 weights (per output channel) with int8 activations quantized per token at run
-    time. Per-channel matters: per-tensor weight scales (the deprecated
-    ``torch.ao.quantization.quantize_dynamic``) lose far more on small models."""
-
-    weight_granularity: str = "per_channel"
-    dtype: str = "float32"
-    quantize_embeddings: bool = True  # int8 per-row embeddings and lm_head (False: keep them at dtype)
-
-    def validate(self) -> None:
-        super().validate()
-        _check_choice("weight_granularity", self.weight_granularity, ("per_channel", "per_tensor"))
-        _check_choice("dtype", self.dtype, DTYPES)
-        if not isinstance(self.quantize_embeddings, bool):
-            raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
-
-
-@dataclass(kw_only=True)
-class BnbInt8Config(QuantConfigBase):
-    """LLM.int8(): int8 weights, outlier activation columns above ``threshold`` kept in fp16.
-    Loaded in 16-bit: fp32 inputs make bitsandbytes warn on every matmul."""
-
-    threshold: float = 6.0
-    dtype: str = "float16"
-
-    def validate(self) -> None:
-        super().validate()
-        if not (self.threshold >= 0):
-            raise ConfigError(f"threshold must be >= 0, got {self.threshold!r}.")
-        _check_choice("dtype", self.dtype, ("float16", "bfloat16"))
-
-
-@dataclass(kw_only=True)
-class Bnb4bitConfig(QuantConfigBase):
-    """bitsandbytes 4-bit (QLoRA's NF4 or FP4), double quantization of the scales on by default."""
-
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    compute_dtype: str = "bfloat16"
-    dtype: str = "bfloat16"
-
-    def validate(self) -> None:
-        super().validate()
-        _check_choice("quant_type", self.quant_type, ("nf4", "fp4"))
-        _check_choice("compute_dtype", self.compute_dtype, DTYPES)
-        _check_choice("dtype", self.dtype, DTYPES)
-        if not isinstance(self.double_quant, bool):
-            raise ConfigError(f"double_quant must be True or False, got {self.double_quant!r}.")
 
 
 @dataclass(kw_only=True)
@@ -173,33 +117,12 @@ class CalibratedConfig(QuantConfigBase):
         return out
 
 
-@dataclass(kw_only=True)
-class GPTQConfig(CalibratedConfig):
-    """GPTQ through GPTQModel. ``desc_act`` (act-order) helps accuracy but slows some kernels;
-    ``act_group_aware`` is GPTQModel's reordering that keeps groups contiguous (its default)."""
-
-    desc_act: bool = False
-    act_group_aware: bool = True
-    damp_percent: float = 0.05
-
-    def validate(self) -> None:
-        super().validate()
-        if not (0 < self.damp_percent < 1):
-            raise ConfigError(f"damp_percent must be in (0, 1), got {self.damp_percent!r}.")
-        if self.desc_act and self.act_group_aware:
-            raise ConfigError("desc_act=True and act_group_aware=True are exclusive; set act_group_aware=False.")
-
-
-@dataclass(kw_only=True)
-class AWQConfig(CalibratedConfig):
-    """AWQ through GPTQModel, GEMM format (what vLLM and transformers load)."""
-
-    allowed_bits: ClassVar[tuple[int, ...]] = (4,)
-    sym: bool = False
-    format: str = "gemm"
-
-    def validate(self) -> None:
-        super().validate()
-        _check_choice("format", self.format, ("gemm", "gemv"))
-        if self.group_size == -1:
-            raise ConfigError("AWQ needs a group size (32, 64 or 128); -1 is not supported.")
+#: the plugins' config classes under their old address (``from llmq.config import GPTQConfig``)
+__getattr__ = lazy_exports(__name__, {
+    "CastConfig": "llmq.backends.cast:CastConfig",
+    "Int8DynamicConfig": "llmq.backends.torchao:Int8DynamicConfig",
+    "BnbInt8Config": "llmq.backends.bnb:BnbInt8Config",
+    "Bnb4bitConfig": "llmq.backends.bnb:Bnb4bitConfig",
+    "GPTQConfig": "llmq.backends.gptqmodel:GPTQConfig",
+    "AWQConfig": "llmq.backends.gptqmodel:AWQConfig",
+}, globals())

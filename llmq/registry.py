@@ -36,9 +36,12 @@ def lazy_exports(module_name: str, targets: Mapping[str, str], namespace: Mutabl
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, before_read: Callable[[], None] | None = None):
+        """``before_read``: called before every lookup, for a registry filled from another one (the
+        schemes, read from the plugins registered so far)."""
         self.kind = kind
         self._entries: dict[str, T | str] = {}
+        self._before_read = before_read or (lambda: None)
 
     def register(self, name: str, target: T | str | None = None) -> Callable[[T], T] | T | str:
         """Register ``target`` under ``name``; used bare it is a decorator."""
@@ -55,6 +58,7 @@ class Registry(Generic[T]):
         return target
 
     def get(self, name: str) -> T:
+        self._before_read()
         if name not in self._entries:
             raise UnknownNameError(self.kind, name, self._entries)
         entry = self._entries[name]
@@ -63,17 +67,23 @@ class Registry(Generic[T]):
             self._entries[name] = entry
         return entry  # type: ignore[return-value]
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plugin registered at run time, in tests); unknown names are ignored."""
+        self._entries.pop(name, None)
+
     def is_loaded(self, name: str) -> bool:
         return not isinstance(self._entries.get(name), str)
 
     def names(self) -> list[str]:
+        self._before_read()
         return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._before_read()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.names())

@@ -1,74 +1,105 @@
-"""The scheme table: names users type, mapped to a backend and a default config.
+"""The plugin registry: one line per scheme plugin (``llmq/backends/*.py``).
 
-Pure data with lazy backend entries, so ``llmq schemes`` and error messages never import torch.
+Each plugin class declares its schemes, the ``quant_method`` values it loads and its runtime (see
+``llmq.backends.base.Backend``). Entries are lazy ``"module:Class"`` strings; plugin modules import
+torch and their backend package inside methods only, so ``llmq schemes`` and error messages never
+import torch. Adding a scheme: write ``llmq/backends/<name>.py`` and add one ``BACKENDS.register``
+line below (or call ``register_plugin(cls)`` from your own code).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from llmq import config as C
+from llmq.backends.base import Backend, Scheme
 from llmq.errors import UnknownNameError
 from llmq.registry import Registry
 
-#: backend name -> "module:Class"; imported on first use only.
-BACKENDS: Registry[Any] = Registry("backend")
+#: plugin name -> "module:Class"; imported on first use only.
+BACKENDS: Registry[type[Backend]] = Registry("backend")
 BACKENDS.register("cast", "llmq.backends.cast:CastBackend")
 BACKENDS.register("torchao", "llmq.backends.torchao:TorchAoBackend")
 BACKENDS.register("bitsandbytes", "llmq.backends.bnb:BitsAndBytesBackend")
 BACKENDS.register("gptqmodel", "llmq.backends.gptqmodel:GPTQModelBackend")
 BACKENDS.register("int8-static", "llmq.backends.int8_static:Int8StaticBackend")
 
-
-@dataclass(frozen=True)
-class Scheme:
-    name: str
-    backend: str
-    config_cls: type
-    defaults: dict[str, Any] = field(default_factory=dict)
-    bits: float = 16
-    description: str = ""
-
-    def config(self, **overrides: Any) -> C.SchemeConfig:
-        """The scheme's default config with the user's overrides applied and validated."""
-        return self.config_cls(**self.defaults).with_overrides(**overrides)
-
-    def backend_cls(self) -> Any:
-        return BACKENDS.get(self.backend)
+PLUGINS = BACKENDS
 
 
-SCHEMES: Registry[Scheme] = Registry("scheme")
+_SEEN: set[str] = set()  # plugins whose schemes are in SCHEMES
 
 
-def _lazy_int8_static_config() -> type:
-    from llmq.backends.int8_static import Int8StaticConfig  # imports no torch at module level
+def _read_plugins() -> None:
+    """Put the schemes of every plugin registered so far into ``SCHEMES`` (imports plugin modules,
+    which import no heavy package)."""
+    for name in BACKENDS.names():
+        if name not in _SEEN:
+            _SEEN.add(name)
+            for s in BACKENDS.get(name).schemes:
+                SCHEMES.register(s.name, s)
 
-    return Int8StaticConfig
+
+#: scheme name -> ``Scheme``, read from the plugins when first asked
+SCHEMES: Registry[Scheme] = Registry("scheme", before_read=_read_plugins)
 
 
-def _add(s: Scheme) -> None:
-    SCHEMES.register(s.name, s)
+def register_plugin(cls: type[Backend]) -> type[Backend]:
+    """Register a plugin class (its schemes and quant_methods come with it); usable as a decorator."""
+    BACKENDS.register(cls.name, cls)
+    SCHEMES.names()  # register its schemes now, so a clash fails here
+    return cls
 
 
-_add(Scheme("fp16", "cast", C.CastConfig, {"dtype": "float16"}, 16, "cast weights to float16"))
-_add(Scheme("bf16", "cast", C.CastConfig, {"dtype": "bfloat16"}, 16, "cast weights to bfloat16"))
-_add(Scheme("int8-dynamic", "torchao", C.Int8DynamicConfig, {}, 8,
-            "torchao int8 weights per channel, int8 activations per token at run time"))
-_add(Scheme("int8-static", "int8-static", _lazy_int8_static_config(), {}, 8,
-            "torchao int8 weights and int8 activations with calibrated static scales (W8A8)"))
-_add(Scheme("bnb-int8", "bitsandbytes", C.BnbInt8Config, {}, 8, "bitsandbytes LLM.int8() with outlier threshold"))
-_add(Scheme("bnb-nf4", "bitsandbytes", C.Bnb4bitConfig, {"quant_type": "nf4"}, 4,
-            "bitsandbytes 4-bit NormalFloat, double quantization"))
-_add(Scheme("bnb-fp4", "bitsandbytes", C.Bnb4bitConfig, {"quant_type": "fp4"}, 4,
-            "bitsandbytes 4-bit float, double quantization"))
-for _bits in (4, 8, 3):
-    _add(Scheme(f"gptq-int{_bits}", "gptqmodel", C.GPTQConfig, {"bits": _bits}, _bits,
-                f"GPTQ {_bits}-bit weights (GPTQModel), calibrated"))
-_add(Scheme("awq-int4", "gptqmodel", C.AWQConfig, {"bits": 4}, 4, "AWQ 4-bit weights, GEMM format (GPTQModel), calibrated"))
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin registered at run time (tests)."""
+    cls = BACKENDS.get(name)
+    for s in cls.schemes:
+        SCHEMES.unregister(s.name)
+    BACKENDS.unregister(name)
+    _SEEN.discard(name)
 
 
 def get_scheme(name: str) -> Scheme:
     if not isinstance(name, str):
         raise UnknownNameError("scheme", repr(name), SCHEMES.names())
     return SCHEMES.get(name.strip().lower())
+
+
+def plugin_for_method(quant_method: str | None) -> type[Backend]:
+    """The plugin that loads a transformers folder whose ``quantization_config.quant_method`` is
+    ``quant_method``; ``Backend`` itself (plain transformers) for an unquantized or unknown one."""
+    if quant_method:
+        for name in BACKENDS.names():
+            cls = BACKENDS.get(name)
+            if quant_method in cls.quant_methods:
+                return cls
+    return Backend
+
+
+def plugin_recognising(path: Any) -> type[Backend] | None:
+    """The plugin whose non-transformers output ``path`` is (e.g. a .gguf file), if any."""
+    for name in BACKENDS.names():
+        cls = BACKENDS.get(name)
+        if cls.recognises(path):
+            return cls
+    return None
+
+
+def plugins() -> list[type[Backend]]:
+    return [BACKENDS.get(n) for n in BACKENDS.names()]
+
+
+def plugin_of_folder(path: Any) -> type[Backend]:
+    """The plugin that loads (and runs) the output at ``path``: the one that recognises it, else the
+    one whose ``quant_method`` its config.json names, else plain transformers (``Backend``)."""
+    from pathlib import Path
+
+    from llmq.models import read_json
+
+    path = Path(path).expanduser()
+    owner = plugin_recognising(path)
+    if owner is not None:
+        return owner
+    cfg = path / "config.json"
+    method = (read_json(cfg).get("quantization_config") or {}).get("quant_method") if cfg.is_file() else None
+    return plugin_for_method(method)

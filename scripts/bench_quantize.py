@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ALL = ["gptq-int4", "awq-int4", "gptq-int8", "bnb-nf4", "bnb-int8", "fp16", "bf16", "bnb-fp4", "gptq-int3", "int8-dynamic"]
 RTN_FLOOR_NOTE = "asymmetric RTN int4 g64 scores 30.30 on this protocol (issue #2)"
 
 
@@ -36,7 +35,7 @@ def ppl_of(model, tok, seqlen: int, limit: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--schemes", default=",".join(ALL))
+    ap.add_argument("--schemes", default=None, help="comma-separated (default: every registered scheme)")
     ap.add_argument("--model", default=None, help="default: the offline demo SmolLM2-135M-Instruct")
     ap.add_argument("--n-samples", type=int, default=128)
     ap.add_argument("--calib-seqlen", type=int, default=512)
@@ -75,9 +74,12 @@ def main(argv=None) -> int:
     print(f"rtn: ppl {rtn['value']:.2f}", flush=True)
     del model
     gc.collect()
-    for scheme in [s.strip() for s in args.schemes.split(",") if s.strip()]:
+    from llmq.schemes import SCHEMES, get_scheme
+
+    names = [s.strip() for s in args.schemes.split(",") if s.strip()] if args.schemes else list(SCHEMES)
+    for scheme in names:
         kw = {}
-        if scheme.startswith(("gptq", "awq")):
+        if get_scheme(scheme).backend_cls().needs_calibration:
             kw = {"calibration": "wikitext2", "n_samples": args.n_samples, "seqlen": args.calib_seqlen,
                   "group_size": args.group_size}
         with tempfile.TemporaryDirectory() as tmp:

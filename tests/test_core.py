@@ -158,7 +158,7 @@ def test_bad_overrides(tiny_model_dir):
 def test_crash_while_saving_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
     qm = llmq.quantize(tiny_model_dir, "fp16", device="cpu")
 
-    def half_save(model, out):
+    def half_save(model, tokenizer, out):
         (out / "model-00001-of-00002.safetensors").write_bytes(b"partial")
         raise OSError("disk full")
 

@@ -3,7 +3,8 @@ import pytest
 from llmq.errors import UnknownNameError
 from llmq.schemes import BACKENDS, SCHEMES, get_scheme
 
-EXPECTED = {"fp16", "bf16", "int8-dynamic", "bnb-int8", "bnb-nf4", "bnb-fp4", "gptq-int4", "gptq-int8", "gptq-int3", "awq-int4"}
+EXPECTED = {"fp16", "bf16", "int8-dynamic", "bnb-int8", "bnb-nf4", "bnb-fp4", "gptq-int4", "gptq-int8", "gptq-int3", "awq-int4",
+            "int8-static"}
 
 
 def test_every_family_is_registered():
@@ -15,8 +16,8 @@ def test_scheme_default_config_is_valid_and_backend_declares_needs(name):
     s = get_scheme(name)
     cfg = s.config()
     b = s.backend_cls()
-    assert isinstance(b.needs_calibration, bool) and isinstance(b.serializable, bool)
-    assert b.needs_calibration == name.startswith(("gptq", "awq"))
+    assert isinstance(b.needs_calibration, bool) and isinstance(b.runs_in_memory, bool)
+    assert b.needs_calibration == name.startswith(("gptq", "awq", "int8-static"))
     if b.requires:
         assert b.extra, "a backend with requirements must name its pip extra"
     if hasattr(cfg, "bits"):
@@ -30,4 +31,55 @@ def test_get_scheme_normalises_and_suggests():
 
 
 def test_backends_are_lazy_strings_until_used():
-    assert set(BACKENDS.names()) == {"cast", "torchao", "bitsandbytes", "gptqmodel"}
+    assert set(BACKENDS.names()) == {"cast", "torchao", "bitsandbytes", "gptqmodel", "int8-static"}
+
+
+def _tiny_meta(name: str) -> dict:
+    s = get_scheme(name)
+    return {"scheme": name, "backend": s.backend, "bits": s.bits, "config": s.config().to_dict(),
+            "versions": {}, "source": {"name": "x/y", "kind": "hub"}}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMES.names()))
+def test_every_registered_scheme_has_an_estimate_a_role_and_card_facts(name, tiny_model_dir):
+    """What a plugin must provide: a scheme missing any of these would silently vanish from
+    ``advise`` or print an empty card section."""
+    from llmq.advisor import rules
+    from llmq.advisor.estimate import SizeEstimate, estimate_scheme
+    from llmq.advisor.params import profile
+    from llmq.backends.base import CardFacts
+
+    s = get_scheme(name)
+    est = estimate_scheme(profile(str(tiny_model_dir)), name, device="cpu")
+    assert isinstance(est, SizeEstimate) and est.bytes > 0 and est.scheme == name
+    assert s.precision in ("16", "8", "4", "3") and s.role
+    assert set(s.tree_rank) == set(rules.SITUATIONS), "a built-in scheme ranks itself in every situation"
+    facts = s.backend_cls().card_facts(_tiny_meta(name), "me/repo")
+    assert isinstance(facts, CardFacts) and facts.packages and "me/repo" in facts.python and facts.tags
+    assert facts.hardware
+
+
+def test_registry_ties_schemes_quant_methods_and_roles_together():
+    from llmq.advisor import rules
+    from llmq.schemes import plugin_for_method, plugins
+
+    assert set(rules.ROLES) == set(SCHEMES.names())  # advise() can no longer drop a scheme
+    assert all(set(order) == set(SCHEMES.names()) for order in rules.TREE.values())
+    methods = [m for p in plugins() for m in p.quant_methods]
+    assert len(methods) == len(set(methods)), "two plugins claim one quant_method"
+    for p in plugins():
+        for m in p.quant_methods:
+            assert plugin_for_method(m) is p
+    assert {"gptq", "awq", "bitsandbytes", "torchao"} <= set(methods)
+    assert plugin_for_method(None).__name__ == "Backend"  # plain transformers
+
+
+def test_listing_schemes_imports_no_heavy_package():
+    import subprocess
+    import sys
+
+    code = ("import sys, llmq.cli; llmq.cli.scheme_rows(); from llmq.advisor import rules; rules.TREE; "
+            "bad=[m for m in ('torch','transformers','gptqmodel','bitsandbytes','torchao') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

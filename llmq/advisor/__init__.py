@@ -38,10 +38,16 @@ def add_estimate(sub: Any) -> None:
     _add(sub)
 
 
-def run_auto(args: Any, **kwargs: Any) -> int:
+def run_auto(model: Any = None, **kwargs: Any) -> int:
     from llmq.advisor.auto import run_auto as _run
 
-    return _run(args, **kwargs)
+    return _run(model, **kwargs)
+
+
+run_auto.__doc__ = """``llmq run --scheme auto``: quantize, evaluate and gate the advisor's candidates (or
+``candidates=[...]``), most compressed first; keep the first that passes. Keywords: output, overwrite,
+device, revision, trust_remote_code, overrides, tasks, ppl, limit, eval_seqlen, max_ppl_increase,
+max_accuracy_loss, max_kld, budget_gb, candidates. Returns 0 when one passes, 1 when none does."""
 
 
 __getattr__ = lazy_exports(__name__, {

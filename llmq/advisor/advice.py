@@ -9,6 +9,7 @@ from llmq.advisor import rules
 from llmq.advisor.estimate import MemoryEstimate, SizeEstimate, estimate_scheme, memory, original
 from llmq.advisor.params import ModelProfile, human_count, profile as make_profile
 from llmq.errors import ConfigError
+from llmq.fmt import gb, gib
 from llmq.hardware import GB, Hardware, detect
 
 STATUS_ORDER = {"recommended": 0, "ok": 1, "warn": 2, "avoid": 3, "exceeds tolerance": 4, "does not fit": 5}
@@ -124,29 +125,6 @@ class Advice:
         return Group(*parts)
 
 
-def gb(n: float) -> str:
-    """File sizes: decimal units, as ``llmq run`` prints them."""
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
-def gib(n: float) -> str:
-    """Memory: binary units, as torch and GPU vendors report it ("80 GB" H100 = 79.6 GiB usable)."""
-    return f"{n / GB:.2f} GiB"
-
-
-def parse_fraction(v: Any, what: str = "tolerance") -> float | None:
-    """``"3%"`` or ``0.03`` -> 0.03 (the same convention as ``--max-ppl-increase``)."""
-    if v is None or v == "":
-        return None
-    try:
-        f = float(v[:-1]) / 100 if isinstance(v, str) and v.strip().endswith("%") else float(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a fraction (0.03) or a percentage (3%), got {v!r}.") from None
-    if not 0 < f < 1:
-        raise ConfigError(f"{what} must be between 0 and 100%, got {v!r}.")
-    return f
-
-
 def _installed(scheme: str) -> tuple[bool, str | None]:
     from llmq.schemes import get_scheme
 
@@ -182,8 +160,9 @@ def measured_ppl_changes(precision: str) -> list[float]:
     """Perplexity changes (%) we measured on SmolLM2-135M for the schemes of one precision ("4", "8", "16")."""
     from llmq.advisor import measured
 
+    roles = rules.roles()
     return [r["ppl_change"] * 100 for s, r in measured.SMOL_QUALITY.get("rows", {}).items()
-            if s in rules.ROLES and rules.ROLES[s].precision == precision]
+            if s in roles and roles[s].precision == precision]
 
 
 def measured_band_note(band: Any) -> str | None:
@@ -211,32 +190,40 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         raise ConfigError(f"context must be a positive number of tokens, got {context!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    tol = parse_fraction(tolerance)
+    from llmq.eval.gate import parse_fraction
+
+    tol = parse_fraction(tolerance, "tolerance")
     hw = hardware or detect(device, gpu_memory_gb, ram_gb)
     prof = make_profile(model, revision=revision, trust_remote_code=trust_remote_code)
     n = prof.parameters
     band = rules.size_band(n)
     mem_limit = hw.memory_gb * GB
-    names = [s for s in (schemes or list(SCHEMES)) if s in rules.ROLES]
+    from llmq.schemes import get_scheme
+
+    names = [get_scheme(s).name for s in schemes] if schemes else list(SCHEMES)
+    roles = rules.roles()
 
     est = {s: estimate_scheme(prof, s, device=hw.device) for s in names}
+    bf16_bytes = (est.get("bf16") or estimate_scheme(prof, "bf16", device=hw.device)).bytes
     mems = {s: memory(prof, e, context=context, batch_size=batch_size, device=hw.device) for s, e in est.items()}
     fits = {s: m.total <= mem_limit for s, m in mems.items()}
     if hw.device == "cpu":
         situation = "cpu"
-    elif fits.get("bf16") or fits.get("fp16"):
+    elif any(fits[s] for s in names if roles[s].precision == "16"):
         situation = "gpu_fits"
-    elif any(fits.get(s) for s in ("bnb-int8", "gptq-int8")):
+    elif any(fits[s] for s in names if roles[s].precision == "8" and roles[s].gpu_only_kernels):
         situation = "gpu_8bit"
     else:
         situation = "gpu_4bit"
-    order = rules.TREE[situation]
+    tree = rules.tree()
+    order = tree[situation]
+    cpu_pick = tree["cpu"][0]  # int8-dynamic: the tree's CPU scheme
 
     cands = []
     model_arg = "" if model is None else (f" --model {prof.name}" if not isinstance(model, (int, float))
                                           else " --model <your-model>")
     for s in names:
-        role = rules.ROLES[s]
+        role = roles[s]
         loss, loss_src = rules.expected_loss(s, n)
         c = Candidate(s, est[s].label, role.role, est[s], mems[s], fits[s], loss, loss_src,
                       command=f"python -m llmq run{model_arg} --scheme {s} --device {hw.device}")
@@ -250,8 +237,8 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
             c.reasons.append(f"needs {gib(mems[s].total)} > {hw.memory_gb:.1f} GiB {where}")
         # The decision tree.
         if situation == "cpu":
-            if s == "int8-dynamic":
-                c.reasons.append("decision tree: CPU only -> int8-dynamic")
+            if s == cpu_pick:
+                c.reasons.append(f"decision tree: CPU only -> {s}")
             note = measured_cpu_note(s)
             if note:
                 verdict = cpu_speed_verdict(s)
@@ -269,11 +256,11 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         else:
             if role.precision == "16":
                 c.reasons.append("decision tree: the 16-bit model does not fit")
-            elif role.precision == "8" and s != "int8-dynamic":
+            elif role.precision == "8" and s != cpu_pick:
                 c.reasons.append("decision tree: too large for 16-bit -> 8-bit for max accuracy")
             elif role.precision == "4":
                 c.reasons.append("decision tree: too large -> 4-bit for max compression")
-        if s == "int8-dynamic" and hw.device == "cuda":
+        if s == cpu_pick and hw.device == "cuda":
             c.reasons.append("the decision tree's CPU scheme; on GPU it prefers 16-bit, bitsandbytes or GPTQ/AWQ")
         # The rule of thumb.
         if role.precision in ("4", "3"):
@@ -288,6 +275,10 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
                     c.status = "warn"
             else:
                 c.reasons.append(f"rule of thumb ({band.label}): {band.verdict} ({lo:g}-{hi:g}%)")
+        if role.precision != "16" and est[s].bytes > bf16_bytes and c.status != "does not fit":
+            # issue #11: e.g. int8 with fp32 embeddings on a big-vocabulary model outweighs bf16
+            c.status = "avoid"
+            c.reasons.append(f"larger than bf16 ({gb(est[s].bytes)} > {gb(bf16_bytes)}): quantizing saves nothing")
         if tol is not None and c.status in ("ok", "warn"):
             if loss is None:
                 c.status = "warn"

@@ -10,14 +10,14 @@ only the reports, and the exit code is 1.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from llmq.errors import ConfigError, LlmqError
 
@@ -123,32 +123,40 @@ def pick_candidates(advice: Any, budget_gb: float | None, names: list[str] | Non
     return sorted(pool, key=lambda c: (c.size.bytes, c.rank))
 
 
-def run_auto(args: argparse.Namespace, *, candidates: list[str] | None = None) -> int:
-    """Quantize, evaluate and gate each candidate; 0 when one passes, 1 when none does."""
+def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLike | None = None,
+             overwrite: bool = False, device: str | None = None, revision: str | None = None,
+             trust_remote_code: bool = False, overrides: dict[str, Any] | None = None,
+             tasks: str | Sequence[str] | None = None, ppl: str | None = None, limit: int | None = None,
+             eval_seqlen: int | None = None, max_ppl_increase: Any = None, max_accuracy_loss: float | None = None,
+             max_kld: float | None = None, budget_gb: float | None = None,
+             candidates: Sequence[str] | None = None) -> int:
+    """Quantize, evaluate and gate each candidate (``candidates``, or the advisor's); 0 when one passes
+    (its folder becomes ``output``), 1 when none does (``output`` holds only the reports)."""
     import llmq
     from llmq.advisor.advice import advise
-    from llmq.cli import default_output, gate_requested, overrides_from_args
+    from llmq.eval import compare
+    from llmq.eval.gate import check_gate, gate_set, validate
     from llmq.io import atomic_dir, check_output
     from llmq.models import folder_size, resolve_model
+    from llmq.run import default_output
 
-    if not gate_requested(args) or not (args.max_ppl_increase or args.max_accuracy_loss is not None
-                                        or args.max_kld is not None):
+    if not gate_set(max_ppl_increase, max_accuracy_loss, max_kld):
         raise ConfigError("--scheme auto needs a gate to choose by: --max-ppl-increase, --max-accuracy-loss "
                           "or --max-kld.")
-    out = Path(args.output) if args.output else default_output(args.model, "auto")
-    check_output(out, args.overwrite)
-    names = candidates or _split_tasks(getattr(args, "candidates", None))
-    adv = advise(args.model, device=args.device, revision=getattr(args, "revision", None),
-                 trust_remote_code=getattr(args, "trust_remote_code", False))
-    pool = pick_candidates(adv, args.budget_gb, names)
-    overrides = overrides_from_args(args)
-    from llmq.eval import compare
-    from llmq.eval.gate import check_gate
+    validate(max_ppl_increase, max_accuracy_loss, max_kld)
+    out = Path(output) if output else default_output(model, "auto")
+    check_output(out, overwrite)
+    names = _split_tasks(candidates)
+    adv = advise(model, device=device, revision=revision, trust_remote_code=trust_remote_code)
+    pool = pick_candidates(adv, budget_gb, names)
+    overrides = dict(overrides or {})
+    gate_limits = {"max_ppl_increase": max_ppl_increase, "max_accuracy_loss": max_accuracy_loss, "max_kld": max_kld}
 
-    src = resolve_model(args.model, revision=getattr(args, "revision", None))
+    src = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     original = src.local_dir()
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.auto-", dir=out.parent))
+    # named like the save's temp folder, so a killed search's leftovers are removed by the next write
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-auto-", suffix=".incomplete", dir=out.parent))
     print(f"llmq auto: {len(pool)} candidates, most compressed first: {', '.join(c.scheme for c in pool)}", flush=True)
     trials: list[Trial] = []
     winner = None
@@ -158,17 +166,16 @@ def run_auto(args: argparse.Namespace, *, candidates: list[str] | None = None) -
             trials.append(t)
             t0 = time.perf_counter()
             try:
-                qm = llmq.quantize(args.model, c.scheme, device=args.device, revision=getattr(args, "revision", None),
-                                   trust_remote_code=getattr(args, "trust_remote_code", False),
-                                   **scheme_overrides(c.scheme, overrides))
+                qm = llmq.quantize(model, c.scheme, device=device, revision=revision,
+                                   trust_remote_code=trust_remote_code, **scheme_overrides(c.scheme, overrides))
                 path = qm.save(work / c.scheme)
+                qm_weights = qm.backend.weight_patterns
                 del qm
-                t.size_bytes = folder_size(path)
-                report = compare(str(original), str(path), ppl=args.ppl or "wikitext2", tasks=_split_tasks(args.tasks),
-                                 limit=args.limit, seqlen=getattr(args, "eval_seqlen", None),
-                                 out_dir=str(work / f"{c.scheme}.eval"))
-                gate = check_gate(report, max_ppl_increase=args.max_ppl_increase,
-                                  max_accuracy_loss=args.max_accuracy_loss, max_kld=args.max_kld)
+                t.size_bytes = folder_size(path, qm_weights)
+                report = compare(str(original), str(path), ppl=ppl or "wikitext2", tasks=_split_tasks(tasks),
+                                 limit=limit, seqlen=eval_seqlen, out_dir=str(work / f"{c.scheme}.eval"),
+                                 trust_remote_code=trust_remote_code)
+                gate = check_gate(report, **gate_limits)
                 t.report = report
                 t.passed, t.verdict = bool(gate.passed), str(gate.verdict)
                 t.checks, t.ppl_increase, t.score = check_summary(gate.checks)
@@ -182,11 +189,11 @@ def run_auto(args: argparse.Namespace, *, candidates: list[str] | None = None) -
             if t.passed:
                 winner = t
                 break
-        with atomic_dir(out, overwrite=args.overwrite) as tmp:
+        with atomic_dir(out, overwrite=overwrite, inputs=(src.path,)) as tmp:
             if winner is not None:
                 for f in (work / winner.scheme).iterdir():
                     shutil.move(str(f), tmp / f.name)
-            write_reports(tmp, adv, trials, winner, args)
+            write_reports(tmp, adv, trials, winner, {**gate_limits, "budget_gb": budget_gb})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print((out / f"{REPORT}.md").read_text())
@@ -194,7 +201,10 @@ def run_auto(args: argparse.Namespace, *, candidates: list[str] | None = None) -
 
 
 def _mb(n: int | None) -> str:
-    return f"{n / 1e6:8.1f} MB" if n else "      n/a"
+    """Fixed width for the progress lines (``mb`` right-aligned)."""
+    from llmq.fmt import mb
+
+    return mb(n or None).rjust(11)
 
 
 def closest(trials: list[Trial]) -> Trial | None:
@@ -225,12 +235,11 @@ def why(winner: Trial | None, trials: list[Trial]) -> str:
             f"the smaller ones failed: " + "; ".join(f"{t.scheme}: {t.verdict}" for t in smaller) + ".")
 
 
-def write_reports(folder: Path, adv: Any, trials: list[Trial], winner: Trial | None, args: Any) -> None:
-    from llmq.io import write_json
+def write_reports(folder: Path, adv: Any, trials: list[Trial], winner: Trial | None, gate: dict[str, Any]) -> None:
+    """``auto_report.json``/``.md``/``.png``; ``gate``: the limits (and ``budget_gb``) used."""
+    from llmq.io import write_json, write_text
 
     front = pareto(trials)
-    gate = {"max_ppl_increase": args.max_ppl_increase, "max_accuracy_loss": args.max_accuracy_loss,
-            "max_kld": args.max_kld, "budget_gb": args.budget_gb}
     data = {
         "model": adv.profile.name, "parameters": adv.profile.parameters, "device": adv.hardware.device,
         "gate": gate, "winner": winner.scheme if winner else None, "why": why(winner, trials),
@@ -250,8 +259,8 @@ def write_reports(folder: Path, adv: Any, trials: list[Trial], winner: Trial | N
         lines.append(f"| {t.scheme} | {_mb(t.estimated_bytes).strip()} | {_mb(t.size_bytes).strip()} | {ppl} | "
                      f"{res}: {t.verdict} | {'yes' if t.scheme in front else ''} | {t.wall_s:.0f} s |")
     lines += ["", why(winner, trials), ""]
-    (folder / f"{REPORT}.md").write_text("\n".join(lines))
-    plot(folder / f"{REPORT}.png", trials, front, args.max_ppl_increase)
+    write_text(folder / f"{REPORT}.md", "\n".join(lines))
+    plot(folder / f"{REPORT}.png", trials, front, gate.get("max_ppl_increase"))
 
 
 def plot(path: Path, trials: list[Trial], front: set[str], limit: Any) -> None:
@@ -272,7 +281,7 @@ def plot(path: Path, trials: list[Trial], front: set[str], limit: Any) -> None:
         ax.plot([t.size_bytes / 1e6 for t in fr], [t.ppl_increase * 100 for t in fr], "--", color="grey",
                 label="Pareto front")
     if limit:
-        from llmq.advisor.advice import parse_fraction
+        from llmq.eval.gate import parse_fraction
 
         try:
             ax.axhline(parse_fraction(limit, "--max-ppl-increase") * 100, color="tab:orange", ls=":",

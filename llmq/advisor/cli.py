@@ -67,9 +67,9 @@ def cmd_advise(args: argparse.Namespace) -> int:
     else:
         from rich.console import Console
 
-        from llmq.cli import _term_width
+        from llmq.fmt import term_width
 
-        Console(width=max(160, _term_width())).print(adv)
+        Console(width=max(160, term_width())).print(adv)
     return 0
 
 
@@ -96,7 +96,8 @@ def estimate_rows(prof: Any, group_size: int | None = None, context: int = 2048,
         if s == "fp32":
             e = base
         else:
-            ov = {"group_size": group_size} if group_size and issubclass(get_scheme(s).config_cls, CalibratedConfig) else {}
+            grouped = issubclass(get_scheme(s).config_cls, CalibratedConfig) and get_scheme(s).config().group_size != -1
+            ov = {"group_size": group_size} if group_size and grouped else {}  # not per-channel int8-static
             e = estimate_scheme(prof, s, device=device, **ov)
         m = memory(prof, e, context=context, device=device)
         rows.append({"scheme": e.scheme, "format": e.label, "bits_per_weight": e.bits_per_weight,
@@ -107,7 +108,7 @@ def estimate_rows(prof: Any, group_size: int | None = None, context: int = 2048,
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from llmq.advisor.advice import gb, gib
+    from llmq.fmt import gb, gib
     from llmq.advisor.params import human_count, profile
 
     if args.context < 1:

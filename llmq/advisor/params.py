@@ -248,13 +248,16 @@ def profile(model: Any, *, revision: str | None = None, trust_remote_code: bool 
     from llmq.models import resolve_model
 
     src = resolve_model(None if model is None else str(model), revision=revision,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, weights=False)  # the config is enough
     if src.kind == "gguf":
         return gguf_profile(src.path, src.name if model is not None else src.base_model_id)
     cfg = src.config()
     prof = config_profile(cfg, src.name, trust_remote_code=trust_remote_code)
     if getattr(cfg, "quantization_config", None):
         prof.notes.append("the folder is already quantized: its parameters are counted from the config")
+        return prof
+    if src.kind == "local" and not list(src.path.glob("*.safetensors")):
+        prof.notes.append("the folder holds no weights: parameters counted from the config")
         return prof
     try:
         if src.kind == "local":

@@ -29,10 +29,11 @@ def which_scheme_markdown() -> str:
         lines += [f"### Measured on SmolLM2-135M (the {band.label} band)", "",
                   f"`{q['command']}`" + (f" ({q['protocol']})" if q.get("protocol") else ""), "",
                   "| scheme | size | perplexity change vs fp32 | rule of thumb says |", "|---|---|---|---|"]
+        roles = rules.roles()
         for scheme, r in q["rows"].items():
-            loss, _ = rules.expected_loss(scheme, q["params"]) if scheme in rules.ROLES else ((0.0, 0.0), "")
+            loss, _ = rules.expected_loss(scheme, q["params"]) if scheme in roles else ((0.0, 0.0), "")
             say = f"{loss[0]:g}-{loss[1]:g}%" if loss else "not covered"
-            if scheme in rules.ROLES and rules.ROLES[scheme].precision == "4":
+            if scheme in roles and roles[scheme].precision == "4":
                 say += f" ({band.verdict})"
             lines.append(f"| {scheme} | {r['size_bytes'] / 1e6:.1f} MB | {r['ppl_change'] * 100:+.2f}% | {say} |")
         lines.append("")

@@ -53,7 +53,7 @@ def size_band(parameters: float) -> SizeBand:
 
 @dataclass(frozen=True)
 class SchemeRole:
-    """What each scheme is for in the decision tree."""
+    """What each scheme is for in the decision tree (declared by the scheme's plugin)."""
 
     scheme: str
     precision: str  # "16" | "8" | "4" | "3"
@@ -61,30 +61,39 @@ class SchemeRole:
     gpu_only_kernels: bool = False  # runs on CPU, but its fast kernels are GPU kernels
 
 
-ROLES: dict[str, SchemeRole] = {r.scheme: r for r in (
-    SchemeRole("bf16", "16", "no quantization: the baseline when it fits (bf16 on Ampere+ GPUs)"),
-    SchemeRole("fp16", "16", "no quantization: the baseline when it fits (fp16 on pre-Ampere GPUs)"),
-    SchemeRole("int8-dynamic", "8", "CPU: int8 weights and activations (torchao), the CPU pick"),
-    SchemeRole("bnb-int8", "8", "8-bit for max accuracy (bitsandbytes LLM.int8())", True),
-    SchemeRole("gptq-int8", "8", "8-bit for max accuracy, calibrated, serving kernels (GPTQ)", True),
-    SchemeRole("awq-int4", "4", "4-bit for serving (AWQ: vLLM, TGI, transformers)", True),
-    SchemeRole("gptq-int4", "4", "4-bit for serving (GPTQ: vLLM, TGI, transformers)", True),
-    SchemeRole("bnb-nf4", "4", "4-bit for QLoRA fine-tuning (bitsandbytes NF4)", True),
-    SchemeRole("bnb-fp4", "4", "4-bit float; NF4 is the better 4-bit bitsandbytes type (QLoRA paper)", True),
-    SchemeRole("gptq-int3", "3", "3-bit, below the rule of thumb's table: measure before use", True),
-)}
+SITUATIONS = ("cpu", "gpu_fits", "gpu_8bit", "gpu_4bit")
 
-#: decision-tree order per situation (most preferred first); every scheme appears in each list
-TREE = {
-    "cpu": ["int8-dynamic", "bf16", "bnb-int8", "gptq-int8", "gptq-int4", "awq-int4", "bnb-nf4", "bnb-fp4",
-            "fp16", "gptq-int3"],
-    "gpu_fits": ["bf16", "fp16", "bnb-int8", "gptq-int8", "awq-int4", "gptq-int4", "bnb-nf4", "bnb-fp4",
-                 "int8-dynamic", "gptq-int3"],
-    "gpu_8bit": ["bnb-int8", "gptq-int8", "awq-int4", "gptq-int4", "bnb-nf4", "bnb-fp4", "gptq-int3",
-                 "int8-dynamic", "bf16", "fp16"],
-    "gpu_4bit": ["awq-int4", "gptq-int4", "bnb-nf4", "bnb-int8", "gptq-int8", "bnb-fp4", "gptq-int3",
-                 "int8-dynamic", "bf16", "fp16"],
-}
+
+def roles() -> dict[str, SchemeRole]:
+    """Every registered scheme's advisor role, from its plugin."""
+    from llmq.schemes import SCHEMES
+
+    out = {}
+    for name in SCHEMES:
+        s = SCHEMES.get(name)
+        out[name] = SchemeRole(name, s.precision, s.role, s.gpu_only_kernels)
+    return out
+
+
+def tree() -> dict[str, list[str]]:
+    """Decision-tree order per situation (most preferred first), from each scheme's ``tree_rank``;
+    a scheme that names no rank for a situation comes after those that do, in registry order."""
+    from llmq.schemes import SCHEMES
+
+    names = list(SCHEMES)
+    return {sit: sorted(names, key=lambda n: (SCHEMES.get(n).tree_rank.get(sit, float("inf")), names.index(n)))
+            for sit in SITUATIONS}
+
+
+def __getattr__(name: str):
+    """``ROLES`` and ``TREE``: views of the registry, recomputed so a plugin registered later shows up."""
+    if name == "ROLES":
+        return roles()
+    if name == "TREE":
+        return tree()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 TREE_TEXT = (
     "CPU only -> int8-dynamic. GPU and the 16-bit model + KV cache + activations at the context fit -> "
     "bf16/fp16. Too large -> 8-bit (bnb-int8, gptq-int8) for max accuracy, 4-bit (awq-int4/gptq-int4 for "
@@ -94,7 +103,9 @@ TREE_TEXT = (
 
 def expected_loss(scheme: str, parameters: float) -> tuple[tuple[float, float] | None, str]:
     """(low, high) percent quality loss expected by the rule, and where that band comes from."""
-    p = ROLES[scheme].precision if scheme in ROLES else None
+    from llmq.schemes import SCHEMES
+
+    p = SCHEMES.get(scheme).precision if scheme in SCHEMES else None
     if p == "16":
         return SIXTEEN_BIT_LOSS, BAND_SOURCES["16"]
     if p == "8":

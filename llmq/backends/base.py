@@ -1,15 +1,26 @@
-"""What every backend declares and checks before the expensive part.
+"""The scheme plugin interface: everything llmq knows about one quantization method lives in one
+subclass of ``Backend`` (one file under ``llmq/backends/``), registered with one line in
+``llmq/schemes.py``.
 
-As in transformers' ``HfQuantizer.validate_environment``: packages, device support and model
-shape constraints are checked before any weight is loaded or any calibration runs.
+A plugin declares, as class attributes: its pip requirements, the schemes it offers (``schemes``:
+name, config class, defaults, bits, description and the advisor's role/precision), the
+``quant_method`` values of ``config.json`` it loads, its runtime, and whether the model
+``quantize`` returns runs as a plain transformers model. Its methods quantize, save, say whether a
+saved folder is complete, recognise and load an output, estimate the size for a parameter profile,
+and give the model card's facts. Environment checks run before any weight loads, as in
+transformers' ``HfQuantizer.validate_environment``.
+
+Plugin modules import torch and their backend package inside methods only, so listing schemes
+stays fast.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from llmq.errors import ConfigError, MissingDependencyError
 
@@ -29,18 +40,87 @@ def package_version(dist: str) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class Scheme:
+    """A name users type, bound to a plugin and a default config, with its place in the advisor."""
+
+    name: str
+    backend: str  # the plugin's registry name
+    config_cls: type
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    bits: float = 16
+    description: str = ""
+    #: advisor: "16" | "8" | "4" | "3" (what the rule of thumb's bands are looked up by)
+    precision: str = ""
+    #: advisor: what the scheme is for, one line
+    role: str = ""
+    #: advisor: runs on CPU, but its fast kernels are GPU kernels
+    gpu_only_kernels: bool = False
+    #: advisor: preference in each decision-tree situation ("cpu", "gpu_fits", "gpu_8bit",
+    #: "gpu_4bit"), lower first; a situation not named ranks the scheme after every named one
+    tree_rank: Mapping[str, float] = field(default_factory=dict)
+
+    def config(self, **overrides: Any) -> Any:
+        """The scheme's default config with the user's overrides applied and validated."""
+        return self.config_cls(**dict(self.defaults)).with_overrides(**overrides)
+
+    def backend_cls(self) -> type["Backend"]:
+        from llmq.schemes import BACKENDS
+
+        return BACKENDS.get(self.backend)
+
+
+@dataclass
+class CardFacts:
+    """What a model card says about how to use a folder of this method."""
+
+    packages: str  # what ``pip install`` needs to load it
+    python: str  # a runnable usage snippet
+    tags: list[str]  # Hub tags beyond "llmq", bits and "quantized"
+    hardware: str | None = None  # the method's hardware limits, one paragraph
+    note: str | None = None  # a caveat under the snippet
+    serve: str | None = None  # a serving command (vLLM), None when it cannot serve the folder
+    serve_note: str | None = None
+    library_name: str = "transformers"  # the card metadata's library_name (e.g. "gguf" for llama.cpp files)
+
+
+def transformers_snippet(repo: str) -> str:
+    return (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model_id = "{repo}"\n'
+        "tokenizer = AutoTokenizer.from_pretrained(model_id)\n"
+        'model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto", device_map="auto")\n'
+        'inputs = tokenizer("The capital of France is", return_tensors="pt").to(model.device)\n'
+        "out = model.generate(**inputs, max_new_tokens=20)\n"
+        "print(tokenizer.decode(out[0], skip_special_tokens=True))"
+    )
+
+
+VLLM_NOTE = "vLLM needs a GPU. llmq's own tests do not run vLLM."
+
+
 class Backend:
+    """A scheme plugin. Subclasses override the class attributes and whichever methods differ."""
+
     name: ClassVar[str] = "base"
     #: ``(import name, pip distribution)`` pairs the backend needs
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()
     #: the ``llmq[extra]`` that installs them
     extra: ClassVar[str | None] = None
     needs_calibration: ClassVar[bool] = False
-    serializable: ClassVar[bool] = True
-    cpu: ClassVar[bool] = True
-    gpu: ClassVar[bool] = True
+    #: the schemes this plugin offers
+    schemes: ClassVar[tuple[Scheme, ...]] = ()
+    #: ``quantization_config.quant_method`` values (config.json) whose folders this plugin loads
+    quant_methods: ClassVar[tuple[str, ...]] = ()
+    #: what runs the output: "transformers", or e.g. "llama.cpp" for a plugin that writes .gguf files
+    runtime: ClassVar[str] = "transformers"
+    #: whether the model ``quantize`` returns can be run right away as a transformers model; if
+    #: not, ``QuantizedModel.hf_model`` runs it from the saved folder through ``load``
+    runs_in_memory: ClassVar[bool] = True
+    #: the files that hold the weights in a saved output (its "size after" in ``llmq.json``)
+    weight_patterns: ClassVar[tuple[str, ...]] = ("*.safetensors",)
 
-    def __init__(self, scheme: Any, config: Any):
+    def __init__(self, scheme: Scheme, config: Any):
         self.scheme = scheme
         self.config = config
 
@@ -54,10 +134,6 @@ class Backend:
         missing = cls.missing_packages()
         if missing:
             raise MissingDependencyError(f"Scheme {scheme_name!r}", missing, cls.extra or "all")
-        if device.startswith("cuda") and not cls.gpu:
-            raise ConfigError(f"Scheme {scheme_name!r} does not run on CUDA; use --device cpu.")
-        if device == "cpu" and not cls.cpu:
-            raise ConfigError(f"Scheme {scheme_name!r} needs a CUDA GPU.")
         if device.startswith("cuda"):
             import torch
 
@@ -70,15 +146,105 @@ class Backend:
     def versions(self) -> dict[str, str | None]:
         return {dist: package_version(dist) for _, dist in self.requires}
 
-    # -- work ---------------------------------------------------------------------------------
+    # -- quantize and save ------------------------------------------------------------------
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         raise NotImplementedError
 
-    def save(self, model: Any, out: Path) -> None:
+    def save(self, model: Any, tokenizer: Any, out: Path) -> None:
+        """Write the complete output into ``out`` (an empty temporary folder; ``llmq.json`` is added
+        after). Default: transformers ``save_pretrained`` as safetensors, plus the tokenizer."""
         model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        for f in out.glob("*.bin"):
+            f.unlink()
+
+    @classmethod
+    def missing_files(cls, folder: Path) -> list[str]:
+        """What a complete output of this plugin lacks in ``folder`` (empty: complete)."""
+        missing = []
+        if not (folder / "config.json").is_file():
+            missing.append("config.json")
+        if not list(folder.glob("*.safetensors")):
+            missing.append(".safetensors weights")
+        return missing
+
+    @classmethod
+    def verify_output(cls, folder: Path, what: str) -> None:
+        """Refuse a saved output with NaN/Inf tensors (e.g. an fp16 scale that overflowed to inf) and
+        make its bytes reproducible, before it is renamed into place. Default: every ``*.safetensors``
+        (one tensor at a time), then their ``__metadata__`` keys sorted (same input and seed give
+        byte-identical files). A plugin writing another format checks its own."""
+        from llmq.outdir import canonicalize_folder
+        from llmq.safety import check_finite_safetensors
+
+        check_finite_safetensors(folder, what)
+        canonicalize_folder(folder)
 
     def quantization_config(self, model: Any) -> dict | None:
         qc = getattr(model.config, "quantization_config", None)
         if qc is None:
             return None
         return qc if isinstance(qc, dict) else qc.to_dict()
+
+    # -- load ---------------------------------------------------------------------------------
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        """True for an output that is not a transformers folder but this plugin's (e.g. a .gguf
+        file); transformers folders are matched by ``quant_methods`` instead."""
+        return False
+
+    @classmethod
+    def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
+        """Checks and extra ``from_pretrained`` keywords for a folder of one of ``quant_methods``."""
+        missing = cls.missing_packages()
+        if missing:
+            method = quantization_config.get("quant_method") or cls.name
+            raise MissingDependencyError(f"Loading a {method} model", missing, cls.extra or "all")
+        if kernel is not None:
+            raise ConfigError(f"kernel= applies to GPTQ/AWQ folders; {path} is "
+                              f"{quantization_config.get('quant_method') or 'not quantized'}.")
+        return {}
+
+    @classmethod
+    def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
+             trust_remote_code: bool = False) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` for an output of this plugin; default: plain transformers, after
+        checking every safetensors header (a truncated or garbage file is one line, not a
+        traceback). ``trust_remote_code`` is the user's opt-in to the folder's own Python
+        (``llmq.load`` has refused such a folder already when it is False)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from llmq.models import read_json
+        from llmq.safety import check_safetensors_folder
+
+        check_safetensors_folder(path)
+        qc = read_json(path / "config.json").get("quantization_config") or {}
+        kwargs = cls.load_kwargs(path, qc, device, kernel)
+        model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code, **kwargs)
+        model.eval()
+        return model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+    @classmethod
+    def generate(cls, model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 24) -> str:
+        """Greedy continuation of ``prompt`` with a model ``load`` returned (the sample ``llmq run``
+        prints); default: transformers ``generate``."""
+        import torch
+
+        enc = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    # -- what the advisor and the card need ---------------------------------------------------
+    @classmethod
+    def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
+        """The ``llmq.advisor.estimate.SizeEstimate`` of what ``save`` writes for ``profile``."""
+        raise NotImplementedError(f"plugin {cls.name!r} has no size estimate")
+
+    @classmethod
+    def card_facts(cls, meta: dict, repo: str) -> CardFacts:
+        """Packages, usage snippet, hardware limits and tags for the card of a folder (``meta`` is
+        its ``llmq.json``); ``repo`` is the Hub id or path the snippet loads."""
+        raise NotImplementedError(f"plugin {cls.name!r} has no model-card facts")

@@ -1,21 +1,100 @@
+"""bitsandbytes LLM.int8() and 4-bit (NF4/FP4): quantized at load time through transformers'
+``BitsAndBytesConfig``. bitsandbytes >= 0.50 also runs on CPU; whether it beats fp32 there depends
+on the CPU (``eval/bench_cpu_speed.json``)."""
+
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmq.backends.base import Backend, torch_dtype
-from llmq.config import BnbInt8Config
+from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, torch_dtype, transformers_snippet
+from llmq.config import DTYPES, QuantConfigBase, check_choice
+from llmq.errors import ConfigError
 from llmq.models import excluded_modules, linear_shapes
+
+BNB4_STATE_JSON = 170  # quant_state.bitsandbytes__nf4 (measured: 168-171 bytes)
+
+
+@dataclass(kw_only=True)
+class BnbInt8Config(QuantConfigBase):
+    """LLM.int8(): int8 weights, outlier activation columns above ``threshold`` kept in fp16.
+    Loaded in 16-bit: fp32 inputs make bitsandbytes warn on every matmul."""
+
+    threshold: float = 6.0
+    dtype: str = "float16"
+
+    def validate(self) -> None:
+        super().validate()
+        if not (self.threshold >= 0):
+            raise ConfigError(f"threshold must be >= 0, got {self.threshold!r}.")
+        check_choice("dtype", self.dtype, ("float16", "bfloat16"))
+
+
+@dataclass(kw_only=True)
+class Bnb4bitConfig(QuantConfigBase):
+    """bitsandbytes 4-bit (QLoRA's NF4 or FP4), double quantization of the scales on by default."""
+
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+    dtype: str = "bfloat16"
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("quant_type", self.quant_type, ("nf4", "fp4"))
+        check_choice("compute_dtype", self.compute_dtype, DTYPES)
+        check_choice("dtype", self.dtype, DTYPES)
+        if not isinstance(self.double_quant, bool):
+            raise ConfigError(f"double_quant must be True or False, got {self.double_quant!r}.")
+
+
+
+def bnb4_size(profile: Any, scheme: str, label: str, *, double_quant: bool = True, kept_dtype: str = "bfloat16",
+              blocksize: int = 64, skip: tuple[str, ...] = ()) -> Any:
+    """4-bit codes packed two per byte + one absmax per 64-block; with double quant the absmax is
+    8-bit with one fp32 absmax per 256 blocks, plus the 256-entry fp32 nested code book, the 16-entry
+    fp32 code book and a ~170-byte JSON quant state per layer; the rest at ``kept_dtype``."""
+    from llmq.advisor.estimate import BYTES, SizeEstimate, base_tensors, header_bytes, kept_params, selected_linears
+
+    lins, _ = selected_linears(profile, False, skip)
+    q = sum(l.numel for l in lins)
+    codes = sum(math.ceil(l.numel / 2) for l in lins)
+    blocks = [math.ceil(l.numel / blocksize) for l in lins]
+    if double_quant:
+        scales = sum(b + 4 * math.ceil(b / 256) + 256 * 4 for b in blocks)
+        per_layer_tensors = 6
+    else:
+        scales = sum(4 * b for b in blocks)
+        per_layer_tensors = 4
+    scales += len(lins) * (16 * 4 + BNB4_STATE_JSON)
+    kept = kept_params(profile, q) * BYTES[kept_dtype]
+    n = base_tensors(profile) + len(profile.linears) + (per_layer_tensors - 1) * len(lins)
+    hdr = header_bytes(n)
+    return SizeEstimate(scheme, label, codes + scales + kept + hdr, q, kept_params(profile, q), kept_dtype,
+                        8 * (codes + scales) / q if q else None,
+                        {"4-bit codes": codes, "absmax/code books": scales, f"kept ({kept_dtype})": kept, "header": hdr})
 
 
 class BitsAndBytesBackend(Backend):
-    """bitsandbytes quantizes at load time; transformers' ``BitsAndBytesConfig`` drives it.
-    bitsandbytes >= 0.50 also runs on CPU; whether it beats fp32 there depends on the CPU
-    (``eval/bench_cpu_speed.json``)."""
-
     name = "bitsandbytes"
     requires = (("bitsandbytes", "bitsandbytes"),)
     extra = "bnb"
+    quant_methods = ("bitsandbytes",)
+    schemes = (
+        Scheme("bnb-int8", "bitsandbytes", BnbInt8Config, {}, 8, "bitsandbytes LLM.int8() with outlier threshold",
+               "8", "8-bit for max accuracy (bitsandbytes LLM.int8())", True,
+               tree_rank={"cpu": 2, "gpu_fits": 2, "gpu_8bit": 0, "gpu_4bit": 3}),
+        Scheme("bnb-nf4", "bitsandbytes", Bnb4bitConfig, {"quant_type": "nf4"}, 4,
+               "bitsandbytes 4-bit NormalFloat, double quantization", "4",
+               "4-bit for QLoRA fine-tuning (bitsandbytes NF4)", True,
+               tree_rank={"cpu": 6, "gpu_fits": 6, "gpu_8bit": 4, "gpu_4bit": 2}),
+        Scheme("bnb-fp4", "bitsandbytes", Bnb4bitConfig, {"quant_type": "fp4"}, 4,
+               "bitsandbytes 4-bit float, double quantization", "4",
+               "4-bit float; NF4 is the better 4-bit bitsandbytes type (QLoRA paper)", True,
+               tree_rank={"cpu": 7, "gpu_fits": 7, "gpu_8bit": 5, "gpu_4bit": 5}),
+    )
 
     def hf_config(self, model_dir: Path) -> Any:
         from transformers import AutoConfig, BitsAndBytesConfig
@@ -42,3 +121,27 @@ class BitsAndBytesBackend(Backend):
             device_map=device,
             quantization_config=self.hf_config(model_dir),
         )
+
+    @classmethod
+    def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
+        """int8: int8 ``weight`` + fp32 per-row ``SCB`` + a 1-byte ``weight_format``, rest fp16.
+        4-bit: ``bnb4_size``."""
+        skip = tuple(config.skip_modules)
+        if isinstance(config, BnbInt8Config):
+            from llmq.advisor.estimate import int8_rowwise
+
+            return int8_rowwise(profile, scheme.name, config.dtype, zero_point=False, skip=skip)
+        return bnb4_size(profile, scheme.name, config.quant_type, double_quant=config.double_quant,
+                         kept_dtype=config.dtype, skip=skip)
+
+    @classmethod
+    def card_facts(cls, meta: dict, repo: str) -> CardFacts:
+        quant_type = (meta.get("config") or {}).get("quant_type")
+        version = (meta.get("versions") or {}).get("bitsandbytes")
+        return CardFacts(
+            packages="transformers accelerate bitsandbytes", python=transformers_snippet(repo),
+            tags=["bitsandbytes"] + ([quant_type] if quant_type else []),
+            hardware="bitsandbytes: its fast kernels are CUDA kernels; CPU support is recent and not built for speed.",
+            note=(f"Made with bitsandbytes {version}, whose fast kernels are CUDA kernels; "
+                  "recent bitsandbytes releases (0.50 is the one llmq tests) also load it on CPU."),
+            serve=f"vllm serve {repo} --quantization bitsandbytes", serve_note=VLLM_NOTE)

@@ -1,3 +1,7 @@
+"""GPTQ and AWQ through GPTQModel, the maintained successor of AutoGPTQ/AutoAWQ that transformers
+itself uses to load both formats. Calibrated; saved in GPTQModel's format, loaded back through
+transformers (``quant_method`` "gptq" / "awq")."""
+
 from __future__ import annotations
 
 import math
@@ -6,10 +10,71 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llmq.backends.base import Backend
-from llmq.config import AWQConfig
-from llmq.errors import ConfigError
+from dataclasses import dataclass
+from typing import ClassVar
+
+from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, transformers_snippet
+from llmq.config import CalibratedConfig, check_choice
+from llmq.errors import ConfigError, MissingDependencyError
 from llmq.models import excluded_modules, linear_shapes
+
+
+@dataclass(kw_only=True)
+class GPTQConfig(CalibratedConfig):
+    """GPTQ through GPTQModel. ``desc_act`` (act-order) helps accuracy but slows some kernels;
+    ``act_group_aware`` is GPTQModel's reordering that keeps groups contiguous (its default)."""
+
+    desc_act: bool = False
+    act_group_aware: bool = True
+    damp_percent: float = 0.05
+
+    def validate(self) -> None:
+        super().validate()
+        if not (0 < self.damp_percent < 1):
+            raise ConfigError(f"damp_percent must be in (0, 1), got {self.damp_percent!r}.")
+        if self.desc_act and self.act_group_aware:
+            raise ConfigError("desc_act=True and act_group_aware=True are exclusive; set act_group_aware=False.")
+
+
+@dataclass(kw_only=True)
+class AWQConfig(CalibratedConfig):
+    """AWQ through GPTQModel, GEMM format (what vLLM and transformers load)."""
+
+    allowed_bits: ClassVar[tuple[int, ...]] = (4,)
+    sym: bool = False
+    format: str = "gemm"
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("format", self.format, ("gemm", "gemv"))
+        if self.group_size == -1:
+            raise ConfigError("AWQ needs a group size (32, 64 or 128); -1 is not supported.")
+
+def grouped_size(profile: Any, scheme: str, bits: int, group_size: int, *, g_idx: bool,
+                 kept_dtype: str = "bfloat16", skip: tuple[str, ...] = ()) -> Any:
+    """GPTQ (``g_idx=True``) and AWQ GEMM packing: ``qweight`` int32 words of ``32/bits`` codes, per
+    group fp16 ``scales`` and packed int32 ``qzeros``, GPTQ's int32 ``g_idx`` per input feature; only
+    Linears inside the decoder blocks are quantized, the rest is kept at ``kept_dtype``."""
+    from llmq.advisor.estimate import BYTES, SizeEstimate, base_tensors, header_bytes, kept_params, selected_linears
+
+    lins, _ = selected_linears(profile, True, skip)
+    q = sum(l.numel for l in lins)
+    packed = scales = zeros = gidx = 0
+    for l in lins:
+        g = l.in_features if group_size in (-1, None) else group_size
+        groups = math.ceil(l.in_features / g)
+        packed += math.ceil(l.in_features * bits / 32) * l.out_features * 4
+        scales += groups * l.out_features * 2
+        zeros += groups * math.ceil(l.out_features * bits / 32) * 4
+        gidx += l.in_features * 4 if g_idx else 0
+    kept = kept_params(profile, q) * BYTES[kept_dtype]
+    n = base_tensors(profile) + (len(profile.linears) - len(lins)) + (4 if g_idx else 3) * len(lins)
+    hdr = header_bytes(n)
+    over = scales + zeros + gidx
+    return SizeEstimate(scheme, f"int{bits}", packed + over + kept + hdr, q, kept_params(profile, q), kept_dtype,
+                        8 * (packed + over) / q if q else None,
+                        {f"int{bits} codes": packed, "scales": scales, "zeros": zeros, "g_idx": gidx,
+                         f"kept ({kept_dtype})": kept, "header": hdr})
 
 
 def ensure_cpu_workers() -> None:
@@ -27,14 +92,40 @@ def fitting_group_sizes(in_features: list[int]) -> list[int]:
     return [s for s in (256, 128, 64, 32, 16) if g and g % s == 0]
 
 
-class GPTQModelBackend(Backend):
-    """GPTQ and AWQ through GPTQModel, the maintained successor of AutoGPTQ/AutoAWQ that
-    transformers itself uses to load both formats."""
+_TREE = {  # advisor preference per situation, lower first
+    "gptq-int4": {"cpu": 4, "gpu_fits": 5, "gpu_8bit": 3, "gpu_4bit": 1},
+    "gptq-int8": {"cpu": 3, "gpu_fits": 3, "gpu_8bit": 1, "gpu_4bit": 4},
+    "gptq-int3": {"cpu": 9, "gpu_fits": 9, "gpu_8bit": 6, "gpu_4bit": 6},
+}
+_ROLE = {
+    4: ("4", "4-bit for serving (GPTQ: vLLM, TGI, transformers)"),
+    8: ("8", "8-bit for max accuracy, calibrated, serving kernels (GPTQ)"),
+    3: ("3", "3-bit, below the rule of thumb's table: measure before use"),
+}
 
+
+def _method(meta: dict) -> str:
+    return "awq" if str(meta.get("scheme", "")).startswith("awq") else "gptq"
+
+
+class GPTQModelBackend(Backend):
     name = "gptqmodel"
     requires = (("gptqmodel", "gptqmodel"), ("optimum", "optimum"))
     extra = "gptq"
     needs_calibration = True
+    quant_methods = ("gptq", "awq")
+    #: GPTQModel's in-memory model right after ``quantize`` is not in an inference state on CPU (it
+    #: generated garbage where the saved folder, reloaded, answers correctly)
+    runs_in_memory = False
+    schemes = tuple(
+        Scheme(f"gptq-int{b}", "gptqmodel", GPTQConfig, {"bits": b}, b,
+               f"GPTQ {b}-bit weights (GPTQModel), calibrated", *_ROLE[b], True, _TREE[f"gptq-int{b}"])
+        for b in (4, 8, 3)
+    ) + (
+        Scheme("awq-int4", "gptqmodel", AWQConfig, {"bits": 4}, 4, "AWQ 4-bit weights, GEMM format (GPTQModel), calibrated",
+               "4", "4-bit for serving (AWQ: vLLM, TGI, transformers)", True,
+               {"cpu": 5, "gpu_fits": 4, "gpu_8bit": 2, "gpu_4bit": 0}),
+    )
 
     @property
     def method(self) -> str:
@@ -106,21 +197,97 @@ class GPTQModelBackend(Backend):
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         ensure_cpu_workers()
+        from llmq.backends import gptqmodel_patches
+
+        quiet = gptqmodel_patches.quiet_logs()  # before the import: a log file gets one line per layer
         from gptqmodel import GPTQModel
         from transformers import AutoConfig
-
-        from llmq.backends import gptqmodel_patches
 
         gptqmodel_patches.redirect_logs()
         qcfg = self.gptqmodel_config(AutoConfig.from_pretrained(model_dir))
         dtype = self.quantize_dtype(device)
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = GPTQModel.load(str(model_dir), qcfg, device=device, **kwargs)
-        model.quantize(calibration.as_gptqmodel(), batch_size=1, backend=self.post_quant_kernel(device))
+        hooks = gptqmodel_patches.layer_progress(model.model, self.scheme.name) if quiet else []
+        try:
+            model.quantize(calibration.as_gptqmodel(), batch_size=1, backend=self.post_quant_kernel(device))
+        finally:
+            for h in hooks:
+                h.remove()
         return model
 
-    def save(self, model: Any, out: Path) -> None:
+    def save(self, model: Any, tokenizer: Any, out: Path) -> None:
         model.save(str(out))
+        tokenizer.save_pretrained(out)
+        for f in out.glob("*.bin"):
+            f.unlink()
 
     def quantization_config(self, model: Any) -> dict | None:
         return model.quantize_config.to_dict()
+
+    # -- load ---------------------------------------------------------------------------------
+    @classmethod
+    def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
+        """``kernel`` picks GPTQModel's kernel (``"marlin"``, ``"triton"``, ``"torch"``; default auto)."""
+        method = quantization_config.get("quant_method")
+        missing = cls.missing_packages()
+        if missing:
+            raise MissingDependencyError(f"Loading a {str(method).upper()} model", missing, "gptq")
+        ensure_cpu_workers()
+        if kernel is None and method == "gptq":
+            kernel = offline_safe_gptq_kernel(quantization_config, device)
+        if kernel is None:
+            return {}
+        from transformers import AwqConfig, GPTQConfig as HfGPTQConfig
+
+        hf_cls = HfGPTQConfig if method == "gptq" else AwqConfig
+        return {"quantization_config": hf_cls.from_dict({**quantization_config, "backend": kernel})}
+
+    # -- advisor and card ---------------------------------------------------------------------
+    @classmethod
+    def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
+        """AWQ on CPU runs, and is saved, in fp32 (see ``quantize_dtype``)."""
+        skip = tuple(config.skip_modules)
+        if isinstance(config, AWQConfig):
+            kept = "float32" if device == "cpu" else "bfloat16"
+            return grouped_size(profile, scheme.name, config.bits, config.group_size, g_idx=False, kept_dtype=kept,
+                                skip=skip)
+        return grouped_size(profile, scheme.name, config.bits, config.group_size, g_idx=True, skip=skip)
+
+    @classmethod
+    def card_facts(cls, meta: dict, repo: str) -> CardFacts:
+        key = _method(meta)
+        version = (meta.get("versions") or {}).get("gptqmodel")
+        serve: str | None = f"vllm serve {repo}"
+        if key == "awq" and (meta.get("config") or {}).get("format") == "gemv":
+            serve = None
+            serve_note = ("vLLM serves AWQ's GEMM format only; this folder uses GEMV. Re-quantize with "
+                          "`--set format=\"gemm\"` (llmq's default) to serve it with vLLM.")
+        else:
+            serve_note = f"vLLM reads the {key.upper()} settings from config.json. " + VLLM_NOTE
+        hardware = {
+            "gptq": "GPTQ kernels: the fast ones need an NVIDIA GPU (vLLM's Marlin kernels need compute capability "
+                    "8.0+, older GPUs use slower GPTQ kernels); on CPU GPTQModel uses a torch kernel, whose speed "
+                    "depends on the CPU (see Evaluation when it was measured on CPU).",
+            "awq": "AWQ kernels: the fast ones need an NVIDIA GPU (vLLM's AWQ kernels need Turing, compute "
+                   "capability 7.5, or newer); on CPU GPTQModel uses a torch kernel, whose speed depends on the CPU.",
+        }[key]
+        return CardFacts(
+            packages={"gptq": "transformers gptqmodel optimum", "awq": "transformers gptqmodel"}[key],
+            python=transformers_snippet(repo), tags=[key], hardware=hardware,
+            note=(f"Made with GPTQModel {version}; transformers loads {key.upper()} folders "
+                  "through GPTQModel, which picks a GPU kernel when one fits and a torch kernel on CPU."),
+            serve=serve, serve_note=serve_note)
+
+
+def offline_safe_gptq_kernel(qc: dict, device: str) -> str | None:
+    """On Hopper GPUs GPTQModel's auto kernel is Machete, which downloads CUTLASS from GitHub the
+    first time (measured: URLError on an offline H100, eval/gpu/h100_gpu_check.json). Marlin builds
+    from sources GPTQModel ships, so pick it there unless the user provides CUTLASS."""
+    if not device.startswith("cuda") or os.environ.get("GPTQMODEL_CUTLASS_DIR"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
+        return None
+    return "marlin" if qc.get("bits") in (4, 8) and qc.get("sym", True) else None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from typing import Any
 
 from llmq.backends.base import package_version
 
@@ -101,3 +102,70 @@ def redirect_logs() -> None:
         from llmq.models import cache_dir
 
         loop_processor._PROJECT_LOG_DIR = cache_dir() / "gptqmodel-logs"
+
+
+def interactive() -> bool:
+    """Both output streams are terminals: GPTQModel's live progress bars redraw in place there; in
+    a log file every redraw is a new line (thousands per run)."""
+    import sys
+
+    try:
+        return sys.stderr.isatty() and sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def quiet_logs() -> bool:
+    """Outside a terminal: GPTQModel's INFO lines and progress bars off (warnings and errors stay);
+    llmq prints one line per layer instead (``layer_progress``). Call before importing gptqmodel:
+    its import logs a banner at INFO through LogBar's shared logger, which is created here first
+    so GPTQModel does not reset its level. Returns whether it silenced anything."""
+    if interactive() or os.environ.get("LLMQ_GPTQMODEL_VERBOSE", "0") == "1":
+        return False
+    import logging
+
+    try:
+        from logbar import LogBar
+    except ImportError:  # pragma: no cover - another GPTQModel logging stack
+        return False
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # LogBar's own "headless" note and blank line
+        LogBar.shared().setLevel(logging.WARNING)
+    try:
+        from gptqmodel.utils import logger as gm_logger
+    except ImportError:  # pragma: no cover
+        return True
+    if hasattr(gm_logger, "_suppress_live_renderables"):  # its progress bars become no-ops
+        gm_logger._suppress_live_renderables = lambda: True
+    return True
+
+
+def layer_progress(model: Any, label: str) -> list:
+    """Print ``llmq: <label>: layer i/N`` to stderr the first time each decoder layer runs (GPTQ
+    processes the layers in order, so this is one line per layer). Returns the hook handles
+    (``.remove()`` them after quantizing; empty: no layer list found)."""
+    import sys
+
+    import torch
+
+    cfg = getattr(model, "config", None)
+    n = getattr(getattr(cfg, "text_config", cfg), "num_hidden_layers", None)
+    layers = None
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.ModuleList) and n and len(mod) == n:
+            layers = mod
+            break
+    if layers is None:
+        return []
+    seen: set[int] = set()
+
+    def hook(i: int):
+        def pre(module, args):  # noqa: ARG001
+            if i not in seen:
+                seen.add(i)
+                print(f"llmq: {label}: layer {i + 1}/{n}", file=sys.stderr, flush=True)
+        return pre
+
+    return [layer.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]

@@ -1,10 +1,11 @@
 """``int8-static``: W8A8 with int8 weights and *static* int8 activation scales from calibration.
 
-Everything the scheme needs lives here so it can be handed to a scheme plugin as one unit:
-config (:class:`Int8StaticConfig`), calibration (:func:`calibrate`), quantization
-(:func:`quantize_model`), saving (:func:`save`), loading (:func:`enable_loading`), the size
-estimate (:func:`estimate`), the advisor's role text (:data:`ADVISOR`) and the model card's
-facts (:data:`CARD`).
+The scheme's plugin (:class:`Int8StaticBackend`): config (:class:`Int8StaticConfig`), calibration
+(:func:`calibrate`), quantization (:func:`quantize_model`), saving, loading (its folders are torchao
+folders; :meth:`Int8StaticBackend.recognises` them so loading runs
+:func:`llmq.backends.torchao.enable_loading`), the size estimate, the advisor's role and the model
+card's facts. The int8 embeddings, the tied-aware saver and the estimate are shared with
+``int8-dynamic`` in :mod:`llmq.backends.torchao`.
 
 How it is built, and why:
 
@@ -12,7 +13,7 @@ How it is built, and why:
   ``Int8StaticActivationInt8WeightConfig`` (per-row or per-tensor symmetric weights, per-tensor
   activation scale and, when asymmetric, zero point). ``FqnToConfig`` gives every Linear its own
   calibrated scale. The checkpoint is torchao's safetensors layout written by transformers'
-  ``TorchAoHfQuantizer``, so it reloads with ``from_pretrained`` once :func:`enable_loading` ran
+  ``TorchAoHfQuantizer``, so it reloads with ``from_pretrained`` once ``enable_loading`` ran
   (transformers 5.24 does not list ``act_quant_scale``/``act_quant_zero_point`` among the names it
   deserializes for torchao; the patch adds them and nothing else).
 * Activation statistics come from torchao's ``HistogramObserver`` (one per Linear input). The
@@ -39,8 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from llmq.backends.base import Backend, torch_dtype
-from llmq.config import DTYPES, CalibratedConfig, _check_choice
+from llmq.backends.base import Backend, CardFacts, Scheme, torch_dtype
+from llmq.backends.torchao import attach_torchao_saver, enable_loading, quantize_embeddings, torchao_int8_estimate
+from llmq.config import DTYPES, CalibratedConfig, check_choice
 from llmq.errors import ConfigError
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -75,12 +77,12 @@ class Int8StaticConfig(CalibratedConfig):
             raise ConfigError("int8-static needs calibration data (calibration=wikitext2, a file or a list of "
                               "strings) to fix its activation scales; use int8-dynamic to quantize without it.")
         super().validate()
-        _check_choice("calibration_method", self.calibration_method, METHODS)
+        check_choice("calibration_method", self.calibration_method, METHODS)
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
                 or not (0 < self.percentile <= 100):
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile!r}.")
-        _check_choice("weight_granularity", self.weight_granularity, ("per_channel", "per_tensor"))
-        _check_choice("dtype", self.dtype, DTYPES)
+        check_choice("weight_granularity", self.weight_granularity, ("per_channel", "per_tensor"))
+        check_choice("dtype", self.dtype, DTYPES)
         if self.group_size != -1:
             raise ConfigError("int8-static quantizes weights per channel or per tensor; group_size must be -1.")
         if self.smooth_alpha is not None and not (0 <= self.smooth_alpha <= 1):
@@ -324,20 +326,6 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
     return qparams
 
 
-def quantize_embeddings(model: Any) -> None:
-    """int8 per row for the input embedding and ``lm_head`` (one tensor when tied); ``lm_head``
-    multiplies with int8 activations quantized per token at run time."""
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, quantize_
-
-    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    tied = head is not None and head.weight is emb.weight
-    targets = {id(emb)} | ({id(head)} if head is not None else set())
-    quantize_(model, Int8DynamicActivationInt8WeightConfig(granularity=PerRow(), set_inductor_config=False),
-              filter_fn=lambda m, fqn: id(m) in targets)
-    if tied:
-        head.weight = emb.weight
-
-
 def serializable_config(cfg: Int8StaticConfig, model: Any) -> Any:
     """The ``TorchAoConfig`` written to config.json. Scales live in the weights, so the recorded
     config carries none (a tensor-valued config cannot be JSON-serialized)."""
@@ -365,64 +353,25 @@ def attach_quantizer(model: Any, cfg: Int8StaticConfig) -> None:
     attach_torchao_saver(model, serializable_config(cfg, model))
 
 
-def attach_torchao_saver(model: Any, qc: Any) -> None:
-    """Make ``save_pretrained`` write ``model`` (torchao tensors, ``qc`` a ``TorchAoConfig``) as
-    torchao safetensors, each tied tensor once: transformers 5.24 writes both halves of a tied
-    tensor subclass and then cannot compare them on reload (no ``aten.equal`` for ``Int8Tensor``).
-    Also used by int8-dynamic for its int8 embeddings."""
-    from transformers.quantizers.quantizer_torchao import TorchAoHfQuantizer
-
-    class _TiedAwareTorchAoQuantizer(TorchAoHfQuantizer):
-        def get_state_dict_and_metadata(self, model):
-            from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
-
-            sd = model.state_dict()
-            for k in getattr(model, "all_tied_weights_keys", None) or {}:
-                sd.pop(k, None)
-            return flatten_tensor_state_dict(sd)
-
-    model.config.quantization_config = qc
-    model.hf_quantizer = _TiedAwareTorchAoQuantizer(qc)
-
-
-def save(model: Any, out: Path) -> None:
-    model.save_pretrained(out, safe_serialization=True)
-
-
-_PATCHED = False
-
-
-def enable_loading() -> None:
-    """Let transformers' torchao loader read static activation scales (``_weight_act_quant_scale``
-    and ``_weight_act_quant_zero_point``), which transformers 5.24 omits from its list of
-    serialized names; idempotent, and a no-op where transformers already lists them."""
-    global _PATCHED
-    if _PATCHED:
-        return
-    from transformers.quantizers.quantizer_torchao import TorchAoHfQuantizer
-
-    orig = TorchAoHfQuantizer.serialized_names.fget
-
-    def serialized_names(self):
-        names = orig(self)
-        out = {}
-        for k, v in names.items():
-            extra = [f"_{k}_act_quant_scale", f"_{k}_act_quant_zero_point"]
-            out[k] = list(v) + [e for e in extra if e not in v]
-        return out
-
-    TorchAoHfQuantizer.serialized_names = property(serialized_names)
-    _PATCHED = True
+# -- the plugin -------------------------------------------------------------------------------
+STATIC_CONFIG_TYPE = "Int8StaticActivationInt8WeightConfig"
 
 
 class Int8StaticBackend(Backend):
-    """The ``Backend`` face of the scheme for ``llmq.core.quantize``."""
+    """``int8-static``: torchao W8A8 with calibrated static activation scales."""
 
     name = "int8-static"
     requires = (("torchao", "torchao"),)
     extra = "torchao"
     needs_calibration = True
-    gpu = False  # torchao's static int8 path here is the x86 CPU one
+    quant_methods = ()  # its folders say quant_method "torchao"; recognises() claims them first
+    schemes = (
+        Scheme("int8-static", "int8-static", Int8StaticConfig, {}, 8,
+               "torchao int8 weights and int8 activations with calibrated static scales (W8A8)", "8",
+               "CPU: int8 weights and activations with static calibrated scales (torchao W8A8), about 4x "
+               "smaller than fp32; needs calibration text",
+               tree_rank={"cpu": 0.7, "gpu_fits": 8.5, "gpu_8bit": 7.5, "gpu_4bit": 7.5}),
+    )
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         from transformers import AutoModelForCausalLM
@@ -434,79 +383,43 @@ class Int8StaticBackend(Backend):
         attach_quantizer(model, self.config)
         return model
 
-    def save(self, model: Any, out: Path) -> None:
-        save(model, out)
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        """A transformers folder whose torchao config is the static W8A8 one (from llmq or not)."""
+        from llmq.models import read_json
 
+        cfg = Path(path) / "config.json"
+        if not cfg.is_file():
+            return False
+        qc = read_json(cfg).get("quantization_config") or {}
+        qt = qc.get("quant_type") or {}
+        return qc.get("quant_method") == "torchao" and isinstance(qt, dict) and \
+            (qt.get("default") or {}).get("_type") == STATIC_CONFIG_TYPE
 
-# -- size estimate --------------------------------------------------------------------------------
-def estimate(profile: Any, cfg: Any = None, scheme: str | None = None) -> Any:
-    """Bytes on disk from the layout, for torchao's int8 layouts (int8-static, and int8-dynamic
-    with int8 embeddings). Per quantized Linear: int8 ``qdata``, fp32 ``scale`` and int8
-    ``zero_point`` per row (per tensor: one each; torchao writes the zero point even when
-    symmetric); static adds an fp32 ``act_quant_scale`` (+ int8 ``act_quant_zero_point`` when
-    asymmetric, + fp32 ``act_pre_scale`` per input channel when smoothing). Embeddings and a
-    separate lm_head: int8 per row with the same three tensors. The rest stays at ``cfg.dtype``."""
-    from llmq.advisor.estimate import BYTES, SizeEstimate, _header, _selected
+    @classmethod
+    def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
+        out = super().load_kwargs(path, quantization_config, device, kernel)
+        enable_loading()  # transformers 5.24 drops _weight_act_quant_scale/_zero_point otherwise
+        return out
 
-    cfg = cfg or Int8StaticConfig(calibration="wikitext2")
-    static = isinstance(cfg, Int8StaticConfig)
-    lins, _ = _selected(profile, False, tuple(cfg.skip_modules))
-    lins = [l for l in lins if l.name != "lm_head"]
-    q = sum(l.numel for l in lins)
-    per_row = cfg.weight_granularity == "per_channel"
-    scales, n_q_tensors = 0, 0
-    for l in lins:
-        rows = l.out_features if per_row else 1
-        scales += rows * 5
-        n_q_tensors += 3
-        if static:
-            scales += 4 + (0 if cfg.sym else 1) + (4 * l.in_features if cfg.smooth_alpha is not None else 0)
-            n_q_tensors += 1 + (0 if cfg.sym else 1) + (0 if cfg.smooth_alpha is None else 1)
-    emb_q = emb_scales = 0
-    n_emb_tensors = 0
-    tables = [profile.embedding_params] + ([profile.lm_head_params] if profile.lm_head_params else [])
-    for numel in tables:
-        if cfg.quantize_embeddings:
-            emb_q += numel
-            emb_scales += 5 * profile.vocab
-            n_emb_tensors += 3
-        else:
-            n_emb_tensors += 1
-    kept_params = profile.parameters - q - emb_q
-    kept = kept_params * BYTES[cfg.dtype]
-    n_kept_tensors = 2 * profile.layers + 1 + (len(profile.linears) - len(lins) - (1 if profile.lm_head_params else 0))
-    hdr = _header(n_q_tensors + n_emb_tensors + n_kept_tensors, "torchao")
-    total = q + scales + emb_q + emb_scales + kept + hdr
-    name = scheme or ("int8-static" if static else "int8-dynamic")
-    return SizeEstimate(name, "int8", total, q + emb_q, kept_params, cfg.dtype,
-                        8 * (q + scales + emb_q + emb_scales) / (q + emb_q) if q + emb_q else None,
-                        {"int8 weights": q + emb_q, "scales/zeros": scales + emb_scales,
-                         f"kept ({cfg.dtype})": kept, "header": hdr})
+    @classmethod
+    def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
+        return torchao_int8_estimate(profile, config, scheme.name)
 
-
-# -- what the advisor and the model card say ------------------------------------------------------
-ADVISOR = {
-    "role": "CPU deployment at 8 bits with calibrated static activation scales: about 4x smaller than "
-            "fp32 and, compiled (llmq.fastpath), faster than fp32 on x86 CPUs; needs calibration text.",
-    "precision": "int8 weights and int8 activations (static per-tensor scales)",
-    "devices": ("cpu",),
-    "needs_calibration": True,
-}
-
-CARD = {
-    "pip": ["torch", "transformers", "torchao", "llmq"],
-    "usage": (
-        "import llmq\n"
-        "model, tok = llmq.load(\"{path}\", device=\"cpu\")  # registers torchao's static-scale names\n"
-        "from llmq.fastpath import compile_for_cpu\n"
-        "model = compile_for_cpu(model)  # Inductor; first call compiles (cached on disk)\n"
-    ),
-    "limitations": [
-        "Activation scales are fixed by calibration: text unlike the calibration data may clip.",
-        "Weights are symmetric int8 (no weight zero point); sym=False makes activations asymmetric.",
-        "Fast only through torch.compile on x86 CPUs; eager int8 runs slower than fp32.",
-        "Plain transformers 5.24 needs llmq.backends.int8_static.enable_loading() (or llmq.load) to read "
-        "the static activation scales.",
-    ],
-    "tags": ["int8", "w8a8", "static-quantization", "torchao"],
-}
+    @classmethod
+    def card_facts(cls, meta: dict, repo: str) -> CardFacts:
+        version = (meta.get("versions") or {}).get("torchao")
+        return CardFacts(
+            packages="transformers accelerate torchao llmq",
+            python=("import llmq\n\n"
+                    f'model, tokenizer = llmq.load("{repo}", device="cpu")  # reads the static activation scales\n'
+                    "from llmq.fastpath import compile_for_cpu\n"
+                    "model = compile_for_cpu(model)  # Inductor: the fast path; the first call compiles (cached)\n"
+                    'inputs = tokenizer("The capital of France is", return_tensors="pt")\n'
+                    "out = model.generate(**inputs, max_new_tokens=20)\n"
+                    "print(tokenizer.decode(out[0], skip_special_tokens=True))"),
+            tags=["torchao", "int8", "w8a8", "static-quantization"],
+            hardware="x86 CPUs through torch.compile (Inductor); run eagerly, int8 is slower than fp32.",
+            note=(f"Made with torchao {version}. Activation scales are fixed by calibration: text unlike the "
+                  "calibration data may clip. Plain transformers 5.24 drops the static activation scales on "
+                  "load; llmq.load (or llmq.backends.torchao.enable_loading() before from_pretrained) keeps them."))

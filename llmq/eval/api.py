@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -48,13 +49,14 @@ class _Handle:
     label: str
     path: Path | None = None
     pair: tuple[Any, Any] | None = None
+    trust_remote_code: bool = False
 
     def tokenizer(self) -> Any:
         if self.pair is not None:
             return self.pair[1]
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.path)
+        return AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
 
     def max_length(self) -> int | None:
         if self.pair is not None:
@@ -69,21 +71,36 @@ class _Handle:
         return int(v) if v else None
 
 
-def _handle(model: Any, label: str) -> _Handle:
+def _handle(model: Any, label: str, trust_remote_code: bool = False) -> _Handle:
+    """Every model source ``run`` accepts (a model folder, a Hub id, a ``.gguf`` file or a folder
+    holding one, None for the demo), an output a plugin recognises, or objects in memory. A folder
+    with its own modeling code is refused unless ``trust_remote_code``."""
     if isinstance(model, (tuple, list)) and len(model) == 2:
         return _Handle(label, pair=(model[0], model[1]))
     if hasattr(model, "hf_model") and hasattr(model, "tokenizer"):  # a QuantizedModel
-        return _Handle(label, path=model.saved_to, pair=None if model.saved_to else (model.hf_model, model.tokenizer))
+        return _Handle(label, path=model.saved_to, pair=None if model.saved_to else (model.hf_model, model.tokenizer),
+                       trust_remote_code=model.source.trust_remote_code)
     if model is None or isinstance(model, (str, os.PathLike)):
+        from llmq import safety
+
         p = Path(str(model)).expanduser() if model is not None else None
+        if p is not None and p.is_dir() and (p / "config.json").is_file():
+            safety.refuse_remote_code(p, trust_remote_code)  # before the tokenizer or weights load
+            return _Handle(label, path=p, trust_remote_code=trust_remote_code)
         if p is not None and p.exists():
-            if not p.is_dir() or not (p / "config.json").is_file():
-                raise ModelNotFoundError(f"{p} is not a model folder: it has no config.json.")
-            return _Handle(label, path=p)
+            from llmq.backends.base import Backend
+            from llmq.schemes import plugin_of_folder
+
+            if plugin_of_folder(p) is not Backend:  # e.g. a plugin's non-transformers output
+                return _Handle(label, path=p, trust_remote_code=trust_remote_code)
         from llmq.models import resolve_model
 
-        return _Handle(label, path=resolve_model(None if model is None else str(model)).local_dir())
-    raise LlmqError(f"Cannot evaluate a {type(model).__name__}: pass a folder, a Hub id or a (model, tokenizer) pair.")
+        # as `run` reads it: a .gguf is dequantized once into the cache, a Hub id downloaded
+        local = resolve_model(None if model is None else str(model), trust_remote_code=trust_remote_code).local_dir()
+        safety.refuse_remote_code(local, trust_remote_code)
+        return _Handle(label, path=Path(local), trust_remote_code=trust_remote_code)
+    raise LlmqError(f"Cannot evaluate a {type(model).__name__}: pass a folder, a .gguf file, a Hub id or a "
+                    "(model, tokenizer) pair.")
 
 
 def check_same_tokenizer(a: Any, b: Any) -> None:
@@ -101,28 +118,32 @@ def check_same_tokenizer(a: Any, b: Any) -> None:
 
 
 def split_tasks(tasks: str | Sequence[Any] | None) -> list[Any]:
+    """A comma-separated string or a list; ``"none"`` (like ``--ppl none``) is no task."""
     if tasks is None:
         return []
     if isinstance(tasks, str):
-        return [t.strip() for t in tasks.split(",") if t.strip()]
-    return list(tasks)
+        tasks = [t.strip() for t in tasks.split(",")]
+    return [t for t in tasks if not (isinstance(t, str) and t.strip().lower() in ("", "none"))]
 
 
 def evaluate(model: Any, *, ppl: str | os.PathLike | None = "wikitext2", tasks: str | Sequence[Any] | None = None,
              limit: int | None = None, seqlen: int | None = DEFAULT_SEQLEN, stride: int | None = None,
              reference: Any = None, device: str | None = None, batch_size: int = 16, speed: bool = True,
-             progress: bool = True, kld_topk: int = 32, kld_max_full_bytes: int = 2 << 30) -> EvalReport:
+             progress: bool = True, kld_topk: int = 32, kld_max_full_bytes: int = 2 << 30,
+             task_fields: str | dict[str, str] | None = None, trust_remote_code: bool = False) -> EvalReport:
     """Perplexity, task accuracy, cost and (with ``reference``) KL divergence of ``model``.
 
     ``model``/``reference``: a folder, a Hub id, or a loaded ``(model, tokenizer)`` pair. ``limit``
-    caps both perplexity windows and examples per task. With a reference, both run the same
-    protocol, the reference first (its distributions cached for the KLD), one model in memory at a time."""
+    caps both perplexity windows and examples per task. ``task_fields`` maps a task file's field
+    names to the canonical ones (``"contexts=context_options,gold=label"`` or a dict). With a
+    reference, both run the same protocol, the reference first (its distributions cached for the
+    KLD), one model in memory at a time. Folders with their own modeling code need ``trust_remote_code``."""
     from llmq.eval import tasks as task_mod
 
     task_list = split_tasks(tasks)
     ours = [t for t in task_list if not (isinstance(t, str) and t.startswith("lm_eval:"))]
     harness = [t for t in task_list if isinstance(t, str) and t.startswith("lm_eval:")]
-    specs = [task_mod.resolve_task(t) for t in ours]  # unknown task: one line, before any model loads
+    specs = task_mod.resolve_tasks(ours, fields=task_fields)  # unknown task: one line, before any model loads
     if harness:
         from llmq.eval import lm_eval_bridge
 
@@ -132,9 +153,12 @@ def evaluate(model: Any, *, ppl: str | os.PathLike | None = "wikitext2", tasks: 
             raise MissingDependencyError("--tasks lm_eval:<task>", ["lm-eval"], "lm-eval")
     if limit is not None and limit < 1:
         raise LlmqError(f"--limit must be at least 1, got {limit}.")
+    from llmq.safety import check_eval_options
+
+    check_eval_options(seqlen=seqlen, stride=stride, batch_size=batch_size)
     ppl = None if ppl is None or str(ppl).lower() in ("", "none") else ppl
-    target = _handle(model, "quantized" if reference is not None else "model")
-    ref = _handle(reference, "original") if reference is not None else None
+    target = _handle(model, "quantized" if reference is not None else "model", trust_remote_code)
+    ref = _handle(reference, "original", trust_remote_code) if reference is not None else None
     tok = target.tokenizer()
     if ref is not None:
         check_same_tokenizer(ref.tokenizer(), tok)
@@ -201,7 +225,7 @@ def _load(h: _Handle, device: str) -> tuple[Any, Any, float | None]:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, tok = llmq.load(h.path, device=device)
+        model, tok = llmq.load(h.path, device=device, trust_remote_code=h.trust_remote_code)
     return model, tok, time.perf_counter() - t0
 
 
@@ -216,11 +240,14 @@ def _evaluate_one(h: _Handle, protocol: dict, *, ppl: Any, specs: list, harness:
     out["size_bytes"] = cost.size_on_disk(h.path)
     out["tasks"] = {}
     if progress:
-        print(f"llmq eval: {h.label}: {out['path']}", flush=True)
+        print(f"llmq eval: {h.label}: {out['path']}", file=sys.stderr, flush=True)  # stdout: the report only
     with cost.PeakRSS() as peak:
         model, tok, load_s = _load(h, device)
         out["load_time_s"] = round(load_s, 3) if load_s is not None else None
         out["param_memory_bytes"] = cost.param_memory(model)
+        from llmq.safety import check_model_output
+
+        check_model_output(model, tok, f"The {h.label} ({out['path']})")
         if ppl is not None:
             from llmq.eval.perplexity import perplexity
 
@@ -251,26 +278,34 @@ def _evaluate_one(h: _Handle, protocol: dict, *, ppl: Any, specs: list, harness:
     return out
 
 
-def compare(original: Any, quantized: Any, *, ppl: str | os.PathLike | None = "wikitext2",
-            tasks: str | Sequence[Any] | None = None, limit: int | None = None, seqlen: int | None = DEFAULT_SEQLEN,
-            stride: int | None = None, out_dir: str | os.PathLike | None = None, device: str | None = None,
-            batch_size: int = 16, speed: bool = True, progress: bool = True, max_ppl_increase: Any = None,
-            max_accuracy_loss: float | None = None, max_kld: float | None = None) -> dict[str, Any]:
-    """Evaluate both under one protocol; the ``report.json`` dict. With ``out_dir``, writes
-    ``report.json``, ``report.md`` and ``report.png`` there (also when a gate fails). ``original=None``
-    is the offline demo model, as everywhere in llmq."""
+def assess(model: Any, *, reference: Any = None, ppl: str | os.PathLike | None = "wikitext2",
+           tasks: str | Sequence[Any] | None = None, limit: int | None = None, seqlen: int | None = DEFAULT_SEQLEN,
+           stride: int | None = None, out_dir: str | os.PathLike | None = None, device: str | None = None,
+           batch_size: int = 16, speed: bool = True, progress: bool = True, max_ppl_increase: Any = None,
+           max_accuracy_loss: float | None = None, max_kld: float | None = None,
+           task_fields: str | dict[str, str] | None = None, trust_remote_code: bool = False,
+           note: Any = None) -> dict[str, Any]:
+    """``evaluate`` plus the accuracy gate and the report files: the one pipeline behind ``compare``,
+    ``llmq eval``, ``llmq compare`` and ``llmq run --eval``. Returns the ``report.json`` dict; with
+    ``out_dir`` writes ``report.json``, ``report.md`` and ``report.png`` there (also when the gate
+    fails). ``note(text)`` is told when the gate's default tasks are added."""
     from llmq.eval.gate import check_gate, gate_set, validate
+    from llmq.safety import check_eval_options, check_report_dir
 
     validate(max_ppl_increase, max_accuracy_loss, max_kld)
-    if original is None:  # evaluate(reference=None) would silently drop the comparison
-        from llmq.models import resolve_model
-
-        original = str(resolve_model(None).local_dir())
+    check_eval_options(seqlen=seqlen, stride=stride, batch_size=batch_size, limit=limit)
+    check_report_dir(out_dir)  # an existing file as -o: one line before any model loads
+    gated = gate_set(max_ppl_increase, max_accuracy_loss, max_kld)
+    if gated and reference is None:
+        raise LlmqError("A gate compares against the original: pass --reference.")
     if max_accuracy_loss is not None and not split_tasks(tasks):
         tasks = list(DEFAULT_GATE_TASKS)
-    report = evaluate(quantized, ppl=ppl, tasks=tasks, limit=limit, seqlen=seqlen, stride=stride, reference=original,
-                      device=device, batch_size=batch_size, speed=speed, progress=progress).to_dict()
-    if gate_set(max_ppl_increase, max_accuracy_loss, max_kld):
+        if note is not None:
+            note(f"llmq eval: --max-accuracy-loss without --tasks: evaluating {', '.join(tasks)}")
+    report = evaluate(model, ppl=ppl, tasks=tasks, limit=limit, seqlen=seqlen, stride=stride, reference=reference,
+                      device=device, batch_size=batch_size, speed=speed, progress=progress, task_fields=task_fields,
+                      trust_remote_code=trust_remote_code).to_dict()
+    if gated:
         report["gate"] = check_gate(report, max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss,
                                     max_kld=max_kld).to_dict()
     if out_dir is not None:
@@ -278,3 +313,41 @@ def compare(original: Any, quantized: Any, *, ppl: str | os.PathLike | None = "w
 
         write_report(report, out_dir)
     return report
+
+
+def compare(original: Any, quantized: Any, *, ppl: str | os.PathLike | None = "wikitext2",
+            tasks: str | Sequence[Any] | None = None, limit: int | None = None, seqlen: int | None = DEFAULT_SEQLEN,
+            stride: int | None = None, out_dir: str | os.PathLike | None = None, device: str | None = None,
+            batch_size: int = 16, speed: bool = True, progress: bool = True, max_ppl_increase: Any = None,
+            max_accuracy_loss: float | None = None, max_kld: float | None = None,
+            task_fields: str | dict[str, str] | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Evaluate both under one protocol; the ``report.json`` dict. With ``out_dir``, writes
+    ``report.json``, ``report.md`` and ``report.png`` there (also when a gate fails). ``original=None``
+    is the offline demo model, as everywhere in llmq."""
+    from llmq.eval.gate import validate
+
+    validate(max_ppl_increase, max_accuracy_loss, max_kld)
+    if original is None:  # evaluate(reference=None) would silently drop the comparison
+        from llmq.models import resolve_model
+
+        original = str(resolve_model(None).local_dir())
+    return assess(quantized, reference=original, ppl=ppl, tasks=tasks, limit=limit, seqlen=seqlen, stride=stride,
+                  out_dir=out_dir, device=device, batch_size=batch_size, speed=speed, progress=progress,
+                  max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss, max_kld=max_kld,
+                  task_fields=task_fields, trust_remote_code=trust_remote_code)
+
+
+def original_of(path: str | os.PathLike) -> str:
+    """The local folder of the model an llmq folder was quantized from (read from its ``llmq.json``)."""
+    from llmq.core import read_meta
+    from llmq.models import resolve_model
+
+    path = Path(path)
+    meta = read_meta(path) or {}
+    src = meta.get("source") or {}
+    name = src.get("name")
+    if src.get("kind") == "gguf" and name and not str(name).endswith(".gguf") and not Path(name).exists():
+        name = None  # the offline demo: its GGUF ships in a package; `name` is its Hub id, not a path
+    if not src:
+        raise LlmqError(f"{path} has no llmq.json: cannot tell which model it was quantized from.")
+    return str(resolve_model(name).local_dir())

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from llmq.errors import LlmqError
 
@@ -14,8 +15,14 @@ from llmq.errors import LlmqError
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppl", default="wikitext2",
                    help="perplexity text: wikitext2, c4, a local .txt file, or none (default wikitext2)")
-    p.add_argument("--tasks", help="comma-separated: arc_easy, piqa, hellaswag, lambada, a .jsonl file, "
-                                   "name=file.jsonl, or lm_eval:<task> (lm-evaluation-harness)")
+    p.add_argument("--tasks", help="comma-separated list; each item is one of: a registered task (arc_easy, piqa, "
+                                   "hellaswag, lambada; read from LLMQ_DATA_DIR/tasks or the Hub); FILE.jsonl (your "
+                                   "own task, its shape detected from the first row's fields); NAME=FILE.jsonl (the "
+                                   "registered task NAME read from FILE: NAME's prompt and field names, your rows); "
+                                   "lm_eval:TASK (lm-evaluation-harness); or none (default: no tasks)")
+    p.add_argument("--task-fields", metavar="CANONICAL=FIELD,...",
+                   help="field names of a task file that differ from llmq's: e.g. contexts=context_options,"
+                        "gold=label (canonical names: query, choices, gold, context, continuation, contexts)")
     p.add_argument("--limit", type=int, help="perplexity windows and examples per task (default: all)")
     p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length (default 2048)")
     p.add_argument("--stride", type=int, help="sliding-window stride (default: seqlen, non-overlapping)")
@@ -23,7 +30,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16,
                    help="questions (a context with all its choices) per forward pass (default 16)")
     p.add_argument("--no-speed", action="store_true", help="skip the prefill/decode speed measurement")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table "
+                                                       "(stdout holds the JSON only; notes go to stderr)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a model folder's own Python (config auto_map, modeling_*.py); refused otherwise")
 
 
 def _gate(p: argparse.ArgumentParser) -> None:
@@ -35,8 +45,8 @@ def _gate(p: argparse.ArgumentParser) -> None:
 
 def add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate one model: perplexity, task accuracy, cost (and KLD with --reference)")
-    p.add_argument("--model", required=True, help="model folder or Hub id")
-    p.add_argument("--reference", help="reference model (folder or Hub id) for KL divergence and deltas")
+    p.add_argument("--model", required=True, help="model folder, .gguf file or Hub id (what `run` accepts)")
+    p.add_argument("--reference", help="reference model (folder, .gguf file or Hub id) for KL divergence and deltas")
     p.add_argument("--output", "-o", help="folder to write report.json/report.md/report.png into")
     _common(p)
     _gate(p)
@@ -45,8 +55,9 @@ def add_eval(sub: Any) -> None:
 
 def add_compare(sub: Any) -> None:
     p = sub.add_parser("compare", help="evaluate an original and its quantized copy under the same protocol")
-    p.add_argument("--original", required=True, help="original model folder or Hub id")
-    p.add_argument("--quantized", required=True, help="quantized model folder")
+    p.add_argument("--original", required=True, help="original model: folder, .gguf file or Hub id (what `run` "
+                                                      "accepts, e.g. the file you quantized from)")
+    p.add_argument("--quantized", required=True, help="quantized model folder (or any source `run` accepts)")
     p.add_argument("--output", "-o", help="folder for report.json/report.md/report.png "
                                           "(default: the quantized folder, when it is local)")
     _common(p)
@@ -55,9 +66,8 @@ def add_compare(sub: Any) -> None:
 
 
 def _gate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"max_ppl_increase": getattr(args, "max_ppl_increase", None),
-            "max_accuracy_loss": getattr(args, "max_accuracy_loss", None),
-            "max_kld": getattr(args, "max_kld", None)}
+    return {"max_ppl_increase": args.max_ppl_increase, "max_accuracy_loss": args.max_accuracy_loss,
+            "max_kld": args.max_kld}
 
 
 def _ppl_arg(value: Any) -> Any:
@@ -90,47 +100,41 @@ def _print(report: dict, as_json: bool) -> None:
         con.print(f"{name}: {text}", highlight=False)
 
 
-def _finish(report: dict, out_dir: Path | None, as_json: bool) -> int:
-    if out_dir is not None:
-        from llmq.eval.report import write_report
-
-        write_report(report, out_dir)
+def finish(report: dict, out_dir: Path | None, as_json: bool = False) -> int:
+    """Print the report (written already) and the gate's verdict; the exit code."""
     _print(report, as_json)
     if out_dir is not None and not as_json:
         print(f"wrote {out_dir / 'report.json'}, report.md, report.png")
     gate = report.get("gate")
     if gate:
-        print(gate["verdict"], file=sys.stdout)
+        print(gate["verdict"], file=sys.stderr if as_json else sys.stdout)
         return 0 if gate["passed"] else 1
     return 0
 
 
 def _run(original: Any, quantized: Any, args: argparse.Namespace, out_dir: Path | None, tasks: Any) -> int:
-    from llmq.eval.api import DEFAULT_GATE_TASKS, evaluate, split_tasks
-    from llmq.eval.gate import check_gate, gate_set, validate
+    from llmq.eval.api import assess
 
-    gk = _gate_kwargs(args)
-    validate(**gk)
-    if gate_set(**gk) and original is None:
-        raise LlmqError("A gate compares against the original: pass --reference.")
-    if gk["max_accuracy_loss"] is not None and not split_tasks(tasks):
-        tasks = list(DEFAULT_GATE_TASKS)
-        print(f"llmq eval: --max-accuracy-loss without --tasks: evaluating {', '.join(tasks)}", flush=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", UserWarning)
-        warnings.showwarning = _one_line_warning
-        rep = evaluate(quantized, ppl=_ppl_arg(args.ppl), tasks=tasks, limit=args.limit,
-                       seqlen=getattr(args, "seqlen", None) or 2048, stride=getattr(args, "stride", None),
-                       reference=original, device=args.device, batch_size=getattr(args, "batch_size", 16),
-                       speed=not getattr(args, "no_speed", False))
-    report = rep.to_dict()
-    if gate_set(**gk):
-        report["gate"] = check_gate(report, **gk).to_dict()
-    return _finish(report, out_dir, getattr(args, "json", False))
+    with one_line_warnings():
+        report = assess(quantized, reference=original, ppl=_ppl_arg(args.ppl), tasks=tasks, limit=args.limit,
+                        seqlen=args.seqlen, stride=args.stride, out_dir=out_dir, device=args.device,
+                        batch_size=args.batch_size, speed=not args.no_speed, task_fields=args.task_fields,
+                        trust_remote_code=args.trust_remote_code,
+                        note=lambda text: print(text, file=sys.stderr, flush=True), **_gate_kwargs(args))
+    return finish(report, out_dir, args.json)
 
 
 def _one_line_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     print(f"llmq: note: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Evaluation warnings (a seqlen capped to the model's maximum, ...) as one ``llmq: note:`` line each."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = _one_line_warning
+        yield
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -144,25 +148,3 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if out is None:
         raise LlmqError("--quantized is not a local folder: pass --output for the report.")
     return _run(args.original, args.quantized, args, out, args.tasks)
-
-
-def evaluate_after_run(args: argparse.Namespace, path: str | Path) -> int:
-    """``llmq run ... --eval``: compare the saved folder with the model it came from, write the report
-    into that folder, print the table and the verdict; 0 on pass (or no gate), 1 on failure."""
-    from llmq.core import read_meta
-    from llmq.models import resolve_model
-
-    path = Path(path)
-    meta = read_meta(path) or {}
-    src = meta.get("source") or {}
-    name = src.get("name")
-    if src.get("kind") == "gguf" and name and not str(name).endswith(".gguf") and not Path(name).exists():
-        name = None  # the offline demo: its GGUF ships in a package; `name` is its Hub id, not a path
-    if not src:
-        raise LlmqError(f"{path} has no llmq.json: cannot tell which model it was quantized from.")
-    original = resolve_model(name).local_dir()
-    ns = argparse.Namespace(
-        ppl=args.ppl if getattr(args, "ppl", None) is not None else "wikitext2",
-        limit=getattr(args, "limit", None), seqlen=getattr(args, "eval_seqlen", None) or 2048, stride=None,
-        device=getattr(args, "device", None), batch_size=16, no_speed=False, json=False, **_gate_kwargs(args))
-    return _run(str(original), str(path), ns, path, getattr(args, "tasks", None))

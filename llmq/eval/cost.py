@@ -15,13 +15,15 @@ REPEATS = 3
 
 
 def size_on_disk(path: str | Path | None) -> int | None:
-    """Bytes of the weight files (``*.safetensors``, else ``*.bin``) in a model folder."""
+    """Bytes of the weight files in a model folder: those its plugin names (``*.safetensors`` for
+    transformers folders), else ``*.bin`` / ``*.pt`` / ``*.gguf``."""
     if path is None:
         return None
     from llmq.models import folder_size
+    from llmq.schemes import plugin_of_folder
 
     p = Path(path)
-    n = folder_size(p)
+    n = folder_size(p, plugin_of_folder(p).weight_patterns) if p.exists() else 0
     return n if n else folder_size(p, ("*.bin", "*.pt", "*.gguf")) or None
 
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from llmq.io import write_json
+from llmq.fmt import fmt_bytes, fmt_change_pts, fmt_change_rel, fmt_float, fmt_kld, fmt_pct, mb
+from llmq.io import atomic_file, write_json, write_text
 
 FILES = ("report.json", "report.md", "report.png")
-
-
-def _mb(x: Any) -> str:
-    return "n/a" if x is None else f"{x / 1e6:,.1f} MB"
 
 
 def _num(nd: int) -> Callable[[Any], str]:
@@ -36,36 +32,69 @@ def _dpts(a: Any, b: Any) -> str:
     return "" if a is None or b is None else f"{(b - a) * 100:+.2f} pts"
 
 
-def rows(report: dict) -> list[tuple[str, str, str, str]]:
-    """(metric, original, quantized, change) for every measured metric; a side without an original
-    (``evaluate`` with no reference) has an empty original column."""
+#: (value, change) formatters per kind of number, for report.md ("report") and the model card ("card")
+FORMATS: dict[str, dict[str, tuple[Callable[[Any], str], Callable[[Any, Any], str]]]] = {
+    "report": {"bytes": (mb, _ratio), "seconds": (_num(2), _ratio), "speed": (_num(1), _ratio),
+               "ppl": (_num(3), _rel), "acc": (_pts, _dpts)},
+    "card": {"bytes": (fmt_bytes, fmt_change_rel), "seconds": (lambda x: fmt_float(x, 2), fmt_change_rel),
+             "speed": (lambda x: fmt_float(x, 1), fmt_change_rel), "ppl": (fmt_float, fmt_change_rel),
+             "acc": (fmt_pct, fmt_change_pts)},
+}
+#: metric -> (report.md label, card label, getter, kind)
+METRICS: dict[str, tuple[str, str, Callable[[dict], Any], str]] = {
+    "size": ("size on disk", "Size on disk (bytes)", lambda d: d.get("size_bytes"), "bytes"),
+    "param": ("parameter memory", "Parameter memory (bytes)", lambda d: d.get("param_memory_bytes"), "bytes"),
+    "rss": ("peak RSS while evaluating", "Peak RSS (bytes)", lambda d: d.get("peak_rss_bytes"), "bytes"),
+    "load": ("load time (s)", "Load time (s)", lambda d: d.get("load_time_s"), "seconds"),
+    "ppl": ("perplexity (lower is better)", "Perplexity ({dataset}), lower is better",
+            lambda d: (d.get("perplexity") or {}).get("value"), "ppl"),
+    "prefill": ("prefill (tokens/s)", "Prefill (tokens/s)", lambda d: d.get("prefill_tokens_per_s"), "speed"),
+    "decode": ("decode (tokens/s)", "Decode (tokens/s)", lambda d: d.get("decode_tokens_per_s"), "speed"),
+}
+ORDER = {"report": ("size", "param", "rss", "load", "ppl", "tasks", "kld", "prefill", "decode"),
+         "card": ("ppl", "tasks", "kld", "size", "param", "rss", "load", "prefill", "decode")}
+
+
+def rows(report: dict, style: str = "report", *, dataset: str | None = None) -> list[tuple[str, str, str, str]]:
+    """(metric, original, quantized, change) for ``report.md`` and the console (``style="report"``:
+    measured metrics only; a side without an original, from ``evaluate`` with no reference, has an
+    empty original column) or for the model card (``style="card"``: every metric, "not measured"
+    where it was not, exact bytes; ``dataset`` names the perplexity text)."""
+    card = style == "card"
+    fmts = FORMATS[style]
     o = report.get("original") or {}
     q = report.get("quantized") or report.get("model") or {}
     out: list[tuple[str, str, str, str]] = []
 
-    def add(label: str, key: Callable[[dict], Any], fmt: Callable[[Any], str], change: Callable | None) -> None:
-        a, b = key(o), key(q)
-        if a is None and b is None:
+    def add(label: str, get: Callable[[dict], Any], kind: str, keep_missing: bool = card) -> None:
+        a, b = get(o), get(q)
+        if a is None and b is None and not keep_missing:
             return
-        out.append((label, fmt(a) if o else "", fmt(b), change(a, b) if change and o else ""))
+        fmt, change = fmts[kind]
+        out.append((label, fmt(a) if o or card else "", fmt(b), change(a, b) if o or card else ""))
 
-    add("size on disk", lambda d: d.get("size_bytes"), _mb, _ratio)
-    add("parameter memory", lambda d: d.get("param_memory_bytes"), _mb, _ratio)
-    add("peak RSS while evaluating", lambda d: d.get("peak_rss_bytes"), _mb, _ratio)
-    add("load time (s)", lambda d: d.get("load_time_s"), _num(2), _ratio)
-    add("perplexity (lower is better)", lambda d: (d.get("perplexity") or {}).get("value"), _num(3), _rel)
-    for task in dict.fromkeys([*(o.get("tasks") or {}), *(q.get("tasks") or {})]):
-        get = lambda d, m, t=task: ((d.get("tasks") or {}).get(t) or {}).get(m)  # noqa: E731
-        add(f"{task} acc (%)", lambda d, g=get: g(d, "acc"), _pts, _dpts)
-        add(f"{task} acc_norm (%)", lambda d, g=get: g(d, "acc_norm"), _pts, _dpts)
-        add(f"{task} perplexity", lambda d, g=get: g(d, "ppl"), _num(3), _rel)
-    if q.get("kld"):
-        k = q["kld"]
-        out.append(("KL divergence, mean (nats)", "(reference)", f"{k['mean']:.5f}", ""))
-        out.append(("KL divergence, p99 (nats)", "(reference)", f"{k['p99']:.5f}", ""))
-        out.append(("same top-1 token (%)", "(reference)", f"{k['same_top'] * 100:.2f}", ""))
-    add("prefill (tokens/s)", lambda d: d.get("prefill_tokens_per_s"), _num(1), _ratio)
-    add("decode (tokens/s)", lambda d: d.get("decode_tokens_per_s"), _num(1), _ratio)
+    for key in ORDER[style]:
+        if key == "tasks":
+            for task in dict.fromkeys([*(o.get("tasks") or {}), *(q.get("tasks") or {})]):
+                get = lambda d, m, t=task: ((d.get("tasks") or {}).get(t) or {}).get(m)  # noqa: E731
+                add(f"{task} acc" + ("" if card else " (%)"), lambda d, g=get: g(d, "acc"), "acc")
+                add(f"{task} acc_norm" + ("" if card else " (%)"), lambda d, g=get: g(d, "acc_norm"), "acc",
+                    keep_missing=False)
+                if not card:
+                    add(f"{task} perplexity", lambda d, g=get: g(d, "ppl"), "ppl")
+        elif key == "kld":
+            k = q.get("kld") or {}
+            if card:
+                out += [("KL divergence to original, mean", "(reference)", fmt_kld(k.get("mean")), ""),
+                        ("KL divergence to original, p99", "(reference)", fmt_kld(k.get("p99")), ""),
+                        ("Same top-1 token as original", "(reference)", fmt_pct(k.get("same_top")), "")]
+            elif k:
+                out += [("KL divergence, mean (nats)", "(reference)", f"{k['mean']:.5f}", ""),
+                        ("KL divergence, p99 (nats)", "(reference)", f"{k['p99']:.5f}", ""),
+                        ("same top-1 token (%)", "(reference)", f"{k['same_top'] * 100:.2f}", "")]
+        else:
+            report_label, card_label, get, kind = METRICS[key]
+            add(card_label.format(dataset=dataset) if card else report_label, get, kind)
     return out
 
 
@@ -138,22 +167,7 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
-    _atomic_text(out / "report.md", markdown(report))
-    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".png", dir=out)
-    os.close(fd)
-    try:
+    write_text(out / "report.md", markdown(report))
+    with atomic_file(out / "report.png") as tmp:
         plot(report, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out / "report.png")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

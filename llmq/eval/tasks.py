@@ -119,32 +119,68 @@ def task_names() -> list[str]:
     return sorted(TASKS)
 
 
-def resolve_task(name: str | TaskSpec) -> TaskSpec:
-    """A registered name, ``name=path.jsonl`` (a registered task read from that file), or a path to a
-    JSON Lines file whose shape is detected from its first row."""
+def resolve_task(name: str | TaskSpec, fields: dict[str, str] | None = None) -> TaskSpec:
+    """A registered name, ``name=path.jsonl`` (the registered task's prompt and field names, its rows
+    read from that file), or a path to a JSON Lines file whose shape is detected from its first row.
+    ``fields`` (canonical name -> the file's field) applies to the two file forms."""
     if isinstance(name, TaskSpec):
         return name
     name = name.strip()
+    fields = fields or {}
     if "=" in name:
         base, path = name.split("=", 1)
         spec = resolve_task(base)
-        return TaskSpec(**{**spec.__dict__, "local": path, "hub": None})
+        return TaskSpec(**{**spec.__dict__, "local": path, "hub": None, "fields": {**spec.fields, **fields}})
     if name in TASKS:
         return TASKS.get(name)
     p = Path(name).expanduser()
     if p.suffix in (".jsonl", ".json") or "/" in name:
         if not p.is_file():
             raise LlmqError(f"Task file not found: {p}")
-        shape = _detect_shape(p)
-        return TaskSpec(p.stem, shape, str(p), template=_default_template(shape))
+        shape = _detect_shape(p, fields)
+        return TaskSpec(p.stem, shape, str(p), fields=dict(fields), template=_default_template(shape))
     raise UnknownNameError("task", name, [*TASKS, "lm_eval:<task>", "<file>.jsonl"])
+
+
+def parse_task_fields(fields: str | dict[str, str] | None) -> dict[str, str]:
+    """``"contexts=context_options,gold=label"`` (canonical name = the file's field) or a dict, checked
+    against the canonical names of the three shapes."""
+    if not fields:
+        return {}
+    if isinstance(fields, str):
+        pairs = {}
+        for item in (x.strip() for x in fields.split(",")):
+            if not item:
+                continue
+            canon, sep, src = (x.strip() for x in item.partition("="))
+            if not sep or not canon or not src:
+                raise LlmqError(f"--task-fields {item!r}: expected CANONICAL=FIELD, e.g. contexts=context_options.")
+            pairs[canon] = src
+        fields = pairs
+    canonical_names = sorted({f for fs in SHAPE_FIELDS.values() for f in fs})
+    for canon in fields:
+        if canon not in canonical_names:
+            raise UnknownNameError("canonical task field (--task-fields)", canon, canonical_names)
+    return dict(fields)
+
+
+def resolve_tasks(names: list[Any], fields: str | dict[str, str] | None = None) -> list[TaskSpec]:
+    """``resolve_task`` for each name; ``fields`` (``--task-fields``) renames the fields of the tasks
+    read from a file (``FILE.jsonl`` and ``NAME=FILE.jsonl``), over a registered task's own mapping."""
+    mapping = parse_task_fields(fields)
+    specs = [resolve_task(n, fields=mapping) for n in names]
+    if mapping and not any(s.local is not None and Path(s.local).expanduser().is_file() for s in specs):
+        raise LlmqError("--task-fields renames the fields of a task file; name one in --tasks "
+                        "(FILE.jsonl or NAME=FILE.jsonl).")
+    return specs
 
 
 def _default_template(shape: str) -> str:
     return "{query}" if shape == "multiple_choice" else "{context}"
 
 
-def _detect_shape(path: Path) -> str:
+def _detect_shape(path: Path, fields: dict[str, str] | None = None) -> str:
+    fields = fields or {}
     with path.open(encoding="utf-8") as f:
         for line in f:
             if line.strip():
@@ -152,12 +188,15 @@ def _detect_shape(path: Path) -> str:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise TaskDataError(f"{path} line 1: not valid JSON ({e.msg}).") from e
+                if not isinstance(row, dict):
+                    raise TaskDataError(f"{path} line 1: expected a JSON object.")
                 for shape in ("schema", "multiple_choice", "lm"):
-                    if all(k in row for k in SHAPE_FIELDS[shape]):
+                    if all(fields.get(k, k) in row for k in SHAPE_FIELDS[shape]):
                         return shape
                 raise TaskDataError(
                     f"{path}: cannot tell the task shape from the fields {sorted(row)}; expected "
-                    + "; ".join(f"{s}: {', '.join(f)}" for s, f in SHAPE_FIELDS.items()) + ".")
+                    + "; ".join(f"{s}: {', '.join(f)}" for s, f in SHAPE_FIELDS.items())
+                    + " (map other names with --task-fields, e.g. contexts=context_options,gold=label).")
     raise TaskDataError(f"{path} is empty.")
 
 

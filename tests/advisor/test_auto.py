@@ -12,16 +12,15 @@ import pytest
 
 import llmq
 from llmq.advisor import auto
-from llmq.cli import build_parser
 from llmq.errors import ConfigError
 
 CANDIDATES = ["bnb-fp4", "bf16"]  # most compressed first: fp4 is ~4x smaller than bf16
-EVAL = ["--limit", "8", "--device", "cpu"]
+EVAL = {"limit": 8, "device": "cpu"}
 
 
-def run_args(model, out, *extra):
-    return build_parser().parse_args(["run", "--model", str(model), "--scheme", "auto", "--output", str(out),
-                                      *EVAL, *extra])
+def run_args(model, out, **gate):
+    """The keyword arguments of ``run_auto`` (the library takes no argparse namespace)."""
+    return {"model": str(model), "output": out, **EVAL, **gate}
 
 
 def measured_ppl_increase(model, scheme, tmp_path) -> float:
@@ -52,7 +51,7 @@ def test_auto_keeps_the_first_candidate_that_passes(tiny_model_dir, tmp_path, th
     bf16, fp4 = thresholds
     gate = (bf16 + fp4) / 2  # between the two measured changes: fp4 must fail, bf16 must pass
     out = tmp_path / "auto"
-    code = llmq.advisor.run_auto(run_args(tiny_model_dir, out, "--max-ppl-increase", repr(gate)),
+    code = llmq.advisor.run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(gate)),
                                  candidates=CANDIDATES)
     assert code == 0
     rep = json.loads((out / "auto_report.json").read_text())
@@ -72,7 +71,7 @@ def test_auto_keeps_the_first_candidate_that_passes(tiny_model_dir, tmp_path, th
 def test_auto_exits_1_and_names_the_closest(tiny_model_dir, tmp_path, thresholds):
     _, fp4 = thresholds
     out = tmp_path / "auto-none"
-    code = llmq.advisor.run_auto(run_args(tiny_model_dir, out, "--max-ppl-increase", repr(fp4 / 2)),
+    code = llmq.advisor.run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(fp4 / 2)),
                                  candidates=["bnb-fp4"])
     assert code == 1
     rep = json.loads((out / "auto_report.json").read_text())
@@ -100,7 +99,7 @@ def test_default_candidates_follow_the_advice():
 
 def test_auto_needs_a_gate(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="needs a gate"):
-        llmq.advisor.run_auto(run_args(tiny_model_dir, tmp_path / "x"))
+        llmq.advisor.run_auto(**run_args(tiny_model_dir, tmp_path / "x"))
 
 
 def test_scheme_overrides_are_filtered_per_scheme():

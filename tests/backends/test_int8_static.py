@@ -3,6 +3,8 @@ errors and the size estimate. Plumbing on the tiny random Llama; quality is scri
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from llmq.backends import int8_static as S
@@ -133,6 +135,9 @@ def test_quantize_save_reload_identical_logits(tiny_model_dir, tmp_path):
     with torch.no_grad():
         before = q.model(x).logits
     out = q.save(tmp_path / "q")
+    from llmq.schemes import plugin_of_folder
+
+    assert plugin_of_folder(out) is S.Int8StaticBackend  # its loader registers the static-scale names
     model, _ = llmq.load(out, device="cpu")
     with torch.no_grad():
         after = model(x).logits
@@ -150,12 +155,13 @@ def test_quantize_save_reload_identical_logits(tiny_model_dir, tmp_path):
 
 def test_size_estimate_matches_the_folder(tiny_model_dir, tmp_path):
     import llmq
+    from llmq.advisor.estimate import estimate_scheme
     from llmq.advisor.params import profile
     from llmq.models import folder_size
 
     q = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, n_samples=4, seqlen=32)
     out = q.save(tmp_path / "q")
-    est = S.estimate(profile(str(tiny_model_dir)), q.config)
+    est = estimate_scheme(profile(str(tiny_model_dir)), "int8-static", calibration=TEXT, n_samples=4, seqlen=32)
     real = folder_size(out)
     assert abs(est.bytes - real) / real < 0.1, (est.bytes, real)
     assert real < folder_size(tiny_model_dir) / 3
@@ -212,3 +218,47 @@ def test_int8_dynamic_embeddings_are_int8_tied_and_reload(tiny_model_dir, tmp_pa
     emb = keep.model.model.embed_tokens.weight.numel()
     saved = folder_size(keep.save(tmp_path / "k")) - folder_size(out)
     assert saved > 0.7 * 3 * emb  # fp32 -> int8 per row, stored once
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (["--calibration-method", "kl"], "calibration_method='kl' is invalid"),
+    (["--percentile", "0"], "percentile must be in (0, 100]"),
+    (["--smooth-alpha", "2"], "smooth_alpha must be in [0, 1]"),
+])
+def test_cli_flags_validated_before_any_weights_load(flags, msg, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from llmq.cli import main
+
+    def boom(*a, **k):
+        raise AssertionError("weights loaded before validation")
+
+    monkeypatch.setattr(S.Int8StaticBackend, "quantize", boom)
+    code = main(["run", "--model", str(tiny_model_dir), "--scheme", "int8-static", "-o", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and msg in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_flags_reach_the_config(tiny_model_dir, tmp_path):
+    from llmq.cli import main
+    from llmq.models import read_json
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(TEXT))
+    out = tmp_path / "o"
+    assert main(["run", "--model", str(tiny_model_dir), "--scheme", "int8-static", "-o", str(out), "--no-sample",
+                 "--calibration", str(calib), "--n-samples", "2", "--seqlen", "32", "--calibration-method", "entropy",
+                 "--smooth-alpha", "0.5", "--keep-embeddings"]) == 0
+    cfg = read_json(out / "llmq.json")["config"]
+    assert (cfg["calibration_method"], cfg["smooth_alpha"], cfg["quantize_embeddings"]) == ("entropy", 0.5, False)
+
+
+def test_accuracy_gate_runs_on_int8_static(tiny_model_dir, tmp_path):
+    """--max-accuracy-loss (the seeds' target_accuracy_loss) evaluates an int8-static output against
+    its original and records the verdict (plumbing: the tiny random model sits at chance)."""
+    from llmq.run import run
+
+    res = run(str(tiny_model_dir), "int8-static", output=tmp_path / "g", device="cpu", sample=False,
+              overrides={"calibration": TEXT, "n_samples": 2, "seqlen": 32}, tasks="arc_easy", limit=4,
+              max_accuracy_loss=100.0)
+    assert res.code == 0 and res.report is not None
+    assert "arc_easy" in json.dumps(res.report) and res.report["gate"]["passed"] is True

@@ -8,7 +8,6 @@ import pytest
 import llmq
 from llmq.errors import LlmqError, ModelNotFoundError
 from llmq.eval import compare
-from llmq.eval.cli import evaluate_after_run
 
 FAST = {"ppl": "wikitext2", "limit": 4, "seqlen": 128, "speed": False, "progress": False}
 

@@ -1,0 +1,141 @@
+"""``llmq run`` as a library call: quantize (a named scheme, or ``"auto"``: the advisor's candidates,
+measured), save, a sample generation, evaluation and gate, push. One pipeline for both: the CLI only
+parses its flags and calls ``run``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from llmq.errors import LlmqError
+
+#: With no model: the demo model, and the scheme the advisor picks for a CPU (int8-dynamic, seconds).
+#: A calibrated scheme on the demo model calibrates on Python's bundled docs (offline) with groups of
+#: 64 (SmolLM2's 576-wide layers do not split into 128s).
+DEMO = {"scheme": "int8-dynamic", "group_size": 64, "calibration": "builtin"}
+SAMPLE_PROMPT = "The capital of France is"
+
+
+def default_output(model: str | os.PathLike | None, scheme: str) -> Path:
+    name = "SmolLM2-135M-Instruct" if not model else Path(str(model).rstrip("/")).name.removesuffix(".gguf")
+    return Path("out") / f"{name}-{scheme}"
+
+
+@dataclass
+class RunResult:
+    #: the saved model folder; None when ``--scheme auto`` found no candidate that passes (the output
+    #: folder then holds only the auto reports)
+    path: Path | None
+    output: Path
+    scheme: str | None  # the scheme saved (the winner, for "auto")
+    code: int  # 0: done (and the gate passed); 1: the gate failed / no candidate passed
+    meta: dict | None = None
+    sample: str | None = None
+    report: dict | None = None  # the evaluation report, when evaluated
+    push: Any = None  # llmq.publish.PushResult, when pushed
+    notes: list[str] = field(default_factory=list)
+
+
+def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, output: str | os.PathLike | None = None,
+        overwrite: bool = False, device: str | None = None, revision: str | None = None,
+        trust_remote_code: bool = False, overrides: dict[str, Any] | None = None, evaluate: bool = False,
+        tasks: str | Sequence[str] | None = None, ppl: str | None = None, limit: int | None = None,
+        eval_seqlen: int | None = None, max_ppl_increase: Any = None, max_accuracy_loss: float | None = None,
+        max_kld: float | None = None, budget_gb: float | None = None, candidates: Sequence[str] | None = None,
+        push_to_hub: str | None = None, private: bool = False, sample: bool = True,
+        on_saved: Callable[[dict, Path, str | None], None] | None = None,
+        on_report: Callable[[dict, Path], None] | None = None) -> RunResult:
+    """Quantize ``model`` (None: the offline demo) with ``scheme`` (a name from ``llmq schemes``, or
+    ``"auto"``), save it to ``output``, generate a sample, evaluate it against the original when
+    ``evaluate`` or a gate (``max_ppl_increase``, ``max_accuracy_loss``, ``max_kld``) is given, and
+    push it to ``push_to_hub``. ``on_saved(meta, path, sample)`` and ``on_report(report, path)`` are
+    called as soon as each step is done (the CLI prints there)."""
+    from llmq import safety
+    from llmq.eval.gate import gate_set
+    from llmq.outdir import reserve_output
+
+    overrides = dict(overrides or {})
+    gated = gate_set(max_ppl_increase, max_accuracy_loss, max_kld)
+    demo = not model
+    # What runs after quantizing (push, evaluation, gate) is checked before the first weight loads.
+    safety.check_repo_id(push_to_hub)
+    if evaluate or gated:
+        safety.check_eval_request(tasks=tasks, ppl=ppl, max_ppl_increase=max_ppl_increase,
+                                  max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
+        safety.check_eval_options(limit=limit, seqlen=eval_seqlen)
+    if scheme == "auto":
+        from llmq.advisor.auto import run_auto
+
+        out = Path(output) if output else default_output(model, "auto")
+        # The output is checked and locked from here until the winner is saved: a second writer of
+        # the same output fails now, and the source can never be the output.
+        with reserve_output(out, overwrite=overwrite, inputs=[model]):
+            code = run_auto(model, output=out, overwrite=overwrite, device=device, revision=revision,
+                            trust_remote_code=trust_remote_code, overrides=overrides, tasks=tasks, ppl=ppl,
+                            limit=limit, eval_seqlen=eval_seqlen, max_ppl_increase=max_ppl_increase,
+                            max_accuracy_loss=max_accuracy_loss, max_kld=max_kld, budget_gb=budget_gb,
+                            candidates=candidates)
+        from llmq.core import read_meta
+
+        meta = read_meta(out) if code == 0 else None
+        res = RunResult(out if meta else None, out, meta["scheme"] if meta else None, code, meta)
+        if meta and sample:
+            from llmq.core import load
+            from llmq.schemes import plugin_of_folder
+
+            m, tok = load(out, device=device, trust_remote_code=trust_remote_code)
+            res.sample = _one_line(plugin_of_folder(out).generate(m, tok, SAMPLE_PROMPT, max_new_tokens=16))
+            del m
+        if meta and on_saved:
+            on_saved(meta, out, res.sample)
+    else:
+        if demo:
+            scheme = scheme or DEMO["scheme"]
+            from llmq.schemes import get_scheme
+
+            if get_scheme(scheme).backend_cls().needs_calibration:
+                for k in ("group_size", "calibration"):
+                    overrides.setdefault(k, DEMO[k])
+        if not scheme:
+            raise LlmqError("--scheme is required with --model (see `python -m llmq schemes`, or use --scheme auto).")
+        out = Path(output) if output else default_output(model, scheme)
+        from llmq.core import prepare, quantize
+
+        # The output is checked (exists, is/contains/is inside the source, writable) and locked from
+        # here through the save: a second `run` to the same output fails before it loads a weight.
+        with reserve_output(out, overwrite=overwrite, inputs=[model]):
+            # Every cheap check first (scheme, options, packages, model config, group sizes, calibration file).
+            prepare(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
+                    **overrides)
+            qm = quantize(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
+                          **overrides)
+            path = qm.save(out, overwrite=overwrite)
+        text = _one_line(qm.generate(SAMPLE_PROMPT, max_new_tokens=16)) if sample else None
+        res = RunResult(path, out, qm.scheme.name, 0, qm.meta, text)
+        del qm
+        if on_saved:
+            on_saved(res.meta, path, text)
+        if evaluate or gated:
+            from llmq.eval.api import assess, original_of
+
+            res.report = assess(str(path), reference=original_of(path), ppl=ppl or "wikitext2", tasks=tasks,
+                                limit=limit, seqlen=eval_seqlen or 2048, out_dir=path, device=device,
+                                max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss,
+                                max_kld=max_kld, trust_remote_code=trust_remote_code,
+                                note=lambda t: print(t, file=sys.stderr, flush=True))
+            if on_report:
+                on_report(res.report, path)
+            gate = res.report.get("gate")
+            res.code = 0 if not gate or gate["passed"] else 1
+    if push_to_hub and res.path is not None:
+        from llmq.publish import push
+
+        res.push = push(res.path, repo_id=push_to_hub, private=private)
+    return res
+
+
+def _one_line(text: str) -> str:
+    return text.strip().replace("\n", " ")

@@ -1,0 +1,525 @@
+"""Issue #13's probes, one test each, on tiny random models: foreign code, silent garbage, lost
+output, tracebacks, evaluator generality. Each asserts the exit code, a one-line error and an
+untouched filesystem."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from llmq.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+def tree_hash(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def one_line_error(err: str, *needles: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("llmq: error:")]
+    assert "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1, err[-3000:]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def run_cli(*args, env=None, input=None, timeout=300, cwd=None):
+    e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "llmq", *map(str, args)], capture_output=True, text=True,
+                          env=e, input=input, timeout=timeout, cwd=cwd)
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_weights(folder: Path, fn) -> None:
+    from safetensors.torch import load_file, save_file
+
+    f = folder / "model.safetensors"
+    sd = load_file(str(f))
+    fn(sd)
+    save_file(sd, str(f), metadata={"format": "pt"})
+
+
+def debris_of(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_model_dir):
+    """Broken copies of the session's tiny Llama, built once for the module."""
+    import torch
+
+    root = tmp_path_factory.mktemp("probes")
+    m = {"good": tiny_model_dir}
+
+    m["nan"] = copy_model(tiny_model_dir, root / "nan")
+    edit_weights(m["nan"], lambda sd: sd["model.layers.0.mlp.down_proj.weight"].__setitem__((3, 5), float("nan")))
+    m["outlier"] = copy_model(tiny_model_dir, root / "outlier")
+    edit_weights(m["outlier"], lambda sd: sd["model.layers.0.mlp.up_proj.weight"].__setitem__((0, 0), 1e6))
+
+    m["remote"] = copy_model(tiny_model_dir, root / "remote")
+    cfg = json.loads((m["remote"] / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (m["remote"] / "config.json").write_text(json.dumps(cfg))
+    marker = root / "EVIL_CODE_RAN"
+    (m["remote"] / "modeling_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import LlamaForCausalLM as EvilForCausalLM\n")
+    m["remote_marker"] = marker
+
+    for kind in ("truncated", "garbage", "empty"):
+        d = copy_model(tiny_model_dir, root / kind)
+        f = d / "model.safetensors"
+        data = f.read_bytes()
+        f.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[kind])
+        m[kind] = d
+
+    from transformers import BertConfig, BertModel
+
+    from llmq.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=128, max_position_embeddings=128))
+    m["bert"] = root / "bert"
+    bert.save_pretrained(m["bert"])
+    tok.save_pretrained(m["bert"])
+
+    m["config_only"] = root / "config-only"
+    m["config_only"].mkdir()
+    shutil.copy(tiny_model_dir / "config.json", m["config_only"] / "config.json")
+
+    m["random_txt"] = root / "random.txt"
+    m["random_txt"].write_bytes(os.urandom(20000))
+    m["ppl_txt"] = root / "ppl.txt"
+    import pydoc_data.topics
+
+    m["ppl_txt"].write_text(" ".join(list(pydoc_data.topics.topics.values())[:20]))
+    m["hashes"] = {k: tree_hash(v) for k, v in m.items() if isinstance(v, Path) and v.is_dir()}
+    return m
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sources_untouched(models):
+    yield
+    for k, h in models["hashes"].items():
+        assert tree_hash(models[k]) == h, f"source model {k} was modified"
+
+
+# == Security ===============================================================================================
+def test_eval_refuses_custom_code_even_when_answered_yes(models, tmp_path):
+    r = run_cli("eval", "--model", models["remote"], "--ppl", "none", "--no-speed", input="y\ny\n", timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    one_line_error(r.stderr, "--trust-remote-code", "auto_map")
+    assert not models["remote_marker"].exists(), "the folder's Python was imported"
+
+
+def test_run_refuses_custom_code(models, tmp_path, capsys):
+    code, _, err = cli(capsys, "run", "--model", models["remote"], "--scheme", "int8-dynamic", "-o", tmp_path / "o")
+    assert code == 2
+    one_line_error(err, "--trust-remote-code")
+    assert not (tmp_path / "o").exists() and not models["remote_marker"].exists()
+
+
+def test_api_load_refuses_custom_code(models):
+    import llmq
+    from llmq.errors import RemoteCodeError
+
+    with pytest.raises(RemoteCodeError, match="trust-remote-code"):
+        llmq.load(models["remote"], device="cpu")
+    assert not models["remote_marker"].exists()
+
+
+# == Silent garbage =========================================================================================
+def test_run_int8_dynamic_refuses_nan_weight(models, tmp_path, capsys):
+    code, _, err = cli(capsys, "run", "--model", models["nan"], "--scheme", "int8-dynamic", "-o", tmp_path / "o",
+                       "--no-sample")
+    assert code == 2
+    one_line_error(err, "NaN or Inf", "model.layers.0.mlp.down_proj.weight")
+    assert not (tmp_path / "o").exists() and debris_of(tmp_path / "o") == []
+
+
+def test_run_gptq_refuses_nan_weight(models, tmp_path, capsys):
+    code, _, err = cli(capsys, "run", "--model", models["nan"], "--scheme", "gptq-int4", "--calibration", "builtin",
+                       "--n-samples", "4", "--seqlen", "32", "-o", tmp_path / "o", "--no-sample")
+    assert code == 2
+    one_line_error(err, "NaN or Inf", "model.layers.0.mlp.down_proj.weight")
+    assert not (tmp_path / "o").exists()
+
+
+def test_api_quantize_refuses_nan_weight(models):
+    import llmq
+    from llmq.errors import CorruptModelError
+
+    with pytest.raises(CorruptModelError, match="down_proj"):
+        llmq.quantize(models["nan"], "int8-dynamic", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gptq_outlier_run(models, tmp_path_factory):
+    """One gptq-int4 run (subprocess, non-TTY) on a weight with a 1e6 outlier; two tests read it."""
+    out = tmp_path_factory.mktemp("outlier") / "o"
+    r = run_cli("run", "--model", models["outlier"], "--scheme", "gptq-int4", "--calibration", "builtin",
+                "--n-samples", "4", "--seqlen", "32", "-o", out, "--no-sample", timeout=600)
+    return r, out
+
+
+def test_gptq_outlier_inf_scale_is_an_error(gptq_outlier_run):
+    r, out = gptq_outlier_run
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    one_line_error(r.stderr, "NaN or Inf", "scales")
+    assert not out.exists() and debris_of(out) == []
+
+
+def test_eval_refuses_nan_model_instead_of_scoring(models, capsys):
+    code, out, err = cli(capsys, "eval", "--model", models["nan"], "--ppl", models["ppl_txt"], "--seqlen", "32",
+                         "--limit", "2", "--no-speed", "--json")
+    assert code == 2, out[-2000:]
+    one_line_error(err, "NaN or Inf logits")
+    assert '"perplexity"' not in out  # no report: nothing was scored
+
+
+def test_bert_like_config_is_refused_before_quantizing(models, tmp_path, capsys):
+    code, _, err = cli(capsys, "run", "--model", models["bert"], "--scheme", "int8-dynamic", "-o", tmp_path / "o",
+                       "--no-sample")
+    assert code == 2
+    one_line_error(err, "would be random")
+    assert not (tmp_path / "o").exists()
+
+
+def test_random_bytes_calibration_file_is_refused(models, tmp_path, capsys, monkeypatch):
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "gptq-int4", "--calibration",
+                       models["random_txt"], "-o", tmp_path / "o")
+    assert code == 2
+    one_line_error(err, "does not look like text")
+
+
+def test_unknown_skip_module_fails_and_lists_near_names(models, tmp_path, capsys, monkeypatch):
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "--skip-modules",
+                       "down_prj", "-o", tmp_path / "o")
+    assert code == 2
+    one_line_error(err, "'down_prj' matches no module", "down_proj")
+
+
+@pytest.mark.parametrize("flag", ["--seqlen", "--stride", "--batch-size"])
+def test_eval_zero_values_are_errors_not_defaults(models, capsys, flag):
+    code, _, err = cli(capsys, "eval", "--model", models["good"], "--ppl", models["ppl_txt"], flag, "0", "--no-speed")
+    assert code == 2
+    one_line_error(err, "must be a positive integer")
+
+
+# == Lost or corrupted data =================================================================================
+def _no_weights(monkeypatch):
+    """Fail the test (not the CLI) if anything reaches the weights."""
+    from llmq.models import ModelSource
+
+    def boom(self, *a, **k):
+        raise AssertionError("weights were loaded before validation finished")
+
+    monkeypatch.setattr(ModelSource, "local_dir", boom)
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "parent"])
+def test_output_that_is_contains_or_is_inside_the_input_is_refused(models, tmp_path, capsys, monkeypatch, where):
+    src = copy_model(models["good"], tmp_path / "models" / "src")
+    before = tree_hash(tmp_path / "models")
+    out = {"same": src, "inside": src / "q", "parent": tmp_path / "models"}[where]
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", src, "--scheme", "int8-dynamic", "-o", out, "--overwrite")
+    assert code == 2
+    one_line_error(err, "input")
+    assert tree_hash(tmp_path / "models") == before
+
+
+@pytest.mark.parametrize("bad", [
+    ["--max-ppl-increase", "lots"],
+    ["--eval", "--tasks", "no_such_task"],
+    ["--push-to-hub", "not a repo id"],
+    ["--eval", "--tasks", "/no/such/file.jsonl"],
+], ids=["gate", "task-name", "repo-id", "task-file"])
+def test_run_validates_every_flag_before_loading_weights(models, tmp_path, capsys, monkeypatch, bad):
+    out = tmp_path / "prev"
+    out.mkdir()
+    (out / "result.txt").write_text("previous result")
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
+                       "--overwrite", *bad)
+    assert code == 2
+    one_line_error(err)
+    assert (out / "result.txt").read_text() == "previous result"
+
+
+def test_unwritable_output_is_refused_before_loading_weights(models, capsys, monkeypatch, tmp_path):
+    _no_weights(monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out in ("/proc/llmq-out", blocker / "sub"):
+        code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out)
+        assert code == 2
+        one_line_error(err, "Cannot write")
+
+
+def test_second_writer_fails_and_deletes_nothing(models, tmp_path, capsys):
+    """A live process holds the output's lock: `run --overwrite` must fail at once and keep the folder."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "result.txt").write_text("finished result")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from llmq.outdir import output_lock
+        with output_lock({str(out)!r}):
+            print("locked", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
+                           "--overwrite", "--no-sample")
+        assert code == 2
+        one_line_error(err, "being written by another llmq process", f"pid {holder.pid}")
+        assert (out / "result.txt").read_text() == "finished result"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "auto"])
+def test_second_run_fails_before_loading_a_weight(models, tmp_path, monkeypatch, scheme):
+    """The run pipeline (API and CLI) holds the output's lock from its checks through the save: a
+    second writer of the same output fails before quantizing, for a named scheme and for auto."""
+    from llmq.errors import OutputLockedError
+    from llmq.run import run
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "result.txt").write_text("finished result")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from llmq.outdir import reserve_output
+        with reserve_output({str(out)!r}, overwrite=True):
+            print("locked", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        _no_weights(monkeypatch)
+        with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
+            run(models["good"], scheme, output=out, overwrite=True, sample=False, max_kld=1.0)
+        assert (out / "result.txt").read_text() == "finished result"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_auto_refuses_the_source_as_output(models, tmp_path, capsys, monkeypatch):
+    src = copy_model(models["good"], tmp_path / "src")
+    before = tree_hash(src)
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", src, "--scheme", "auto", "--max-kld", "1", "-o", src, "--overwrite")
+    assert code == 2
+    one_line_error(err, "input")
+    assert tree_hash(src) == before
+
+
+def test_two_api_saves_to_one_folder_one_wins_nothing_lost(models, tmp_path):
+    """Two quantized models meet at a barrier, then both `save(out, overwrite=False)` at once."""
+    import threading
+
+    import llmq
+    from llmq.errors import OutputExistsError
+
+    out = tmp_path / "o"
+    qms = [llmq.quantize(models["good"], "int8-dynamic", device="cpu") for _ in range(2)]
+    barrier, results = threading.Barrier(2), []
+
+    def save(qm):
+        barrier.wait()
+        try:
+            qm.save(out, overwrite=False)
+            results.append("saved")
+        except OutputExistsError:
+            results.append("refused")
+
+    threads = [threading.Thread(target=save, args=(qm,)) for qm in qms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(results) == ["refused", "saved"]
+    assert json.loads((out / "llmq.json").read_text())["scheme"] == "int8-dynamic"
+    assert debris_of(out) == []
+
+
+def test_killed_save_leaves_debris_that_the_next_run_removes_and_reports(models, tmp_path, capsys):
+    out = tmp_path / "o"
+    # a writer killed with SIGKILL in the middle of writing
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        from llmq.io import atomic_dir
+        with atomic_dir({str(out)!r}) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half")
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == -signal.SIGKILL
+    assert not out.exists() and debris_of(out)  # killed: debris (and a stale lock) left behind
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f".o.old-{int(dead.stdout)}").mkdir()  # a moved-aside old folder of a dead run ...
+    (tmp_path / f".o.old-{int(dead.stdout)}" / "x").write_text("x")
+    out.mkdir()  # ... while the previous result survived (killed while deleting the old copy)
+    (out / "previous").write_text("x")
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
+                       "--no-sample", "--overwrite")
+    assert code == 0, err
+    assert err.count("left by a killed run") == 2 and ".incomplete" in err and ".o.old-" in err
+    assert debris_of(out) == [] and (out / "llmq.json").is_file()
+
+
+def test_interrupt_after_complete_save_tells_the_truth(models, tmp_path, capsys, monkeypatch):
+    import llmq.cli as cli_mod
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_mod, "print_summary", interrupted)
+    out = tmp_path / "o"
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
+                       "--no-sample")
+    assert code == 130 and (out / "llmq.json").is_file()
+    assert "nothing was written" not in err and f"{out} had been written completely" in err
+
+
+def test_sigterm_during_run_leaves_no_debris(models, tmp_path):
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-m", "llmq", "run", "--model", str(models["good"]), "--scheme",
+                          "int8-dynamic", "-o", str(out), "--no-sample"],
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not any(n.endswith(".incomplete") for n in debris_of(out)) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.005)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) in (0, 130)  # unwound like Ctrl-C (0: the save won the race)
+    assert not out.exists() or (out / "llmq.json").is_file()  # complete or absent
+    assert debris_of(out) == []  # no next run needed: the killed run removed its own temp folder and lock
+
+
+# == Tracebacks instead of one line =========================================================================
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty"])
+def test_corrupt_safetensors_is_one_line_for_run_and_eval(models, tmp_path, capsys, kind):
+    code, _, err = cli(capsys, "run", "--model", models[kind], "--scheme", "int8-dynamic", "-o", tmp_path / "o")
+    assert code == 2
+    one_line_error(err, "not a valid safetensors file")
+    code, _, err = cli(capsys, "eval", "--model", models[kind], "--ppl", "none", "--no-speed")
+    assert code == 2
+    one_line_error(err, "not a valid safetensors file")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("scheme,setting", [("gptq-int4", "damp_percent=abc"), ("bnb-int8", "threshold=high")])
+def test_set_value_of_wrong_type_is_one_line(models, tmp_path, capsys, monkeypatch, scheme, setting):
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", scheme, "--set", setting,
+                       "-o", tmp_path / "o")
+    assert code == 2
+    one_line_error(err, setting.split("=")[0], "expected")
+
+
+def test_unknown_device_is_one_line(models, tmp_path, capsys, monkeypatch):
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "--device", "tpu",
+                       "-o", tmp_path / "o")
+    assert code == 2
+    one_line_error(err, "'tpu'")
+
+
+def test_eval_output_that_is_a_file_is_one_line(models, tmp_path, capsys):
+    f = tmp_path / "report"
+    f.write_text("keep")
+    code, _, err = cli(capsys, "eval", "--model", models["good"], "--ppl", "none", "--no-speed", "-o", f)
+    assert code == 2
+    one_line_error(err, "is a file")
+    assert f.read_text() == "keep"
+
+
+# == Evaluator generality ===================================================================================
+def test_eval_accepts_a_gguf_like_run(tmp_path, models, capsys):
+    from llmq.models import demo_gguf_path
+
+    code, out, err = cli(capsys, "eval", "--model", demo_gguf_path(), "--ppl", models["ppl_txt"], "--seqlen", "32",
+                         "--limit", "1", "--no-speed", "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"]["perplexity"]["windows"] == 1
+
+
+def test_tasks_none_is_accepted_like_ppl_none(models, capsys):
+    code, out, err = cli(capsys, "eval", "--model", models["good"], "--ppl", models["ppl_txt"], "--seqlen", "32",
+                         "--limit", "1", "--tasks", "none", "--no-speed", "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"]["tasks"] == {}
+
+
+def test_task_file_with_other_field_names_can_be_mapped(models, tmp_path, capsys):
+    f = tmp_path / "t.jsonl"
+    f.write_text("\n".join(json.dumps({"context_options": ["The sky is", "The grass is"], "continuation": " blue",
+                                       "label": 0}) for _ in range(2)))
+    code, out, err = cli(capsys, "eval", "--model", models["good"], "--ppl", "none", "--tasks", f,
+                         "--task-fields", "contexts=context_options,gold=label", "--no-speed", "--json")
+    assert code == 0, err
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "registered task read from" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["advise", "estimate"])
+def test_advise_and_estimate_need_only_config_json(models, capsys, command):
+    code, out, err = cli(capsys, command, "--model", models["config_only"], "--json")
+    assert code == 0, err
+    json.loads(out)
+
+
+def test_eval_json_mode_prints_only_json(models, capsys):
+    code, out, err = cli(capsys, "eval", "--model", models["good"], "--ppl", models["ppl_txt"], "--seqlen", "32",
+                         "--limit", "1", "--no-speed", "--json")
+    assert code == 0, err
+    json.loads(out)
+
+
+def test_gptq_progress_does_not_flood_a_non_tty_log(gptq_outlier_run):
+    r, _ = gptq_outlier_run
+    lines = (r.stdout + r.stderr).splitlines()
+    assert len(lines) <= 20, f"{len(lines)} lines, e.g. {lines[:5]}"
+
+
+def test_int8_dynamic_files_are_byte_identical_across_runs(models, tmp_path):
+    import llmq
+
+    for name in ("a", "b"):
+        llmq.quantize(models["good"], "int8-dynamic", device="cpu").save(tmp_path / name)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()

@@ -1,0 +1,58 @@
+"""``llmq.run.run``: one pipeline for a named scheme and for ``auto`` (sample and push for both)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture
+def pushed(monkeypatch):
+    """Record pushes instead of uploading (no network here); the real push is tested in test_publish."""
+    import llmq.publish
+
+    calls = []
+
+    class Result:
+        url = "https://huggingface.co/me/x"
+
+    def fake_push(path, repo_id, private=False):
+        calls.append((str(path), repo_id, private))
+        return Result()
+
+    monkeypatch.setattr(llmq.publish, "push", fake_push)
+    return calls
+
+
+def test_named_scheme_saves_samples_and_pushes(tiny_model_dir, tmp_path, pushed):
+    from llmq.run import run
+
+    seen = []
+    res = run(str(tiny_model_dir), "bf16", output=tmp_path / "a", device="cpu", push_to_hub="me/a",
+              on_saved=lambda meta, path, sample: seen.append((meta["scheme"], path, sample)))
+    assert res.code == 0 and res.scheme == "bf16" and res.path == tmp_path / "a"
+    assert isinstance(res.sample, str) and "\n" not in res.sample
+    assert seen == [("bf16", tmp_path / "a", res.sample)]
+    assert pushed == [(str(tmp_path / "a"), "me/a", False)]
+
+
+def test_auto_samples_and_pushes_its_winner(tiny_model_dir, tmp_path, pushed):
+    """Before the one pipeline, ``--scheme auto`` ignored --push-to-hub and the sample."""
+    from llmq.run import run
+
+    res = run(str(tiny_model_dir), "auto", output=tmp_path / "b", device="cpu", candidates=["bf16"],
+              max_ppl_increase="1000%", limit=4, push_to_hub="me/b", private=True)
+    assert res.code == 0 and res.scheme == "bf16" and res.path == tmp_path / "b"
+    assert json.loads((tmp_path / "b" / "auto_report.json").read_text())["winner"] == "bf16"
+    assert isinstance(res.sample, str) and res.sample
+    assert pushed == [(str(tmp_path / "b"), "me/b", True)]
+
+
+def test_bad_gate_is_refused_before_any_weight_loads(tiny_model_dir, tmp_path):
+    from llmq.errors import ConfigError
+    from llmq.run import run
+
+    with pytest.raises(ConfigError, match="ambiguous"):
+        run(str(tiny_model_dir), "bf16", output=tmp_path / "c", device="cpu", max_ppl_increase="5")
+    assert not (tmp_path / "c").exists()

@@ -1,0 +1,187 @@
+import json
+import os
+import struct
+
+import pytest
+
+from llmq import safety
+from llmq.errors import CalibrationError, ConfigError, CorruptModelError, RemoteCodeError
+
+
+def _write_st(path, tensors, metadata=None):
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+# -- foreign code ---------------------------------------------------------------------------------------
+def test_remote_code_detected_by_auto_map_or_python_files(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert safety.remote_code_reason(tmp_path) is None
+    safety.refuse_remote_code(tmp_path, trust_remote_code=False)
+    (tmp_path / "modeling_x.py").write_text("raise SystemExit")
+    assert "modeling_x.py" in safety.remote_code_reason(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}))
+    with pytest.raises(RemoteCodeError, match="config.json has auto_map.*--trust-remote-code"):
+        safety.refuse_remote_code(tmp_path, trust_remote_code=False)
+    safety.refuse_remote_code(tmp_path, trust_remote_code=True)  # opted in: allowed
+
+
+# -- safetensors ------------------------------------------------------------------------------------------
+def test_safetensors_header_accepts_valid_and_rejects_broken(tmp_path):
+    import torch
+
+    f = _write_st(tmp_path / "model.safetensors", {"a": torch.ones(4, 4), "b": torch.zeros(3)})
+    assert set(safety.safetensors_header(f)) >= {"a", "b"}
+    assert sorted(safety.check_safetensors_folder(tmp_path)) == ["a", "b"]
+    data = f.read_bytes()
+    cases = {
+        "empty": (b"", "0 bytes"),
+        "truncated": (data[:-8], "truncated"),
+        "garbage": (os.urandom(256), "header length|not JSON"),
+        "not-json": (struct.pack("<Q", 4) + b"\xff\xfe{]" + b"0" * 16, "not JSON"),
+    }
+    for name, (content, msg) in cases.items():
+        g = tmp_path / f"{name}.safetensors"
+        g.write_bytes(content)
+        with pytest.raises(CorruptModelError, match=msg):
+            safety.safetensors_header(g)
+
+
+def test_shard_index_naming_a_missing_shard(tmp_path):
+    import torch
+
+    _write_st(tmp_path / "model-00001-of-00002.safetensors", {"a": torch.ones(2)})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(CorruptModelError, match="00002-of-00002"):
+        safety.check_safetensors_folder(tmp_path)
+
+
+# -- non-finite -------------------------------------------------------------------------------------------
+def test_nonfinite_named_and_integers_ignored():
+    import torch
+
+    sd = {"ok": torch.ones(3), "ints": torch.tensor([1, 2], dtype=torch.int8),
+          "bad.weight": torch.tensor([1.0, float("nan")]), "inf.scales": torch.tensor([float("inf")]).half()}
+    assert safety.nonfinite_tensors(sd.items()) == ["bad.weight", "inf.scales"]
+    with pytest.raises(CorruptModelError, match="bad.weight, inf.scales"):
+        safety.check_finite(sd, "m")
+    safety.check_finite({"ok": torch.ones(3)}, "m")
+
+
+def test_finite_safetensors_folder_and_model(tmp_path):
+    import torch
+
+    _write_st(tmp_path / "model.safetensors", {"w": torch.ones(2, 2), "s": torch.tensor([65504.0]).half() * 2})
+    with pytest.raises(CorruptModelError, match="in s"):
+        safety.check_finite_safetensors(tmp_path, "out")
+    lin = torch.nn.Linear(2, 2)
+    safety.check_finite_model(lin, "lin")
+    with torch.no_grad():
+        lin.bias[0] = float("-inf")
+    with pytest.raises(CorruptModelError, match="bias"):
+        safety.check_finite_model(lin, "lin")
+
+
+def test_finite_logits_check():
+    import torch
+
+    safety.check_finite_logits(torch.zeros(1, 2, 3), "m")
+    with pytest.raises(CorruptModelError, match="not scored"):
+        safety.check_finite_logits(torch.tensor([[[0.0, float("nan")]]]), "m")
+
+
+# -- missing weights --------------------------------------------------------------------------------------
+def test_missing_weights_with_base_prefix():
+    expected = ["bert.embeddings.w", "bert.layer.0.w", "cls.predictions.bias"]
+    assert safety.missing_weights(expected, ["embeddings.w", "layer.0.w"], "bert") == ["cls.predictions.bias"]
+    assert safety.missing_weights(["a", "b"], ["a", "b", "c"]) == []
+
+
+def test_check_no_missing_weights_on_a_headless_checkpoint(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    _write_st(tmp_path / "model.safetensors", sd)
+    safety.check_no_missing_weights(tmp_path, cfg)
+    del sd["lm_head.weight"]
+    _write_st(tmp_path / "model.safetensors", sd)
+    with pytest.raises(CorruptModelError, match="lm_head.weight.*would be random"):
+        safety.check_no_missing_weights(tmp_path, cfg)
+    torch.manual_seed(0)
+
+
+def test_check_loading_info():
+    safety.check_loading_info({"missing_keys": [], "mismatched_keys": []}, "m")
+    with pytest.raises(CorruptModelError, match="newly initialised cls.x"):
+        safety.check_loading_info({"missing_keys": ["cls.x"]}, "m")
+
+
+# -- text, names, values ----------------------------------------------------------------------------------
+def test_calibration_text_check(tmp_path):
+    safety.check_text("Der schnelle braune Fuchs. 東京は日本の首都です。\n" * 50, "t")
+    (tmp_path / "r.txt").write_bytes(os.urandom(5000))
+    with pytest.raises(CalibrationError, match="does not look like text"):
+        safety.check_text_file(tmp_path / "r.txt")
+    with pytest.raises(CalibrationError, match="no text"):
+        safety.check_text("   \n", "t")
+
+
+def test_skip_modules_must_match_and_errors_list_near_names():
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "lm_head"]
+    safety.check_skip_modules(["q_proj", "model.layers.0.mlp.*", "lm_head"], names)
+    with pytest.raises(ConfigError, match="'down_prj' matches no module.*down_proj"):
+        safety.check_skip_modules(["down_prj"], names)
+
+
+def test_field_types():
+    from llmq.config import BnbInt8Config, GPTQConfig
+
+    safety.check_field_types(GPTQConfig, {"damp_percent": 0.1, "bits": 4, "sym": True, "skip_modules": ["a"]})
+    safety.check_field_types(GPTQConfig, {"damp_percent": 1})  # an int is a valid float
+    with pytest.raises(ConfigError, match="damp_percent='abc' is invalid: expected float"):
+        safety.check_field_types(GPTQConfig, {"damp_percent": "abc"})
+    with pytest.raises(ConfigError, match="bits=True"):
+        safety.check_field_types(GPTQConfig, {"bits": True})
+    with pytest.raises(ConfigError, match="threshold='high'"):
+        safety.check_field_types(BnbInt8Config, {"threshold": "high"})
+
+
+def test_device_and_eval_options():
+    for ok in (None, "cpu", "cuda", "cuda:1", "mps"):
+        safety.check_device(ok)
+    for bad in ("tpu", "cuda:x", ""):
+        with pytest.raises(ConfigError):
+            safety.check_device(bad)
+    safety.check_eval_options(seqlen=128, stride=64, batch_size=1, limit=None)
+    for kw in ({"seqlen": 0}, {"stride": 0}, {"batch_size": 0}, {"limit": -1}, {"seqlen": 32, "stride": 64}):
+        with pytest.raises(ConfigError):
+            safety.check_eval_options(**kw)
+
+
+def test_report_dir(tmp_path):
+    safety.check_report_dir(tmp_path / "new" / "dir")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        safety.check_report_dir(tmp_path / "f")
+
+
+def test_repo_id_and_eval_request(tmp_path):
+    from llmq.errors import LlmqError
+
+    safety.check_repo_id(None)
+    safety.check_repo_id("me/tiny-llama-int8")
+    for bad in ("not a repo", "a/b/c", "/x"):
+        with pytest.raises(ConfigError, match="not a Hub repo id"):
+            safety.check_repo_id(bad)
+    safety.check_eval_request(tasks="arc_easy,lm_eval:piqa", ppl="wikitext2", max_ppl_increase="5%")
+    for kw in ({"tasks": "no_such_task"}, {"tasks": str(tmp_path / "x.jsonl")}, {"max_ppl_increase": "lots"},
+               {"max_kld": -1.0}, {"ppl": str(tmp_path / "missing.txt")}):
+        with pytest.raises(LlmqError):
+            safety.check_eval_request(**kw)
