@@ -5,8 +5,8 @@ size on disk; WikiText-2 perplexity (``--ppl-windows`` x 1024 tokens); arc_easy 
 (``--limit`` docs each); and speed with :func:`llmq.bench.bench` (fp32 eager is 1.0; int8 folders
 run compiled through :mod:`llmq.fastpath`). The machine may be shared: compare ratios only.
 
-    LLMQ_DATA_DIR=/work/shared/data nice -n 10 python scripts/bench_int8.py
-    ... --stages speed --batch-sizes 1 --new-tokens 64 --samples 1   # quick speed check
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_int8.py --stages size,quality   # quality (any time)
+    python scripts/bench_int8.py --stages speed     # speed on a quiet machine; reuses the folders in --work
 
 Writes a table to stdout and JSON to eval/bench_int8.json (``--json``).
 """
@@ -30,12 +30,17 @@ VARIANTS = {
 }
 
 
-def build(work: Path, names: list[str], n_samples: int) -> dict[str, Path]:
+def build(work: Path, names: list[str], n_samples: int, create: bool = True) -> dict[str, Path]:
+    """The variants' folders in ``work``, quantizing missing ones when ``create`` (a speed-only run
+    never calibrates: it benches the folders the quality run left)."""
     import llmq
 
     out = {}
     for name in names:
         path = work / name
+        if not (path / "config.json").is_file() and not create:
+            print(f"skipping {name}: no folder at {path} (run --stages size,quality first)", flush=True)
+            continue
         if not (path / "config.json").is_file():
             scheme, kw = VARIANTS[name]
             if scheme == "int8-static":
@@ -65,12 +70,27 @@ def quality(path: Path | None, windows: int, limit: int, tasks: list[str]) -> di
     return {"ppl": ppl.value, "ppl_windows": ppl.windows, "tasks": acc, "eval_s": round(time.perf_counter() - t0, 1)}
 
 
+def quality_table(result: dict) -> str:
+    """Markdown: size, perplexity and task accuracy per variant, with changes vs fp32."""
+    rows = result.get("variants", {})
+    tasks = sorted({t for r in rows.values() for t in r.get("tasks", {})})
+    head = "| variant | size MB | WikiText-2 ppl | Δppl | " + " | ".join(f"{t} (Δ pts)" for t in tasks) + " |"
+    lines = [head, "|" + "---|" * (4 + len(tasks))]
+    for name, r in rows.items():
+        if "ppl" not in r:
+            continue
+        d = r.get("dtasks_pts", {})
+        acc = " | ".join(f"{100 * r['tasks'][t]:.1f} ({d.get(t, 0):+.1f})" if t in r["tasks"] else "" for t in tasks)
+        lines.append(f"| {name} | {r.get('size_mb', '')} | {r['ppl']:.2f} | {r.get('dppl_pct', 0):+.2f}% | {acc} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/llmq-bench-int8")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--stages", default="size,quality,speed")
-    ap.add_argument("--n-samples", type=int, default=32, help="calibration windows of 512 tokens")
+    ap.add_argument("--n-samples", type=int, default=16, help="calibration windows of 512 tokens")
     ap.add_argument("--ppl-windows", type=int, default=16)
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--tasks", default="arc_easy,piqa")
@@ -79,13 +99,14 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--json", default=str(ROOT / "eval" / "bench_int8.json"))
+    ap.add_argument("--note", help="conditions of this run (e.g. 'machine shared with 4 other jobs'), stored per stage")
     ap.add_argument("--redo", action="store_true", help="re-measure quality rows already in --json")
     args = ap.parse_args()
     os.environ.setdefault("LLMQ_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     stages = set(args.stages.split(","))
     names = [v for v in args.variants.split(",") if v]
     work = Path(args.work)
-    paths = build(work, names, args.n_samples)
+    paths = build(work, names, args.n_samples, create=bool(stages & {"size", "quality"}))
 
     from llmq.models import folder_size, resolve_model
 
@@ -116,21 +137,29 @@ def main() -> int:
             rows[by_spec[br.model]].setdefault("speed", {})[f"batch{br.batch}"] = br.to_dict()
         result["speed_table"] = format_table(brows)
     fp = rows.get("fp32", {})
+    if "speed" in stages:
+        result.pop("speed_status", None)
     for r in rows.values():
         if "ppl" in r and "ppl" in fp:
             r["dppl_pct"] = round(100 * (r["ppl"] / fp["ppl"] - 1), 2)
             r["dtasks_pts"] = {t: round(100 * (a - fp["tasks"][t]), 1) for t, a in r["tasks"].items()}
     import torch
 
+    cmd = "python " + " ".join(sys.argv)
+    result.pop("command", None)
+    for st in stages:  # each stage keeps the command (and conditions) that produced it
+        result.setdefault("commands", {})[st] = cmd
+        if args.note:
+            result.setdefault("notes", {})[st] = args.note
     result.update({
-        "command": "python " + " ".join(sys.argv),
         "model": "SmolLM2-135M-Instruct (fp32, dequantized from the demo GGUF)",
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU threads shared with other jobs, "
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU threads, "
                    f"torch {torch.__version__}",
         "note": "speed: fp32 eager = 1.0, int8 folders compiled (llmq.fastpath); ratios from one run",
     })
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(quality_table(result))
     print(f"wrote {out_path}")
     return 0
 
