@@ -217,7 +217,16 @@ class GPTQModelBackend(Backend):
         return model
 
     def save(self, model: Any, tokenizer: Any, out: Path) -> None:
-        model.save(str(out))
+        import contextlib
+        import io
+        import sys
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):  # GPTQModel's writer prints every config file it saved
+            model.save(str(out))
+        for line in buf.getvalue().splitlines():  # keep its warnings and errors
+            if line.strip("\r ").startswith(("WARN", "ERROR", "CRITICAL")):
+                print(line.strip("\r "), file=sys.stderr)
         tokenizer.save_pretrained(out)
         for f in out.glob("*.bin"):
             f.unlink()

@@ -17,8 +17,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="perplexity text: wikitext2, c4, a local .txt file, or none (default wikitext2)")
     p.add_argument("--tasks", help="comma-separated list; each item is one of: a registered task (arc_easy, piqa, "
                                    "hellaswag, lambada; read from LLMQ_DATA_DIR/tasks or the Hub); FILE.jsonl (your "
-                                   "own task, its shape detected from the first row's fields); NAME=FILE.jsonl (the "
-                                   "registered task NAME read from FILE: NAME's prompt and field names, your rows); "
+                                   "own task, its shape detected from the first row's fields); NAME=FILE.jsonl (a "
+                                   "registered task read from FILE: NAME's prompt and field names, your rows); "
                                    "lm_eval:TASK (lm-evaluation-harness); or none (default: no tasks)")
     p.add_argument("--task-fields", metavar="CANONICAL=FIELD,...",
                    help="field names of a task file that differ from llmq's: e.g. contexts=context_options,"
