@@ -67,6 +67,9 @@ class Int8StaticConfig(CalibratedConfig):
     percentile: float = 99.99
     weight_granularity: str = "per_channel"
     smooth_alpha: float | None = None
+    #: Linears (names or patterns) whose activations are quantized per token at run time instead
+    #: of with a static scale: SmolLM2's down_proj inputs carry outliers no per-tensor scale covers
+    dynamic_modules: tuple[str, ...] = ()
     quantize_embeddings: bool = True
     dtype: str = "float32"
     n_samples: int = 64
@@ -296,16 +299,23 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
     from torchao.quantization import (FqnToConfig, Int8StaticActivationInt8WeightConfig, MappingType, PerRow,
                                       PerTensor, quantize_)
 
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+    from llmq.models import excluded_modules
+
     names = target_linears(model, cfg.skip_modules)
+    pats = (cfg.dynamic_modules,) if isinstance(cfg.dynamic_modules, str) else tuple(cfg.dynamic_modules)
+    dyn = set(excluded_modules(None, names, pats)) if pats else set()
+    wgran = PerRow() if cfg.weight_granularity == "per_channel" else PerTensor()
+    configs = {n: Int8DynamicActivationInt8WeightConfig(granularity=wgran, set_inductor_config=False) for n in dyn}
+    names = [n for n in names if n not in dyn]
     pre = None
     if cfg.smooth_alpha is not None:
         pre = smooth_scales(model, channel_absmax(model, samples, names), cfg.smooth_alpha)
     obs = calibrate(model, samples, names, sym=cfg.sym, pre_scales=pre)
-    wgran = PerRow() if cfg.weight_granularity == "per_channel" else PerTensor()
     mapping = MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC
     mods = dict(model.named_modules())
     qparams: dict[str, Any] = {}
-    configs = {}
     for n in names:
         scale, zp = activation_qparams(obs[n], cfg.calibration_method, percentile=cfg.percentile, sym=cfg.sym)
         w = mods[n].weight

@@ -237,3 +237,25 @@ def test_accuracy_gate_runs_on_int8_static(tiny_model_dir, tmp_path):
               max_accuracy_loss=100.0)
     assert res.code == 0 and res.report is not None
     assert "arc_easy" in json.dumps(res.report) and res.report["gate"]["passed"] is True
+
+
+def test_dynamic_modules_quantize_activations_per_token_and_reload(tiny_model_dir, tmp_path):
+    """``dynamic_modules``: those Linears get no static scale (per-token activations at run time);
+    the mixed folder reloads with identical logits."""
+    import torch
+    from torchao.quantization import Int8Tensor
+
+    import llmq
+
+    q = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, n_samples=2, seqlen=32,
+                      dynamic_modules=["*.down_proj"])
+    layer = q.model.model.layers[0]
+    assert isinstance(layer.mlp.down_proj.weight, Int8Tensor) and layer.mlp.down_proj.weight.act_quant_scale is None
+    assert layer.mlp.up_proj.weight.act_quant_scale is not None
+    x = torch.tensor([list(range(5, 45))])
+    with torch.no_grad():
+        before = q.model(x).logits
+    model, _ = llmq.load(q.save(tmp_path / "m"), device="cpu")
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, before)
+    assert model.model.layers[0].mlp.down_proj.weight.act_quant_scale is None
