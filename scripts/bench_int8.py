@@ -27,6 +27,9 @@ VARIANTS = {
     "int8-static-minmax": ("int8-static", {"calibration_method": "minmax"}),
     "int8-static-percentile": ("int8-static", {"calibration_method": "percentile"}),
     "int8-static-entropy": ("int8-static", {"calibration_method": "entropy"}),
+    # down_proj activations per token at run time (their outliers defeat a static per-tensor scale)
+    "int8-static-percentile-dyndown": ("int8-static", {"calibration_method": "percentile",
+                                                       "dynamic_modules": ["*.down_proj"]}),
 }
 
 
