@@ -155,6 +155,23 @@ def test_api_load_refuses_custom_code(models):
     assert not models["remote_marker"].exists()
 
 
+def test_trust_remote_code_is_the_only_way_in(models, tmp_path, capsys):
+    """eval/compare take --trust-remote-code: with it the folder's own code runs (its marker file
+    appears), without it the refusal names the flag."""
+    d = copy_model(models["remote"], tmp_path / "remote")
+    marker = tmp_path / "RAN"
+    (d / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                        "from transformers import LlamaForCausalLM as EvilForCausalLM\n")
+    code, _, err = cli(capsys, "compare", "--original", models["good"], "--quantized", d, "--ppl", "none",
+                       "--no-speed", "-o", tmp_path / "rep")
+    assert code == 2 and not marker.exists()
+    one_line_error(err, "--trust-remote-code")
+    code, out, err = cli(capsys, "eval", "--model", d, "--ppl", models["ppl_txt"], "--seqlen", "32", "--limit", "1",
+                         "--no-speed", "--json", "--trust-remote-code")
+    assert code == 0, err[-2000:]
+    assert marker.exists() and json.loads(out)["model"]["perplexity"]["windows"] == 1
+
+
 # == Silent garbage =========================================================================================
 def test_run_int8_dynamic_refuses_nan_weight(models, tmp_path, capsys):
     code, _, err = cli(capsys, "run", "--model", models["nan"], "--scheme", "int8-dynamic", "-o", tmp_path / "o",

@@ -185,3 +185,23 @@ def test_repo_id_and_eval_request(tmp_path):
                {"max_kld": -1.0}, {"ppl": str(tmp_path / "missing.txt")}):
         with pytest.raises(LlmqError):
             safety.check_eval_request(**kw)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+def test_finite_safetensors_bit_check_per_dtype(tmp_path, dtype):
+    """The memory-mapped exponent-bit check finds NaN, +Inf and -Inf in every float dtype and passes
+    large finite values (fp16's 6e4, 1e30 elsewhere); integer tensors are skipped."""
+    import torch
+    from safetensors.torch import save_file
+
+    dt = getattr(torch, dtype)
+    big = 6e4 if dtype == "float16" else 1e30
+    for val, bad in ((float("nan"), True), (float("inf"), True), (float("-inf"), True), (big, False)):
+        t = torch.randn(1000, 7).to(dt)
+        t[500, 3] = val
+        save_file({"i": torch.full((3,), -1, dtype=torch.int32), "w": t}, str(tmp_path / "m.safetensors"))
+        if bad:
+            with pytest.raises(CorruptModelError, match="in w"):
+                safety.check_finite_safetensors(tmp_path, "m")
+        else:
+            safety.check_finite_safetensors(tmp_path, "m")
