@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from llmq.outdir import terminate_as_interrupt
 
-    terminate_as_interrupt()
+    previous = terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except LlmqError as e:
@@ -242,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(interrupt_message(), file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:  # main() called in-process (tests, notebooks): leave SIGTERM as it was
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

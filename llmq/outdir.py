@@ -25,7 +25,7 @@ import struct
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from llmq.errors import ConfigError, OutputExistsError, OutputLockedError
 
@@ -309,19 +309,22 @@ def reserve_output(output: str | os.PathLike, overwrite: bool = False,
             _RESERVED.pop(lock, None)
 
 
-def terminate_as_interrupt() -> None:
+def terminate_as_interrupt() -> Any:
     """Make SIGTERM (``kill``, job schedulers, ``timeout``) unwind like Ctrl-C, so the temp folder
-    and the lock are removed instead of left for the next run. Main thread only (a no-op elsewhere)."""
+    and the lock are removed instead of left for the next run. Main thread only (a no-op elsewhere).
+    Returns the previous handler (``signal.signal(signal.SIGTERM, it)`` restores it; None: unchanged)."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
 
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    return previous
 
 
 def interrupt_message() -> str:
