@@ -102,6 +102,18 @@ def speed_section(args, f32, files, hf_model, tok) -> dict:
     return sp
 
 
+def print_speed(sp: dict) -> None:
+    print(f"fp32 transformers decode: {sp['fp32_transformers_decode_tok_s']:.1f} tok/s")
+    for k in ("F32", "Q8_0 (llmq)", "Q4_K_M (llmq)"):
+        m, r = sp[k]["llmq"], sp[k]["llama_bench"]
+        rb = f" | llama-bench pp512 {r['prefill_tok_s']:.0f} tg128 {r['decode_tok_s']:.1f}" if r else ""
+        print(f"{k:16s} llmq pp512 {m['prefill_tok_s']:.0f} tg128 {m['decode_tok_s']:.1f}{rb}")
+    print(f"Q8_0 decode / fp32 transformers decode: {sp['q8_0_decode_over_fp32_transformers']:.1f}x")
+    q8 = sp["Q8_0 (llmq)"]
+    if q8.get("decode_ratio_llmq_over_llama_bench"):
+        print(f"Q8_0 decode llmq / llama-bench: {q8['decode_ratio_llmq_over_llama_bench']:.3f} (target 0.9-1.1)")
+
+
 def speed_only(args, src, tok, work) -> int:
     """Tool rows (llama-quantize types, llama-bench) added to an existing report, from one run."""
     import torch
@@ -137,16 +149,7 @@ def speed_only(args, src, tok, work) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    sp = report["speed"]
-    print(f"fp32 transformers decode: {sp['fp32_transformers_decode_tok_s']:.1f} tok/s")
-    for k in ("F32", "Q8_0 (llmq)", "Q4_K_M (llmq)"):
-        m, r = sp[k]["llmq"], sp[k]["llama_bench"]
-        rb = f" | llama-bench pp512 {r['prefill_tok_s']:.0f} tg128 {r['decode_tok_s']:.1f}" if r else ""
-        print(f"{k:16s} llmq pp512 {m['prefill_tok_s']:.0f} tg128 {m['decode_tok_s']:.1f}{rb}")
-    print(f"Q8_0 decode / fp32 transformers decode: {sp['q8_0_decode_over_fp32_transformers']:.1f}x")
-    q8 = sp["Q8_0 (llmq)"]
-    if q8.get("decode_ratio_llmq_over_llama_bench"):
-        print(f"Q8_0 decode llmq / llama-bench: {q8['decode_ratio_llmq_over_llama_bench']:.3f} (target 0.9-1.1)")
+    print_speed(report["speed"])
     print(json.dumps(report["tools_reference"], indent=1))
     return 0
 
@@ -320,16 +323,7 @@ def main() -> int:
     c = report["targets"]["gguf-q4_k_m+imatrix"]
     print(f"target gguf-q4_k_m+imatrix: Δppl {c['delta_vs_fp32_pct']:+.2f}% (uncalibrated {c['uncalibrated_delta_pct']:+.2f}%)")
     if "speed" in report:
-        sp = report["speed"]
-        print(f"fp32 transformers decode: {sp['fp32_transformers_decode_tok_s']:.1f} tok/s")
-        for k in ("F32", "Q8_0 (llmq)", "Q4_K_M (llmq)"):
-            m, r = sp[k]["llmq"], sp[k]["llama_bench"]
-            rb = f" | llama-bench pp {r['prefill_tok_s']:.0f} tg {r['decode_tok_s']:.1f}" if r else ""
-            print(f"{k:16s} llmq pp512 {m['prefill_tok_s']:.0f} tg128 {m['decode_tok_s']:.1f}{rb}")
-        print(f"Q8_0 decode / fp32 transformers decode: {sp['q8_0_decode_over_fp32_transformers']:.1f}x")
-    q8 = sp["Q8_0 (llmq)"]
-    if q8.get("decode_ratio_llmq_over_llama_bench"):
-        print(f"Q8_0 decode llmq / llama-bench: {q8['decode_ratio_llmq_over_llama_bench']:.3f} (target 0.9-1.1)")
+        print_speed(report["speed"])
     g = report["gemma3_tiny"]
     print(f"gemma3 tiny: runtimes agree {g['runtime_agreement_pct']:+.3f}%; " + "; ".join(
         f"{s}: same types {r['same_tensor_types']}, ppl diff {r['ppl_diff_pct']:+.3f}%" for s, r in g["schemes"].items()))
