@@ -16,6 +16,7 @@ from llmq.advisor.estimate import estimate_scheme, memory
 from llmq.advisor.params import profile
 from llmq.errors import ConfigError
 from llmq.hardware import GB
+from llmq.schemes import SCHEMES, get_scheme
 
 
 def need_gib(n: int, scheme: str, context: int = 2048) -> float:
@@ -97,8 +98,13 @@ def test_50m_avoids_4bit_even_when_it_would_fit():
     usable = [c.rank for c in adv.candidates if c.status in ("recommended", "ok", "warn")]
     avoided = [c.rank for c in adv.candidates if c.status == "avoid"]
     assert max(usable) < min(avoided)
-    # Only 4-bit fits: the advisor recommends nothing rather than contradict the rule.
-    adv = llmq.advise(n, device="cuda", gpu_memory_gb=between(n, "gptq-int4", "bnb-int8"))
+    # Only 4-bit fits among the transformers formats: the advisor recommends nothing rather than
+    # contradict the rule. (llama.cpp's Q8_0 also quantizes the embeddings, so it fits there as an
+    # 8-bit choice and is recommended over the avoided 4-bit schemes.)
+    mem = between(n, "gptq-int4", "bnb-int8")
+    assert rec(llmq.advise(n, device="cuda", gpu_memory_gb=mem)) == "gguf-q8_0"
+    adv = llmq.advise(n, device="cuda", gpu_memory_gb=mem,
+                      schemes=[s for s in SCHEMES if get_scheme(s).backend_cls().runtime == "transformers"])
     assert adv.recommended is None
     assert status(adv, "gptq-int4") == "avoid" and status(adv, "bnb-int8") == "does not fit"
     assert "avoid 4-bit (5-15% loss)" in " ".join(next(c for c in adv.candidates if c.scheme == "gptq-int4").reasons)
