@@ -68,6 +68,11 @@ def debris_of(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
 
 
+
+#: the custom class is a subclass, not an alias: transformers registers the class it loads for its auto
+#: class, and an alias would mark transformers' own LlamaForCausalLM as remote code for every later test
+EVIL_CLASS = "from transformers import LlamaForCausalLM\n\n\nclass EvilForCausalLM(LlamaForCausalLM):\n    pass\n"
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_model_dir):
     """Broken copies of the session's tiny Llama, built once for the module."""
@@ -88,7 +93,7 @@ def models(tmp_path_factory, tiny_model_dir):
     marker = root / "EVIL_CODE_RAN"
     (m["remote"] / "modeling_evil.py").write_text(
         f"open({str(marker)!r}, 'w').write('ran')\n"
-        "from transformers import LlamaForCausalLM as EvilForCausalLM\n")
+        + EVIL_CLASS)
     m["remote_marker"] = marker
 
     for kind in ("truncated", "garbage", "empty"):
@@ -160,8 +165,7 @@ def test_trust_remote_code_is_the_only_way_in(models, tmp_path, capsys):
     appears), without it the refusal names the flag."""
     d = copy_model(models["remote"], tmp_path / "remote")
     marker = tmp_path / "RAN"
-    (d / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
-                                        "from transformers import LlamaForCausalLM as EvilForCausalLM\n")
+    (d / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n" + EVIL_CLASS)
     code, _, err = cli(capsys, "compare", "--original", models["good"], "--quantized", d, "--ppl", "none",
                        "--no-speed", "-o", tmp_path / "rep")
     assert code == 2 and not marker.exists()
