@@ -256,17 +256,22 @@ def _check_existing(output: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{output} exists and is not empty; pass --overwrite (overwrite=True) to replace it.")
 
 
+def _checked(output: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike | None]) -> Path:
+    """The checks every writer runs before it takes the lock: exists, is/contains/is inside an input, writable."""
+    output = Path(output).expanduser()
+    _check_existing(output, overwrite)
+    check_location(output, list(inputs))
+    check_writable(output)
+    return output
+
+
 @contextlib.contextmanager
 def atomic_output(output: str | os.PathLike, overwrite: bool = False,
                   inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
     """Yield an empty temp folder beside ``output``; when the block succeeds it becomes ``output``
     (see the module docstring); on any exception (Ctrl-C included) it is deleted and an existing
     output is untouched. The existing-output check runs again at commit time, under the lock."""
-    output = Path(output).expanduser()
-    inputs = list(inputs)
-    _check_existing(output, overwrite)
-    check_location(output, inputs)
-    check_writable(output)
+    output = _checked(output, overwrite, inputs)
     with output_lock(output) as lock:
         if lock not in _RESERVED:  # under ``reserve_output`` the debris was cleaned when it locked
             clean_debris(output)
@@ -293,11 +298,7 @@ def reserve_output(output: str | os.PathLike, overwrite: bool = False,
     whole block: the run pipeline wraps quantize and save in it, so a second writer of the same
     output fails before it loads a weight, not after quantizing. ``atomic_output`` inside the block
     re-enters the lock."""
-    output = Path(output).expanduser()
-    inputs = list(inputs)
-    _check_existing(output, overwrite)
-    check_location(output, inputs)
-    check_writable(output)
+    output = _checked(output, overwrite, inputs)
     import threading
 
     with output_lock(output) as lock:
