@@ -28,6 +28,7 @@ COMMANDS = {
     "estimate": "llmq.advisor:add_estimate",
     "push": "llmq.publish:add_push",
     "qat": "llmq.qat_cli:add_qat",
+    "bench": "llmq.bench:add_bench",
 }
 
 def _quiet_libraries() -> None:
@@ -121,11 +122,16 @@ def add_run(sub: Any) -> None:
     g.add_argument("--skip-modules", help="comma-separated module names or glob patterns kept in full precision")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set damp_percent=0.1 (repeatable)")
-    c = p.add_argument_group("calibration (GPTQ, AWQ; optional for GGUF: an importance matrix)")
+    g.add_argument("--keep-embeddings", dest="quantize_embeddings", action="store_false", default=None,
+                   help="int8 schemes: keep embeddings and lm_head at the model's dtype (default: int8 per row)")
+    c = p.add_argument_group("calibration (GPTQ, AWQ, int8-static; optional for GGUF: an importance matrix)")
     c.add_argument("--calibration", help="wikitext2, c4, pileval, builtin, or a .txt/.jsonl/.parquet file")
     c.add_argument("--n-samples", type=int)
     c.add_argument("--seqlen", type=int)
     c.add_argument("--seed", type=int)
+    c.add_argument("--calibration-method", help="int8-static activation ranges: minmax, percentile (default) or entropy")
+    c.add_argument("--percentile", type=float, help="int8-static with --calibration-method percentile (default 99.99)")
+    c.add_argument("--smooth-alpha", type=float, help="int8-static: SmoothQuant migration strength in [0, 1] (off by default)")
     e = p.add_argument_group("evaluation and accuracy gate")
     e.add_argument("--eval", action="store_true", help="evaluate the quantized model against the original")
     e.add_argument("--tasks", help="comma-separated task names for --eval")
@@ -147,7 +153,8 @@ def add_run(sub: Any) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     ov: dict[str, Any] = {}
-    for key in ("bits", "group_size", "sym", "calibration", "n_samples", "seqlen", "seed"):
+    for key in ("bits", "group_size", "sym", "calibration", "n_samples", "seqlen", "seed", "calibration_method",
+                "percentile", "smooth_alpha", "quantize_embeddings"):
         v = getattr(args, key, None)
         if v is not None:
             ov[key] = v

@@ -23,6 +23,7 @@ BACKENDS.register("bitsandbytes", "llmq.backends.bnb:BitsAndBytesBackend")
 BACKENDS.register("gptqmodel", "llmq.backends.gptqmodel:GPTQModelBackend")
 BACKENDS.register("qat", "llmq.backends.qat:QATBackend")
 BACKENDS.register("gguf", "llmq.backends.gguf:GGUFBackend")
+BACKENDS.register("int8-static", "llmq.backends.int8_static:Int8StaticBackend")
 
 PLUGINS = BACKENDS
 

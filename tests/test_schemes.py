@@ -5,7 +5,8 @@ from llmq.schemes import BACKENDS, SCHEMES, get_scheme
 
 EXPECTED = {"fp16", "bf16", "int8-dynamic", "bnb-int8", "bnb-nf4", "bnb-fp4", "gptq-int4", "gptq-int8", "gptq-int3", "awq-int4",
             "qat-int4", "qat-8da4w", "qat-w8a8", "qat-int8",
-            "gguf-q8_0", "gguf-q6_k", "gguf-q5_k_m", "gguf-q4_k_m", "gguf-q4_0"}
+            "gguf-q8_0", "gguf-q6_k", "gguf-q5_k_m", "gguf-q4_k_m", "gguf-q4_0",
+            "int8-static"}
 
 
 def test_every_family_is_registered():
@@ -18,7 +19,7 @@ def test_scheme_default_config_is_valid_and_backend_declares_needs(name):
     cfg = s.config()
     b = s.backend_cls()
     assert isinstance(b.needs_calibration, bool) and isinstance(b.runs_in_memory, bool)
-    assert b.needs_calibration == name.startswith(("gptq", "awq"))
+    assert b.needs_calibration == name.startswith(("gptq", "awq", "int8-static"))
     assert b.needs_training == name.startswith("qat-")
     if b.requires:
         assert b.extra, "a backend with requirements must name its pip extra"
@@ -33,7 +34,7 @@ def test_get_scheme_normalises_and_suggests():
 
 
 def test_backends_are_lazy_strings_until_used():
-    assert set(BACKENDS.names()) == {"cast", "torchao", "bitsandbytes", "gptqmodel", "qat", "gguf"}
+    assert set(BACKENDS.names()) == {"cast", "torchao", "bitsandbytes", "gptqmodel", "qat", "gguf", "int8-static"}
 
 
 def _tiny_meta(name: str) -> dict:

@@ -204,6 +204,7 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
     roles = rules.roles()
 
     est = {s: estimate_scheme(prof, s, device=hw.device) for s in names}
+    bf16_bytes = (est.get("bf16") or estimate_scheme(prof, "bf16", device=hw.device)).bytes
     mems = {s: memory(prof, e, context=context, batch_size=batch_size, device=hw.device) for s, e in est.items()}
     fits = {s: m.total <= mem_limit for s, m in mems.items()}
     if hw.device == "cpu":
@@ -274,6 +275,10 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
                     c.status = "warn"
             else:
                 c.reasons.append(f"rule of thumb ({band.label}): {band.verdict} ({lo:g}-{hi:g}%)")
+        if role.precision != "16" and est[s].bytes > bf16_bytes and c.status != "does not fit":
+            # issue #11: e.g. int8 with fp32 embeddings on a big-vocabulary model outweighs bf16
+            c.status = "avoid"
+            c.reasons.append(f"larger than bf16 ({gb(est[s].bytes)} > {gb(bf16_bytes)}): quantizing saves nothing")
         if tol is not None and c.status in ("ok", "warn"):
             if loss is None:
                 c.status = "warn"

@@ -96,7 +96,8 @@ def estimate_rows(prof: Any, group_size: int | None = None, context: int = 2048,
         if s == "fp32":
             e = base
         else:
-            ov = {"group_size": group_size} if group_size and issubclass(get_scheme(s).config_cls, CalibratedConfig) else {}
+            grouped = issubclass(get_scheme(s).config_cls, CalibratedConfig) and get_scheme(s).config().group_size != -1
+            ov = {"group_size": group_size} if group_size and grouped else {}  # not per-channel int8-static
             e = estimate_scheme(prof, s, device=device, **ov)
         m = memory(prof, e, context=context, device=device)
         rows.append({"scheme": e.scheme, "format": e.label, "bits_per_weight": e.bits_per_weight,

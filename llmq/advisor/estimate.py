@@ -6,8 +6,9 @@ that plugin writes (checked against real llmq folders of SmolLM2-135M in
 record, safetensors header sizes, which linears a scheme quantizes, the row-wise int8 layout
 (torchao and bitsandbytes), and the run-time memory model.
 
-``lm_head`` and the embeddings are never quantized by llmq (tied: stored once). GPTQ/AWQ only
-quantize Linears inside the decoder blocks; bitsandbytes and torchao quantize every other Linear.
+``lm_head`` and the embeddings stay unquantized (tied: stored once) except in the torchao int8
+schemes (int8-dynamic, int8-static: int8 per row, ``quantize_embeddings``). GPTQ/AWQ only quantize
+Linears inside the decoder blocks; bitsandbytes and torchao quantize every other Linear.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ def which_scheme_markdown() -> str:
              "downloaded (parameters from safetensors headers, Hub metadata, GGUF tensor tables or the config). "
              "It ranks schemes by this decision tree:", "",
              f"> {rules.TREE_TEXT}", "",
+             "A quantized scheme whose estimated size exceeds bf16's (e.g. fp32 embeddings on a "
+             "large-vocabulary model) is marked *avoid* and never recommended.", "",
              f"and this model-size rule of thumb (source: {rules.RULE_SOURCE}):", "",
              "| parameters | rule of thumb | expected 4-bit loss | what `advise` does with 4-bit |",
              "|---|---|---|---|"]

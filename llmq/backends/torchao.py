@@ -10,6 +10,7 @@ from typing import Any
 
 from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, torch_dtype, transformers_snippet
 from llmq.config import DTYPES, QuantConfigBase, check_choice
+from llmq.errors import ConfigError
 from llmq.models import excluded_modules, linear_shapes
 
 
@@ -21,11 +22,14 @@ class Int8DynamicConfig(QuantConfigBase):
 
     weight_granularity: str = "per_channel"
     dtype: str = "float32"
+    quantize_embeddings: bool = True  # int8 per-row embeddings and lm_head (False: keep them at dtype)
 
     def validate(self) -> None:
         super().validate()
         check_choice("weight_granularity", self.weight_granularity, ("per_channel", "per_tensor"))
         check_choice("dtype", self.dtype, DTYPES)
+        if not isinstance(self.quantize_embeddings, bool):
+            raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
 
 
 
@@ -52,16 +56,30 @@ class TorchAoBackend(Backend):
             Int8DynamicActivationInt8WeightConfig(granularity=gran, set_inductor_config=False),
             modules_to_not_convert=skip or None,
         )
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch_dtype(self.config.dtype), device_map=device, quantization_config=qc
         )
+        if self.config.quantize_embeddings:  # int8 per row; fp32 embeddings were 40% of the folder
+            quantize_embeddings(model)
+            qc.include_input_output_embeddings = True
+            attach_torchao_saver(model, qc)
+        return model
+
+    @classmethod
+    def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
+        out = super().load_kwargs(path, quantization_config, device, kernel)
+        enable_loading()  # static activation scales (int8-static folders written by torchao elsewhere too)
+        return out
 
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
         """``_weight_qdata`` int8 + per-row fp32 ``_weight_scale`` + int8 ``_weight_zero_point``;
-        everything else at the config's ``dtype`` (float32 by default)."""
+        embeddings/lm_head int8 per row too unless ``quantize_embeddings=False``; everything else at
+        the config's ``dtype`` (float32 by default)."""
         from llmq.advisor.estimate import int8_rowwise
 
+        if config.quantize_embeddings:
+            return torchao_int8_estimate(profile, config, scheme.name)
         return int8_rowwise(profile, scheme.name, config.dtype, zero_point=True, skip=tuple(config.skip_modules))
 
     @classmethod
@@ -77,3 +95,104 @@ class TorchAoBackend(Backend):
             serve_note=("vLLM reads torchao checkpoints saved by transformers (see torchao's serving guide, "
                         "docs.pytorch.org/ao/stable/serving.html) when its torchao version matches; "
                         "llmq has not tested this path. " + VLLM_NOTE))
+
+
+# -- shared by the torchao int8 schemes (int8-dynamic here, int8-static in int8_static.py) ------
+def quantize_embeddings(model: Any) -> None:
+    """int8 per row for the input embedding and ``lm_head`` (one tensor when tied); ``lm_head``
+    multiplies with int8 activations quantized per token at run time (issue #11: fp32 embeddings
+    were 40% of the SmolLM2 folder)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, quantize_
+
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is emb.weight
+    targets = {id(emb)} | ({id(head)} if head is not None else set())
+    quantize_(model, Int8DynamicActivationInt8WeightConfig(granularity=PerRow(), set_inductor_config=False),
+              filter_fn=lambda m, fqn: id(m) in targets)
+    if tied:
+        head.weight = emb.weight
+
+
+def attach_torchao_saver(model: Any, qc: Any) -> None:
+    """Make ``save_pretrained`` write ``model`` (torchao tensors, ``qc`` a ``TorchAoConfig``) as
+    torchao safetensors, each tied tensor once: transformers 5.24 writes both halves of a tied
+    tensor subclass and then cannot compare them on reload (no ``aten.equal`` for ``Int8Tensor``)."""
+    from transformers.quantizers.quantizer_torchao import TorchAoHfQuantizer
+
+    class _TiedAwareTorchAoQuantizer(TorchAoHfQuantizer):
+        def get_state_dict_and_metadata(self, model):
+            from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+            sd = model.state_dict()
+            for k in getattr(model, "all_tied_weights_keys", None) or {}:
+                sd.pop(k, None)
+            return flatten_tensor_state_dict(sd)
+
+    model.config.quantization_config = qc
+    model.hf_quantizer = _TiedAwareTorchAoQuantizer(qc)
+
+
+_PATCHED = False
+
+
+def enable_loading() -> None:
+    """Let transformers' torchao loader read static activation scales (``_weight_act_quant_scale``
+    and ``_weight_act_quant_zero_point``), which transformers 5.24 omits from its list of
+    serialized names (it drops them silently, leaving uncalibrated scales); idempotent, and a
+    no-op where transformers already lists them."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    from transformers.quantizers.quantizer_torchao import TorchAoHfQuantizer
+
+    orig = TorchAoHfQuantizer.serialized_names.fget
+
+    def serialized_names(self):
+        out = {}
+        for k, v in orig(self).items():
+            extra = [f"_{k}_act_quant_scale", f"_{k}_act_quant_zero_point"]
+            out[k] = list(v) + [e for e in extra if e not in v]
+        return out
+
+    TorchAoHfQuantizer.serialized_names = property(serialized_names)
+    _PATCHED = True
+
+
+def torchao_int8_estimate(profile: Any, cfg: Any, scheme: str) -> Any:
+    """Bytes on disk for torchao's int8 layouts with int8 embeddings (int8-dynamic, int8-static).
+    Per quantized Linear: int8 ``qdata``, fp32 ``scale`` and int8 ``zero_point`` per row (per
+    tensor: one each; torchao writes the zero point even when symmetric); static adds an fp32
+    ``act_quant_scale`` (+ int8 ``act_quant_zero_point`` when asymmetric, + fp32 ``act_pre_scale``
+    per input channel when smoothing). Embeddings and a separate lm_head: int8 per row with the same
+    three tensors (or kept at ``cfg.dtype``). The rest stays at ``cfg.dtype``."""
+    from llmq.advisor.estimate import BYTES, SizeEstimate, header_bytes, selected_linears
+
+    static = hasattr(cfg, "calibration_method")
+    lins, _ = selected_linears(profile, False, tuple(cfg.skip_modules))
+    lins = [l for l in lins if l.name != "lm_head"]
+    q = sum(l.numel for l in lins)
+    per_row = cfg.weight_granularity == "per_channel"
+    scales, n_q_tensors = 0, 0
+    for l in lins:
+        scales += (l.out_features if per_row else 1) * 5
+        n_q_tensors += 3
+        if static:
+            scales += 4 + (0 if cfg.sym else 1) + (4 * l.in_features if cfg.smooth_alpha is not None else 0)
+            n_q_tensors += 1 + (0 if cfg.sym else 1) + (0 if cfg.smooth_alpha is None else 1)
+    emb_q = emb_scales = n_emb_tensors = 0
+    for numel in [profile.embedding_params] + ([profile.lm_head_params] if profile.lm_head_params else []):
+        if cfg.quantize_embeddings:
+            emb_q += numel
+            emb_scales += 5 * profile.vocab
+            n_emb_tensors += 3
+        else:
+            n_emb_tensors += 1
+    kept_params = profile.parameters - q - emb_q
+    kept = kept_params * BYTES[cfg.dtype]
+    n_kept = 2 * profile.layers + 1 + (len(profile.linears) - len(lins) - (1 if profile.lm_head_params else 0))
+    hdr = header_bytes(n_q_tensors + n_emb_tensors + n_kept, "torchao")
+    total = q + scales + emb_q + emb_scales + kept + hdr
+    return SizeEstimate(scheme, "int8", total, q + emb_q, kept_params, cfg.dtype,
+                        8 * (q + scales + emb_q + emb_scales) / (q + emb_q) if q + emb_q else None,
+                        {"int8 weights": q + emb_q, "scales/zeros": scales + emb_scales,
+                         f"kept ({cfg.dtype})": kept, "header": hdr})

@@ -188,3 +188,23 @@ def test_our_smollm2_measurement_is_quoted_in_its_size_band_only():
     small = [n for n in llmq.advise(300_000_000, device="cpu", ram_gb=16).notes if "measured on SmolLM2-135M" in n]
     assert len(small) == 1 and f"+{four * 100:.1f}%" in small[0] and "rule of thumb's 2-5%" in small[0]
     assert not [n for n in llmq.advise(7_000_000_000, device="cpu", ram_gb=64).notes if "SmolLM2-135M (this" in n]
+
+
+def test_never_recommends_a_scheme_larger_than_bf16(tmp_path):
+    """Issue #11: on a Gemma-3-like layout (262k vocabulary, small decoder) a scheme that keeps the
+    embedding in fp32 outweighs bf16; the advisor must not recommend it, whatever the ranking."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True).save_pretrained(tmp_path)
+    cands = ["int8-dynamic", "awq-int4", "bf16"]
+    bf16 = estimate_scheme(profile(str(tmp_path)), "bf16", device="cpu").bytes
+    fat = estimate_scheme(profile(str(tmp_path)), "int8-dynamic", device="cpu", quantize_embeddings=False).bytes
+    assert fat > bf16  # the situation the rule is for
+    adv = advice.advise(str(tmp_path), device="cpu", ram_gb=64, schemes=cands)
+    sizes = {c.scheme: c.size.bytes for c in adv.candidates}
+    assert adv.recommended is not None and sizes[adv.recommended.scheme] <= bf16
+    bigger = [c for c in adv.candidates if c.size.bytes > bf16]
+    assert bigger, sizes  # awq-int4 on CPU keeps the 168M-parameter embedding in fp32
+    for c in bigger:
+        assert c.status == "avoid" and any("larger than bf16" in r for r in c.reasons)

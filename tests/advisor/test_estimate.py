@@ -62,10 +62,14 @@ def test_estimate_matches_tiny_model_folder(tiny_model_dir, tmp_path, scheme, kw
 
 def test_lm_head_and_embeddings_stay_full_precision(tiny_model_dir):
     prof = params.profile(str(tiny_model_dir))
-    for s in ("int8-dynamic", "bnb-int8", "bnb-nf4", "gptq-int4", "awq-int4"):
+    for s in ("bnb-int8", "bnb-nf4", "gptq-int4", "awq-int4"):
         e = estimate.estimate_scheme(prof, s)
         assert e.kept_params >= prof.embedding_params + prof.other_params
         assert e.quantized_params == prof.linear_params  # tiny Llama: every Linear is in a layer
+    for s in ("int8-dynamic", "int8-static"):  # issue #11: int8 per-row embeddings (tied: once)
+        e = estimate.estimate_scheme(prof, s)
+        assert e.quantized_params == prof.linear_params + prof.embedding_params
+        assert estimate.estimate_scheme(prof, s, quantize_embeddings=False).kept_params >= prof.embedding_params
 
 
 def test_bits_per_weight_include_overhead():

@@ -1,0 +1,435 @@
+"""``int8-static``: W8A8 with int8 weights and *static* int8 activation scales from calibration.
+
+The scheme's plugin (:class:`Int8StaticBackend`): config (:class:`Int8StaticConfig`), calibration
+(:func:`calibrate`), quantization (:func:`quantize_model`), saving, loading (its folders are torchao
+folders; :meth:`Int8StaticBackend.recognises` them so loading runs
+:func:`llmq.backends.torchao.enable_loading`), the size estimate, the advisor's role and the model
+card's facts. The int8 embeddings, the tied-aware saver and the estimate are shared with
+``int8-dynamic`` in :mod:`llmq.backends.torchao`.
+
+How it is built, and why:
+
+* Kernels and tensors are torchao's: each Linear's weight becomes a torchao ``Int8Tensor`` made by
+  ``Int8StaticActivationInt8WeightConfig`` (per-row or per-tensor symmetric weights, per-tensor
+  activation scale and, when asymmetric, zero point). ``FqnToConfig`` gives every Linear its own
+  calibrated scale. The checkpoint is torchao's safetensors layout written by transformers'
+  ``TorchAoHfQuantizer``, so it reloads with ``from_pretrained`` once ``enable_loading`` ran
+  (transformers 5.24 does not list ``act_quant_scale``/``act_quant_zero_point`` among the names it
+  deserializes for torchao; the patch adds them and nothing else).
+* Activation statistics come from torchao's ``HistogramObserver`` (one per Linear input). The
+  three calibration methods only differ in how a clipping range is read off that histogram:
+  ``minmax`` (the observed range), ``percentile`` (the range holding ``percentile`` % of the
+  values) and ``entropy`` (TensorRT's KL-divergence threshold on the |x| histogram, 128 target
+  bins, as TensorRT and ONNX Runtime define it). torch/torchao ship no percentile or KL reader and
+  onnxruntime (which has one) is not a dependency, so those two short readers are written here;
+  the observer, the qparam formula (``_calculate_qparams``) and the kernels are the library's.
+* Weights are always symmetric: torchao's int8 matmul applies no weight zero point, as every CPU
+  int8 GEMM (oneDNN/VNNI) assumes; ``sym=False`` makes the *activations* asymmetric.
+* Optional SmoothQuant smoothing (``smooth_alpha``) migrates activation outliers into the weights
+  with torchao's ``act_pre_scale`` (x / s, W * s), which the checkpoint stores.
+* Embeddings and ``lm_head`` (tied: one tensor) become int8 per row by default
+  (``quantize_embeddings``), with dynamic per-token activations for ``lm_head``.
+
+PT2E (``prepare_pt2e`` + ``X86InductorQuantizer``) was not used: it produces an exported graph
+module, which does not save through ``save_pretrained`` or reload with ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from llmq.backends.base import Backend, CardFacts, Scheme, torch_dtype
+from llmq.backends.torchao import attach_torchao_saver, enable_loading, quantize_embeddings, torchao_int8_estimate
+from llmq.config import DTYPES, CalibratedConfig, check_choice
+from llmq.errors import ConfigError
+
+METHODS = ("minmax", "percentile", "entropy")
+HIST_BINS = 2048
+KL_TARGET_BINS = 128
+
+
+# -- config ------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class Int8StaticConfig(CalibratedConfig):
+    """Static W8A8. ``calibration_method``: how activation ranges are read from calibration
+    (``minmax`` keeps outliers, ``percentile`` clips to ``percentile`` %, ``entropy`` minimises
+    KL divergence). ``sym``: symmetric activations (zero point 0) or asymmetric. ``smooth_alpha``:
+    SmoothQuant migration strength (None = off). ``quantize_embeddings``: int8 per-row embeddings
+    and lm_head. ``dtype``: the compute dtype, and what unquantized tensors are stored in."""
+
+    allowed_bits: ClassVar[tuple[int, ...]] = (8,)
+    bits: int = 8
+    group_size: int = -1
+    sym: bool = True
+    calibration_method: str = "percentile"
+    percentile: float = 99.99
+    weight_granularity: str = "per_channel"
+    smooth_alpha: float | None = None
+    #: Linears (names or patterns) whose activations are quantized per token at run time instead
+    #: of with a static scale: SmolLM2's down_proj inputs carry outliers no per-tensor scale covers
+    dynamic_modules: tuple[str, ...] = ()
+    quantize_embeddings: bool = True
+    dtype: str = "float32"
+    n_samples: int = 64
+    seqlen: int = 512
+
+    def validate(self) -> None:
+        if self.calibration is None or (isinstance(self.calibration, (list, tuple)) and not self.calibration):
+            raise ConfigError("int8-static needs calibration data (calibration=wikitext2, a file or a list of "
+                              "strings) to fix its activation scales; use int8-dynamic to quantize without it.")
+        super().validate()
+        check_choice("calibration_method", self.calibration_method, METHODS)
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
+                or not (0 < self.percentile <= 100):
+            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile!r}.")
+        check_choice("weight_granularity", self.weight_granularity, ("per_channel", "per_tensor"))
+        check_choice("dtype", self.dtype, DTYPES)
+        if self.group_size != -1:
+            raise ConfigError("int8-static quantizes weights per channel or per tensor; group_size must be -1.")
+        if self.smooth_alpha is not None and not (0 <= self.smooth_alpha <= 1):
+            raise ConfigError(f"smooth_alpha must be in [0, 1] (or None for off), got {self.smooth_alpha!r}.")
+        if not isinstance(self.quantize_embeddings, bool):
+            raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
+
+
+# -- reading a clipping range off a histogram ---------------------------------------------------
+def _hist(obs: Any):
+    import numpy as np
+
+    h = obs.histogram.detach().double().cpu().numpy()
+    lo, hi = float(obs.min_val), float(obs.max_val)
+    edges = np.linspace(lo, hi, len(h) + 1)
+    cdf = np.concatenate([[0.0], np.cumsum(h)])
+    return h, edges, cdf
+
+
+def _abs_hist(obs: Any, bins: int = HIST_BINS):
+    """The |x| histogram on [0, max|x|], folded from the signed one by interpolating its CDF."""
+    import numpy as np
+
+    _, edges, cdf = _hist(obs)
+    amax = max(abs(edges[0]), abs(edges[-1]))
+    a = np.linspace(0.0, amax, bins + 1)
+    inside = np.interp(a, edges, cdf) - np.interp(-a, edges, cdf)
+    return np.diff(inside).clip(min=0), amax
+
+
+def percentile_range(obs: Any, percentile: float, sym: bool) -> tuple[float, float]:
+    """Symmetric: the smallest t with ``percentile`` % of |x| inside [-t, t]. Asymmetric: the
+    ``100-p`` and ``p`` percentiles of x (each tail loses ``100-p`` %)."""
+    import numpy as np
+
+    if sym:
+        h, amax = _abs_hist(obs)
+        c = np.concatenate([[0.0], np.cumsum(h)])
+        edges = np.linspace(0.0, amax, len(h) + 1)
+        t = float(np.interp(percentile / 100 * c[-1], c, edges))
+        return -t, t
+    _, edges, cdf = _hist(obs)
+    n = cdf[-1]
+    lo = float(np.interp((100 - percentile) / 100 * n, cdf, edges))
+    hi = float(np.interp(percentile / 100 * n, cdf, edges))
+    return lo, hi
+
+
+def entropy_threshold(hist: Any, amax: float, target_bins: int = KL_TARGET_BINS) -> float:
+    """TensorRT's calibration: the threshold on a |x| histogram whose clipped-and-requantized
+    distribution Q is closest (KL(P||Q)) to the clipped reference P (outliers folded into the
+    last bin). Same recipe as ONNX Runtime's ``get_entropy_threshold`` and MXNet's."""
+    import numpy as np
+
+    hist = np.asarray(hist, dtype=np.float64)
+    nbins = len(hist)
+    width = amax / nbins
+    if hist.sum() == 0 or amax == 0:
+        return amax
+    best_i, best_kl = nbins, np.inf
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = hist[i:].sum()
+    for i in range(target_bins, nbins + 1):
+        ref = hist[:i].copy()
+        ref[-1] += tail[i]
+        nonzero = hist[:i] != 0
+        per = i // target_bins
+        head = hist[: per * target_bins].reshape(target_bins, per)
+        merged = head.sum(1)
+        merged[-1] += hist[per * target_bins:i].sum()
+        counts = nonzero[: per * target_bins].reshape(target_bins, per).sum(1)
+        counts[-1] += nonzero[per * target_bins:i].sum()
+        avg = np.divide(merged, counts, out=np.zeros_like(merged), where=counts > 0)
+        q = np.repeat(avg, per)
+        if len(q) < i:
+            q = np.concatenate([q, np.full(i - len(q), avg[-1])])
+        q = np.where(nonzero, q, 0.0)
+        p_sum, q_sum = ref.sum(), q.sum()
+        if q_sum == 0:
+            continue
+        p, qn = ref / p_sum, q / q_sum
+        mask = p > 0
+        qm = np.where(qn[mask] > 0, qn[mask], 1e-12)
+        kl = float(np.sum(p[mask] * np.log(p[mask] / qm)))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return (best_i + 0.5) * width if best_i < nbins else amax
+
+
+def activation_range(obs: Any, method: str, *, percentile: float = 99.99, sym: bool = True) -> tuple[float, float]:
+    """The (min, max) clipping range ``method`` reads from a ``HistogramObserver``."""
+    lo, hi = float(obs.min_val), float(obs.max_val)
+    if method == "minmax":
+        return lo, hi
+    if method == "percentile":
+        return percentile_range(obs, percentile, sym)
+    if method == "entropy":
+        h, amax = _abs_hist(obs)
+        t = entropy_threshold(h, amax)
+        return max(lo, -t), min(hi, t)
+    raise ConfigError(f"calibration_method={method!r} is invalid; choose one of {', '.join(map(repr, METHODS))}.")
+
+
+def activation_qparams(obs: Any, method: str, *, percentile: float = 99.99, sym: bool = True):
+    """``(scale, zero_point)`` (float32 and int8 tensors of shape (1, 1, 1)) for one activation,
+    with torchao's own qparam formula."""
+    import torch
+
+    lo, hi = activation_range(obs, method, percentile=percentile, sym=sym)
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if sym:
+        t = max(-lo, hi)
+        lo, hi = -t, t
+    q = _observer(sym)
+    scale, zp = q._calculate_qparams(torch.tensor([lo]), torch.tensor([hi]))
+    if sym:
+        zp = torch.zeros_like(zp)
+    return scale.float().reshape(1, 1, 1), zp.to(torch.int8).reshape(1, 1, 1)
+
+
+def _observer(sym: bool, bins: int = HIST_BINS):
+    import torch
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    return HistogramObserver(bins=bins, dtype=torch.qint8,
+                             qscheme=torch.per_tensor_symmetric if sym else torch.per_tensor_affine)
+
+
+# -- calibration --------------------------------------------------------------------------------
+def target_linears(model: Any, skip: Sequence[str] = ()) -> list[str]:
+    """The decoder Linears int8-static converts: every ``nn.Linear`` but the output head and the
+    ``skip`` names/patterns (the head is handled by the embedding option)."""
+    import torch
+
+    from llmq.models import excluded_modules
+
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out_emb]
+    keep = set(excluded_modules(None, names, tuple(skip))) if skip else set()
+    return [n for n in names if n not in keep]
+
+
+def calibrate(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str], *, sym: bool = True,
+              pre_scales: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``samples`` (token id lists) through ``model`` and return one ``HistogramObserver`` per
+    Linear in ``names`` that has seen its inputs (divided by ``pre_scales`` when smoothing)."""
+    import torch
+
+    mods = dict(model.named_modules())
+    obs = {n: _observer(sym) for n in names}
+    hooks = []
+    for n in names:
+        def hook(mod, args, _n=n):
+            x = args[0].detach().float()
+            if pre_scales is not None and _n in pre_scales:
+                x = x / pre_scales[_n]
+            obs[_n](x.reshape(-1, x.shape[-1]))
+        hooks.append(mods[n].register_forward_pre_hook(hook))
+    try:
+        _run(model, samples)
+    finally:
+        for h in hooks:
+            h.remove()
+    return obs
+
+
+def channel_absmax(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str]) -> dict[str, Any]:
+    """Per input channel max|x| of each Linear in ``names`` (SmoothQuant's statistic)."""
+    import torch
+
+    mods = dict(model.named_modules())
+    amax: dict[str, Any] = {}
+    hooks = []
+    for n in names:
+        def hook(mod, args, _n=n):
+            a = args[0].detach().float().abs().reshape(-1, args[0].shape[-1]).amax(0)
+            amax[_n] = a if _n not in amax else torch.maximum(amax[_n], a)
+        hooks.append(mods[n].register_forward_pre_hook(hook))
+    try:
+        _run(model, samples)
+    finally:
+        for h in hooks:
+            h.remove()
+    return amax
+
+
+def _run(model: Any, samples: Sequence[Sequence[int]]) -> None:
+    import torch
+
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        for s in samples:
+            model(torch.tensor([list(s)], device=dev), use_cache=False)
+
+
+def smooth_scales(model: Any, amax: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """SmoothQuant: s_j = max|X_j|^a / max|W_j|^(1-a), per input channel (clamped to >= 1e-5)."""
+    mods = dict(model.named_modules())
+    out = {}
+    for n, a in amax.items():
+        w = mods[n].weight.detach().float().abs().amax(0)
+        s = (a.clamp(min=1e-5) ** alpha) / (w.clamp(min=1e-5) ** (1 - alpha))
+        out[n] = s.clamp(min=1e-5)
+    return out
+
+
+# -- quantization -------------------------------------------------------------------------------
+def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8StaticConfig) -> dict[str, Any]:
+    """Calibrate and convert ``model`` in place; returns per-Linear ``{"scale", "zero_point"}``
+    (plus ``"smooth"`` when smoothing) so callers and the model card can show them."""
+    import torch
+    from torchao.quantization import (FqnToConfig, Int8StaticActivationInt8WeightConfig, MappingType, PerRow,
+                                      PerTensor, quantize_)
+
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+    from llmq.models import excluded_modules
+
+    names = target_linears(model, cfg.skip_modules)
+    pats = (cfg.dynamic_modules,) if isinstance(cfg.dynamic_modules, str) else tuple(cfg.dynamic_modules)
+    dyn = set(excluded_modules(None, names, pats)) if pats else set()
+    wgran = PerRow() if cfg.weight_granularity == "per_channel" else PerTensor()
+    configs = {n: Int8DynamicActivationInt8WeightConfig(granularity=wgran, set_inductor_config=False) for n in dyn}
+    names = [n for n in names if n not in dyn]
+    pre = None
+    if cfg.smooth_alpha is not None:
+        pre = smooth_scales(model, channel_absmax(model, samples, names), cfg.smooth_alpha)
+    obs = calibrate(model, samples, names, sym=cfg.sym, pre_scales=pre)
+    mapping = MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC
+    mods = dict(model.named_modules())
+    qparams: dict[str, Any] = {}
+    for n in names:
+        scale, zp = activation_qparams(obs[n], cfg.calibration_method, percentile=cfg.percentile, sym=cfg.sym)
+        w = mods[n].weight
+        if pre is not None:
+            with torch.no_grad():
+                w.mul_(pre[n].to(w.dtype))
+        configs[n] = Int8StaticActivationInt8WeightConfig(
+            act_quant_scale=scale.to(w.dtype), act_quant_zero_point=None if cfg.sym else zp,
+            granularity=[PerTensor(), wgran], act_mapping_type=mapping, set_inductor_config=False)
+        qparams[n] = {"scale": scale, "zero_point": zp}
+    quantize_(model, FqnToConfig(configs), filter_fn=None)
+    if pre is not None:
+        for n in names:
+            mods[n].weight.act_pre_scale = (1.0 / pre[n]).to(mods[n].weight.dtype)
+            qparams[n]["smooth"] = pre[n]
+    if cfg.quantize_embeddings:
+        quantize_embeddings(model)
+    return qparams
+
+
+def serializable_config(cfg: Int8StaticConfig, model: Any) -> Any:
+    """The ``TorchAoConfig`` written to config.json. Scales live in the weights, so the recorded
+    config carries none (a tensor-valued config cannot be JSON-serialized)."""
+    import torch
+    from torchao.quantization import Int8StaticActivationInt8WeightConfig, MappingType, PerRow, PerTensor
+    from transformers import TorchAoConfig
+
+    from llmq.models import excluded_modules
+
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    skip = excluded_modules(None, names, tuple(cfg.skip_modules)) if cfg.skip_modules else []
+    placeholder = Int8StaticActivationInt8WeightConfig(
+        granularity=[PerTensor(), PerRow() if cfg.weight_granularity == "per_channel" else PerTensor()],
+        act_mapping_type=MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC, set_inductor_config=False)
+    out_emb = model.get_output_embeddings()
+    if not cfg.quantize_embeddings and out_emb is not None:
+        skip = sorted(set(skip) | {n for n, m in model.named_modules() if m is out_emb})
+    return TorchAoConfig(placeholder, modules_to_not_convert=skip or None,
+                         include_input_output_embeddings=cfg.quantize_embeddings)
+
+
+def attach_quantizer(model: Any, cfg: Int8StaticConfig) -> None:
+    """Give an in-place-quantized model the transformers quantizer that writes torchao's
+    safetensors layout, with int8-static's config recorded in config.json."""
+    attach_torchao_saver(model, serializable_config(cfg, model))
+
+
+# -- the plugin -------------------------------------------------------------------------------
+STATIC_CONFIG_TYPE = "Int8StaticActivationInt8WeightConfig"
+
+
+class Int8StaticBackend(Backend):
+    """``int8-static``: torchao W8A8 with calibrated static activation scales."""
+
+    name = "int8-static"
+    requires = (("torchao", "torchao"),)
+    extra = "torchao"
+    needs_calibration = True
+    quant_methods = ()  # its folders say quant_method "torchao"; recognises() claims them first
+    schemes = (
+        Scheme("int8-static", "int8-static", Int8StaticConfig, {}, 8,
+               "torchao int8 weights and int8 activations with calibrated static scales (W8A8)", "8",
+               "CPU: int8 weights and activations with static calibrated scales (torchao W8A8), about 4x "
+               "smaller than fp32; needs calibration text",
+               tree_rank={"cpu": 0.7, "gpu_fits": 8.5, "gpu_8bit": 7.5, "gpu_4bit": 7.5}),
+    )
+
+    def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(self.config.dtype),
+                                                     device_map=device)
+        model.eval()
+        self.qparams = quantize_model(model, calibration.samples, self.config)
+        attach_quantizer(model, self.config)
+        return model
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        """A transformers folder whose torchao config is the static W8A8 one (from llmq or not)."""
+        from llmq.models import read_json
+
+        cfg = Path(path) / "config.json"
+        if not cfg.is_file():
+            return False
+        qc = read_json(cfg).get("quantization_config") or {}
+        qt = qc.get("quant_type") or {}
+        return qc.get("quant_method") == "torchao" and isinstance(qt, dict) and \
+            (qt.get("default") or {}).get("_type") == STATIC_CONFIG_TYPE
+
+    @classmethod
+    def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
+        out = super().load_kwargs(path, quantization_config, device, kernel)
+        enable_loading()  # transformers 5.24 drops _weight_act_quant_scale/_zero_point otherwise
+        return out
+
+    @classmethod
+    def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
+        return torchao_int8_estimate(profile, config, scheme.name)
+
+    @classmethod
+    def card_facts(cls, meta: dict, repo: str) -> CardFacts:
+        version = (meta.get("versions") or {}).get("torchao")
+        return CardFacts(
+            packages="transformers accelerate torchao llmq",
+            python=("import llmq\n\n"
+                    f'model, tokenizer = llmq.load("{repo}", device="cpu")  # reads the static activation scales\n'
+                    "from llmq.fastpath import compile_for_cpu\n"
+                    "model = compile_for_cpu(model)  # Inductor: the fast path; the first call compiles (cached)\n"
+                    'inputs = tokenizer("The capital of France is", return_tensors="pt")\n'
+                    "out = model.generate(**inputs, max_new_tokens=20)\n"
+                    "print(tokenizer.decode(out[0], skip_special_tokens=True))"),
+            tags=["torchao", "int8", "w8a8", "static-quantization"],
+            hardware="x86 CPUs through torch.compile (Inductor); run eagerly, int8 is slower than fp32.",
+            note=(f"Made with torchao {version}. Activation scales are fixed by calibration: text unlike the "
+                  "calibration data may clip. Plain transformers 5.24 drops the static activation scales on "
+                  "load; llmq.load (or llmq.backends.torchao.enable_loading() before from_pretrained) keeps them."))

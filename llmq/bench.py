@@ -1,0 +1,306 @@
+"""``bench``: prefill and decode speed, time to first token, peak memory and load/compile time of
+several models, measured in one run and shown as ratios to the first.
+
+Each model runs in its own child process (``python -m llmq.bench --worker``), one after another,
+so peak RSS and load time are its own and no model's threads or caches slow the next. A model is
+a spec string: a folder (llmq output or original), ``demo`` (the offline SmolLM2), or a GGUF file
+once a runner for it is registered; ``SPEC@eager`` / ``SPEC@compile`` forces the torch mode
+(default ``auto``: compiled through :mod:`llmq.fastpath` for torchao-quantized folders, eager
+otherwise).
+
+Runtime hook: :func:`register_runner` adds a runner (e.g. llama.cpp for ``.gguf``) chosen by a
+predicate on the spec; a runner implements :class:`Runner` (``load`` and ``generate``).
+
+What is measured per batch size, ``samples`` times after one warm-up (which compiles): one
+greedy ``generate`` of ``new_tokens`` tokens after a ``prompt_tokens`` prompt (WikiText-2 text
+when available, else repeated ids). TTFT = time to the first new token; prefill tok/s =
+batch x prompt / TTFT; decode tok/s = batch x (new_tokens - 1) / (total - TTFT). Medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from llmq.errors import ConfigError
+
+
+# -- runners ------------------------------------------------------------------------------------
+class Runner(Protocol):
+    """What a runtime provides to ``bench``. ``load`` returns (load seconds, description);
+    ``generate`` runs one greedy generation and returns (TTFT s, total s)."""
+
+    def load(self) -> tuple[float, str]: ...
+
+    def generate(self, prompt_ids: list[list[int]], new_tokens: int) -> tuple[float, float]: ...
+
+
+_RUNNERS: list[tuple[Callable[[str], bool], Callable[..., Runner]]] = []
+
+
+def register_runner(matches: Callable[[str], bool], factory: Callable[..., Runner]) -> None:
+    """Use ``factory(spec, device=, threads=)`` for specs where ``matches(spec)`` is true; the last
+    registered match wins, the torch runner is the fallback."""
+    _RUNNERS.append((matches, factory))
+
+
+def _runner_for(spec: str, device: str, threads: int | None) -> Runner:
+    for matches, factory in reversed(_RUNNERS):
+        if matches(spec):
+            return factory(spec, device=device, threads=threads)
+    if spec.endswith(".gguf"):
+        raise ConfigError(f"No runner for GGUF files is registered; cannot bench {spec}.")
+    return TorchRunner(spec, device=device, threads=threads)
+
+
+def _split_mode(spec: str) -> tuple[str, str]:
+    path, _, mode = spec.rpartition("@") if "@" in spec else (spec, "", "auto")
+    if mode not in ("auto", "eager", "compile"):
+        raise ConfigError(f"Unknown bench mode {mode!r} in {spec!r}; use @eager, @compile or nothing.")
+    return path, mode
+
+
+class _FirstTokenClock:
+    """A ``generate`` streamer that notes when the first new token arrives (the first ``put`` is
+    the prompt)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first: float | None = None
+
+    def put(self, value: Any) -> None:
+        self.calls += 1
+        if self.calls == 2 and self.first is None:
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+class TorchRunner:
+    """transformers + llmq.load, eager or compiled by :func:`llmq.fastpath.compile_for_cpu`."""
+
+    def __init__(self, spec: str, *, device: str = "cpu", threads: int | None = None):
+        self.path, self.mode = _split_mode(spec)
+        self.device = device
+        self.model = None
+
+    def load(self) -> tuple[float, str]:
+        from llmq.core import load
+        from llmq.fastpath import compile_for_cpu, is_torchao_quantized
+        from llmq.models import resolve_model
+
+        src = resolve_model(None if self.path == "demo" else self.path)
+        folder = src.local_dir()
+        t0 = time.perf_counter()
+        self.model, self.tok = load(folder, device=self.device)
+        compiled = self.mode == "compile" or (self.mode == "auto" and is_torchao_quantized(self.model))
+        if compiled:
+            compile_for_cpu(self.model)
+        dt = time.perf_counter() - t0
+        self.folder = folder
+        return dt, "compiled" if compiled else "eager"
+
+    def generate(self, prompt_ids: list[list[int]], new_tokens: int) -> tuple[float, float]:
+        import torch
+
+        ids = torch.tensor(prompt_ids, device=self.device)
+        clock = _FirstTokenClock()
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad, streamer=clock)
+            total = time.perf_counter() - t0
+        return (clock.first or time.perf_counter()) - t0, total
+
+
+# -- results ------------------------------------------------------------------------------------
+@dataclass
+class BenchRow:
+    model: str
+    mode: str
+    batch: int
+    prefill_tok_s: float
+    decode_tok_s: float
+    ttft_s: float
+    load_s: float
+    first_call_s: float  # warm-up generate: includes compilation when compiled
+    peak_rss_mb: float
+    size_mb: float | None = None
+    samples: int = 1
+    ratios: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _prompt(tok: Any, n: int, batch: int) -> list[list[int]]:
+    ids: list[int] = []
+    try:
+        from llmq.eval.perplexity import load_text
+
+        text, _ = load_text("wikitext2")
+        ids = tok(text[: 20 * n * batch], add_special_tokens=False)["input_ids"]
+    except Exception:  # noqa: BLE001 - speed does not depend on which tokens
+        pass
+    if len(ids) < n * batch:
+        ids = [(i * 7919) % max(2, len(tok) - 1) + 1 for i in range(n * batch)]
+    return [ids[i * n:(i + 1) * n] for i in range(batch)]
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` (reset at exec; ``ru_maxrss`` is not, so a
+    child started from a large parent would report the parent's peak)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_one(spec: str, *, prompt_tokens: int = 512, new_tokens: int = 128, batch_sizes: Sequence[int] = (1, 8),
+              threads: int | None = None, device: str = "cpu", samples: int = 3) -> list[BenchRow]:
+    """Measure one model in this process (the worker side of :func:`bench`)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    runner = _runner_for(spec, device, threads)
+    load_s, mode = runner.load()
+    size = None
+    folder = getattr(runner, "folder", None)
+    if folder is not None:
+        from llmq.models import folder_size
+
+        size = folder_size(folder) / 1e6
+    tok = getattr(runner, "tok", None)
+    rows = []
+    for b in batch_sizes:
+        prompt = _prompt(tok, prompt_tokens, b) if tok is not None else [[1] * prompt_tokens] * b
+        t0 = time.perf_counter()
+        runner.generate(prompt, new_tokens)
+        first = time.perf_counter() - t0
+        ttfts, decs = [], []
+        for _ in range(samples):
+            ttft, total = runner.generate(prompt, new_tokens)
+            ttfts.append(ttft)
+            decs.append(b * (new_tokens - 1) / max(total - ttft, 1e-9))
+        ttft = statistics.median(ttfts)
+        rows.append(BenchRow(spec, mode, b, b * prompt_tokens / ttft, statistics.median(decs), ttft, load_s, first,
+                             _peak_rss_mb(), size, samples))
+    return rows
+
+
+def bench(models: Sequence[str], *, prompt_tokens: int = 512, new_tokens: int = 128,
+          batch_sizes: Sequence[int] = (1, 8), threads: int | None = None, device: str = "cpu",
+          samples: int = 3, isolate: bool = True, nice: int = 0) -> list[BenchRow]:
+    """Bench ``models`` one after another (each in a child process when ``isolate``) and add each
+    row's ratios to the first model's row of the same batch size."""
+    if not models:
+        raise ConfigError("bench needs at least one model.")
+    if prompt_tokens < 1 or new_tokens < 2:
+        raise ConfigError("bench needs prompt_tokens >= 1 and new_tokens >= 2.")
+    if samples < 1:
+        raise ConfigError(f"samples must be >= 1, got {samples!r}.")
+    kw = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_sizes=tuple(batch_sizes), threads=threads,
+              device=device, samples=samples)
+    for m in models:
+        _split_mode(m)
+    rows: list[BenchRow] = []
+    for m in models:
+        if isolate:
+            cmd = [sys.executable, "-m", "llmq.bench", "--worker", json.dumps({"spec": m, **kw})]
+            if nice:
+                cmd = ["nice", "-n", str(nice), *cmd]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            if out.returncode != 0:
+                tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+                raise ConfigError(f"bench of {m} failed: {tail[0]}")
+            line = [l for l in out.stdout.splitlines() if l.startswith("LLMQ_BENCH ")][-1]
+            rows += [BenchRow(**r) for r in json.loads(line[len("LLMQ_BENCH "):])]
+        else:
+            rows += bench_one(m, **kw)
+    add_ratios(rows)
+    return rows
+
+
+def add_ratios(rows: list[BenchRow]) -> None:
+    base = {}
+    for r in rows:
+        base.setdefault(r.batch, r)
+    for r in rows:
+        b = base[r.batch]
+        r.ratios = {
+            "prefill": round(r.prefill_tok_s / b.prefill_tok_s, 3),
+            "decode": round(r.decode_tok_s / b.decode_tok_s, 3),
+            "ttft": round(r.ttft_s / b.ttft_s, 3),
+        }
+        if r.size_mb and b.size_mb:
+            r.ratios["size"] = round(r.size_mb / b.size_mb, 3)
+
+
+def format_table(rows: Sequence[BenchRow]) -> str:
+    """One Markdown table; ratios are to the first model at the same batch size."""
+    head = ("| model | mode | batch | prefill tok/s | decode tok/s | TTFT s | load s | first call s | peak RSS MB "
+            "| size MB | prefill x | decode x |")
+    lines = [head, "|" + "|".join(["---"] * 12) + "|"]
+    for r in rows:
+        lines.append(
+            f"| {r.model} | {r.mode} | {r.batch} | {r.prefill_tok_s:.1f} | {r.decode_tok_s:.1f} | {r.ttft_s:.3f} "
+            f"| {r.load_s:.1f} | {r.first_call_s:.1f} | {r.peak_rss_mb:.0f} | "
+            f"{'' if r.size_mb is None else f'{r.size_mb:.1f}'} | {r.ratios.get('prefill', 1):.2f} "
+            f"| {r.ratios.get('decode', 1):.2f} |")
+    return "\n".join(lines)
+
+
+def add_bench(sub: Any) -> None:
+    """``llmq bench MODEL [MODEL ...]`` (registered in ``llmq.cli.COMMANDS``)."""
+    p = sub.add_parser("bench", help="prefill/decode speed, TTFT, peak RSS, load time; ratios to the first model",
+                       description="Measures every MODEL in one run, one child process each, and prints one table "
+                                   "with ratios to the first. MODEL: a folder, 'demo', or a .gguf with a registered "
+                                   "runner; append @eager or @compile to force the torch mode.")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated (default 1,8)")
+    p.add_argument("--samples", type=int, default=3, help="timed runs per batch size after one warm-up")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="rows as JSON instead of the table")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: Any) -> int:
+    try:
+        sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise ConfigError(f"--batch-sizes must be integers separated by commas, got {args.batch_sizes!r}.") from None
+    rows = bench(args.models, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, batch_sizes=sizes,
+                 threads=args.threads, device=args.device, samples=args.samples)
+    print(json.dumps([r.to_dict() for r in rows], indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def _worker(arg: str) -> None:
+    kw = json.loads(arg)
+    spec = kw.pop("spec")
+    rows = bench_one(spec, **kw)
+    print("LLMQ_BENCH " + json.dumps([r.to_dict() for r in rows]), flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through bench(isolate=True)
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2])
+    else:
+        sys.exit("usage: python -m llmq.bench --worker JSON (use llmq.bench.bench or `llmq bench`)")

@@ -1,0 +1,79 @@
+"""llmq.bench: rows, ratios and table on the tiny model; the runner hook; errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmq import bench as B
+from llmq.errors import ConfigError
+
+
+def test_bench_tiny_in_process(tiny_model_dir):
+    rows = B.bench([str(tiny_model_dir), f"{tiny_model_dir}@eager"], prompt_tokens=16, new_tokens=4,
+                   batch_sizes=(1, 2), samples=1, isolate=False)
+    assert [(r.batch, r.mode) for r in rows] == [(1, "eager"), (2, "eager"), (1, "eager"), (2, "eager")]
+    for r in rows:
+        assert r.prefill_tok_s > 0 and r.decode_tok_s > 0 and 0 < r.ttft_s < 60
+        assert r.peak_rss_mb > 50 and r.load_s > 0 and r.size_mb > 0
+    assert rows[0].ratios["decode"] == 1.0 and rows[1].ratios["prefill"] == 1.0
+    assert rows[2].ratios["decode"] == pytest.approx(rows[2].decode_tok_s / rows[0].decode_tok_s, rel=1e-2)
+    table = B.format_table(rows)
+    assert table.count("\n") == 5 and "@eager" in table
+
+
+def test_bench_isolated_child_process(tiny_model_dir):
+    rows = B.bench([str(tiny_model_dir)], prompt_tokens=8, new_tokens=3, batch_sizes=(1,), samples=1)
+    assert len(rows) == 1 and rows[0].decode_tok_s > 0 and rows[0].ratios["decode"] == 1.0
+
+
+class _FakeRunner:
+    """A runtime that takes exactly 0.5 s to the first token and 2.5 s in all."""
+
+    def __init__(self, spec, *, device, threads):
+        self.spec = spec
+
+    def load(self):
+        return 1.25, "fake"
+
+    def generate(self, prompt_ids, new_tokens):
+        return 0.5, 2.5
+
+
+def test_runner_hook_derives_rates_from_a_registered_runtime(monkeypatch):
+    monkeypatch.setattr(B, "_RUNNERS", [])
+    B.register_runner(lambda spec: spec.endswith(".gguf"), _FakeRunner)
+    rows = B.bench(["m.gguf"], prompt_tokens=100, new_tokens=11, batch_sizes=(1, 4), samples=2, isolate=False)
+    assert rows[0].mode == "fake" and rows[0].load_s == 1.25
+    assert rows[0].prefill_tok_s == pytest.approx(100 / 0.5)
+    assert rows[0].decode_tok_s == pytest.approx(10 / 2.0)
+    assert rows[1].prefill_tok_s == pytest.approx(4 * 100 / 0.5) and rows[1].decode_tok_s == pytest.approx(4 * 10 / 2.0)
+
+
+@pytest.mark.parametrize("models, kw, msg", [
+    ([], {}, "at least one model"),
+    (["x@fast"], {}, "Unknown bench mode 'fast'"),
+    (["x"], {"samples": 0}, "samples must be >= 1"),
+    (["x"], {"new_tokens": 1}, "new_tokens >= 2"),
+])
+def test_bench_errors(models, kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        B.bench(models, isolate=False, **kw)
+
+
+def test_gguf_without_runner_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(B, "_RUNNERS", [])
+    with pytest.raises(ConfigError, match="No runner for GGUF"):
+        B.bench(["model.gguf"], isolate=False)
+
+
+def test_cli_bench_json(tiny_model_dir, capsys):
+    import json
+
+    from llmq.cli import main
+
+    assert main(["bench", str(tiny_model_dir), "--prompt-tokens", "8", "--new-tokens", "3", "--batch-sizes", "1",
+                 "--samples", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["batch"] == 1 and rows[0]["ratios"]["decode"] == 1.0
+    assert main(["bench", str(tiny_model_dir), "--batch-sizes", "1,x"]) == 2
+    assert "--batch-sizes must be integers" in capsys.readouterr().err
