@@ -7,8 +7,9 @@ tiny random Gemma-3 as a second architecture:
    types, perplexity within 0.3%.
 2. ``gguf-q4_k_m`` with an importance matrix from llmq's calibration windows: Δppl vs fp32.
 3. the same perplexity protocol on transformers (fp32) and on llama.cpp (F32 GGUF): agreement.
-4. speed: llmq's llama.cpp measurement (``llmq.eval.llamacpp.speed``) vs ``llama-bench`` on the same
-   files, and vs fp32 transformers decode (``generate`` of 64 tokens, best of 2).
+4. speed, one run: ``llmq bench`` over fp32 transformers (eager) and the F32/Q8_0/Q4_K_M files on
+   llama.cpp (batch 1, 512-token prompt, 128 new tokens), then ``llama-bench -p 512 -n 128`` on the
+   same files (with ``--tools``), and llmq's eval speed function (``llmq.eval.llamacpp.speed``).
 5. every scheme's perplexity and file size vs ``estimate_size``.
 
 Perplexity: llmq's protocol (WikiText-2 test, non-overlapping windows), identical protocol strings on
@@ -42,21 +43,6 @@ def ppl_hf(model_dir, tok, tokens, seqlen, windows):
     return r, m
 
 
-def decode_hf(m, tok, n=64, repeats=2):
-    import torch
-
-    enc = tok("The capital of France is Paris. The capital of Germany is", return_tensors="pt")
-    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
-    best = 0.0
-    with torch.inference_mode():
-        m.generate(**enc, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            out = m.generate(**enc, **kw)
-            best = max(best, (out.shape[1] - enc["input_ids"].shape[1]) / (time.perf_counter() - t))
-    return best
-
-
 def llama_bench(tools: Path, f: Path, threads: int, reps: int = 3) -> dict | None:
     exe = tools / "llama-bench"
     if not exe.is_file():
@@ -84,41 +70,49 @@ def reference_quantize(tools: Path | None, src: Path, dst: Path, ftype: str, ima
     return f"llama_model_quantize(default params, ftype={ftype}) via llama-cpp-python"
 
 
-def speed_section(args, f32, files, hf_model, tok) -> dict:
+def speed_section(args, f32, files) -> dict:
+    """One run: ``llmq bench`` over fp32 transformers (the demo, eager) and the .gguf files (llama.cpp,
+    batch 1, 512-token prompt, 128 new tokens), then ``llama-bench`` on the same files, then llmq's
+    eval speed function; ratios only within this run."""
+    from llmq import bench as B
     from llmq.eval import llamacpp
 
-    sp = {"fp32_transformers_decode_tok_s": decode_hf(hf_model, tok),
-          "llmq_speed_function": "llmq.eval.llamacpp.speed (what `llmq eval` reports for a .gguf)",
-          "fp32_transformers_protocol": f"generate 64 tokens greedy, best of 2 after warm-up, torch threads={args.threads}"}
-    for label, f in (("F32", f32), *files):
-        mine = llamacpp.speed(f, threads=args.threads).to_dict()
+    specs = ["demo@eager", str(f32)] + [str(f) for _, f in files]
+    rows = B.bench(specs, prompt_tokens=512, new_tokens=128, batch_sizes=(1,), threads=args.threads,
+                   samples=args.samples)
+    print(B.format_table(rows))
+    sp = {"llmq_bench": [r.to_dict() for r in rows],
+          "llmq_bench_command": f"llmq bench {' '.join(Path(x).name for x in specs)} --batch-sizes 1 "
+                                f"--threads {args.threads} --samples {args.samples}",
+          "fp32_transformers_decode_tok_s": rows[0].decode_tok_s}
+    for (label, f), row in zip((("F32", f32), *files), rows[1:]):
         ref = llama_bench(args.tools, f, args.threads) if args.tools else None
-        sp[label] = {"llmq": mine, "llama_bench": ref}
+        mine = llamacpp.speed(f, threads=args.threads).to_dict()
+        sp[label] = {"llmq_bench": {"prefill_tok_s": row.prefill_tok_s, "decode_tok_s": row.decode_tok_s},
+                     "llmq_eval_speed": mine, "llama_bench": ref,
+                     "decode_over_fp32_transformers": row.decode_tok_s / rows[0].decode_tok_s}
         if ref:
-            sp[label]["decode_ratio_llmq_over_llama_bench"] = mine["decode_tok_s"] / ref["decode_tok_s"]
-            sp[label]["prefill_ratio_llmq_over_llama_bench"] = mine["prefill_tok_s"] / ref["prefill_tok_s"]
-    sp["q8_0_decode_over_fp32_transformers"] = sp["Q8_0 (llmq)"]["llmq"]["decode_tok_s"] / sp[
-        "fp32_transformers_decode_tok_s"]
+            sp[label]["decode_ratio_llmq_bench_over_llama_bench"] = row.decode_tok_s / ref["decode_tok_s"]
+            sp[label]["prefill_ratio_llmq_bench_over_llama_bench"] = row.prefill_tok_s / ref["prefill_tok_s"]
+    sp["q8_0_decode_over_fp32_transformers"] = sp["Q8_0 (llmq)"]["decode_over_fp32_transformers"]
     return sp
 
 
 def print_speed(sp: dict) -> None:
-    print(f"fp32 transformers decode: {sp['fp32_transformers_decode_tok_s']:.1f} tok/s")
+    print(f"fp32 transformers decode (llmq bench): {sp['fp32_transformers_decode_tok_s']:.1f} tok/s")
     for k in ("F32", "Q8_0 (llmq)", "Q4_K_M (llmq)"):
-        m, r = sp[k]["llmq"], sp[k]["llama_bench"]
+        m, r = sp[k]["llmq_bench"], sp[k]["llama_bench"]
         rb = f" | llama-bench pp512 {r['prefill_tok_s']:.0f} tg128 {r['decode_tok_s']:.1f}" if r else ""
-        print(f"{k:16s} llmq pp512 {m['prefill_tok_s']:.0f} tg128 {m['decode_tok_s']:.1f}{rb}")
-    print(f"Q8_0 decode / fp32 transformers decode: {sp['q8_0_decode_over_fp32_transformers']:.1f}x")
+        print(f"{k:16s} llmq bench prefill {m['prefill_tok_s']:.0f} decode {m['decode_tok_s']:.1f}{rb}")
+    print(f"Q8_0 decode / fp32 transformers decode: {sp['q8_0_decode_over_fp32_transformers']:.2f}x (target >= 7)")
     q8 = sp["Q8_0 (llmq)"]
-    if q8.get("decode_ratio_llmq_over_llama_bench"):
-        print(f"Q8_0 decode llmq / llama-bench: {q8['decode_ratio_llmq_over_llama_bench']:.3f} (target 0.9-1.1)")
+    if q8.get("decode_ratio_llmq_bench_over_llama_bench"):
+        print(f"Q8_0 decode llmq bench / llama-bench: {q8['decode_ratio_llmq_bench_over_llama_bench']:.3f} "
+              "(target 0.9-1.1)")
 
 
 def speed_only(args, src, tok, work) -> int:
     """Tool rows (llama-quantize types, llama-bench) added to an existing report, from one run."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from llmq.backends import gguf as G
 
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -138,9 +132,7 @@ def speed_only(args, src, tok, work) -> int:
             tools_types[scheme] = {"reference": how, "same_tensor_types": G.tensor_types(ref) == G.tensor_types(path),
                                    "identical_bytes": ref.read_bytes() == path.read_bytes(), "llmq_file": path.name}
             files.append((f"{ft} (llmq)", path))
-        torch.set_num_threads(args.threads)
-        hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-        report["speed"] = speed_section(args, f32, files, hf, tok)
+        report["speed"] = speed_section(args, f32, files)
         report["tools_reference"] = tools_types
         report["speed_run"] = {"tools": str(args.tools), "llama_cpp_lib": os.environ.get("LLAMA_CPP_LIB_PATH"),
                                "llama_cpp_python": G.versions().get("llama-cpp-python"),
@@ -163,6 +155,7 @@ def main() -> int:
     ap.add_argument("--n-samples", type=int, default=128)
     ap.add_argument("--calib-seqlen", type=int, default=512)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--samples", type=int, default=3, help="llmq bench: timed runs per model after one warm-up")
     ap.add_argument("--speed-only", action="store_true",
                     help="only the speed rows and the llama-quantize tensor-type check; merged into --out")
     ap.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,
@@ -276,7 +269,7 @@ def main() -> int:
         if not args.skip_speed:
             report["speed"] = speed_section(args, f32, (
                 ("Q8_0 (llmq)", work / "llmq-gguf-q8_0" / "SmolLM2-135M-Instruct-Q8_0.gguf"),
-                ("Q4_K_M (llmq)", work / "llmq-gguf-q4_k_m" / "SmolLM2-135M-Instruct-Q4_K_M.gguf")), hf_model, tok)
+                ("Q4_K_M (llmq)", work / "llmq-gguf-q4_k_m" / "SmolLM2-135M-Instruct-Q4_K_M.gguf")))
         del hf_model
 
         # -- second architecture: tiny random Gemma-3 ---------------------------------------------

@@ -110,3 +110,41 @@ def test_bench_gguf_without_llama_cpp_python_names_the_fix(ggufs, monkeypatch):
     monkeypatch.setattr(G, "llama_cpp_installed", lambda: False)
     with pytest.raises(MissingDependencyError, match="llama-cpp-python"):
         B.bench([str(ggufs[1])], isolate=False, prompt_tokens=8, new_tokens=2, batch_sizes=(1,), samples=1)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_llama_cpp_uses_amx_where_the_cpu_has_it_and_a_quantized_prompt_runs(ggufs):
+    """scripts/install-dev.sh builds llama.cpp for this CPU with llmq's AMX tile-config patch. On a CPU
+    with AMX the build must use it (it doubles Q8_0 decode here) and a multi-token prompt on a
+    quantized file — which runs ggml's AMX tile kernels, where the unpatched build dies with SIGILL —
+    must finish, in a child process so a crash fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    if "amx_int8" in _cpu_flags():
+        assert "AMX_INT8 = 1" in info, info
+    _, f32, q4 = ggufs
+    code = (
+        "import sys, numpy as np\n"
+        "from llmq.eval.llamacpp import LlamaCppLM\n"
+        "toks = list(range(5, 69))\n"
+        "out = [LlamaCppLM(p, n_ctx=128, threads=2).row_logits(toks) for p in sys.argv[1:]]\n"
+        "assert all(np.isfinite(o).all() for o in out)\n"
+        "print('relerr', float(np.linalg.norm(out[1] - out[0]) / np.linalg.norm(out[0])))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(f32), str(next(q4.glob("*.gguf")))],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    rel = float(r.stdout.split("relerr")[-1])
+    assert 0 < rel < 0.3  # the 4-bit file's logits stay close to its F32 source's
