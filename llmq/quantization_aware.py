@@ -4,8 +4,10 @@
 
 Every decoder ``nn.Linear`` (not ``lm_head``) becomes torchao's ``FakeQuantizedLinear``
 (``QATConfig(base_config, step="prepare")``); the model is fine-tuned so its weights learn to sit
-where the quantization grid rounds them well; then it is converted with the *same* base config
-(``step="convert"``) into real torchao quantized weights (``IntxUnpackedToInt8Tensor``), saved as
+where the quantization grid rounds them well; then it is exported with exactly that grid:
+int4 weight-only (``qat-int4``) by ``to_gptq`` into packed GPTQ linears (GPTQModel's packer and
+kernels, saved like ``gptq-int4``), the other schemes by converting with the *same* base config
+(``step="convert"``) into torchao quantized weights (``IntxUnpackedToInt8Tensor``), saved as
 safetensors with a ``TorchAoConfig`` that plain ``from_pretrained`` reloads.
 
 ``fake_quant=False`` trains the **fp32 twin** (same data, steps, seed, no fake quantization): the

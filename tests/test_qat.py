@@ -361,3 +361,41 @@ def test_model_card_says_it_was_trained_and_how_to_repeat_it(tiny, texts, tmp_pa
     assert "--scheme qat-8da4w --set steps=2 --set lr=0.0001" in card and "data=" not in card.split("--scheme")[1][:200]
     assert "list of strings passed from Python" in card and 'pip install "llmq[torchao]' in card
     assert "- qat" in card and "- int4" in card and "- 4-bit" in card  # tags
+
+
+@pytest.mark.slow
+def test_qat_int4_gptq_folder_has_the_in_memory_qat_models_perplexity_on_demo_model(data_dir, monkeypatch, tmp_path):
+    """SmolLM2, 2 QAT steps: the exported GPTQ folder (bf16, GPTQModel's kernel, via ``llmq.load``)
+    has the in-memory fake-quantized fp32 model's WikiText-2 test perplexity within 0.5% (4 x 1024),
+    and its size is the 4-bit size the advisor estimates (measured: 29.934 vs 29.949, 118.8 MB)."""
+    from transformers import AutoModelForCausalLM
+
+    import llmq
+    from llmq.advisor.estimate import estimate_scheme
+    from llmq.advisor.params import profile
+    from llmq.eval.perplexity import perplexity
+    from llmq.models import resolve_model
+
+    monkeypatch.setenv("LLMQ_DATA_DIR", str(data_dir))
+    src = resolve_model(None)
+    path = src.local_dir(progress=False)
+    tok = src.tokenizer()
+    cfg = Q.qat_config("qat-int4", data="wikitext2", steps=2, lr=5e-5, seed=0, seqlen=128, batch_size=2,
+                       warmup_steps=1)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    Q.prepare_fake_quant(model, cfg)
+    Q.train(model, Q.build_data(cfg, tok), cfg, device="cpu", progress=False)
+    ev = dict(seqlen=1024, limit=4, progress=False)
+    fake = perplexity(model, tok, "wikitext2", **ev).value
+    Q.to_gptq(model, cfg)
+    out = tmp_path / "smol-qat-int4"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    del model
+    size = (out / "model.safetensors").stat().st_size
+    est = estimate_scheme(profile(str(path)), "qat-int4", device="cpu").bytes
+    reloaded, _ = llmq.load(out, device="cpu")
+    real = perplexity(reloaded, tok, "wikitext2", **ev).value
+    print(f"fake-quantized fp32 {fake:.4f}, GPTQ folder {real:.4f} ({real / fake - 1:+.3%}), {size} bytes (est. {est})")
+    assert abs(real / fake - 1) < 0.005, (fake, real)
+    assert abs(size / est - 1) < 0.02 and size < 0.25 * sum(f.stat().st_size for f in path.glob("*.safetensors"))
