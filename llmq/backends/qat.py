@@ -146,7 +146,7 @@ class QATBackend(Backend):
     extra = "torchao"
     needs_calibration = False
     needs_training = True
-    quant_methods = ()  # the output is a torchao folder: the torchao plugin loads it
+    quant_methods = ()  # the output is a GPTQ or torchao folder: the gptqmodel or torchao plugin loads it
     schemes = (
         Scheme("qat-int4", "qat", QATConfig, {"bits": 4, "group_size": 32}, 4,
                "QAT: int4 weights, group 32, symmetric (torchao fake quantization), saved as packed GPTQ", "4",
