@@ -3,14 +3,17 @@ several models, measured in one run and shown as ratios to the first.
 
 Each model runs in its own child process (``python -m llmq.bench --worker``), one after another,
 so peak RSS and load time are its own and no model's threads or caches slow the next. A model is
-a spec string: a folder (llmq output or original), ``demo`` (the offline SmolLM2), or a GGUF file
-once a runner for it is registered; ``SPEC@eager`` / ``SPEC@compile`` forces the torch mode
-(default ``auto``: on CPU compiled through :mod:`llmq.fastpath` for torchao-quantized folders,
-eager otherwise; on other devices always eager, since the fast path's Inductor settings are tuned
-for CPU and a CUDA compile per shape costs minutes: ask for ``@compile`` there).
+a spec string: a folder (llmq output or original), ``demo`` (the offline SmolLM2), a Hub id, or
+a ``.gguf`` (run on llama.cpp by the GGUF plugin's ``bench_runner``, batch 1); ``SPEC@eager`` /
+``SPEC@compile`` forces the torch mode (default ``auto``: on CPU compiled through
+:mod:`llmq.fastpath` for torchao-quantized folders, eager otherwise; on other devices always eager,
+since the fast path's Inductor settings are tuned for CPU and a CUDA compile per shape costs
+minutes: ask for ``@compile`` there).
 
-Runtime hook: :func:`register_runner` adds a runner (e.g. llama.cpp for ``.gguf``) chosen by a
-predicate on the spec; a runner implements :class:`Runner` (``load`` and ``generate``).
+Runtime hooks: a plugin whose outputs transformers does not run returns a runner from
+``Backend.bench_runner`` (the GGUF plugin: llama.cpp); :func:`register_runner` adds one chosen by a
+predicate on the spec. A runner implements :class:`Runner` (``load`` and ``generate``; optional
+``max_batch``, ``size_mb``).
 
 What is measured per batch size, ``samples`` times after one warm-up (which compiles): one
 greedy ``generate`` of ``new_tokens`` tokens after a ``prompt_tokens`` prompt (WikiText-2 text
@@ -69,8 +72,18 @@ def _runner_for(spec: str, device: str, threads: int | None) -> Runner:
     for matches, factory in reversed(_RUNNERS):
         if matches(spec):
             return factory(spec, device=device, threads=threads)
-    if spec.endswith(".gguf"):
-        raise ConfigError(f"No runner for GGUF files is registered; cannot bench {spec}.")
+    path, _ = _split_mode(spec)
+    if path.endswith(".gguf") and not os.path.isfile(os.path.expanduser(path)):
+        raise ConfigError(f"bench: {path}: no such file.")
+    if path != "demo":
+        from pathlib import Path
+
+        from llmq.schemes import plugin_recognising
+
+        owner = plugin_recognising(Path(path).expanduser()) if Path(path).expanduser().exists() else None
+        runner = owner.bench_runner(Path(path).expanduser(), device=device, threads=threads) if owner else None
+        if runner is not None:
+            return runner
     return TorchRunner(spec, device=device, threads=threads)
 
 
@@ -220,15 +233,17 @@ def bench_one(spec: str, *, prompt_tokens: int = 512, new_tokens: int = 128, bat
         torch.set_num_threads(threads)
     runner = _runner_for(spec, device, threads)
     load_s, mode = runner.load()
-    size = None
+    size = getattr(runner, "size_mb", None)
     folder = getattr(runner, "folder", None)
-    if folder is not None:
+    if size is None and folder is not None:
         from llmq.models import folder_size
 
         size = folder_size(folder) / 1e6
     tok = getattr(runner, "tok", None)
     rows = []
     for b in batch_sizes:
+        if b > getattr(runner, "max_batch", b):
+            continue  # e.g. llama.cpp's runner: batch 1 only (the table shows no row)
         prompt = _prompt(tok, prompt_tokens, b) if tok is not None else [[1] * prompt_tokens] * b
         _gpu_peak(device, reset=True)
         t0 = time.perf_counter()
@@ -333,8 +348,9 @@ def add_bench(sub: Any) -> None:
     """``llmq bench MODEL [MODEL ...]`` (registered in ``llmq.cli.COMMANDS``)."""
     p = sub.add_parser("bench", help="prefill/decode speed, TTFT, peak RSS, load time; ratios to the first model",
                        description="Measures every MODEL in one run, one child process each, and prints one table "
-                                   "with ratios to the first. MODEL: a folder, 'demo', or a .gguf with a registered "
-                                   "runner; append @eager or @compile to force the torch mode.")
+                                   "with ratios to the first. MODEL: a folder, 'demo', a Hub id or a .gguf file "
+                                   "(run on llama.cpp, batch 1 only); append @eager or @compile to force the "
+                                   "torch mode.")
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=128)

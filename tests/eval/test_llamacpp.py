@@ -55,3 +55,58 @@ def test_gguf_without_llama_cpp_python_is_scored_on_transformers(ggufs, monkeypa
     monkeypatch.setattr(G, "llama_cpp_installed", lambda: False)
     m = evaluate(str(q4), **FAST).to_dict()["model"]
     assert m["runtime"] == "transformers (dequantized GGUF)" and math.isfinite(m["perplexity"]["value"])
+
+
+def test_bench_runs_a_gguf_on_llama_cpp_batch_1(ggufs):
+    """`llmq bench` on a .gguf (file or output folder) uses the GGUF plugin's llama.cpp runner: one
+    row per model at batch 1 (larger batches are skipped), the file's size, ratios to the first."""
+    from llmq import bench as B
+
+    src, f32, q4 = ggufs
+    rows = B.bench([str(f32), str(q4)], prompt_tokens=16, new_tokens=6, batch_sizes=(1, 2), samples=1,
+                   isolate=False)
+    assert [(r.batch, r.mode.startswith("llama.cpp")) for r in rows] == [(1, True), (1, True)]
+    assert rows[0].size_mb == pytest.approx(f32.stat().st_size / 1e6)
+    assert rows[1].size_mb == pytest.approx((q4 / "tiny-Q4_0.gguf").stat().st_size / 1e6)
+    assert rows[1].size_mb < rows[0].size_mb
+    for r in rows:
+        assert r.prefill_tok_s > 0 and r.decode_tok_s > 0 and 0 < r.ttft_s < 30
+    assert rows[1].ratios["size"] < 0.5
+
+
+def test_llama_cpp_runner_generates_what_llama_cpp_generates(ggufs):
+    """The runner's greedy loop (decode + argmax in place) continues a prompt exactly like
+    llama-cpp-python's own greedy completion, so the timed work is real generation."""
+    from llmq.eval.llamacpp import LlamaCppRunner
+
+    _, f32, _ = ggufs
+    r = LlamaCppRunner(str(f32), threads=1)
+    r.load()
+    prompt = r.tok("The capital of France is", add_special_tokens=False)["input_ids"]
+    got, dec = [], r.dec
+    dec.clear()
+    dec.decode(prompt, 0)
+    for i in range(5):
+        got.append(dec.argmax())
+        dec.decode([got[-1]], len(prompt) + i)
+    dec.close()
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(f32), n_ctx=256, verbose=False, flash_attn=True)
+    ref = []
+    for t in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
+        ref.append(t)
+        if len(ref) == 5:
+            break
+    llm.close()
+    assert got == ref
+
+
+def test_bench_gguf_without_llama_cpp_python_names_the_fix(ggufs, monkeypatch):
+    from llmq import bench as B
+    from llmq.backends import gguf as G
+    from llmq.errors import MissingDependencyError
+
+    monkeypatch.setattr(G, "llama_cpp_installed", lambda: False)
+    with pytest.raises(MissingDependencyError, match="llama-cpp-python"):
+        B.bench([str(ggufs[1])], isolate=False, prompt_tokens=8, new_tokens=2, batch_sizes=(1,), samples=1)
