@@ -126,7 +126,8 @@ def test_llama_cpp_uses_amx_where_the_cpu_has_it_and_a_quantized_prompt_runs(ggu
     """scripts/install-dev.sh builds llama.cpp for this CPU with llmq's AMX tile-config patch. On a CPU
     with AMX the build must use it (it doubles Q8_0 decode here) and a multi-token prompt on a
     quantized file — which runs ggml's AMX tile kernels, where the unpatched build dies with SIGILL —
-    must finish, in a child process so a crash fails this test instead of killing pytest."""
+    must finish (in a child process, so a crash fails this test instead of killing pytest) and agree
+    with the same tokens decoded one at a time."""
     import subprocess
     import sys
 
@@ -135,16 +136,25 @@ def test_llama_cpp_uses_amx_where_the_cpu_has_it_and_a_quantized_prompt_runs(ggu
     info = llama_cpp.llama_print_system_info().decode()
     if "amx_int8" in _cpu_flags():
         assert "AMX_INT8 = 1" in info, info
-    _, f32, q4 = ggufs
+    _, _, q4 = ggufs
     code = (
         "import sys, numpy as np\n"
-        "from llmq.eval.llamacpp import LlamaCppLM\n"
+        "from llmq.eval.llamacpp import LlamaCppLM, _Decoder\n"
         "toks = list(range(5, 69))\n"
-        "out = [LlamaCppLM(p, n_ctx=128, threads=2).row_logits(toks) for p in sys.argv[1:]]\n"
-        "assert all(np.isfinite(o).all() for o in out)\n"
-        "print('relerr', float(np.linalg.norm(out[1] - out[0]) / np.linalg.norm(out[0])))\n")
-    r = subprocess.run([sys.executable, "-c", code, str(f32), str(next(q4.glob("*.gguf")))],
+        "batched = LlamaCppLM(sys.argv[1], n_ctx=128, threads=2).row_logits(toks)\n"
+        "d = _Decoder(__import__('pathlib').Path(sys.argv[1]), n_ctx=128, n_batch=64, threads=2)\n"
+        "one = []\n"
+        "for i, t in enumerate(toks):\n"
+        "    d.decode([t], i)\n"
+        "    one.append(np.ctypeslib.as_array(d.lib.llama_get_logits_ith(d.ctx, -1), shape=(d.vocab,)).copy())\n"
+        "one = np.stack(one)\n"
+        "assert np.isfinite(batched).all() and np.isfinite(one).all()\n"
+        "print('relerr', float(np.linalg.norm(batched - one) / np.linalg.norm(one)))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(next(q4.glob("*.gguf")))],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     rel = float(r.stdout.split("relerr")[-1])
-    assert 0 < rel < 0.3  # the 4-bit file's logits stay close to its F32 source's
+    # the batched prompt (AMX tile kernels where present) and one-token decodes (the vector kernels)
+    # compute the same logits up to rounding: 0.021 on this file with the AMX build and with the
+    # portable AVX-512 build alike (measured); a broken kernel is far off
+    assert rel < 0.05, rel
