@@ -44,17 +44,19 @@ def ppl_hf(model_dir, tok, tokens, seqlen, windows):
 
 
 def llama_bench(tools: Path, f: Path, threads: int, reps: int = 3) -> dict | None:
+    """llama-bench with flash attention off (as llmq runs llama.cpp): pp512, tg128 from an empty
+    context (llama-bench's default test) and tg128 after 512 tokens (``-d 512``, what llmq bench's
+    decode after a 512-token prompt measures)."""
     exe = tools / "llama-bench"
     if not exe.is_file():
         return None
-    out = subprocess.run([str(exe), "-m", str(f), "-p", "512", "-n", "128", "-r", str(reps), "-t", str(threads),
-                          "-o", "json"], capture_output=True, text=True, check=True).stdout
-    rows = json.loads(out)
     res = {}
-    for r in rows:
-        key = "prefill_tok_s" if r["n_prompt"] else "decode_tok_s"
-        res[key] = r["avg_ts"]
-    res["command"] = f"llama-bench -m {f.name} -p 512 -n 128 -r {reps} -t {threads}"
+    for extra, key in ((["-p", "512", "-n", "128"], None), (["-p", "0", "-n", "128", "-d", "512"], "decode_tok_s_d512")):
+        cmd = [str(exe), "-m", str(f), *extra, "-r", str(reps), "-t", str(threads), "-fa", "0", "-o", "json"]
+        for r in json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout):
+            res[key or ("prefill_tok_s" if r["n_prompt"] else "decode_tok_s")] = r["avg_ts"]
+    res["command"] = (f"llama-bench -m {f.name} -p 512 -n 128 -r {reps} -t {threads} -fa 0; "
+                      f"llama-bench -m {f.name} -p 0 -n 128 -d 512 -r {reps} -t {threads} -fa 0")
     return res
 
 
@@ -72,43 +74,58 @@ def reference_quantize(tools: Path | None, src: Path, dst: Path, ftype: str, ima
 
 def speed_section(args, f32, files) -> dict:
     """One run: ``llmq bench`` over fp32 transformers (the demo, eager) and the .gguf files (llama.cpp,
-    batch 1, 512-token prompt, 128 new tokens), then ``llama-bench`` on the same files, then llmq's
-    eval speed function; ratios only within this run."""
+    batch 1, 128 new tokens) after a 512-token prompt and after a 16-token one, then ``llama-bench``
+    on the same files (after 512 tokens and from an empty context), then llmq's eval speed function;
+    ratios only within this run."""
     from llmq import bench as B
     from llmq.eval import llamacpp
 
     specs = ["demo@eager", str(f32)] + [str(f) for _, f in files]
-    rows = B.bench(specs, prompt_tokens=512, new_tokens=128, batch_sizes=(1,), threads=args.threads,
-                   samples=args.samples)
-    print(B.format_table(rows))
-    sp = {"llmq_bench": [r.to_dict() for r in rows],
-          "llmq_bench_command": f"llmq bench {' '.join(Path(x).name for x in specs)} --batch-sizes 1 "
-                                f"--threads {args.threads} --samples {args.samples}",
-          "fp32_transformers_decode_tok_s": rows[0].decode_tok_s}
-    for (label, f), row in zip((("F32", f32), *files), rows[1:]):
+    sp = {}
+    for prompt in (512, 16):
+        rows = B.bench(specs, prompt_tokens=prompt, new_tokens=128, batch_sizes=(1,), threads=args.threads,
+                       samples=args.samples)
+        print(f"prompt {prompt} tokens:\n" + B.format_table(rows))
+        sp[f"llmq_bench_prompt{prompt}"] = [r.to_dict() for r in rows]
+        sp[f"llmq_bench_prompt{prompt}_command"] = (
+            f"llmq bench {' '.join(Path(x).name for x in specs)} --prompt-tokens {prompt} --batch-sizes 1 "
+            f"--threads {args.threads} --samples {args.samples}")
+        sp[f"fp32_transformers_decode_tok_s_prompt{prompt}"] = rows[0].decode_tok_s
+        for (label, _), row in zip((("F32", f32), *files), rows[1:]):
+            d = sp.setdefault(label, {})
+            d[f"llmq_bench_prompt{prompt}"] = {"prefill_tok_s": row.prefill_tok_s, "decode_tok_s": row.decode_tok_s,
+                                               "decode_over_fp32_transformers": row.decode_tok_s / rows[0].decode_tok_s}
+    for label, f in (("F32", f32), *files):
+        d = sp[label]
         ref = llama_bench(args.tools, f, args.threads) if args.tools else None
-        mine = llamacpp.speed(f, threads=args.threads).to_dict()
-        sp[label] = {"llmq_bench": {"prefill_tok_s": row.prefill_tok_s, "decode_tok_s": row.decode_tok_s},
-                     "llmq_eval_speed": mine, "llama_bench": ref,
-                     "decode_over_fp32_transformers": row.decode_tok_s / rows[0].decode_tok_s}
+        d["llama_bench"] = ref
+        d["llmq_eval_speed"] = llamacpp.speed(f, threads=args.threads).to_dict()
         if ref:
-            sp[label]["decode_ratio_llmq_bench_over_llama_bench"] = row.decode_tok_s / ref["decode_tok_s"]
-            sp[label]["prefill_ratio_llmq_bench_over_llama_bench"] = row.prefill_tok_s / ref["prefill_tok_s"]
-    sp["q8_0_decode_over_fp32_transformers"] = sp["Q8_0 (llmq)"]["decode_over_fp32_transformers"]
+            d["decode_ratio_llmq_bench_over_llama_bench_d512"] = (d["llmq_bench_prompt512"]["decode_tok_s"]
+                                                                   / ref["decode_tok_s_d512"])
+            d["decode_ratio_llmq_bench_prompt16_over_llama_bench_tg128"] = (d["llmq_bench_prompt16"]["decode_tok_s"]
+                                                                             / ref["decode_tok_s"])
+    q8 = sp["Q8_0 (llmq)"]
+    sp["q8_0_decode_over_fp32_transformers"] = {p: q8[f"llmq_bench_prompt{p}"]["decode_over_fp32_transformers"]
+                                                for p in (512, 16)}
     return sp
 
 
 def print_speed(sp: dict) -> None:
-    print(f"fp32 transformers decode (llmq bench): {sp['fp32_transformers_decode_tok_s']:.1f} tok/s")
+    for p in (512, 16):
+        print(f"after a {p}-token prompt: fp32 transformers decode {sp[f'fp32_transformers_decode_tok_s_prompt{p}']:.1f}"
+              f" tok/s; Q8_0 decode / fp32: {sp['q8_0_decode_over_fp32_transformers'][p]:.2f}x (target >= 7)")
     for k in ("F32", "Q8_0 (llmq)", "Q4_K_M (llmq)"):
-        m, r = sp[k]["llmq_bench"], sp[k]["llama_bench"]
-        rb = f" | llama-bench pp512 {r['prefill_tok_s']:.0f} tg128 {r['decode_tok_s']:.1f}" if r else ""
-        print(f"{k:16s} llmq bench prefill {m['prefill_tok_s']:.0f} decode {m['decode_tok_s']:.1f}{rb}")
-    print(f"Q8_0 decode / fp32 transformers decode: {sp['q8_0_decode_over_fp32_transformers']:.2f}x (target >= 7)")
+        m512, m16, r = sp[k]["llmq_bench_prompt512"], sp[k]["llmq_bench_prompt16"], sp[k]["llama_bench"]
+        rb = (f" | llama-bench pp512 {r['prefill_tok_s']:.0f} tg128 {r['decode_tok_s']:.1f} "
+              f"tg128@d512 {r['decode_tok_s_d512']:.1f}") if r else ""
+        print(f"{k:14s} llmq bench prefill {m512['prefill_tok_s']:.0f} decode {m512['decode_tok_s']:.1f} "
+              f"(16-token prompt: {m16['decode_tok_s']:.1f}){rb}")
     q8 = sp["Q8_0 (llmq)"]
-    if q8.get("decode_ratio_llmq_bench_over_llama_bench"):
-        print(f"Q8_0 decode llmq bench / llama-bench: {q8['decode_ratio_llmq_bench_over_llama_bench']:.3f} "
-              "(target 0.9-1.1)")
+    if q8.get("llama_bench"):
+        print(f"Q8_0 decode llmq bench / llama-bench, after 512 tokens: "
+              f"{q8['decode_ratio_llmq_bench_over_llama_bench_d512']:.3f}; from (nearly) empty context: "
+              f"{q8['decode_ratio_llmq_bench_prompt16_over_llama_bench_tg128']:.3f} (target 0.9-1.1)")
 
 
 def speed_only(args, src, tok, work) -> int:

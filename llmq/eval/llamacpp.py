@@ -171,16 +171,17 @@ class SpeedResult:
 
 class _Decoder:
     """One llama.cpp context driven through the low-level API, as ``llama-bench`` drives it:
-    ``llama_decode`` on batches of token ids, flash attention as llama-bench's default (``auto``
-    enables it on CPU; llama-cpp-python's ``Llama`` disables it unless asked), no Python sampler.
-    Shared by :func:`speed` and :class:`LlamaCppRunner` so both time the same calls."""
+    ``llama_decode`` on batches of token ids, no Python sampler. Flash attention off, as
+    llama-cpp-python (and so :class:`LlamaCppLM`) runs by default: on this project's 2-core AVX-512/AMX
+    CPU it halves Q8_0 decode after a 512-token prompt (``llama-bench -d 512``: 51.7 tok/s with
+    ``-fa 1`` vs 104.7 with ``-fa 0``). Shared by :func:`speed` and :class:`LlamaCppRunner`."""
 
     def __init__(self, path: Path, *, n_ctx: int, n_batch: int, threads: int):
         llama_cpp = _llama_cpp()
         self.lib = llama_cpp
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
                                    n_threads=threads, n_threads_batch=threads, logits_all=False,
-                                   flash_attn=True, verbose=False)
+                                   flash_attn=False, verbose=False)
         self.ctx = self.llm._ctx.ctx
         self.vocab = self.llm.n_vocab()
         self.mem = llama_cpp.llama_get_memory(self.ctx)
@@ -257,7 +258,7 @@ def speed(path: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: i
         dec.close()
     return SpeedResult(pp, tg, n_prompt, n_gen, threads, repetitions, path.stat().st_size,
                        f"llama.cpp via llama-cpp-python: pp{n_prompt} + tg{n_gen}, batch 1, threads={threads}, "
-                       f"flash attention on, mean of {repetitions} after 1 warm-up (llama-bench's tests)")
+                       f"flash attention off, mean of {repetitions} after 1 warm-up (llama-bench -fa 0's tests)")
 
 
 #: the context a bench runner opens (prompt + generated tokens must fit)

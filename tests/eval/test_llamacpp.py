@@ -92,7 +92,7 @@ def test_llama_cpp_runner_generates_what_llama_cpp_generates(ggufs):
     dec.close()
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(f32), n_ctx=256, verbose=False, flash_attn=True)
+    llm = llama_cpp.Llama(model_path=str(f32), n_ctx=256, verbose=False)
     ref = []
     for t in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
         ref.append(t)
