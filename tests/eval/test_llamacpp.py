@@ -158,3 +158,31 @@ def test_llama_cpp_uses_amx_where_the_cpu_has_it_and_a_quantized_prompt_runs(ggu
     # compute the same logits up to rounding: 0.021 on this file with the AMX build and with the
     # portable AVX-512 build alike (measured); a broken kernel is far off
     assert rel < 0.05, rel
+
+
+def test_llama_cpp_amx_kernels_survive_torch_using_the_tiles_on_the_same_thread(ggufs):
+    """PyTorch's oneDNN runs bf16 matmuls on AMX too and leaves the tile configuration changed; the
+    unpatched ggml loaded its configuration once per thread, so the next quantized prompt died with
+    SIGILL (seen in CI: a compare after other tests). Interleave both in one child process and check
+    both still compute correct results."""
+    import subprocess
+    import sys
+
+    _, _, q4 = ggufs
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from llmq.eval.llamacpp import LlamaCppLM\n"
+        "lm = LlamaCppLM(sys.argv[1], n_ctx=128, threads=2)\n"
+        "toks = list(range(5, 69))\n"
+        "a, b = torch.randn(256, 256), torch.randn(256, 256)\n"
+        "ref = a @ b\n"
+        "first = lm.row_logits(toks)\n"
+        "for _ in range(2):\n"
+        "    got = (a.bfloat16() @ b.bfloat16()).float()\n"
+        "    assert torch.allclose(got, ref, rtol=0.05, atol=0.5)\n"
+        "    again = lm.row_logits(toks)\n"
+        "    assert np.allclose(again, first, rtol=1e-4, atol=1e-4)\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code, str(next(q4.glob("*.gguf")))],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stderr[-2000:])
