@@ -25,10 +25,22 @@ How it is built, and why:
   the observer, the qparam formula (``_calculate_qparams``) and the kernels are the library's.
 * Weights are always symmetric: torchao's int8 matmul applies no weight zero point, as every CPU
   int8 GEMM (oneDNN/VNNI) assumes; ``sym=False`` makes the *activations* asymmetric.
-* Optional SmoothQuant smoothing (``smooth_alpha``) migrates activation outliers into the weights
-  with torchao's ``act_pre_scale`` (x / s, W * s), which the checkpoint stores.
+* SmoothQuant smoothing (``smooth_alpha``, on by default: 0.75, down_proj off) migrates activation outlier
+  channels into the weights with torchao's ``act_pre_scale`` (x / s, W * s), which the checkpoint
+  stores. On SmolLM2 it is what makes int8 activations usable at all (issue #11's diagnosis).
+* Automatic per-layer fallback (``dynamic_fallback``, ``max_dynamic_fraction``): some Linears see
+  rare massive-activation tokens (SmolLM2: every ``down_proj``) that no per-tensor scale can hold,
+  as clipping them breaks the attention sinks and keeping them zeroes everything else. Calibration
+  measures, per Linear and with torchao's own kernels, the output error of its static config and
+  of per-token dynamic activations (:func:`layer_errors`); a Linear whose static error exceeds
+  ``dynamic_fallback`` times the dynamic one quantizes its activations per token at run time (the
+  same int8 kernels, no float fallback, so the size and the compiled speed path stay), the worst
+  first and at most ``max_dynamic_fraction`` of them. The choice is recorded in llmq.json
+  (``activations``) and the model card.
 * Embeddings and ``lm_head`` (tied: one tensor) become int8 per row by default
-  (``quantize_embeddings``), with dynamic per-token activations for ``lm_head``.
+  (``quantize_embeddings``); ``lm_head`` multiplies that int8 weight with float activations by
+  default (``lm_head_activations="float"``, torchao int8 weight-only, which Inductor lowers to its
+  int8-weight matmul), since its input's outlier channels cost +0.7% perplexity as int8.
 
 PT2E (``prepare_pt2e`` + ``X86InductorQuantizer``) was not used: it produces an exported graph
 module, which does not save through ``save_pretrained`` or reload with ``from_pretrained``.
@@ -36,7 +48,7 @@ module, which does not save through ``save_pretrained`` or reload with ``from_pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -47,8 +59,10 @@ from llmq.config import DTYPES, CalibratedConfig, check_choice
 from llmq.errors import ConfigError
 
 METHODS = ("minmax", "percentile", "entropy")
-SMOOTH_ALPHA: float | None = 0.5
-FALLBACK_RATIO: float | None = 4.0
+#: SmoothQuant strength per Linear pattern. down_proj is left unsmoothed: its inputs' outliers are
+#: rare tokens, not channels, and smoothing made its per-token error worse (SmolLM2, issue #11)
+SMOOTH_ALPHA = {"*": 0.75, "*.down_proj": "off"}
+FALLBACK_RATIO: float | None = 2.0
 MAX_DYNAMIC_FRACTION = 0.25
 ERROR_SAMPLES = 8  # calibration samples the fallback's error measurement uses
 HIST_BINS = 2048
@@ -71,13 +85,15 @@ class Int8StaticConfig(CalibratedConfig):
     calibration_method: str = "percentile"
     percentile: float = 99.99
     weight_granularity: str = "per_channel"
-    smooth_alpha: float | str | None = SMOOTH_ALPHA  # "off" (or None) turns smoothing off
+    #: a number for every Linear, or {pattern: alpha} (the longest matching pattern wins; "off"
+    #: for none); "off" (or None) turns smoothing off
+    smooth_alpha: float | dict | str | None = field(default_factory=lambda: dict(SMOOTH_ALPHA))
     #: Linears (names or patterns) whose activations are quantized per token at run time instead
     #: of with a static scale: SmolLM2's down_proj inputs carry outliers no per-tensor scale covers
     dynamic_modules: tuple[str, ...] = ()
     #: automatic per-layer fallback: a Linear whose static-scale output error on the calibration
-    #: data exceeds ``dynamic_fallback`` x its per-token-dynamic error gets per-token activations
-    #: (None: off) ...
+    #: data (per token or in total, see :func:`layer_errors`) exceeds ``dynamic_fallback`` x its
+    #: per-token-dynamic error gets per-token activations ("off": none) ...
     dynamic_fallback: float | str | None = FALLBACK_RATIO  # "off" (or None) turns it off
     #: ... at most this fraction of the Linears (the worst first), so the model stays mostly static
     max_dynamic_fraction: float = MAX_DYNAMIC_FRACTION
@@ -106,9 +122,11 @@ class Int8StaticConfig(CalibratedConfig):
             self.smooth_alpha = None
         if self.dynamic_fallback == "off":
             self.dynamic_fallback = None
-        a = self.smooth_alpha
-        if a is not None and (isinstance(a, (bool, str)) or not 0 <= a <= 1):
-            raise ConfigError(f"smooth_alpha must be in [0, 1] (or 'off'), got {a!r}.")
+        for a in (self.smooth_alpha.values() if isinstance(self.smooth_alpha, dict) else [self.smooth_alpha]):
+            if a is not None and a != "off" and (isinstance(a, (bool, str)) or not 0 <= a <= 1):
+                raise ConfigError(f"smooth_alpha must be in [0, 1] (or 'off'), got {a!r}.")
+        if isinstance(self.smooth_alpha, dict) and not all(isinstance(k, str) for k in self.smooth_alpha):
+            raise ConfigError(f"smooth_alpha's patterns must be strings, got {list(self.smooth_alpha)!r}.")
         if not isinstance(self.quantize_embeddings, bool):
             raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
         check_choice("lm_head_activations", self.lm_head_activations, HEAD_ACTIVATIONS)
@@ -306,24 +324,49 @@ def _run(model: Any, samples: Sequence[Sequence[int]]) -> None:
             model(torch.tensor([list(s)], device=dev), use_cache=False)
 
 
-def smooth_scales(model: Any, amax: dict[str, Any], alpha: float) -> dict[str, Any]:
-    """SmoothQuant: s_j = max|X_j|^a / max|W_j|^(1-a), per input channel (clamped to >= 1e-5)."""
+def smooth_scales(model: Any, amax: dict[str, Any], alpha: float | dict[str, float]) -> dict[str, Any]:
+    """SmoothQuant: s_j = max|X_j|^a / max|W_j|^(1-a), per input channel (clamped to >= 1e-5);
+    ``alpha`` one number or one per Linear name (those without one are not smoothed)."""
     mods = dict(model.named_modules())
     out = {}
     for n, a in amax.items():
+        al = alpha.get(n) if isinstance(alpha, dict) else alpha
+        if al is None:
+            continue
         w = mods[n].weight.detach().float().abs().amax(0)
-        s = (a.clamp(min=1e-5) ** alpha) / (w.clamp(min=1e-5) ** (1 - alpha))
+        s = (a.clamp(min=1e-5) ** al) / (w.clamp(min=1e-5) ** (1 - al))
         out[n] = s.clamp(min=1e-5)
     return out
 
 
+def alphas_for(names: Sequence[str], spec: Any) -> dict[str, float]:
+    """Each Linear's SmoothQuant alpha from ``smooth_alpha`` (a number, or {pattern: alpha} where
+    the longest matching pattern wins and "off" means none); Linears without one are left out."""
+    from llmq.models import excluded_modules
+
+    if spec is None or spec == "off":
+        return {}
+    if not isinstance(spec, dict):
+        return {n: float(spec) for n in names}
+    out: dict[str, float] = {}
+    for n in names:
+        hits = [p for p in spec if excluded_modules(None, [n], (p,)) == [n]]
+        if hits:
+            a = spec[max(hits, key=len)]
+            if a is not None and a != "off":
+                out[n] = float(a)
+    return out
+
+
 def layer_errors(model: Any, samples: Sequence[Sequence[int]], configs: dict[str, Sequence[Any]],
-                 pre_scales: dict[str, Any] | None = None) -> dict[str, list[float]]:
+                 pre_scales: dict[str, Any] | None = None) -> dict[str, list[tuple[float, float]]]:
     """Each Linear's output error when quantized with each of its torchao configs in ``configs``
-    (weight smoothed by ``pre_scales`` when given): the mean over the tokens of ``samples`` of
-    ||y_q - y||^2 / ||y||^2, so that a few massive-activation tokens do not outweigh the rest.
-    Measured layer by layer on the float model's own inputs with torchao's kernels: the cost of one
-    layer's quantization, free of the others'."""
+    (weight smoothed by ``pre_scales`` when given), as two relative errors: per token (the mean
+    over the tokens of ``samples`` of ||y_q - y||^2 / ||y||^2, where every token counts) and in
+    total (sum ||y_q - y||^2 / sum ||y||^2, which the rare massive-activation tokens dominate:
+    clipping them breaks the attention sinks although few tokens suffer). Measured layer by layer
+    on the float model's own inputs with torchao's kernels: the cost of one layer's quantization,
+    free of the others'."""
     import copy
 
     import torch
@@ -342,23 +385,25 @@ def layer_errors(model: Any, samples: Sequence[Sequence[int]], configs: dict[str
             if pre_scales is not None and n in pre_scales:
                 lin.weight.act_pre_scale = (1.0 / pre_scales[n]).to(lin.weight.dtype)
             qlin[n].append(lin)
-        num[n], den[n] = [0.0] * len(cs), 0.0
+        num[n], den[n] = [[0.0, 0.0] for _ in cs], [0, 0.0]
     hooks = []
     for n in configs:
         def hook(mod, args, out, _n=n):
             y = out.detach().float().reshape(-1, out.shape[-1])
-            norm = (y ** 2).sum(-1).clamp(min=1e-12)
-            den[_n] += y.shape[0]
+            norm = (y ** 2).sum(-1)
+            den[_n][0] += y.shape[0]
+            den[_n][1] += float(norm.sum())
             for i, lin in enumerate(qlin[_n]):
-                yq = lin(args[0].detach()).float().reshape(y.shape)
-                num[_n][i] += float((((yq - y) ** 2).sum(-1) / norm).sum())
+                err = ((lin(args[0].detach()).float().reshape(y.shape) - y) ** 2).sum(-1)
+                num[_n][i][0] += float((err / norm.clamp(min=1e-12)).sum())
+                num[_n][i][1] += float(err.sum())
         hooks.append(mods[n].register_forward_hook(hook))
     try:
         _run(model, samples)
     finally:
         for h in hooks:
             h.remove()
-    return {n: [e / max(den[n], 1e-30) for e in num[n]] for n in configs}
+    return {n: [(t / max(den[n][0], 1), e / max(den[n][1], 1e-30)) for t, e in num[n]] for n in configs}
 
 
 # -- quantization -------------------------------------------------------------------------------
@@ -384,8 +429,9 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
 
     static = [n for n in names if n not in listed]
     pre = None
-    if cfg.smooth_alpha is not None:  # every target, per-token ones too: their outlier channels hurt as well
-        pre = smooth_scales(model, channel_absmax(model, samples, names), cfg.smooth_alpha)
+    alphas = alphas_for(names, cfg.smooth_alpha)  # per-token Linears too: their outlier channels hurt as well
+    if alphas:
+        pre = smooth_scales(model, channel_absmax(model, samples, list(alphas)), alphas)
     obs = calibrate(model, samples, static, sym=cfg.sym, pre_scales=pre)
     mapping = MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC
     configs: dict[str, Any] = {n: dynamic() for n in listed}
@@ -399,7 +445,7 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
         qparams[n] = {"scale": scale, "zero_point": zp}
     if cfg.dynamic_fallback is not None and static and cfg.max_dynamic_fraction > 0:
         errs = layer_errors(model, samples[:ERROR_SAMPLES], {n: (configs[n], dynamic()) for n in static}, pre)
-        ratio = {n: es / max(ed, 1e-12) for n, (es, ed) in errs.items()}
+        ratio = {n: max(s_ / max(d_, 1e-12) for s_, d_ in zip(es, ed)) for n, (es, ed) in errs.items()}
         budget = int(cfg.max_dynamic_fraction * len(names)) - len(listed)
         worst = sorted((n for n in static if ratio[n] > cfg.dynamic_fallback), key=lambda n: -ratio[n])
         for n in static:
@@ -409,12 +455,12 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
             qparams[n] = {"dynamic": "fallback", "error_ratio": round(ratio[n], 3)}
     if pre is not None:
         with torch.no_grad():
-            for n in names:
+            for n in pre:
                 w = model.get_submodule(n).weight
                 w.mul_(pre[n].to(w.dtype))
     quantize_(model, FqnToConfig(configs), filter_fn=None)
     if pre is not None:
-        for n in names:
+        for n in pre:
             w = model.get_submodule(n).weight
             w.act_pre_scale = (1.0 / pre[n]).to(w.dtype)
             qparams[n]["smooth"] = pre[n]

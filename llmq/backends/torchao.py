@@ -182,12 +182,17 @@ def torchao_int8_estimate(profile: Any, cfg: Any, scheme: str) -> Any:
     q = sum(l.numel for l in lins)
     per_row = cfg.weight_granularity == "per_channel"
     scales, n_q_tensors = 0, 0
+    smoothed: set[str] = set()
+    if static:
+        from llmq.backends.int8_static import alphas_for
+
+        smoothed = set(alphas_for([l.name for l in lins], cfg.smooth_alpha))
     for l in lins:
         scales += (l.out_features if per_row else 1) * 5
         n_q_tensors += 3
         if static:
-            scales += 4 + (0 if cfg.sym else 1) + (4 * l.in_features if cfg.smooth_alpha is not None else 0)
-            n_q_tensors += 1 + (0 if cfg.sym else 1) + (0 if cfg.smooth_alpha is None else 1)
+            scales += 4 + (0 if cfg.sym else 1) + (4 * l.in_features if l.name in smoothed else 0)
+            n_q_tensors += 1 + (0 if cfg.sym else 1) + (1 if l.name in smoothed else 0)
     emb_q = emb_scales = n_emb_tensors = 0
     for numel in [profile.embedding_params] + ([profile.lm_head_params] if profile.lm_head_params else []):
         if cfg.quantize_embeddings:

@@ -347,3 +347,19 @@ def test_fallback_and_head_options_validated(kw, msg):
     with pytest.raises(ConfigError) as e:
         S.Int8StaticConfig(calibration="wikitext2", **kw)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_smooth_alpha_per_pattern_longest_match_wins_and_off_skips():
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    got = S.alphas_for(names, {"*": 0.75, "*.down_proj": "off", "model.layers.1.mlp.down_proj": 0.5})
+    assert got == {"model.layers.0.self_attn.q_proj": 0.75, "model.layers.1.mlp.down_proj": 0.5}
+    assert S.alphas_for(names, 0.3) == dict.fromkeys(names, 0.3) and S.alphas_for(names, "off") == {}
+    with pytest.raises(ConfigError, match="smooth_alpha must be in"):
+        S.Int8StaticConfig(calibration="wikitext2", smooth_alpha={"*": 2})
+
+
+def test_per_pattern_smoothing_reaches_the_weights(tiny_model_dir):
+    m, qp, _ = _quantized(tiny_model_dir, smooth_alpha={"*": 0.8, "*.down_proj": "off"}, dynamic_fallback="off")
+    assert m.model.layers[0].mlp.down_proj.weight.act_pre_scale is None and "smooth" not in \
+        qp["model.layers.0.mlp.down_proj"]
+    assert m.model.layers[0].mlp.up_proj.weight.act_pre_scale is not None
