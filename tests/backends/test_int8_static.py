@@ -86,12 +86,12 @@ def _quantized(tiny_model_dir, **kw):
 def test_model_zero_points_and_granularity(tiny_model_dir):
     from torchao.quantization import Int8Tensor
 
-    m, qp, _ = _quantized(tiny_model_dir, sym=False, weight_granularity="per_tensor")
+    m, qp, _ = _quantized(tiny_model_dir, sym=False, weight_granularity="per_tensor", dynamic_fallback="off")
     w = m.model.layers[0].mlp.down_proj.weight
     assert isinstance(w, Int8Tensor) and w.scale.numel() == 1
     assert any(v["zero_point"].item() != 0 for v in qp.values())
     assert w.act_quant_zero_point is not None
-    m, qp, _ = _quantized(tiny_model_dir)
+    m, qp, _ = _quantized(tiny_model_dir, dynamic_fallback="off")
     w = m.model.layers[0].mlp.down_proj.weight
     assert tuple(w.scale.shape) == (w.shape[0], 1)  # per output channel
     assert w.act_quant_scale.shape == (1, 1, 1) and w.act_quant_zero_point is None
