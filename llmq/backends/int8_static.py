@@ -118,10 +118,6 @@ class Int8StaticConfig(CalibratedConfig):
         check_choice("dtype", self.dtype, DTYPES)
         if self.group_size != -1:
             raise ConfigError("int8-static quantizes weights per channel or per tensor; group_size must be -1.")
-        if self.smooth_alpha == "off":  # a None override means "default" to llmq.quantize
-            self.smooth_alpha = None
-        if self.dynamic_fallback == "off":
-            self.dynamic_fallback = None
         for a in (self.smooth_alpha.values() if isinstance(self.smooth_alpha, dict) else [self.smooth_alpha]):
             if a is not None and a != "off" and (isinstance(a, (bool, str)) or not 0 <= a <= 1):
                 raise ConfigError(f"smooth_alpha must be in [0, 1] (or 'off'), got {a!r}.")
@@ -130,8 +126,8 @@ class Int8StaticConfig(CalibratedConfig):
         if not isinstance(self.quantize_embeddings, bool):
             raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
         check_choice("lm_head_activations", self.lm_head_activations, HEAD_ACTIVATIONS)
-        f = self.dynamic_fallback
-        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not f >= 1):
+        f = self.dynamic_fallback  # "off" rather than None: a None override means "the default"
+        if f is not None and f != "off" and (isinstance(f, bool) or not isinstance(f, (int, float)) or not f >= 1):
             raise ConfigError(f"dynamic_fallback must be a number >= 1 (or 'off'), got {f!r}.")
         m = self.max_dynamic_fraction
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not (0 <= m <= 1):
@@ -443,7 +439,7 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
             act_quant_scale=scale.to(dt), act_quant_zero_point=None if cfg.sym else zp,
             granularity=[PerTensor(), wgran], act_mapping_type=mapping, set_inductor_config=False)
         qparams[n] = {"scale": scale, "zero_point": zp}
-    if cfg.dynamic_fallback is not None and static and cfg.max_dynamic_fraction > 0:
+    if cfg.dynamic_fallback not in (None, "off") and static and cfg.max_dynamic_fraction > 0:
         errs = layer_errors(model, samples[:ERROR_SAMPLES], {n: (configs[n], dynamic()) for n in static}, pre)
         ratio = {n: max(s_ / max(d_, 1e-12) for s_, d_ in zip(es, ed)) for n, (es, ed) in errs.items()}
         budget = int(cfg.max_dynamic_fraction * len(names)) - len(listed)
