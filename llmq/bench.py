@@ -3,18 +3,28 @@ several models, measured in one run and shown as ratios to the first.
 
 Each model runs in its own child process (``python -m llmq.bench --worker``), one after another,
 so peak RSS and load time are its own and no model's threads or caches slow the next. A model is
-a spec string: a folder (llmq output or original), ``demo`` (the offline SmolLM2), or a GGUF file
-once a runner for it is registered; ``SPEC@eager`` / ``SPEC@compile`` forces the torch mode
-(default ``auto``: compiled through :mod:`llmq.fastpath` for torchao-quantized folders, eager
-otherwise).
+a spec string: a folder (llmq output or original), ``demo`` (the offline SmolLM2), a Hub id, or
+a ``.gguf`` (run on llama.cpp by the GGUF plugin's ``bench_runner``, batch 1); ``SPEC@eager`` /
+``SPEC@compile`` forces the torch mode (default ``auto``: on CPU compiled through
+:mod:`llmq.fastpath` for torchao-quantized folders, eager otherwise; on other devices always eager,
+since the fast path's Inductor settings are tuned for CPU and a CUDA compile per shape costs
+minutes: ask for ``@compile`` there).
 
-Runtime hook: :func:`register_runner` adds a runner (e.g. llama.cpp for ``.gguf``) chosen by a
-predicate on the spec; a runner implements :class:`Runner` (``load`` and ``generate``).
+Runtime hooks: a plugin whose outputs transformers does not run returns a runner from
+``Backend.bench_runner`` (the GGUF plugin: llama.cpp); :func:`register_runner` adds one chosen by a
+predicate on the spec. A runner implements :class:`Runner` (``load`` and ``generate``; optional
+``max_batch``, ``size_mb``).
 
 What is measured per batch size, ``samples`` times after one warm-up (which compiles): one
 greedy ``generate`` of ``new_tokens`` tokens after a ``prompt_tokens`` prompt (WikiText-2 text
 when available, else repeated ids). TTFT = time to the first new token; prefill tok/s =
 batch x prompt / TTFT; decode tok/s = batch x (new_tokens - 1) / (total - TTFT). Medians.
+On CUDA the clock is read after ``torch.cuda.synchronize()`` (kernels run asynchronously) and
+each row also reports the peak GPU memory allocated by torch (``torch.cuda.max_memory_allocated``,
+reset before the batch size's warm-up: weights + KV cache + activations).
+
+``bench(..., timeout=s)`` bounds each model's child process; the child reports each batch size's
+row as soon as it is measured, so a timeout keeps the rows already done (:class:`BenchTimeout`).
 """
 
 from __future__ import annotations
@@ -28,7 +38,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from llmq.errors import ConfigError
+from llmq.errors import ConfigError, LlmqError
+
+
+class BenchTimeout(LlmqError):
+    """A model's bench child ran past ``timeout``; ``rows`` holds the batch sizes it finished."""
+
+    def __init__(self, message: str, rows: list["BenchRow"]):
+        super().__init__(message)
+        self.rows = rows
 
 
 # -- runners ------------------------------------------------------------------------------------
@@ -54,8 +72,18 @@ def _runner_for(spec: str, device: str, threads: int | None) -> Runner:
     for matches, factory in reversed(_RUNNERS):
         if matches(spec):
             return factory(spec, device=device, threads=threads)
-    if spec.endswith(".gguf"):
-        raise ConfigError(f"No runner for GGUF files is registered; cannot bench {spec}.")
+    path, _ = _split_mode(spec)
+    if path.endswith(".gguf") and not os.path.isfile(os.path.expanduser(path)):
+        raise ConfigError(f"bench: {path}: no such file.")
+    if path != "demo":
+        from pathlib import Path
+
+        from llmq.schemes import plugin_recognising
+
+        owner = plugin_recognising(Path(path).expanduser()) if Path(path).expanduser().exists() else None
+        runner = owner.bench_runner(Path(path).expanduser(), device=device, threads=threads) if owner else None
+        if runner is not None:
+            return runner
     return TorchRunner(spec, device=device, threads=threads)
 
 
@@ -100,7 +128,8 @@ class TorchRunner:
         folder = src.local_dir()
         t0 = time.perf_counter()
         self.model, self.tok = load(folder, device=self.device)
-        compiled = self.mode == "compile" or (self.mode == "auto" and is_torchao_quantized(self.model))
+        on_cpu = str(self.device).startswith("cpu")
+        compiled = self.mode == "compile" or (self.mode == "auto" and on_cpu and is_torchao_quantized(self.model))
         if compiled:
             compile_for_cpu(self.model)
         dt = time.perf_counter() - t0
@@ -113,12 +142,35 @@ class TorchRunner:
         ids = torch.tensor(prompt_ids, device=self.device)
         clock = _FirstTokenClock()
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        sync = _synchronizer(self.device)
         with torch.inference_mode():
+            sync()
             t0 = time.perf_counter()
             self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad, streamer=clock)
+            sync()  # the streamer's first token was copied to the CPU, so TTFT is already synchronized
             total = time.perf_counter() - t0
         return (clock.first or time.perf_counter()) - t0, total
+
+
+def _synchronizer(device: Any) -> Callable[[], None]:
+    """Wait for queued kernels on CUDA devices (timing without it measures only the launches)."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _gpu_peak(device: Any, reset: bool = False) -> float | None:
+    """Peak GPU memory torch allocated on ``device`` since the last reset, in MB; None off CUDA."""
+    import torch
+
+    if not (str(device).startswith("cuda") and torch.cuda.is_available()):
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.max_memory_allocated(device) / 1e6
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -136,6 +188,7 @@ class BenchRow:
     size_mb: float | None = None
     samples: int = 1
     ratios: dict[str, float] = field(default_factory=dict)
+    peak_gpu_mb: float | None = None  # torch.cuda.max_memory_allocated for this batch size; None off CUDA
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,24 +223,29 @@ def _peak_rss_mb() -> float:
 
 
 def bench_one(spec: str, *, prompt_tokens: int = 512, new_tokens: int = 128, batch_sizes: Sequence[int] = (1, 8),
-              threads: int | None = None, device: str = "cpu", samples: int = 3) -> list[BenchRow]:
-    """Measure one model in this process (the worker side of :func:`bench`)."""
+              threads: int | None = None, device: str = "cpu", samples: int = 3,
+              on_row: Callable[[BenchRow], None] | None = None) -> list[BenchRow]:
+    """Measure one model in this process (the worker side of :func:`bench`); ``on_row`` is called
+    with each batch size's row as soon as it is measured."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     runner = _runner_for(spec, device, threads)
     load_s, mode = runner.load()
-    size = None
+    size = getattr(runner, "size_mb", None)
     folder = getattr(runner, "folder", None)
-    if folder is not None:
+    if size is None and folder is not None:
         from llmq.models import folder_size
 
         size = folder_size(folder) / 1e6
     tok = getattr(runner, "tok", None)
     rows = []
     for b in batch_sizes:
+        if b > getattr(runner, "max_batch", b):
+            continue  # e.g. llama.cpp's runner: batch 1 only (the table shows no row)
         prompt = _prompt(tok, prompt_tokens, b) if tok is not None else [[1] * prompt_tokens] * b
+        _gpu_peak(device, reset=True)
         t0 = time.perf_counter()
         runner.generate(prompt, new_tokens)
         first = time.perf_counter() - t0
@@ -198,15 +256,18 @@ def bench_one(spec: str, *, prompt_tokens: int = 512, new_tokens: int = 128, bat
             decs.append(b * (new_tokens - 1) / max(total - ttft, 1e-9))
         ttft = statistics.median(ttfts)
         rows.append(BenchRow(spec, mode, b, b * prompt_tokens / ttft, statistics.median(decs), ttft, load_s, first,
-                             _peak_rss_mb(), size, samples))
+                             _peak_rss_mb(), size, samples, peak_gpu_mb=_gpu_peak(device)))
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
 def bench(models: Sequence[str], *, prompt_tokens: int = 512, new_tokens: int = 128,
           batch_sizes: Sequence[int] = (1, 8), threads: int | None = None, device: str = "cpu",
-          samples: int = 3, isolate: bool = True, nice: int = 0) -> list[BenchRow]:
+          samples: int = 3, isolate: bool = True, nice: int = 0, timeout: float | None = None) -> list[BenchRow]:
     """Bench ``models`` one after another (each in a child process when ``isolate``) and add each
-    row's ratios to the first model's row of the same batch size."""
+    row's ratios to the first model's row of the same batch size. ``timeout`` (seconds, isolated
+    runs only) bounds each child; past it :class:`BenchTimeout` carries the rows finished so far."""
     if not models:
         raise ConfigError("bench needs at least one model.")
     if prompt_tokens < 1 or new_tokens < 2:
@@ -215,6 +276,8 @@ def bench(models: Sequence[str], *, prompt_tokens: int = 512, new_tokens: int = 
         raise ConfigError(f"samples must be >= 1, got {samples!r}.")
     kw = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_sizes=tuple(batch_sizes), threads=threads,
               device=device, samples=samples)
+    if timeout is not None and (not isolate or timeout <= 0):
+        raise ConfigError("bench timeout needs isolate=True and a positive number of seconds.")
     for m in models:
         _split_mode(m)
     rows: list[BenchRow] = []
@@ -223,16 +286,30 @@ def bench(models: Sequence[str], *, prompt_tokens: int = 512, new_tokens: int = 
             cmd = [sys.executable, "-m", "llmq.bench", "--worker", json.dumps({"spec": m, **kw})]
             if nice:
                 cmd = ["nice", "-n", str(nice), *cmd]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=timeout)
+            except subprocess.TimeoutExpired as e:
+                done = _child_rows(e.stdout)
+                rows += done
+                add_ratios(rows)
+                raise BenchTimeout(f"bench of {m} ran past {timeout:g} s ({len(done)} of {len(batch_sizes)} batch "
+                                   "sizes done).", rows) from None
             if out.returncode != 0:
                 tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
                 raise ConfigError(f"bench of {m} failed: {tail[0]}")
-            line = [l for l in out.stdout.splitlines() if l.startswith("LLMQ_BENCH ")][-1]
-            rows += [BenchRow(**r) for r in json.loads(line[len("LLMQ_BENCH "):])]
+            rows += _child_rows(out.stdout)
         else:
             rows += bench_one(m, **kw)
     add_ratios(rows)
     return rows
+
+
+def _child_rows(stdout: str | bytes | None) -> list[BenchRow]:
+    """The rows a worker printed (one ``LLMQ_BENCH_ROW`` line per batch size)."""
+    if isinstance(stdout, bytes):
+        stdout = stdout.decode(errors="replace")
+    return [BenchRow(**json.loads(l[len("LLMQ_BENCH_ROW "):])) for l in (stdout or "").splitlines()
+            if l.startswith("LLMQ_BENCH_ROW ")]
 
 
 def add_ratios(rows: list[BenchRow]) -> None:
@@ -251,16 +328,19 @@ def add_ratios(rows: list[BenchRow]) -> None:
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
-    """One Markdown table; ratios are to the first model at the same batch size."""
+    """One Markdown table; ratios are to the first model at the same batch size. A peak GPU memory
+    column is added when any row was measured on CUDA."""
+    gpu = any(r.peak_gpu_mb is not None for r in rows)
     head = ("| model | mode | batch | prefill tok/s | decode tok/s | TTFT s | load s | first call s | peak RSS MB "
-            "| size MB | prefill x | decode x |")
-    lines = [head, "|" + "|".join(["---"] * 12) + "|"]
+            "| size MB | prefill x | decode x |" + (" peak GPU MB |" if gpu else ""))
+    lines = [head, "|" + "|".join(["---"] * (13 if gpu else 12)) + "|"]
     for r in rows:
         lines.append(
             f"| {r.model} | {r.mode} | {r.batch} | {r.prefill_tok_s:.1f} | {r.decode_tok_s:.1f} | {r.ttft_s:.3f} "
             f"| {r.load_s:.1f} | {r.first_call_s:.1f} | {r.peak_rss_mb:.0f} | "
             f"{'' if r.size_mb is None else f'{r.size_mb:.1f}'} | {r.ratios.get('prefill', 1):.2f} "
-            f"| {r.ratios.get('decode', 1):.2f} |")
+            f"| {r.ratios.get('decode', 1):.2f} |"
+            + ((" |" if r.peak_gpu_mb is None else f" {r.peak_gpu_mb:.0f} |") if gpu else ""))
     return "\n".join(lines)
 
 
@@ -268,8 +348,9 @@ def add_bench(sub: Any) -> None:
     """``llmq bench MODEL [MODEL ...]`` (registered in ``llmq.cli.COMMANDS``)."""
     p = sub.add_parser("bench", help="prefill/decode speed, TTFT, peak RSS, load time; ratios to the first model",
                        description="Measures every MODEL in one run, one child process each, and prints one table "
-                                   "with ratios to the first. MODEL: a folder, 'demo', or a .gguf with a registered "
-                                   "runner; append @eager or @compile to force the torch mode.")
+                                   "with ratios to the first. MODEL: a folder, 'demo', a Hub id or a .gguf file "
+                                   "(run on llama.cpp, batch 1 only); append @eager or @compile to force the "
+                                   "torch mode.")
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=128)
@@ -295,8 +376,7 @@ def _cmd_bench(args: Any) -> int:
 def _worker(arg: str) -> None:
     kw = json.loads(arg)
     spec = kw.pop("spec")
-    rows = bench_one(spec, **kw)
-    print("LLMQ_BENCH " + json.dumps([r.to_dict() for r in rows]), flush=True)
+    bench_one(spec, **kw, on_row=lambda r: print("LLMQ_BENCH_ROW " + json.dumps(r.to_dict()), flush=True))
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through bench(isolate=True)

@@ -4,8 +4,10 @@
 
 Every decoder ``nn.Linear`` (not ``lm_head``) becomes torchao's ``FakeQuantizedLinear``
 (``QATConfig(base_config, step="prepare")``); the model is fine-tuned so its weights learn to sit
-where the quantization grid rounds them well; then it is converted with the *same* base config
-(``step="convert"``) into real torchao quantized weights (``IntxUnpackedToInt8Tensor``), saved as
+where the quantization grid rounds them well; then it is exported with exactly that grid:
+int4 weight-only (``qat-int4``) by ``to_gptq`` into packed GPTQ linears (GPTQModel's packer and
+kernels, saved like ``gptq-int4``), the other schemes by converting with the *same* base config
+(``step="convert"``) into torchao quantized weights (``IntxUnpackedToInt8Tensor``), saved as
 safetensors with a ``TorchAoConfig`` that plain ``from_pretrained`` reloads.
 
 ``fake_quant=False`` trains the **fp32 twin** (same data, steps, seed, no fake quantization): the
@@ -125,13 +127,17 @@ def _is_quantized_linear(skip: tuple[str, ...] = ()) -> Callable[[Any, str], boo
 
 
 def prepare_fake_quant(model: Any, cfg: Any) -> Any:
-    """Swap decoder linears for torchao ``FakeQuantizedLinear`` (in place); ``cfg``: a ``QATConfig``."""
+    """Swap decoder linears for torchao ``FakeQuantizedLinear`` (in place); ``cfg``: a ``QATConfig``.
+    Schemes exported as GPTQ get the fake quantizer of ``gptq_fake_quant_config`` (fp16 scales, the
+    precision GPTQ stores); the others the one torchao derives from their base config."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
-    from llmq.backends.qat import base_config
+    from llmq.backends.qat import base_config, exports_gptq, gptq_fake_quant_config
 
-    quantize_(model, QATConfig(base_config(cfg), step="prepare"), filter_fn=_is_quantized_linear(cfg.skip_modules))
+    qc = (QATConfig(weight_config=gptq_fake_quant_config(cfg), step="prepare") if exports_gptq(cfg)
+          else QATConfig(base_config(cfg), step="prepare"))
+    quantize_(model, qc, filter_fn=_is_quantized_linear(cfg.skip_modules))
     return model
 
 
@@ -167,6 +173,81 @@ def attach_torchao_config(model: Any, cfg: Any) -> None:
     qc = TorchAoConfig(base_config(cfg), modules_to_not_convert=["lm_head", *cfg.skip_modules])
     model.config.quantization_config = qc
     model.hf_quantizer = AutoHfQuantizer.from_config(qc)
+
+
+def to_gptq(model: Any, cfg: Any, dtype: Any = None) -> Any:
+    """Fake-quantized linears -> GPTQ 4-bit linears packed by GPTQModel (in place; returns the model).
+
+    The integer grid is the one training saw: each layer's torchao fake quantizer gives its
+    fake-quantized weight ``q * scale`` and its fp16 scales (symmetric, zero point 0), and
+    GPTQModel's own packer (``pack_original``) re-derives ``q + 8`` from them (exact: ``q * scale``
+    and ``(q + 8) * scale`` are exact in fp32 for 4-bit ``q``, zero point 8 = GPTQ's symmetric
+    midpoint). Every packed layer is dequantized again and must equal the fake-quantized weight
+    bit for bit, else this raises. GPTQModel's v2 layout is then turned into the v1 checkpoint
+    layout (zero points stored minus one) with GPTQModel's converter, so ``save_pretrained``
+    writes the folder transformers + GPTQModel load like llmq's ``gptq-int4``. Everything else
+    (embeddings, norms, a tied or untied ``lm_head``) is cast to ``dtype`` (default bf16, as
+    in GPTQModel's CPU folders; its AVX-512 CPU int4 kernel needs bf16 activations)."""
+    import torch
+    from torchao.quantization.qat import FakeQuantizedLinear
+
+    from llmq.backends.gptqmodel import ensure_cpu_workers
+    from llmq.safety import check_finite
+
+    ensure_cpu_workers()
+    from gptqmodel import QuantizeConfig
+    from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+    from gptqmodel.utils.model import convert_gptq_v2_to_v1_format_module
+
+    import llmq
+
+    dtype = dtype or torch.bfloat16
+    qcfg = QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, sym=True, desc_act=False,
+                          offload_to_disk=False)
+    mid = 2 ** (cfg.bits - 1)  # GPTQ's symmetric zero point: int4 q in [-8, 7] is stored as q + 8
+    packed = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, FakeQuantizedLinear):
+            continue
+        fq = mod.weight_fake_quantizer
+        with torch.no_grad():
+            wq = fq(mod.weight.detach().float()).cpu()
+        scale, zero = fq.scale.cpu(), fq.zero_point.cpu()
+        check_finite([(f"{name}.weight", wq), (f"{name}.scales", scale)], "The QAT model")  # before packing
+        if zero.any():
+            raise LlmqError(f"{name}: torchao's fake quantizer has non-zero zero points; the GPTQ export expects symmetric.")
+        gs = cfg.group_size if cfg.group_size != -1 else mod.in_features
+        ql = TorchLinear(bits=cfg.bits, group_size=cfg.group_size, sym=True, desc_act=False,
+                         in_features=mod.in_features, out_features=mod.out_features, bias=mod.bias is not None,
+                         pack_dtype=torch.int32)
+        src = torch.nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+        src.weight.data = wq
+        if mod.bias is not None:
+            src.bias.data = mod.bias.detach().float().cpu()
+        g_idx = torch.arange(mod.in_features, dtype=torch.int32) // gs
+        ql.pack_original(src, scale.float(), zero.float() + mid, g_idx)
+        s16, ql.scales = ql.scales, ql.scales.float()  # dequantize in fp32 to compare exactly
+        deq = ql.dequantize_weight().T
+        ql.scales = s16
+        if not torch.equal(deq, wq):
+            raise LlmqError(f"{name}: the packed GPTQ weights differ from the fake-quantized ones by up to "
+                            f"{(deq - wq).abs().max().item():.3g}; refusing to save a model training did not see.")
+        convert_gptq_v2_to_v1_format_module(ql, qcfg)
+        packed[name] = ql
+    if not packed:
+        raise LlmqError("No fake-quantized linears to export as GPTQ (was the model prepared for QAT?).")
+    model.to(device="cpu", dtype=dtype)  # the packed modules are not attached yet: they stay int32/fp16
+    for name, ql in packed.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, ql)
+    qc = qcfg.to_dict()
+    meta = qc.setdefault("meta", {})
+    meta["quantizer"] = [*meta.get("quantizer", []), f"llmq:{llmq.__version__}"]
+    meta["qat"] = ("torchao fake-quantized int4 weights, symmetric, fp16 scales, packed by GPTQModel "
+                   "(TorchLinear.pack_original); no GPTQ error correction was run")
+    model.config.quantization_config = qc
+    model.config.dtype = dtype
+    return model
 
 
 def count_fake_quantized(model: Any) -> int:
@@ -355,8 +436,13 @@ def train_model(model_dir: Path, cfg: Any, device: str, *, checkpoint_dir: str |
     hist = train(hf, tdata, cfg, device=device, checkpoint_dir=ckdir, resume=resume, progress=progress,
                  baseline_heldout_ppl=base_ppl, on_step=on_step, fake_quant=fake_quant)
     if fake_quant:
-        convert_fake_quant(hf, cfg)
-        attach_torchao_config(hf, cfg)
+        from llmq.backends.qat import exports_gptq
+
+        if exports_gptq(cfg):
+            to_gptq(hf, cfg)
+        else:
+            convert_fake_quant(hf, cfg)
+            attach_torchao_config(hf, cfg)
     training = {
         "method": "quantization-aware training (torchao QATConfig prepare/convert)" if fake_quant
         else "fine-tuning without fake quantization (fp32 twin)",
@@ -412,4 +498,4 @@ def qat(model: str | os.PathLike | None, scheme: str = "qat-int4", *, data: Any 
 
 
 __all__ = ["qat", "qat_config", "qat_scheme_name", "qat_schemes", "build_data", "train", "train_model",
-           "prepare_fake_quant", "convert_fake_quant", "ptq", "attach_torchao_config", "count_fake_quantized"]
+           "prepare_fake_quant", "convert_fake_quant", "to_gptq", "ptq", "attach_torchao_config", "count_fake_quantized"]

@@ -7,8 +7,9 @@ tiny random Gemma-3 as a second architecture:
    types, perplexity within 0.3%.
 2. ``gguf-q4_k_m`` with an importance matrix from llmq's calibration windows: Δppl vs fp32.
 3. the same perplexity protocol on transformers (fp32) and on llama.cpp (F32 GGUF): agreement.
-4. speed: llmq's llama.cpp measurement (``llmq.eval.llamacpp.speed``) vs ``llama-bench`` on the same
-   files, and vs fp32 transformers decode (``generate`` of 64 tokens, best of 2).
+4. speed, one run: ``llmq bench`` over fp32 transformers (eager) and the F32/Q8_0/Q4_K_M files on
+   llama.cpp (batch 1, 512-token prompt, 128 new tokens), then ``llama-bench -p 512 -n 128`` on the
+   same files (with ``--tools``), and llmq's eval speed function (``llmq.eval.llamacpp.speed``).
 5. every scheme's perplexity and file size vs ``estimate_size``.
 
 Perplexity: llmq's protocol (WikiText-2 test, non-overlapping windows), identical protocol strings on
@@ -42,33 +43,20 @@ def ppl_hf(model_dir, tok, tokens, seqlen, windows):
     return r, m
 
 
-def decode_hf(m, tok, n=64, repeats=2):
-    import torch
-
-    enc = tok("The capital of France is Paris. The capital of Germany is", return_tensors="pt")
-    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
-    best = 0.0
-    with torch.inference_mode():
-        m.generate(**enc, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            out = m.generate(**enc, **kw)
-            best = max(best, (out.shape[1] - enc["input_ids"].shape[1]) / (time.perf_counter() - t))
-    return best
-
-
 def llama_bench(tools: Path, f: Path, threads: int, reps: int = 3) -> dict | None:
+    """llama-bench with flash attention off (as llmq runs llama.cpp): pp512, tg128 from an empty
+    context (llama-bench's default test) and tg128 after 512 tokens (``-d 512``, what llmq bench's
+    decode after a 512-token prompt measures)."""
     exe = tools / "llama-bench"
     if not exe.is_file():
         return None
-    out = subprocess.run([str(exe), "-m", str(f), "-p", "512", "-n", "128", "-r", str(reps), "-t", str(threads),
-                          "-o", "json"], capture_output=True, text=True, check=True).stdout
-    rows = json.loads(out)
     res = {}
-    for r in rows:
-        key = "prefill_tok_s" if r["n_prompt"] else "decode_tok_s"
-        res[key] = r["avg_ts"]
-    res["command"] = f"llama-bench -m {f.name} -p 512 -n 128 -r {reps} -t {threads}"
+    for extra, key in ((["-p", "512", "-n", "128"], None), (["-p", "0", "-n", "128", "-d", "512"], "decode_tok_s_d512")):
+        cmd = [str(exe), "-m", str(f), *extra, "-r", str(reps), "-t", str(threads), "-fa", "0", "-o", "json"]
+        for r in json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout):
+            res[key or ("prefill_tok_s" if r["n_prompt"] else "decode_tok_s")] = r["avg_ts"]
+    res["command"] = (f"llama-bench -m {f.name} -p 512 -n 128 -r {reps} -t {threads} -fa 0; "
+                      f"llama-bench -m {f.name} -p 0 -n 128 -d 512 -r {reps} -t {threads} -fa 0")
     return res
 
 
@@ -84,41 +72,64 @@ def reference_quantize(tools: Path | None, src: Path, dst: Path, ftype: str, ima
     return f"llama_model_quantize(default params, ftype={ftype}) via llama-cpp-python"
 
 
-def speed_section(args, f32, files, hf_model, tok) -> dict:
+def speed_section(args, f32, files) -> dict:
+    """One run: ``llmq bench`` over fp32 transformers (the demo, eager) and the .gguf files (llama.cpp,
+    batch 1, 128 new tokens) after a 512-token prompt and after a 16-token one, then ``llama-bench``
+    on the same files (after 512 tokens and from an empty context), then llmq's eval speed function;
+    ratios only within this run."""
+    from llmq import bench as B
     from llmq.eval import llamacpp
 
-    sp = {"fp32_transformers_decode_tok_s": decode_hf(hf_model, tok),
-          "llmq_speed_function": "llmq.eval.llamacpp.speed (what `llmq eval` reports for a .gguf)",
-          "fp32_transformers_protocol": f"generate 64 tokens greedy, best of 2 after warm-up, torch threads={args.threads}"}
+    specs = ["demo@eager", str(f32)] + [str(f) for _, f in files]
+    sp = {}
+    for prompt in (512, 16):
+        rows = B.bench(specs, prompt_tokens=prompt, new_tokens=128, batch_sizes=(1,), threads=args.threads,
+                       samples=args.samples)
+        print(f"prompt {prompt} tokens:\n" + B.format_table(rows))
+        sp[f"llmq_bench_prompt{prompt}"] = [r.to_dict() for r in rows]
+        sp[f"llmq_bench_prompt{prompt}_command"] = (
+            f"llmq bench {' '.join(Path(x).name for x in specs)} --prompt-tokens {prompt} --batch-sizes 1 "
+            f"--threads {args.threads} --samples {args.samples}")
+        sp[f"fp32_transformers_decode_tok_s_prompt{prompt}"] = rows[0].decode_tok_s
+        for (label, _), row in zip((("F32", f32), *files), rows[1:]):
+            d = sp.setdefault(label, {})
+            d[f"llmq_bench_prompt{prompt}"] = {"prefill_tok_s": row.prefill_tok_s, "decode_tok_s": row.decode_tok_s,
+                                               "decode_over_fp32_transformers": row.decode_tok_s / rows[0].decode_tok_s}
     for label, f in (("F32", f32), *files):
-        mine = llamacpp.speed(f, threads=args.threads).to_dict()
+        d = sp[label]
         ref = llama_bench(args.tools, f, args.threads) if args.tools else None
-        sp[label] = {"llmq": mine, "llama_bench": ref}
+        d["llama_bench"] = ref
+        d["llmq_eval_speed"] = llamacpp.speed(f, threads=args.threads).to_dict()
         if ref:
-            sp[label]["decode_ratio_llmq_over_llama_bench"] = mine["decode_tok_s"] / ref["decode_tok_s"]
-            sp[label]["prefill_ratio_llmq_over_llama_bench"] = mine["prefill_tok_s"] / ref["prefill_tok_s"]
-    sp["q8_0_decode_over_fp32_transformers"] = sp["Q8_0 (llmq)"]["llmq"]["decode_tok_s"] / sp[
-        "fp32_transformers_decode_tok_s"]
+            d["decode_ratio_llmq_bench_over_llama_bench_d512"] = (d["llmq_bench_prompt512"]["decode_tok_s"]
+                                                                   / ref["decode_tok_s_d512"])
+            d["decode_ratio_llmq_bench_prompt16_over_llama_bench_tg128"] = (d["llmq_bench_prompt16"]["decode_tok_s"]
+                                                                             / ref["decode_tok_s"])
+    q8 = sp["Q8_0 (llmq)"]
+    sp["q8_0_decode_over_fp32_transformers"] = {p: q8[f"llmq_bench_prompt{p}"]["decode_over_fp32_transformers"]
+                                                for p in (512, 16)}
     return sp
 
 
 def print_speed(sp: dict) -> None:
-    print(f"fp32 transformers decode: {sp['fp32_transformers_decode_tok_s']:.1f} tok/s")
+    for p in (512, 16):
+        print(f"after a {p}-token prompt: fp32 transformers decode {sp[f'fp32_transformers_decode_tok_s_prompt{p}']:.1f}"
+              f" tok/s; Q8_0 decode / fp32: {sp['q8_0_decode_over_fp32_transformers'][p]:.2f}x (target >= 7)")
     for k in ("F32", "Q8_0 (llmq)", "Q4_K_M (llmq)"):
-        m, r = sp[k]["llmq"], sp[k]["llama_bench"]
-        rb = f" | llama-bench pp512 {r['prefill_tok_s']:.0f} tg128 {r['decode_tok_s']:.1f}" if r else ""
-        print(f"{k:16s} llmq pp512 {m['prefill_tok_s']:.0f} tg128 {m['decode_tok_s']:.1f}{rb}")
-    print(f"Q8_0 decode / fp32 transformers decode: {sp['q8_0_decode_over_fp32_transformers']:.1f}x")
+        m512, m16, r = sp[k]["llmq_bench_prompt512"], sp[k]["llmq_bench_prompt16"], sp[k]["llama_bench"]
+        rb = (f" | llama-bench pp512 {r['prefill_tok_s']:.0f} tg128 {r['decode_tok_s']:.1f} "
+              f"tg128@d512 {r['decode_tok_s_d512']:.1f}") if r else ""
+        print(f"{k:14s} llmq bench prefill {m512['prefill_tok_s']:.0f} decode {m512['decode_tok_s']:.1f} "
+              f"(16-token prompt: {m16['decode_tok_s']:.1f}){rb}")
     q8 = sp["Q8_0 (llmq)"]
-    if q8.get("decode_ratio_llmq_over_llama_bench"):
-        print(f"Q8_0 decode llmq / llama-bench: {q8['decode_ratio_llmq_over_llama_bench']:.3f} (target 0.9-1.1)")
+    if q8.get("llama_bench"):
+        print(f"Q8_0 decode llmq bench / llama-bench, after 512 tokens: "
+              f"{q8['decode_ratio_llmq_bench_over_llama_bench_d512']:.3f}; from (nearly) empty context: "
+              f"{q8['decode_ratio_llmq_bench_prompt16_over_llama_bench_tg128']:.3f} (target 0.9-1.1)")
 
 
 def speed_only(args, src, tok, work) -> int:
     """Tool rows (llama-quantize types, llama-bench) added to an existing report, from one run."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from llmq.backends import gguf as G
 
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -138,9 +149,7 @@ def speed_only(args, src, tok, work) -> int:
             tools_types[scheme] = {"reference": how, "same_tensor_types": G.tensor_types(ref) == G.tensor_types(path),
                                    "identical_bytes": ref.read_bytes() == path.read_bytes(), "llmq_file": path.name}
             files.append((f"{ft} (llmq)", path))
-        torch.set_num_threads(args.threads)
-        hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-        report["speed"] = speed_section(args, f32, files, hf, tok)
+        report["speed"] = speed_section(args, f32, files)
         report["tools_reference"] = tools_types
         report["speed_run"] = {"tools": str(args.tools), "llama_cpp_lib": os.environ.get("LLAMA_CPP_LIB_PATH"),
                                "llama_cpp_python": G.versions().get("llama-cpp-python"),
@@ -163,6 +172,7 @@ def main() -> int:
     ap.add_argument("--n-samples", type=int, default=128)
     ap.add_argument("--calib-seqlen", type=int, default=512)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--samples", type=int, default=3, help="llmq bench: timed runs per model after one warm-up")
     ap.add_argument("--speed-only", action="store_true",
                     help="only the speed rows and the llama-quantize tensor-type check; merged into --out")
     ap.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,
@@ -276,7 +286,7 @@ def main() -> int:
         if not args.skip_speed:
             report["speed"] = speed_section(args, f32, (
                 ("Q8_0 (llmq)", work / "llmq-gguf-q8_0" / "SmolLM2-135M-Instruct-Q8_0.gguf"),
-                ("Q4_K_M (llmq)", work / "llmq-gguf-q4_k_m" / "SmolLM2-135M-Instruct-Q4_K_M.gguf")), hf_model, tok)
+                ("Q4_K_M (llmq)", work / "llmq-gguf-q4_k_m" / "SmolLM2-135M-Instruct-Q4_K_M.gguf")))
         del hf_model
 
         # -- second architecture: tiny random Gemma-3 ---------------------------------------------

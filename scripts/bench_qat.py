@@ -140,7 +140,7 @@ def main() -> int:
         if save_to is not None:
             extra["saved_to"] = str(res.saved_to)
             extra["size_bytes"] = res.meta["size_bytes"]["after"]
-        r = measure(f"qat:{s}", res.model, extra)
+        r = measure(f"qat:{s}", res.hf_model, extra)  # qat-int4: its GPTQ folder, run by GPTQModel
         r["gap_vs_twin"] = r["ppl"] / tw["ppl"] - 1
         del res
         gc.collect()

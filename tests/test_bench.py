@@ -60,10 +60,10 @@ def test_bench_errors(models, kw, msg):
         B.bench(models, isolate=False, **kw)
 
 
-def test_gguf_without_runner_is_a_clear_error(monkeypatch):
+def test_missing_gguf_file_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(B, "_RUNNERS", [])
-    with pytest.raises(ConfigError, match="No runner for GGUF"):
-        B.bench(["model.gguf"], isolate=False)
+    with pytest.raises(ConfigError, match="no such file"):
+        B.bench([str(tmp_path / "model.gguf")], isolate=False)
 
 
 def test_cli_bench_json(tiny_model_dir, capsys):
@@ -77,3 +77,48 @@ def test_cli_bench_json(tiny_model_dir, capsys):
     assert rows[0]["batch"] == 1 and rows[0]["ratios"]["decode"] == 1.0
     assert main(["bench", str(tiny_model_dir), "--batch-sizes", "1,x"]) == 2
     assert "--batch-sizes must be integers" in capsys.readouterr().err
+
+
+def test_timeout_keeps_the_rows_a_child_finished(monkeypatch):
+    """A child killed at the timeout: the batch sizes it reported survive in BenchTimeout.rows."""
+    import json
+    import subprocess
+
+    row = B.BenchRow("m", "eager", 1, 100.0, 10.0, 0.5, 1.0, 2.0, 300.0, peak_gpu_mb=1234.5).to_dict()
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen.update(kw)
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"], output=b"noise\nLLMQ_BENCH_ROW " + json.dumps(row).encode())
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(B.BenchTimeout, match=r"ran past 7 s \(1 of 2 batch sizes done\)") as e:
+        B.bench(["m"], batch_sizes=(1, 8), timeout=7)
+    assert seen["timeout"] == 7
+    assert [(r.model, r.batch, r.peak_gpu_mb) for r in e.value.rows] == [("m", 1, 1234.5)]
+    assert e.value.rows[0].ratios["decode"] == 1.0
+    with pytest.raises(ConfigError, match="timeout needs isolate=True"):
+        B.bench(["m"], timeout=5, isolate=False)
+
+
+def test_cuda_rows_synchronize_and_report_peak_gpu_memory(monkeypatch):
+    """On a CUDA device: the peak is reset before each batch size and read into its row; the
+    synchronizer waits on that device. (torch.cuda is faked: CI has no GPU.)"""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls.append(("reset", d)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 2_500_000_000 + 1_000_000 * len(calls))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("sync", d)))
+    monkeypatch.setattr(B, "_RUNNERS", [])
+    B.register_runner(lambda spec: True, _FakeRunner)
+    rows = B.bench(["m"], prompt_tokens=10, new_tokens=3, batch_sizes=(1, 2), samples=1, isolate=False, device="cuda")
+    assert calls == [("reset", "cuda"), ("reset", "cuda")]
+    assert [r.peak_gpu_mb for r in rows] == [2501.0, 2502.0]
+    assert "peak GPU MB" in B.format_table(rows) and B.format_table(rows).endswith(" 2502 |")
+    B._synchronizer("cuda:0")()
+    assert calls[-1] == ("sync", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert B._gpu_peak("cuda") is None and B._gpu_peak("cpu", reset=True) is None
+    assert "peak GPU MB" not in B.format_table([B.BenchRow("m", "e", 1, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)])

@@ -52,7 +52,7 @@ def test_prepare_inserts_torchao_fake_quantizers_in_decoder_linears_only(tiny):
     assert m2.model.layers[0].mlp.up_proj.activation_fake_quantizer is not None
 
 
-@pytest.mark.parametrize("scheme", ["qat-int4", "qat-8da4w", "qat-w8a8"])
+@pytest.mark.parametrize("scheme", ["qat-8da4w", "qat-w8a8", "qat-int8"])
 def test_convert_gives_real_quantized_weights_that_match_fake_quant(tiny, scheme):
     from torchao.quantization import IntxUnpackedToInt8Tensor
 
@@ -71,20 +71,20 @@ def test_convert_gives_real_quantized_weights_that_match_fake_quant(tiny, scheme
     torch.testing.assert_close(real, fake, atol=1e-4, rtol=1e-4)  # training saw what inference computes
 
 
-def test_qat_saves_a_folder_that_reloads_with_from_pretrained(tiny, texts, tmp_path):
+def test_qat_torchao_scheme_saves_a_folder_that_reloads_with_from_pretrained(tiny, texts, tmp_path):
     from torchao.quantization import IntxUnpackedToInt8Tensor
 
     out = tmp_path / "out"
-    res = Q.qat(str(tiny), "qat-int4", data=texts, steps=3, lr=1e-3, output=out, **SMALL)
+    res = Q.qat(str(tiny), "qat-8da4w", data=texts, steps=3, lr=1e-3, output=out, **SMALL)
     meta = json.loads((out / "llmq.json").read_text())
-    assert meta["scheme"] == "qat-int4" and meta["training"]["steps_done"] == 3 and meta["backend"] == "qat"
+    assert meta["scheme"] == "qat-8da4w" and meta["training"]["steps_done"] == 3 and meta["backend"] == "qat"
     assert meta["training"]["tokens_trained"] == 3 * 2 * 32
     assert meta["training"]["data"].startswith("list:") and meta["config"]["data"].endswith("strings>")
     assert not Q.default_checkpoint_dir(out).exists()  # the finished model replaced the checkpoint
     from llmq.advisor.estimate import estimate_scheme
     from llmq.advisor.params import profile
 
-    est = estimate_scheme(profile(str(tiny)), "qat-int4", device="cpu").bytes
+    est = estimate_scheme(profile(str(tiny)), "qat-8da4w", device="cpu").bytes
     assert abs(est / meta["size_bytes"]["after"] - 1) < 0.05, (est, meta["size_bytes"])  # the advisor's size is right
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["quantization_config"]["quant_method"] == "torchao"
@@ -94,6 +94,124 @@ def test_qat_saves_a_folder_that_reloads_with_from_pretrained(tiny, texts, tmp_p
     x = torch.randint(0, 400, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, res.model(x).logits)
+
+
+# -- qat-int4: packed GPTQ export ---------------------------------------------------------------
+def _gptq_v1_dequantize(f, prefix):
+    """Decode one GPTQ v1 linear from a safetensors file, independently of GPTQModel: int32 words of
+    eight 4-bit codes along in_features (low nibble first), zero points stored minus one, fp16 scales;
+    computed in fp32 (``codes - zero`` and its product with an fp16 scale are exact there)."""
+    qw, qz = f.get_tensor(prefix + ".qweight"), f.get_tensor(prefix + ".qzeros")
+    scales, g_idx = f.get_tensor(prefix + ".scales").float(), f.get_tensor(prefix + ".g_idx").long()
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32)
+    codes = ((qw.unsqueeze(1) >> shifts.view(1, -1, 1)) & 15).reshape(-1, qw.shape[1])  # [in, out]
+    zeros = ((qz.unsqueeze(2) >> shifts.view(1, 1, -1)) & 15).reshape(qz.shape[0], -1) + 1  # [groups, out]
+    return ((codes - zeros[g_idx]).float() * scales[g_idx]).T  # [out, in]
+
+
+def _bf16_kept(model):
+    """Round what the GPTQ export keeps in bf16 (embeddings, norms) the same way on the reference."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if not n.endswith("proj.weight"):
+                p.copy_(p.to(torch.bfloat16).float())
+
+
+def test_qat_int4_export_is_exactly_the_trained_grid_and_reloads_through_llmq_load(tiny, texts, tmp_path):
+    """After QAT, the packed GPTQ weights in the saved file equal torchao's fake-quantized weights
+    bit for bit, and the folder reloaded by ``llmq.load`` computes the fake-quantized model's logits."""
+    from safetensors import safe_open
+    from torchao.quantization.qat import FakeQuantizedLinear
+    from transformers import AutoTokenizer
+
+    import llmq
+
+    cfg = Q.qat_config("qat-int4", data=texts, steps=3, lr=1e-3, seqlen=32, batch_size=2, warmup_steps=1,
+                       eval_windows=2)
+    model = _load(tiny)
+    Q.prepare_fake_quant(model, cfg)
+    Q.train(model, Q.build_data(cfg, AutoTokenizer.from_pretrained(tiny)), cfg, device="cpu", progress=False)
+    _bf16_kept(model)
+    fq = {n: m.weight_fake_quantizer(m.weight).detach().clone() for n, m in model.named_modules()
+          if isinstance(m, FakeQuantizedLinear)}
+    assert len(fq) == 14 and all(m.weight_fake_quantizer.scale.dtype == torch.float16 for m in model.modules()
+                                 if isinstance(m, FakeQuantizedLinear))  # training saw fp16 scales
+    x = torch.randint(0, 400, (2, 24))
+    with torch.no_grad():
+        fake = model(x).logits
+    Q.to_gptq(model, cfg)
+    out = tmp_path / "gptq"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(out)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        for name, w in fq.items():
+            assert torch.equal(_gptq_v1_dequantize(f, name), w), name  # exactly the grid training saw
+        assert not any(k.endswith("proj.weight") for k in f.keys())
+    for dtype, tol in ((torch.float32, 1e-3), ("auto", 3e-2)):
+        # fp32: GPTQModel dequantizes in its fp16 scale dtype (weights rounded to 2^-11 relative), so
+        # not bit-exact; "auto" = bf16 with the AVX-512 kernel (bf16 activations)
+        reloaded, _ = llmq.load(out, device="cpu", dtype=dtype)
+        with torch.no_grad():
+            real = reloaded(x).logits.float()
+        torch.testing.assert_close(real, fake, atol=tol, rtol=tol)
+        assert torch.isfinite(real).all()
+
+
+def test_qat_int4_saves_a_small_gptq_folder_with_card_and_estimate(tiny, texts, tmp_path):
+    from safetensors import safe_open
+
+    import llmq
+    from llmq.advisor.estimate import estimate_scheme
+    from llmq.advisor.params import profile
+    from llmq.cli import main
+
+    out = tmp_path / "int4"
+    res = Q.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, output=out, **SMALL)
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (qc["quant_method"], qc["checkpoint_format"], qc["bits"], qc["group_size"], qc["sym"], qc["desc_act"]) \
+        == ("gptq", "gptq", 4, 32, True, False)
+    assert json.loads((out / "quantize_config.json").read_text())["quant_method"] == "gptq"
+    meta = json.loads((out / "llmq.json").read_text())
+    assert meta["backend"] == "qat" and meta["quantization_config"]["quant_method"] == "gptq"
+    assert meta["versions"]["gptqmodel"] and meta["training"]["steps_done"] == 2
+    with safe_open(str(tiny / "model.safetensors"), "pt") as f:
+        fp32_linears = sum(f.get_tensor(k).nbytes for k in f.keys() if k.endswith("proj.weight"))
+    size = meta["size_bytes"]["after"]
+    assert size < 0.4 * fp32_linears, (size, fp32_linears)  # packed 4-bit, not int8 containers
+    est = estimate_scheme(profile(str(tiny)), "qat-int4", device="cpu").bytes
+    assert abs(est / size - 1) < 0.05, (est, size)
+    model, _ = llmq.load(out, device="cpu")
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    assert isinstance(model.model.layers[1].mlp.down_proj, BaseQuantLinear)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(0, 400, (1, 16))).logits).all()
+    assert res.generate("Hello", max_new_tokens=3) is not None  # the in-memory result runs the saved folder
+    assert main(["push", str(out), "--repo", "me/tiny-qat4", "--dry-run", "--license", "apache-2.0"]) == 0
+    card = (out / "README.md").read_text()
+    assert "TorchCpuAvx512Linear" in card and "Packed 4-bit GPTQ" in card and "- gptq" in card
+    assert "| Training | quantization-aware training" in card
+
+
+def test_qat_int4_export_refuses_non_finite_weights(tiny):
+    from llmq.errors import CorruptModelError
+
+    model = _load(tiny)
+    cfg = Q.qat_config("qat-int4")
+    Q.prepare_fake_quant(model, cfg)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[3, 5] = float("inf")
+    with pytest.raises(CorruptModelError, match="up_proj"):
+        Q.to_gptq(model, cfg)
+
+
+def test_qat_int4_refuses_a_group_size_that_does_not_divide_before_weights_load(tiny, texts, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("weights loaded")))
+    with pytest.raises(ConfigError, match="group_size=512 does not divide"):
+        Q.qat(str(tiny), "qat-int4", data=texts, steps=2, group_size=512, **SMALL)
 
 
 def test_llmq_run_with_a_named_qat_scheme_trains_and_advise_never_recommends_it(tiny, texts, tmp_path):
@@ -223,7 +341,7 @@ def test_short_qat_on_demo_model_reduces_quantization_loss(data_dir, monkeypatch
     assert twin.backend.training["data"].endswith("wiki.valid.tokens")  # never the test split
     ev = dict(seqlen=256, limit=4, progress=False)
     tw = perplexity(twin.model, twin.tokenizer, "wikitext2", **ev).value
-    q = perplexity(qat.model, qat.tokenizer, "wikitext2", **ev).value
+    q = perplexity(qat.hf_model, qat.tokenizer, "wikitext2", **ev).value  # its GPTQ folder, GPTQModel kernels
     Q.ptq(twin.model, Q.qat_config("qat-int4"))  # the same torchao int4 g32 config, no training
     rtn = perplexity(twin.model, twin.tokenizer, "wikitext2", **ev).value
     print(f"fp32 twin {tw:.3f}, QAT int4 {q:.3f} ({q / tw - 1:+.2%}), RTN int4 of twin {rtn:.3f} ({rtn / tw - 1:+.2%})")
@@ -243,3 +361,41 @@ def test_model_card_says_it_was_trained_and_how_to_repeat_it(tiny, texts, tmp_pa
     assert "--scheme qat-8da4w --set steps=2 --set lr=0.0001" in card and "data=" not in card.split("--scheme")[1][:200]
     assert "list of strings passed from Python" in card and 'pip install "llmq[torchao]' in card
     assert "- qat" in card and "- int4" in card and "- 4-bit" in card  # tags
+
+
+@pytest.mark.slow
+def test_qat_int4_gptq_folder_has_the_in_memory_qat_models_perplexity_on_demo_model(data_dir, monkeypatch, tmp_path):
+    """SmolLM2, 2 QAT steps: the exported GPTQ folder (bf16, GPTQModel's kernel, via ``llmq.load``)
+    has the in-memory fake-quantized fp32 model's WikiText-2 test perplexity within 0.5% (4 x 1024),
+    and its size is the 4-bit size the advisor estimates (measured: 29.934 vs 29.949, 118.8 MB)."""
+    from transformers import AutoModelForCausalLM
+
+    import llmq
+    from llmq.advisor.estimate import estimate_scheme
+    from llmq.advisor.params import profile
+    from llmq.eval.perplexity import perplexity
+    from llmq.models import resolve_model
+
+    monkeypatch.setenv("LLMQ_DATA_DIR", str(data_dir))
+    src = resolve_model(None)
+    path = src.local_dir(progress=False)
+    tok = src.tokenizer()
+    cfg = Q.qat_config("qat-int4", data="wikitext2", steps=2, lr=5e-5, seed=0, seqlen=128, batch_size=2,
+                       warmup_steps=1)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    Q.prepare_fake_quant(model, cfg)
+    Q.train(model, Q.build_data(cfg, tok), cfg, device="cpu", progress=False)
+    ev = dict(seqlen=1024, limit=4, progress=False)
+    fake = perplexity(model, tok, "wikitext2", **ev).value
+    Q.to_gptq(model, cfg)
+    out = tmp_path / "smol-qat-int4"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    del model
+    size = (out / "model.safetensors").stat().st_size
+    est = estimate_scheme(profile(str(path)), "qat-int4", device="cpu").bytes
+    reloaded, _ = llmq.load(out, device="cpu")
+    real = perplexity(reloaded, tok, "wikitext2", **ev).value
+    print(f"fake-quantized fp32 {fake:.4f}, GPTQ folder {real:.4f} ({real / fake - 1:+.3%}), {size} bytes (est. {est})")
+    assert abs(real / fake - 1) < 0.005, (fake, real)
+    assert abs(size / est - 1) < 0.02 and size < 0.25 * sum(f.stat().st_size for f in path.glob("*.safetensors"))

@@ -249,6 +249,12 @@ class Backend:
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
+    @classmethod
+    def bench_runner(cls, path: Path, *, device: str, threads: int | None) -> Any | None:
+        """The ``llmq.bench`` runner for an output that transformers does not run (a ``.gguf`` on
+        llama.cpp); None: the torch runner (``llmq.load`` + ``generate``) benches it."""
+        return None
+
     # -- what the advisor and the card need ---------------------------------------------------
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:

@@ -663,6 +663,16 @@ class GGUFBackend(_Backend):
         return super().generate(model, tokenizer, prompt, max_new_tokens)
 
     @classmethod
+    def bench_runner(cls, path: Path, *, device: str, threads: int | None) -> Any:
+        """llama.cpp itself (``LlamaCppRunner``): benching a dequantized GGUF on transformers would
+        measure the wrong runtime, so a missing llama-cpp-python is an error here, not a fallback."""
+        if not llama_cpp_installed():
+            raise MissingDependencyError("Benchmarking a .gguf on llama.cpp", ["llama-cpp-python"], EXTRA)
+        from llmq.eval.llamacpp import LlamaCppRunner
+
+        return LlamaCppRunner(str(_gguf_in(Path(path))), device=device, threads=threads)
+
+    @classmethod
     def estimate(cls, profile: Any, scheme: Any, config: Any, device: str) -> Any:
         return estimate_size(profile, scheme.name)
 

@@ -1,9 +1,19 @@
 """Quantization-aware training (QAT) as a scheme plugin: ``quantize`` fine-tunes the model with
-torchao fake quantization (``QATConfig(base, step="prepare")``) on training text, then converts
-with the same torchao base config (``step="convert"``), so the saved model computes exactly what
-training saw. The output is a torchao safetensors folder with a ``TorchAoConfig`` in
-``config.json``: the torchao plugin (``quant_method`` "torchao") loads it with plain
-``from_pretrained``, so eval/compare/gate/push treat it like any other output.
+torchao fake quantization (``QATConfig(..., step="prepare")``) on training text, then exports it so
+the saved model computes exactly what training saw.
+
+Two export formats:
+
+* ``qat-int4`` (int4 weight-only): a packed 4-bit **GPTQ** folder (``quant_method`` "gptq", v1
+  checkpoint format, symmetric, group 32, fp16 scales, bf16 embeddings/norms), the format of llmq's
+  ``gptq-int4``: ``llmq.load`` / transformers load it through GPTQModel, whose AVX-512-BF16 int4 CPU
+  kernel or GPU kernels (Marlin, ...) run it. The int4 codes and scales are torchao's (training's):
+  ``llmq.quantization_aware.to_gptq`` packs them with GPTQModel's packer and checks that the packed
+  weights dequantize to the fake-quantized ones bit for bit. To make that exact, this scheme's fake
+  quantizer rounds its scales to fp16 (the precision GPTQ stores) during training.
+* ``qat-8da4w``, ``qat-w8a8``, ``qat-int8``: converted with the same torchao base config
+  (``step="convert"``) into a torchao safetensors folder with a ``TorchAoConfig``; the torchao
+  plugin (``quant_method`` "torchao") loads it with plain ``from_pretrained``.
 
 Why Intx base configs: in torchao 0.18 ``QATConfig`` derives fake quantizers from
 ``IntxWeightOnlyConfig`` and ``Int8DynamicActivationIntxWeightConfig`` on CPU (``Int4WeightOnlyConfig``
@@ -22,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmq.backends.base import Backend, CardFacts, Scheme, transformers_snippet
+from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, transformers_snippet
 from llmq.config import QuantConfigBase
 from llmq.errors import ConfigError
 
@@ -105,6 +115,27 @@ def base_config(cfg: QATConfig) -> Any:
     return IntxWeightOnlyConfig(weight_dtype=dtype, granularity=gran)
 
 
+def exports_gptq(cfg: QATConfig) -> bool:
+    """int4 weight-only QAT is saved as a packed GPTQ folder (GPTQModel's 4-bit kernels); the rest
+    as torchao folders."""
+    return cfg.bits == 4 and cfg.act_bits is None
+
+
+def gptq_fake_quant_config(cfg: QATConfig) -> Any:
+    """The fake quantizer of a GPTQ-exported scheme: what ``IntxWeightOnlyConfig`` gives (symmetric
+    int4, per group), except that scales are rounded to fp16, the precision GPTQ stores, so the
+    exported weights equal the trained ones exactly. ``eps`` (the smallest scale) is fp16's
+    smallest normal (6.1e-5) so no scale underflows to 0 in fp16 (only groups whose largest
+    |weight| is below 4.6e-4 feel it, and they then use less of the int4 range)."""
+    import torch
+    from torchao.quantization import MappingType, PerAxis, PerGroup
+    from torchao.quantization.qat import IntxFakeQuantizeConfig
+
+    gran = PerAxis(0) if cfg.group_size == -1 else PerGroup(cfg.group_size)
+    return IntxFakeQuantizeConfig({4: torch.int4, 8: torch.int8}[cfg.bits], gran, MappingType.SYMMETRIC,
+                                  scale_precision=torch.float16, eps=torch.finfo(torch.float16).smallest_normal)
+
+
 _RANK_LAST = {"cpu": 50, "gpu_fits": 50, "gpu_8bit": 50, "gpu_4bit": 50}  # never the advisor's first pick: it trains
 _TRAINS = "fine-tunes with fake quantization (needs training text and time; `llmq qat`, or --scheme auto --allow-training)"
 
@@ -115,11 +146,12 @@ class QATBackend(Backend):
     extra = "torchao"
     needs_calibration = False
     needs_training = True
-    quant_methods = ()  # the output is a torchao folder: the torchao plugin loads it
+    quant_methods = ()  # the output is a GPTQ or torchao folder: the gptqmodel or torchao plugin loads it
     schemes = (
         Scheme("qat-int4", "qat", QATConfig, {"bits": 4, "group_size": 32}, 4,
-               "QAT: int4 weights, group 32, symmetric (torchao fake quantization, then conversion)", "4",
-               f"4-bit weights that win back part of the rounding loss by training; {_TRAINS}",
+               "QAT: int4 weights, group 32, symmetric (torchao fake quantization), saved as packed GPTQ", "4",
+               f"4-bit weights that win back part of the rounding loss by training, run by GPTQModel's 4-bit "
+               f"kernels; {_TRAINS}",
                tree_rank={**_RANK_LAST, "cpu": 51, "gpu_4bit": 49}),
         Scheme("qat-8da4w", "qat", QATConfig, {"bits": 4, "group_size": 32, "act_bits": 8}, 4,
                "QAT: int4 weights (group 32) with int8 dynamic per-token activations", "4",
@@ -134,17 +166,55 @@ class QATBackend(Backend):
     )
 
     def validate_model(self, source: Any) -> None:
-        """Too little training text for ``steps x batch_size x seqlen`` is a one-line error here,
-        before any weight loads (tokenizes the text once)."""
+        """Before any weight loads: the GPTQ export's packages, group sizes that divide every
+        quantized layer's in_features (torchao's fake quantizer asserts it mid-run otherwise), and
+        enough training text for ``steps x batch_size x seqlen`` (tokenizes the text once)."""
+        from llmq.errors import MissingDependencyError
         from llmq.quantization_aware import build_data
 
+        if exports_gptq(self.config):
+            from llmq.backends.gptqmodel import GPTQModelBackend
+
+            missing = GPTQModelBackend.missing_packages()
+            if missing:
+                raise MissingDependencyError(f"Scheme {self.scheme.name!r} (saved as GPTQ)", missing, "gptq")
+        gs = self.config.group_size
+        if gs != -1:
+            from llmq.models import excluded_modules, linear_shapes
+
+            shapes = linear_shapes(source.config())
+            skip = set(excluded_modules(source.config(), list(shapes), self.config.skip_modules))
+            bad = sorted({s[0] for n, s in shapes.items() if n not in skip and ".layers." in f".{n}" and s[0] % gs})
+            if bad:
+                raise ConfigError(f"group_size={gs} does not divide in_features {bad} of this model's decoder "
+                                  "linears; pick a group size that does (--set group_size=...) or -1.")
         build_data(self.config, source.tokenizer())
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         from llmq.quantization_aware import train_model
 
         model, self.training = train_model(model_dir, self.config, device, **self.options)
+        if exports_gptq(self.config) and self.training.get("fake_quant", True):
+            # GPTQModel's packing modules are a checkpoint, not a runnable model: run the saved folder
+            self.runs_in_memory = False
         return model
+
+    def save(self, model: Any, tokenizer: Any, out: Path) -> None:
+        """``save_pretrained``; a GPTQ export also gets GPTQModel's ``quantize_config.json``."""
+        super().save(model, tokenizer, out)
+        qc = getattr(model.config, "quantization_config", None)
+        if isinstance(qc, dict) and qc.get("quant_method") == "gptq":
+            from llmq.io import write_json
+
+            write_json(out / "quantize_config.json", qc)
+
+    def versions(self) -> dict[str, str | None]:
+        v = super().versions()
+        if exports_gptq(self.config):
+            from llmq.backends.base import package_version
+
+            v["gptqmodel"] = package_version("gptqmodel")
+        return v
 
     def extra_metadata(self) -> dict[str, Any]:
         t = getattr(self, "training", None)
@@ -157,11 +227,17 @@ class QATBackend(Backend):
 
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
-        """torchao ``IntxUnpackedToInt8Tensor``: int8 ``qdata`` (4-bit values in int8 containers),
-        one fp32 scale and one int8 zero point per group (per row for group -1); the rest fp32
-        (training runs in fp32)."""
+        """GPTQ export (int4 weight-only): GPTQ's packing with bf16 kept tensors, like ``gptq-int4``.
+        torchao folders: ``IntxUnpackedToInt8Tensor``, int8 ``qdata`` (4-bit values in int8
+        containers), one fp32 scale and one int8 zero point per group (per row for group -1); the
+        rest fp32 (training runs in fp32)."""
         from llmq.advisor.estimate import BYTES, SizeEstimate, base_tensors, header_bytes, kept_params, selected_linears
 
+        if exports_gptq(config):
+            from llmq.backends.gptqmodel import grouped_size
+
+            return grouped_size(profile, scheme.name, config.bits, config.group_size, g_idx=True,
+                                skip=tuple(config.skip_modules))
         lins, _ = selected_linears(profile, False, tuple(config.skip_modules))
         q = sum(l.numel for l in lins)
         groups = sum(l.out_features * (1 if config.group_size == -1 else math.ceil(l.in_features / config.group_size))
@@ -175,9 +251,25 @@ class QATBackend(Backend):
 
     @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:
-        version = (meta.get("versions") or {}).get("torchao")
         cfg = meta.get("config") or {}
         bits = cfg.get("bits")
+        versions = meta.get("versions") or {}
+        if (meta.get("quantization_config") or {}).get("quant_method") == "gptq":
+            return CardFacts(
+                packages="transformers gptqmodel optimum", python=transformers_snippet(repo),
+                tags=["gptq", "qat", "int4"],
+                hardware=("Packed 4-bit GPTQ weights (symmetric, group "
+                          f"{cfg.get('group_size')}, fp16 scales; embeddings and norms in bf16), the format of "
+                          "llmq's gptq-int4, so about a quarter of a bf16 checkpoint's linear weights. "
+                          "GPTQModel picks the kernel when it loads: on x86 CPUs with AVX-512-BF16 its fused "
+                          "int4 kernel (TorchCpuAvx512Linear, bf16 activations), on other CPUs a torch kernel, "
+                          "on NVIDIA GPUs Marlin or another GPTQ kernel."),
+                note=(f"Trained with torchao {versions.get('torchao')} fake quantization and packed with GPTQModel "
+                      f"{versions.get('gptqmodel')}: the 4-bit codes and scales are the ones training used "
+                      "(checked bit for bit at export); no GPTQ error correction was run."),
+                serve=f"vllm serve {repo}",
+                serve_note="vLLM reads the GPTQ settings from config.json. " + VLLM_NOTE,
+                rows=training_rows(meta))
         return CardFacts(
             packages="transformers accelerate torchao", python=transformers_snippet(repo),
             tags=["torchao", "qat", *([f"int{bits}"] if bits else []),
@@ -185,8 +277,8 @@ class QATBackend(Backend):
             hardware=("Weights are stored unpacked in int8 containers (torchao IntxUnpackedToInt8Tensor), so a "
                       "4-bit checkpoint is about half the size of fp32 plus the fp32 embeddings, not an eighth; "
                       "inference dequantizes on the fly (no fused 4-bit kernel), which on CPU is slower than fp32."),
-            note=(f"Made with torchao {version}: torchao checkpoints are tied to torchao's serialization format, "
-                  "so load them with the same (or a compatible) torchao version."),
+            note=(f"Made with torchao {versions.get('torchao')}: torchao checkpoints are tied to torchao's "
+                  "serialization format, so load them with the same (or a compatible) torchao version."),
             rows=training_rows(meta))
 
 

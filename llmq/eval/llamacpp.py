@@ -169,65 +169,144 @@ class SpeedResult:
         return asdict(self)
 
 
+class _Decoder:
+    """One llama.cpp context driven through the low-level API, as ``llama-bench`` drives it:
+    ``llama_decode`` on batches of token ids, no Python sampler. Flash attention off, as
+    llama-cpp-python (and so :class:`LlamaCppLM`) runs by default: on this project's 2-core AVX-512/AMX
+    CPU it halves Q8_0 decode after a 512-token prompt (``llama-bench -d 512``: 51.7 tok/s with
+    ``-fa 1`` vs 104.7 with ``-fa 0``). Shared by :func:`speed` and :class:`LlamaCppRunner`."""
+
+    def __init__(self, path: Path, *, n_ctx: int, n_batch: int, threads: int):
+        llama_cpp = _llama_cpp()
+        self.lib = llama_cpp
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+                                   n_threads=threads, n_threads_batch=threads, logits_all=False,
+                                   flash_attn=False, verbose=False)
+        self.ctx = self.llm._ctx.ctx
+        self.vocab = self.llm.n_vocab()
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+
+    def clear(self) -> None:
+        self.lib.llama_memory_clear(self.mem, True)
+
+    def decode(self, tokens: list[int], pos0: int) -> None:
+        """Evaluate ``tokens`` at positions ``pos0...`` of sequence 0; logits for the last one."""
+        lib, n = self.lib, len(tokens)
+        batch = lib.llama_batch_init(n, 0, 1)
+        try:
+            for i, t in enumerate(tokens):
+                batch.token[i] = t
+                batch.pos[i] = pos0 + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = i == n - 1
+            batch.n_tokens = n
+            rc = lib.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise LlmqError(f"llama_decode failed ({rc})")
+        finally:
+            lib.llama_batch_free(batch)
+
+    def argmax(self) -> int:
+        """Greedy next token from the last decoded position's logits (read in place)."""
+        import numpy as np
+
+        ptr = self.lib.llama_get_logits_ith(self.ctx, -1)
+        return int(np.ctypeslib.as_array(ptr, shape=(self.vocab,)).argmax())
+
+    def sync(self) -> None:
+        self.lib.llama_synchronize(self.ctx)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
 def speed(path: str | Path, *, n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
           repetitions: int = 3, seed: int = 0) -> SpeedResult:
     """llama-bench's ``pp<n_prompt>`` and ``tg<n_gen>`` through llama-cpp-python's low-level API
-    (``llama_decode`` on one context, KV cache cleared between tests), batch 1, mean of
-    ``repetitions`` after one warm-up, random token ids as llama-bench uses."""
-    import ctypes
+    (:class:`_Decoder`: ``llama_decode`` on one context, KV cache cleared between tests), batch 1,
+    mean of ``repetitions`` after one warm-up, random token ids as llama-bench uses."""
     import random
 
-    llama_cpp = _llama_cpp()
     threads = threads or default_threads()
     path = Path(path)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_ubatch=n_prompt,
-                          n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
+    dec = _Decoder(path, n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, threads=threads)
     try:
-        ctx = llm._ctx.ctx
-        vocab = llm.n_vocab()
         rng = random.Random(seed)
-        mem = llama_cpp.llama_get_memory(ctx)
-
-        def decode(tokens: list[int], pos0: int) -> None:
-            n = len(tokens)
-            batch = llama_cpp.llama_batch_init(n, 0, 1)
-            try:
-                for i, t in enumerate(tokens):
-                    batch.token[i] = t
-                    batch.pos[i] = pos0 + i
-                    batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
-                    batch.logits[i] = i == n - 1
-                batch.n_tokens = n
-                rc = llama_cpp.llama_decode(ctx, batch)
-                if rc != 0:
-                    raise LlmqError(f"llama_decode failed ({rc})")
-            finally:
-                llama_cpp.llama_batch_free(batch)
 
         def prefill() -> float:
-            llama_cpp.llama_memory_clear(mem, True)
-            toks = [rng.randrange(vocab) for _ in range(n_prompt)]
+            dec.clear()
+            toks = [rng.randrange(dec.vocab) for _ in range(n_prompt)]
             t = time.perf_counter()
-            decode(toks, 0)
-            llama_cpp.llama_synchronize(ctx)
+            dec.decode(toks, 0)
+            dec.sync()
             return n_prompt / (time.perf_counter() - t)
 
         def generate() -> float:
-            llama_cpp.llama_memory_clear(mem, True)
-            tok = rng.randrange(vocab)
+            dec.clear()
+            tok = rng.randrange(dec.vocab)
             t = time.perf_counter()
             for i in range(n_gen):
-                decode([tok], i)
-            llama_cpp.llama_synchronize(ctx)
+                dec.decode([tok], i)
+            dec.sync()
             return n_gen / (time.perf_counter() - t)
 
         prefill(), generate()  # warm-up, as llama-bench
         pp = statistics.mean(prefill() for _ in range(repetitions))
         tg = statistics.mean(generate() for _ in range(repetitions))
-        del ctypes
     finally:
-        llm.close()
+        dec.close()
     return SpeedResult(pp, tg, n_prompt, n_gen, threads, repetitions, path.stat().st_size,
                        f"llama.cpp via llama-cpp-python: pp{n_prompt} + tg{n_gen}, batch 1, threads={threads}, "
-                       f"mean of {repetitions} after 1 warm-up (llama-bench's tests)")
+                       f"flash attention off, mean of {repetitions} after 1 warm-up (llama-bench -fa 0's tests)")
+
+
+#: the context a bench runner opens (prompt + generated tokens must fit)
+RUNNER_CTX = 4096
+
+
+class LlamaCppRunner:
+    """``llmq bench``'s runner for ``.gguf`` files: a real greedy generation on llama.cpp (prompt in
+    batches of 512, then one ``llama_decode`` + argmax per token), timed like the torch runner's
+    ``generate``. Batch 1 only (``max_batch``): llama.cpp's batch-1 decode is what its users run
+    and what ``llama-bench``'s ``tg`` measures; ``bench`` skips larger batch sizes for it."""
+
+    max_batch = 1
+
+    def __init__(self, spec: str, *, device: str = "cpu", threads: int | None = None):
+        if device != "cpu":
+            raise LlmqError(f"bench runs .gguf files on llama.cpp's CPU build; --device {device} is not supported.")
+        self.path = Path(spec)
+        if not self.path.is_file():
+            raise LlmqError(f"GGUF file not found: {self.path}")
+        self.threads = threads or default_threads()
+        self.dec: _Decoder | None = None
+
+    def load(self) -> tuple[float, str]:
+        t0 = time.perf_counter()
+        self.dec = _Decoder(self.path, n_ctx=RUNNER_CTX, n_batch=512, threads=self.threads)
+        dt = time.perf_counter() - t0
+        self.tok = load_tokenizer(self.path)
+        self.size_mb = self.path.stat().st_size / 1e6
+        return dt, f"llama.cpp ({self.threads} threads)"
+
+    def generate(self, prompt_ids: list[list[int]], new_tokens: int) -> tuple[float, float]:
+        if len(prompt_ids) != 1:
+            raise LlmqError("the llama.cpp runner benches batch 1 only.")
+        prompt = [int(t) for t in prompt_ids[0]]
+        if len(prompt) + new_tokens > RUNNER_CTX:
+            raise LlmqError(f"prompt + new tokens ({len(prompt) + new_tokens}) exceed the runner's context "
+                            f"({RUNNER_CTX}).")
+        dec = self.dec
+        dec.clear()
+        t0 = time.perf_counter()
+        for i in range(0, len(prompt), 512):
+            dec.decode(prompt[i:i + 512], i)
+        tok = dec.argmax()
+        ttft = time.perf_counter() - t0
+        pos = len(prompt)
+        for _ in range(new_tokens - 1):
+            dec.decode([tok], pos)
+            pos += 1
+            tok = dec.argmax()
+        return ttft, time.perf_counter() - t0

@@ -337,7 +337,7 @@ def test_advisor_and_auto_candidates_include_gguf_on_cpu(tiny):
     for sit in ("gpu_fits", "gpu_8bit", "gpu_4bit"):  # (schemes that train rank after everything)
         post_training = [s for s in t[sit] if not get_scheme(s).backend_cls().needs_training]
         assert post_training[-len(G.SCHEMES):] == list(G.SCHEMES), sit
-    assert t["cpu"][:3] == ["int8-dynamic", "gguf-q8_0", "bf16"]
+    assert t["cpu"][:2] == ["int8-dynamic", "gguf-q8_0"] and "bf16" in t["cpu"]
 
 
 def test_pipeline_refuses_missing_packages_and_unsupported_architecture_before_weights(tiny, tmp_path, monkeypatch):
