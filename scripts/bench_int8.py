@@ -31,6 +31,9 @@ VARIANTS = {
     "int8-static-percentile-int8head": ("int8-static", {"calibration_method": "percentile",
                                                         "lm_head_activations": "int8"}),
 }
+EXTRA = {  # not in the default run; name them with --variants
+    "int8-static-percentile-dyn30": ("int8-static", {"calibration_method": "percentile", "max_dynamic_fraction": 0.3}),
+}
 
 
 def build(work: Path, names: list[str], n_samples: int, create: bool = True) -> dict[str, Path]:
@@ -45,7 +48,7 @@ def build(work: Path, names: list[str], n_samples: int, create: bool = True) -> 
             print(f"skipping {name}: no folder at {path} (run --stages size,quality first)", flush=True)
             continue
         if not (path / "config.json").is_file():
-            scheme, kw = VARIANTS[name]
+            scheme, kw = {**VARIANTS, **EXTRA}[name]
             if scheme == "int8-static":
                 kw = {**kw, "calibration": "wikitext2", "n_samples": n_samples}
             t0 = time.perf_counter()
