@@ -63,7 +63,7 @@ METHODS = ("minmax", "percentile", "entropy")
 #: rare tokens, not channels, and smoothing made its per-token error worse (SmolLM2, issue #11)
 SMOOTH_ALPHA = {"*": 0.75, "*.down_proj": "off"}
 FALLBACK_RATIO: float | None = 2.0
-MAX_DYNAMIC_FRACTION = 0.25
+MAX_DYNAMIC_FRACTION = 0.3
 ERROR_SAMPLES = 8  # calibration samples the fallback's error measurement uses
 HIST_BINS = 2048
 KL_TARGET_BINS = 128
