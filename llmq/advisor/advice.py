@@ -326,7 +326,28 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         if m.get("tokens_per_s"):
             notes.append(f"CPU speeds measured with `{m['command']}` on {m['machine']} (one run, batch 1); "
                          "they depend on the CPU (bitsandbytes computes in bf16 by default)")
+    if hw.device == "cuda":
+        notes += measured_gpu_notes()
     return Advice(prof, hw, context, batch_size, tol, situation, band, cands, original(prof).bytes, notes)
+
+
+def measured_gpu_notes() -> list[str]:
+    """What our GPU bench (``measured.GPU_SPEED``) saw: decode speed of each scheme relative to bf16
+    at batch 1 and 8, and which schemes did not finish there in eager mode."""
+    from llmq.advisor import measured
+
+    g = measured.GPU_SPEED
+    parts = []
+    for s, by_batch in g["rows"].items():
+        if s == "bf16":
+            continue
+        ratios = ", ".join(f"{r['decode_x']:.2f}x at batch {b}" for b, r in by_batch.items())
+        parts.append(f"{s} {ratios}")
+    notes = [f"measured GPU decode speed vs bf16 ({g['model']}, {g['machine']}, eager, one run: `{g['command']}`): "
+             + "; ".join(parts) + " — on GPU these formats save memory, not time, unless a fused kernel runs them"]
+    if g.get("failed"):
+        notes.append("did not finish that GPU bench in eager mode within 75 s per scheme: " + ", ".join(g["failed"]))
+    return notes
 
 
 def rules_overhead(device: str) -> float:

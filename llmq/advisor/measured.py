@@ -38,3 +38,17 @@ SMOL_QUALITY: dict = {
         "gptq-int3": {"size_bytes": 101142128, "ppl_change": 1.4108},
     },
 }
+
+
+#: ``eval/gpu/bench.json`` (``python3 scripts/bench_gpu.py`` on one NVIDIA H100 80GB HBM3, torch 2.11.0+cu130):
+#: ``llmq bench`` of a random-weight Llama with TinyLlama-1.1B's shape quantized by every scheme that ran
+#: there, eager transformers ``generate``, 512-token prompt, 128 new tokens, ratios to bf16 at the same
+#: batch size (one run). At batch 1 a 1B model is bound by ``generate``'s Python overhead, not the GPU;
+#: quantization there buys memory, not speed. Schemes missing from ``rows`` did not finish (``failed``).
+GPU_SPEED: dict = {
+    "command": "python3 scripts/bench_gpu.py --out eval/gpu/bench.json",
+    "model": "random Llama, TinyLlama-1.1B shape (1.10B parameters), bf16 source",
+    "machine": "NVIDIA H100 80GB HBM3, eager transformers 5.24.0",
+    "rows": {"bf16": {"1": {"decode_x": 1.0, "prefill_x": 1.0, "peak_gpu_mb": 2271, "decode_tok_s": 64.3}, "8": {"decode_x": 1.0, "prefill_x": 1.0, "peak_gpu_mb": 2533, "decode_tok_s": 454.9}}, "fp16": {"1": {"decode_x": 0.637, "prefill_x": 0.756, "peak_gpu_mb": 2271, "decode_tok_s": 41.0}, "8": {"decode_x": 0.91, "prefill_x": 0.913, "peak_gpu_mb": 2533, "decode_tok_s": 413.9}}, "bnb-nf4": {"1": {"decode_x": 0.743, "prefill_x": 0.685, "peak_gpu_mb": 852, "decode_tok_s": 47.8}, "8": {"decode_x": 0.47, "prefill_x": 0.632, "peak_gpu_mb": 1096, "decode_tok_s": 213.7}}, "bnb-int8": {"1": {"decode_x": 0.262, "prefill_x": 0.294, "peak_gpu_mb": 1312, "decode_tok_s": 16.8}}},
+    "failed": {"int8-dynamic": "bench of /tmp/bench_gpu_1zzmzjfw/int8-dynamic@eager ran past 75 s (0 of 2 batch sizes done", "bnb-int8": "bench of /tmp/bench_gpu_1zzmzjfw/bnb-int8@eager ran past 75 s (1 of 2 batch sizes done).", "int8-static": "bench of /tmp/bench_gpu_1zzmzjfw/int8-static@eager ran past 75 s (0 of 2 batch sizes done)", "bnb-fp4": ""},
+}

@@ -208,3 +208,20 @@ def test_never_recommends_a_scheme_larger_than_bf16(tmp_path):
     assert bigger, sizes  # awq-int4 on CPU keeps the 168M-parameter embedding in fp32
     for c in bigger:
         assert c.status == "avoid" and any("larger than bf16" in r for r in c.reasons)
+
+
+def test_gpu_advice_quotes_the_measured_gpu_bench():
+    """On a GPU the advice carries eval/gpu/bench.json's ratios (llmq bench on an H100), not a prior."""
+    import json
+    from pathlib import Path
+
+    from llmq.advisor import measured
+
+    adv = llmq.advise(1_100_000_000, device="cuda", gpu_memory_gb=80)
+    text = "\n".join(adv.notes)
+    bench = json.loads((Path(__file__).resolve().parents[2] / "eval" / "gpu" / "bench.json").read_text())
+    nf4 = next(r for r in bench["rows"] if r["model"] == "bnb-nf4" and r["batch"] == 1)
+    assert measured.GPU_SPEED["rows"]["bnb-nf4"]["1"]["decode_x"] == nf4["ratios"]["decode"]
+    assert f"bnb-nf4 {nf4['ratios']['decode']:.2f}x at batch 1" in text
+    assert "int8-dynamic" in text.split("did not finish")[-1]
+    assert "measured GPU" not in "\n".join(llmq.advise(1_100_000_000, device="cpu", ram_gb=16).notes)
