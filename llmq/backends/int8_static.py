@@ -25,10 +25,22 @@ How it is built, and why:
   the observer, the qparam formula (``_calculate_qparams``) and the kernels are the library's.
 * Weights are always symmetric: torchao's int8 matmul applies no weight zero point, as every CPU
   int8 GEMM (oneDNN/VNNI) assumes; ``sym=False`` makes the *activations* asymmetric.
-* Optional SmoothQuant smoothing (``smooth_alpha``) migrates activation outliers into the weights
-  with torchao's ``act_pre_scale`` (x / s, W * s), which the checkpoint stores.
+* SmoothQuant smoothing (``smooth_alpha``, on by default: 0.75, down_proj off) migrates activation outlier
+  channels into the weights with torchao's ``act_pre_scale`` (x / s, W * s), which the checkpoint
+  stores. On SmolLM2 it is what makes int8 activations usable at all (issue #11's diagnosis).
+* Automatic per-layer fallback (``dynamic_fallback``, ``max_dynamic_fraction``): some Linears see
+  rare massive-activation tokens (SmolLM2: every ``down_proj``) that no per-tensor scale can hold,
+  as clipping them breaks the attention sinks and keeping them zeroes everything else. Calibration
+  measures, per Linear and with torchao's own kernels, the output error of its static config and
+  of per-token dynamic activations (:func:`layer_errors`); a Linear whose static error exceeds
+  ``dynamic_fallback`` times the dynamic one quantizes its activations per token at run time (the
+  same int8 kernels, no float fallback, so the size and the compiled speed path stay), the worst
+  first and at most ``max_dynamic_fraction`` of them. The choice is recorded in llmq.json
+  (``activations``) and the model card.
 * Embeddings and ``lm_head`` (tied: one tensor) become int8 per row by default
-  (``quantize_embeddings``), with dynamic per-token activations for ``lm_head``.
+  (``quantize_embeddings``); ``lm_head`` multiplies that int8 weight with float activations by
+  default (``lm_head_activations="float"``, torchao int8 weight-only, which Inductor lowers to its
+  int8-weight matmul), since its input's outlier channels cost +0.7% perplexity as int8.
 
 PT2E (``prepare_pt2e`` + ``X86InductorQuantizer``) was not used: it produces an exported graph
 module, which does not save through ``save_pretrained`` or reload with ``from_pretrained``.
@@ -36,16 +48,23 @@ module, which does not save through ``save_pretrained`` or reload with ``from_pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from llmq.backends.base import Backend, CardFacts, Scheme, torch_dtype
-from llmq.backends.torchao import attach_torchao_saver, enable_loading, quantize_embeddings, torchao_int8_estimate
+from llmq.backends.torchao import (HEAD_ACTIVATIONS, attach_torchao_saver, enable_loading, quantize_embeddings,
+                                   torchao_int8_estimate)
 from llmq.config import DTYPES, CalibratedConfig, check_choice
 from llmq.errors import ConfigError
 
 METHODS = ("minmax", "percentile", "entropy")
+#: SmoothQuant strength per Linear pattern. down_proj is left unsmoothed: its inputs' outliers are
+#: rare tokens, not channels, and smoothing made its per-token error worse (SmolLM2, issue #11)
+SMOOTH_ALPHA = {"*": 0.75, "*.down_proj": "off"}
+FALLBACK_RATIO: float | None = 2.0
+MAX_DYNAMIC_FRACTION = 0.3
+ERROR_SAMPLES = 8  # calibration samples the fallback's error measurement uses
 HIST_BINS = 2048
 KL_TARGET_BINS = 128
 
@@ -66,11 +85,22 @@ class Int8StaticConfig(CalibratedConfig):
     calibration_method: str = "percentile"
     percentile: float = 99.99
     weight_granularity: str = "per_channel"
-    smooth_alpha: float | None = None
+    #: a number for every Linear, or {pattern: alpha} (the longest matching pattern wins; "off"
+    #: for none); "off" (or None) turns smoothing off
+    smooth_alpha: float | dict | str | None = field(default_factory=lambda: dict(SMOOTH_ALPHA))
     #: Linears (names or patterns) whose activations are quantized per token at run time instead
     #: of with a static scale: SmolLM2's down_proj inputs carry outliers no per-tensor scale covers
     dynamic_modules: tuple[str, ...] = ()
+    #: automatic per-layer fallback: a Linear whose static-scale output error on the calibration
+    #: data (per token or in total, see :func:`layer_errors`) exceeds ``dynamic_fallback`` x its
+    #: per-token-dynamic error gets per-token activations ("off": none) ...
+    dynamic_fallback: float | str | None = FALLBACK_RATIO  # "off" (or None) turns it off
+    #: ... at most this fraction of the Linears (the worst first), so the model stays mostly static
+    max_dynamic_fraction: float = MAX_DYNAMIC_FRACTION
     quantize_embeddings: bool = True
+    #: lm_head's activations: "float" (int8 weight only: SmolLM2's final hidden states have outlier
+    #: channels that cost +0.7% perplexity as int8) or "int8" (per token at run time)
+    lm_head_activations: str = "float"
     dtype: str = "float32"
     n_samples: int = 64
     seqlen: int = 512
@@ -88,10 +118,20 @@ class Int8StaticConfig(CalibratedConfig):
         check_choice("dtype", self.dtype, DTYPES)
         if self.group_size != -1:
             raise ConfigError("int8-static quantizes weights per channel or per tensor; group_size must be -1.")
-        if self.smooth_alpha is not None and not (0 <= self.smooth_alpha <= 1):
-            raise ConfigError(f"smooth_alpha must be in [0, 1] (or None for off), got {self.smooth_alpha!r}.")
+        for a in (self.smooth_alpha.values() if isinstance(self.smooth_alpha, dict) else [self.smooth_alpha]):
+            if a is not None and a != "off" and (isinstance(a, (bool, str)) or not 0 <= a <= 1):
+                raise ConfigError(f"smooth_alpha must be in [0, 1] (or 'off'), got {a!r}.")
+        if isinstance(self.smooth_alpha, dict) and not all(isinstance(k, str) for k in self.smooth_alpha):
+            raise ConfigError(f"smooth_alpha's patterns must be strings, got {list(self.smooth_alpha)!r}.")
         if not isinstance(self.quantize_embeddings, bool):
             raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
+        check_choice("lm_head_activations", self.lm_head_activations, HEAD_ACTIVATIONS)
+        f = self.dynamic_fallback  # "off" rather than None: a None override means "the default"
+        if f is not None and f != "off" and (isinstance(f, bool) or not isinstance(f, (int, float)) or not f >= 1):
+            raise ConfigError(f"dynamic_fallback must be a number >= 1 (or 'off'), got {f!r}.")
+        m = self.max_dynamic_fraction
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (0 <= m <= 1):
+            raise ConfigError(f"max_dynamic_fraction must be in [0, 1], got {m!r}.")
 
 
 # -- reading a clipping range off a histogram ---------------------------------------------------
@@ -280,60 +320,160 @@ def _run(model: Any, samples: Sequence[Sequence[int]]) -> None:
             model(torch.tensor([list(s)], device=dev), use_cache=False)
 
 
-def smooth_scales(model: Any, amax: dict[str, Any], alpha: float) -> dict[str, Any]:
-    """SmoothQuant: s_j = max|X_j|^a / max|W_j|^(1-a), per input channel (clamped to >= 1e-5)."""
+def smooth_scales(model: Any, amax: dict[str, Any], alpha: float | dict[str, float]) -> dict[str, Any]:
+    """SmoothQuant: s_j = max|X_j|^a / max|W_j|^(1-a), per input channel (clamped to >= 1e-5);
+    ``alpha`` one number or one per Linear name (those without one are not smoothed)."""
     mods = dict(model.named_modules())
     out = {}
     for n, a in amax.items():
+        al = alpha.get(n) if isinstance(alpha, dict) else alpha
+        if al is None:
+            continue
         w = mods[n].weight.detach().float().abs().amax(0)
-        s = (a.clamp(min=1e-5) ** alpha) / (w.clamp(min=1e-5) ** (1 - alpha))
+        s = (a.clamp(min=1e-5) ** al) / (w.clamp(min=1e-5) ** (1 - al))
         out[n] = s.clamp(min=1e-5)
     return out
+
+
+def alphas_for(names: Sequence[str], spec: Any) -> dict[str, float]:
+    """Each Linear's SmoothQuant alpha from ``smooth_alpha`` (a number, or {pattern: alpha} where
+    the longest matching pattern wins and "off" means none); Linears without one are left out."""
+    from llmq.models import excluded_modules
+
+    if spec is None or spec == "off":
+        return {}
+    if not isinstance(spec, dict):
+        return {n: float(spec) for n in names}
+    out: dict[str, float] = {}
+    for n in names:
+        hits = [p for p in spec if excluded_modules(None, [n], (p,)) == [n]]
+        if hits:
+            a = spec[max(hits, key=len)]
+            if a is not None and a != "off":
+                out[n] = float(a)
+    return out
+
+
+def layer_errors(model: Any, samples: Sequence[Sequence[int]], configs: dict[str, Sequence[Any]],
+                 pre_scales: dict[str, Any] | None = None) -> dict[str, list[tuple[float, float]]]:
+    """Each Linear's output error when quantized with each of its torchao configs in ``configs``
+    (weight smoothed by ``pre_scales`` when given), as two relative errors: per token (the mean
+    over the tokens of ``samples`` of ||y_q - y||^2 / ||y||^2, where every token counts) and in
+    total (sum ||y_q - y||^2 / sum ||y||^2, which the rare massive-activation tokens dominate:
+    clipping them breaks the attention sinks although few tokens suffer). Measured layer by layer
+    on the float model's own inputs with torchao's kernels: the cost of one layer's quantization,
+    free of the others'."""
+    import copy
+
+    import torch
+    from torchao.quantization import quantize_
+
+    mods = dict(model.named_modules())
+    qlin, num, den = {}, {}, {}
+    for n, cs in configs.items():
+        qlin[n] = []
+        for c in cs:
+            lin = copy.deepcopy(mods[n])
+            if pre_scales is not None and n in pre_scales:
+                with torch.no_grad():
+                    lin.weight.mul_(pre_scales[n].to(lin.weight.dtype))
+            quantize_(lin, c, filter_fn=None)
+            if pre_scales is not None and n in pre_scales:
+                lin.weight.act_pre_scale = (1.0 / pre_scales[n]).to(lin.weight.dtype)
+            qlin[n].append(lin)
+        num[n], den[n] = [[0.0, 0.0] for _ in cs], [0, 0.0]
+    hooks = []
+    for n in configs:
+        def hook(mod, args, out, _n=n):
+            y = out.detach().float().reshape(-1, out.shape[-1])
+            norm = (y ** 2).sum(-1)
+            den[_n][0] += y.shape[0]
+            den[_n][1] += float(norm.sum())
+            for i, lin in enumerate(qlin[_n]):
+                err = ((lin(args[0].detach()).float().reshape(y.shape) - y) ** 2).sum(-1)
+                num[_n][i][0] += float((err / norm.clamp(min=1e-12)).sum())
+                num[_n][i][1] += float(err.sum())
+        hooks.append(mods[n].register_forward_hook(hook))
+    try:
+        _run(model, samples)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: [(t / max(den[n][0], 1), e / max(den[n][1], 1e-30)) for t, e in num[n]] for n in configs}
 
 
 # -- quantization -------------------------------------------------------------------------------
 def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8StaticConfig) -> dict[str, Any]:
     """Calibrate and convert ``model`` in place; returns per-Linear ``{"scale", "zero_point"}``
-    (plus ``"smooth"`` when smoothing) so callers and the model card can show them."""
+    (plus ``"smooth"`` when smoothing, ``"error_ratio"`` when the fallback measured it) for static
+    Linears and ``{"dynamic": "fallback" | "dynamic_modules"}`` for per-token ones, so callers,
+    llmq.json and the model card can show them."""
     import torch
-    from torchao.quantization import (FqnToConfig, Int8StaticActivationInt8WeightConfig, MappingType, PerRow,
-                                      PerTensor, quantize_)
-
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+    from torchao.quantization import (FqnToConfig, Int8DynamicActivationInt8WeightConfig,
+                                      Int8StaticActivationInt8WeightConfig, MappingType, PerRow, PerTensor,
+                                      quantize_)
 
     from llmq.models import excluded_modules
 
     names = target_linears(model, cfg.skip_modules)
     pats = (cfg.dynamic_modules,) if isinstance(cfg.dynamic_modules, str) else tuple(cfg.dynamic_modules)
-    dyn = set(excluded_modules(None, names, pats)) if pats else set()
+    listed = set(excluded_modules(None, names, pats)) if pats else set()
     wgran = PerRow() if cfg.weight_granularity == "per_channel" else PerTensor()
-    configs = {n: Int8DynamicActivationInt8WeightConfig(granularity=wgran, set_inductor_config=False) for n in dyn}
-    names = [n for n in names if n not in dyn]
+
+    def dynamic():
+        return Int8DynamicActivationInt8WeightConfig(granularity=wgran, set_inductor_config=False)
+
+    static = [n for n in names if n not in listed]
     pre = None
-    if cfg.smooth_alpha is not None:
-        pre = smooth_scales(model, channel_absmax(model, samples, names), cfg.smooth_alpha)
-    obs = calibrate(model, samples, names, sym=cfg.sym, pre_scales=pre)
+    alphas = alphas_for(names, cfg.smooth_alpha)  # per-token Linears too: their outlier channels hurt as well
+    if alphas:
+        pre = smooth_scales(model, channel_absmax(model, samples, list(alphas)), alphas)
+    obs = calibrate(model, samples, static, sym=cfg.sym, pre_scales=pre)
     mapping = MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC
-    mods = dict(model.named_modules())
-    qparams: dict[str, Any] = {}
-    for n in names:
+    configs: dict[str, Any] = {n: dynamic() for n in listed}
+    qparams: dict[str, Any] = {n: {"dynamic": "dynamic_modules"} for n in listed}
+    for n in static:
         scale, zp = activation_qparams(obs[n], cfg.calibration_method, percentile=cfg.percentile, sym=cfg.sym)
-        w = mods[n].weight
-        if pre is not None:
-            with torch.no_grad():
-                w.mul_(pre[n].to(w.dtype))
+        dt = model.get_submodule(n).weight.dtype
         configs[n] = Int8StaticActivationInt8WeightConfig(
-            act_quant_scale=scale.to(w.dtype), act_quant_zero_point=None if cfg.sym else zp,
+            act_quant_scale=scale.to(dt), act_quant_zero_point=None if cfg.sym else zp,
             granularity=[PerTensor(), wgran], act_mapping_type=mapping, set_inductor_config=False)
         qparams[n] = {"scale": scale, "zero_point": zp}
+    if cfg.dynamic_fallback not in (None, "off") and static and cfg.max_dynamic_fraction > 0:
+        errs = layer_errors(model, samples[:ERROR_SAMPLES], {n: (configs[n], dynamic()) for n in static}, pre)
+        ratio = {n: max(s_ / max(d_, 1e-12) for s_, d_ in zip(es, ed)) for n, (es, ed) in errs.items()}
+        budget = int(cfg.max_dynamic_fraction * len(names)) - len(listed)
+        worst = sorted((n for n in static if ratio[n] > cfg.dynamic_fallback), key=lambda n: -ratio[n])
+        for n in static:
+            qparams[n]["error_ratio"] = round(ratio[n], 3)
+        for n in worst[:max(budget, 0)]:
+            configs[n] = dynamic()
+            qparams[n] = {"dynamic": "fallback", "error_ratio": round(ratio[n], 3)}
+    if pre is not None:
+        with torch.no_grad():
+            for n in pre:
+                w = model.get_submodule(n).weight
+                w.mul_(pre[n].to(w.dtype))
     quantize_(model, FqnToConfig(configs), filter_fn=None)
     if pre is not None:
-        for n in names:
-            mods[n].weight.act_pre_scale = (1.0 / pre[n]).to(mods[n].weight.dtype)
+        for n in pre:
+            w = model.get_submodule(n).weight
+            w.act_pre_scale = (1.0 / pre[n]).to(w.dtype)
             qparams[n]["smooth"] = pre[n]
     if cfg.quantize_embeddings:
-        quantize_embeddings(model)
+        quantize_embeddings(model, cfg.lm_head_activations)
     return qparams
+
+
+def activation_summary(qparams: dict[str, Any], cfg: Int8StaticConfig) -> dict[str, Any]:
+    """What llmq.json and the card record about the activations: how many Linears are static,
+    which are per-token and why (with the measured error ratio of the automatic fallback)."""
+    dyn = {n: {k: v for k, v in q.items() if k in ("dynamic", "error_ratio")}
+           for n, q in qparams.items() if "dynamic" in q}
+    return {"static_linears": len(qparams) - len(dyn), "dynamic_linears": len(dyn), "dynamic": dyn,
+            "dynamic_fallback": cfg.dynamic_fallback, "max_dynamic_fraction": cfg.max_dynamic_fraction,
+            "smooth_alpha": cfg.smooth_alpha,
+            "lm_head_activations": cfg.lm_head_activations if cfg.quantize_embeddings else None}
 
 
 def serializable_config(cfg: Int8StaticConfig, model: Any) -> Any:
@@ -361,6 +501,25 @@ def attach_quantizer(model: Any, cfg: Int8StaticConfig) -> None:
     """Give an in-place-quantized model the transformers quantizer that writes torchao's
     safetensors layout, with int8-static's config recorded in config.json."""
     attach_torchao_saver(model, serializable_config(cfg, model))
+
+
+def activation_rows(meta: dict) -> list[tuple[str, str]]:
+    """The card's rows on activations, from llmq.json's ``activations`` block."""
+    a = meta.get("activations")
+    if not a:
+        return []
+    rows = [("Activations", f"static int8 per tensor in {a['static_linears']} Linears, int8 per token at run "
+                            f"time in {a['dynamic_linears']}")]
+    fb = sorted(n for n, d in a["dynamic"].items() if d.get("dynamic") == "fallback")
+    if fb:
+        rows.append(("Per-token fallback", f"{len(fb)} Linears whose static output error on the calibration data "
+                                           f"was > {a['dynamic_fallback']}x the per-token one: " + ", ".join(fb)))
+    if a.get("smooth_alpha") is not None:
+        rows.append(("SmoothQuant alpha", str(a["smooth_alpha"])))
+    if a.get("lm_head_activations"):
+        rows.append(("lm_head activations", "float (int8 weight only)" if a["lm_head_activations"] == "float"
+                     else "int8 per token"))
+    return rows
 
 
 # -- the plugin -------------------------------------------------------------------------------
@@ -392,6 +551,10 @@ class Int8StaticBackend(Backend):
         self.qparams = quantize_model(model, calibration.samples, self.config)
         attach_quantizer(model, self.config)
         return model
+
+    def extra_metadata(self) -> dict[str, Any]:
+        qp = getattr(self, "qparams", None)
+        return {"activations": activation_summary(qp, self.config)} if qp is not None else {}
 
     @classmethod
     def recognises(cls, path: Path) -> bool:
@@ -429,6 +592,7 @@ class Int8StaticBackend(Backend):
                     "out = model.generate(**inputs, max_new_tokens=20)\n"
                     "print(tokenizer.decode(out[0], skip_special_tokens=True))"),
             tags=["torchao", "int8", "w8a8", "static-quantization"],
+            rows=activation_rows(meta),
             hardware="x86 CPUs through torch.compile (Inductor); run eagerly, int8 is slower than fp32.",
             note=(f"Made with torchao {version}. Activation scales are fixed by calibration: text unlike the "
                   "calibration data may clip. Plain transformers 5.24 drops the static activation scales on "

@@ -23,6 +23,7 @@ class Int8DynamicConfig(QuantConfigBase):
     weight_granularity: str = "per_channel"
     dtype: str = "float32"
     quantize_embeddings: bool = True  # int8 per-row embeddings and lm_head (False: keep them at dtype)
+    lm_head_activations: str = "float"  # "float": int8-weight-only lm_head; "int8": per-token activations too
 
     def validate(self) -> None:
         super().validate()
@@ -30,7 +31,7 @@ class Int8DynamicConfig(QuantConfigBase):
         check_choice("dtype", self.dtype, DTYPES)
         if not isinstance(self.quantize_embeddings, bool):
             raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
-
+        check_choice("lm_head_activations", self.lm_head_activations, HEAD_ACTIVATIONS)
 
 
 class TorchAoBackend(Backend):
@@ -60,7 +61,7 @@ class TorchAoBackend(Backend):
             model_dir, dtype=torch_dtype(self.config.dtype), device_map=device, quantization_config=qc
         )
         if self.config.quantize_embeddings:  # int8 per row; fp32 embeddings were 40% of the folder
-            quantize_embeddings(model)
+            quantize_embeddings(model, self.config.lm_head_activations)
             qc.include_input_output_embeddings = True
             attach_torchao_saver(model, qc)
         return model
@@ -98,17 +99,25 @@ class TorchAoBackend(Backend):
 
 
 # -- shared by the torchao int8 schemes (int8-dynamic here, int8-static in int8_static.py) ------
-def quantize_embeddings(model: Any) -> None:
-    """int8 per row for the input embedding and ``lm_head`` (one tensor when tied); ``lm_head``
-    multiplies with int8 activations quantized per token at run time (issue #11: fp32 embeddings
-    were 40% of the SmolLM2 folder)."""
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, quantize_
+HEAD_ACTIVATIONS = ("float", "int8")
 
+
+def quantize_embeddings(model: Any, head_activations: str = "float") -> None:
+    """int8 per row for the input embedding and ``lm_head`` (one tensor when tied; issue #11: fp32
+    embeddings were 40% of the SmolLM2 folder). ``head_activations``: ``"float"`` multiplies
+    ``lm_head`` with float activations (torchao int8 weight-only, which Inductor lowers to its
+    int8-weight matmul) because SmolLM2's final hidden states carry outlier channels that cost
+    +0.7% perplexity when quantized per token; ``"int8"`` quantizes them per token at run time."""
+    from torchao.quantization import (Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, PerRow,
+                                      quantize_)
+
+    check_choice("head_activations", head_activations, HEAD_ACTIVATIONS)
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and head.weight is emb.weight
     targets = {id(emb)} | ({id(head)} if head is not None else set())
-    quantize_(model, Int8DynamicActivationInt8WeightConfig(granularity=PerRow(), set_inductor_config=False),
-              filter_fn=lambda m, fqn: id(m) in targets)
+    cfg = (Int8WeightOnlyConfig(granularity=PerRow(), set_inductor_config=False) if head_activations == "float"
+           else Int8DynamicActivationInt8WeightConfig(granularity=PerRow(), set_inductor_config=False))
+    quantize_(model, cfg, filter_fn=lambda m, fqn: id(m) in targets)
     if tied:
         head.weight = emb.weight
 
@@ -173,12 +182,17 @@ def torchao_int8_estimate(profile: Any, cfg: Any, scheme: str) -> Any:
     q = sum(l.numel for l in lins)
     per_row = cfg.weight_granularity == "per_channel"
     scales, n_q_tensors = 0, 0
+    smoothed: set[str] = set()
+    if static:
+        from llmq.backends.int8_static import alphas_for
+
+        smoothed = set(alphas_for([l.name for l in lins], cfg.smooth_alpha))
     for l in lins:
         scales += (l.out_features if per_row else 1) * 5
         n_q_tensors += 3
         if static:
-            scales += 4 + (0 if cfg.sym else 1) + (4 * l.in_features if cfg.smooth_alpha is not None else 0)
-            n_q_tensors += 1 + (0 if cfg.sym else 1) + (0 if cfg.smooth_alpha is None else 1)
+            scales += 4 + (0 if cfg.sym else 1) + (4 * l.in_features if l.name in smoothed else 0)
+            n_q_tensors += 1 + (0 if cfg.sym else 1) + (1 if l.name in smoothed else 0)
     emb_q = emb_scales = n_emb_tensors = 0
     for numel in [profile.embedding_params] + ([profile.lm_head_params] if profile.lm_head_params else []):
         if cfg.quantize_embeddings:

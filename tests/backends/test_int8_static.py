@@ -86,12 +86,12 @@ def _quantized(tiny_model_dir, **kw):
 def test_model_zero_points_and_granularity(tiny_model_dir):
     from torchao.quantization import Int8Tensor
 
-    m, qp, _ = _quantized(tiny_model_dir, sym=False, weight_granularity="per_tensor")
+    m, qp, _ = _quantized(tiny_model_dir, sym=False, weight_granularity="per_tensor", dynamic_fallback="off")
     w = m.model.layers[0].mlp.down_proj.weight
     assert isinstance(w, Int8Tensor) and w.scale.numel() == 1
     assert any(v["zero_point"].item() != 0 for v in qp.values())
     assert w.act_quant_zero_point is not None
-    m, qp, _ = _quantized(tiny_model_dir)
+    m, qp, _ = _quantized(tiny_model_dir, dynamic_fallback="off")
     w = m.model.layers[0].mlp.down_proj.weight
     assert tuple(w.scale.shape) == (w.shape[0], 1)  # per output channel
     assert w.act_quant_scale.shape == (1, 1, 1) and w.act_quant_zero_point is None
@@ -259,3 +259,107 @@ def test_dynamic_modules_quantize_activations_per_token_and_reload(tiny_model_di
     with torch.no_grad():
         assert torch.equal(model(x).logits, before)
     assert model.model.layers[0].mlp.down_proj.weight.act_quant_scale is None
+
+
+def _plant_outlier(tiny_model_dir, tmp_path):
+    """A copy of the tiny model whose layer-0 down_proj input has a massive activation on one
+    frequent token (as in SmolLM2): channel ``c`` is 0 in every embedding but that token's, where
+    it is an ordinary 3-sigma value, and intermediate neuron 0 of layer 0 reads only ``c``, 20x
+    amplified, so only down_proj's input is extreme."""
+    import collections
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    t = collections.Counter(tok(" ".join(TEXT))["input_ids"]).most_common(1)[0][0]
+    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    c = 3
+    with torch.no_grad():
+        emb = m.model.embed_tokens.weight  # tied: the head changes too, which is fine here
+        emb[:, c] = 0.0
+        emb[t, c] = 3 * float(emb[t].pow(2).mean().sqrt())
+        for layer in m.model.layers:
+            layer.self_attn.o_proj.weight[c] = 0.0  # nothing else writes channel c
+        mlp = m.model.layers[0].mlp
+        for w in (mlp.gate_proj.weight, mlp.up_proj.weight):
+            w[0] = 0.0
+            w[0, c] = 20.0
+    out = tmp_path / "planted"
+    m.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_automatic_fallback_picks_the_planted_outlier_layer(tiny_model_dir, tmp_path):
+    """The measured criterion: layer 0's down_proj (static error >> per-token error) falls back
+    to per-token activations; with a budget of one Linear, only it; the rest stay static."""
+    planted = _plant_outlier(tiny_model_dir, tmp_path)
+    m, qp, cfg = _quantized(planted, dynamic_fallback=4.0, max_dynamic_fraction=1 / 14, smooth_alpha="off")
+    dyn = [n for n, q in qp.items() if "dynamic" in q]
+    assert dyn == ["model.layers.0.mlp.down_proj"], {n: q.get("error_ratio") for n, q in qp.items()}
+    assert qp[dyn[0]]["dynamic"] == "fallback" and qp[dyn[0]]["error_ratio"] > 4.0
+    assert m.model.layers[0].mlp.down_proj.weight.act_quant_scale is None  # per token at run time
+    assert m.model.layers[1].mlp.down_proj.weight.act_quant_scale is not None
+    assert max(q["error_ratio"] for n, q in qp.items() if n not in dyn) < qp[dyn[0]]["error_ratio"]
+    s = S.activation_summary(qp, cfg)
+    assert (s["static_linears"], s["dynamic_linears"]) == (13, 1)
+    _, qp_off, _ = _quantized(planted, dynamic_fallback=None, smooth_alpha=None)
+    assert not any("dynamic" in q for q in qp_off.values())
+    _, qp_zero, _ = _quantized(planted, max_dynamic_fraction=0.0, smooth_alpha=None)
+    assert not any("dynamic" in q for q in qp_zero.values())
+
+
+def test_fallback_is_recorded_in_llmq_json_and_the_card(tiny_model_dir, tmp_path):
+    import llmq
+    from llmq.models import read_json
+
+    planted = _plant_outlier(tiny_model_dir, tmp_path)
+    q = llmq.quantize(str(planted), "int8-static", device="cpu", calibration=TEXT, n_samples=4, seqlen=64,
+                      max_dynamic_fraction=1 / 14, smooth_alpha="off")
+    out = q.save(tmp_path / "q")
+    a = read_json(out / "llmq.json")["activations"]
+    assert a["dynamic"]["model.layers.0.mlp.down_proj"]["dynamic"] == "fallback"
+    assert a["static_linears"] + a["dynamic_linears"] == 14 and a["lm_head_activations"] == "float"
+    from llmq.modelcard import card_facts
+
+    rows = dict(card_facts(read_json(out / "llmq.json")).rows)
+    assert "model.layers.0.mlp.down_proj" in rows["Per-token fallback"]
+    assert rows["Activations"].startswith("static int8 per tensor in 13 Linears")
+
+
+def test_lm_head_activations_float_is_weight_only_int8(tiny_model_dir):
+    from torchao.quantization import Int8Tensor
+
+    m, _, _ = _quantized(tiny_model_dir)
+    w = m.lm_head.weight
+    assert isinstance(w, Int8Tensor) and w.act_quant_kwargs is None and w is m.model.embed_tokens.weight
+    m, _, _ = _quantized(tiny_model_dir, lm_head_activations="int8")
+    assert m.lm_head.weight.act_quant_kwargs is not None
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"dynamic_fallback": 0.5}, "dynamic_fallback must be a number >= 1"),
+    ({"max_dynamic_fraction": 2}, "max_dynamic_fraction must be in [0, 1]"),
+    ({"lm_head_activations": "fp8"}, "lm_head_activations='fp8' is invalid"),
+])
+def test_fallback_and_head_options_validated(kw, msg):
+    with pytest.raises(ConfigError) as e:
+        S.Int8StaticConfig(calibration="wikitext2", **kw)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_smooth_alpha_per_pattern_longest_match_wins_and_off_skips():
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    got = S.alphas_for(names, {"*": 0.75, "*.down_proj": "off", "model.layers.1.mlp.down_proj": 0.5})
+    assert got == {"model.layers.0.self_attn.q_proj": 0.75, "model.layers.1.mlp.down_proj": 0.5}
+    assert S.alphas_for(names, 0.3) == dict.fromkeys(names, 0.3) and S.alphas_for(names, "off") == {}
+    with pytest.raises(ConfigError, match="smooth_alpha must be in"):
+        S.Int8StaticConfig(calibration="wikitext2", smooth_alpha={"*": 2})
+
+
+def test_per_pattern_smoothing_reaches_the_weights(tiny_model_dir):
+    m, qp, _ = _quantized(tiny_model_dir, smooth_alpha={"*": 0.8, "*.down_proj": "off"}, dynamic_fallback="off")
+    assert m.model.layers[0].mlp.down_proj.weight.act_pre_scale is None and "smooth" not in \
+        qp["model.layers.0.mlp.down_proj"]
+    assert m.model.layers[0].mlp.up_proj.weight.act_pre_scale is not None
