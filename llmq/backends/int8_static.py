@@ -271,23 +271,15 @@ def calibrate(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str]
               pre_scales: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``samples`` (token id lists) through ``model`` and return one ``HistogramObserver`` per
     Linear in ``names`` that has seen its inputs (divided by ``pre_scales`` when smoothing)."""
-    import torch
-
-    mods = dict(model.named_modules())
     obs = {n: _observer(sym) for n in names}
-    hooks = []
-    for n in names:
-        def hook(mod, args, _n=n):
-            x = args[0].detach().float()
-            if pre_scales is not None and _n in pre_scales:
-                x = x / pre_scales[_n]
-            obs[_n](x.reshape(-1, x.shape[-1]))
-        hooks.append(mods[n].register_forward_pre_hook(hook))
-    try:
-        _run(model, samples)
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def see(n: str, x: Any, out: Any) -> None:
+        x = x.detach().float()
+        if pre_scales is not None and n in pre_scales:
+            x = x / pre_scales[n]
+        obs[n](x.reshape(-1, x.shape[-1]))
+
+    _run(model, samples, names, see)
     return obs
 
 
@@ -295,29 +287,31 @@ def channel_absmax(model: Any, samples: Sequence[Sequence[int]], names: Sequence
     """Per input channel max|x| of each Linear in ``names`` (SmoothQuant's statistic)."""
     import torch
 
-    mods = dict(model.named_modules())
     amax: dict[str, Any] = {}
-    hooks = []
-    for n in names:
-        def hook(mod, args, _n=n):
-            a = args[0].detach().float().abs().reshape(-1, args[0].shape[-1]).amax(0)
-            amax[_n] = a if _n not in amax else torch.maximum(amax[_n], a)
-        hooks.append(mods[n].register_forward_pre_hook(hook))
-    try:
-        _run(model, samples)
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def see(n: str, x: Any, out: Any) -> None:
+        a = x.detach().float().abs().reshape(-1, x.shape[-1]).amax(0)
+        amax[n] = a if n not in amax else torch.maximum(amax[n], a)
+
+    _run(model, samples, names, see)
     return amax
 
 
-def _run(model: Any, samples: Sequence[Sequence[int]]) -> None:
+def _run(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str], see: Any) -> None:
+    """Run ``samples`` through ``model`` with ``see(name, input, output)`` called after each Linear
+    in ``names`` (the one hook loop calibration, smoothing and the fallback's error measure share)."""
     import torch
 
+    mods = dict(model.named_modules())
+    hooks = [mods[n].register_forward_hook(lambda mod, args, out, _n=n: see(_n, args[0], out)) for n in names]
     dev = next(model.parameters()).device
-    with torch.no_grad():
-        for s in samples:
-            model(torch.tensor([list(s)], device=dev), use_cache=False)
+    try:
+        with torch.no_grad():
+            for s in samples:
+                model(torch.tensor([list(s)], device=dev), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def smooth_scales(model: Any, amax: dict[str, Any], alpha: float | dict[str, float]) -> dict[str, Any]:
@@ -382,23 +376,18 @@ def layer_errors(model: Any, samples: Sequence[Sequence[int]], configs: dict[str
                 lin.weight.act_pre_scale = (1.0 / pre_scales[n]).to(lin.weight.dtype)
             qlin[n].append(lin)
         num[n], den[n] = [[0.0, 0.0] for _ in cs], [0, 0.0]
-    hooks = []
-    for n in configs:
-        def hook(mod, args, out, _n=n):
-            y = out.detach().float().reshape(-1, out.shape[-1])
-            norm = (y ** 2).sum(-1)
-            den[_n][0] += y.shape[0]
-            den[_n][1] += float(norm.sum())
-            for i, lin in enumerate(qlin[_n]):
-                err = ((lin(args[0].detach()).float().reshape(y.shape) - y) ** 2).sum(-1)
-                num[_n][i][0] += float((err / norm.clamp(min=1e-12)).sum())
-                num[_n][i][1] += float(err.sum())
-        hooks.append(mods[n].register_forward_hook(hook))
-    try:
-        _run(model, samples)
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def see(n: str, x: Any, out: Any) -> None:
+        y = out.detach().float().reshape(-1, out.shape[-1])
+        norm = (y ** 2).sum(-1)
+        den[n][0] += y.shape[0]
+        den[n][1] += float(norm.sum())
+        for i, lin in enumerate(qlin[n]):
+            err = ((lin(x.detach()).float().reshape(y.shape) - y) ** 2).sum(-1)
+            num[n][i][0] += float((err / norm.clamp(min=1e-12)).sum())
+            num[n][i][1] += float(err.sum())
+
+    _run(model, samples, list(configs), see)
     return {n: [(t / max(den[n][0], 1), e / max(den[n][1], 1e-30)) for t, e in num[n]] for n in configs}
 
 

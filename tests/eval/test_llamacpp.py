@@ -112,6 +112,17 @@ def test_bench_gguf_without_llama_cpp_python_names_the_fix(ggufs, monkeypatch):
         B.bench([str(ggufs[1])], isolate=False, prompt_tokens=8, new_tokens=2, batch_sizes=(1,), samples=1)
 
 
+def _child(code: str, *args) -> str:
+    """stdout of ``python -c code args``, which must exit 0 (a SIGILL in llama.cpp fails the test,
+    not pytest)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    return r.stdout
+
+
 def _cpu_flags() -> set[str]:
     try:
         for line in open("/proc/cpuinfo"):
@@ -128,9 +139,6 @@ def test_llama_cpp_uses_amx_where_the_cpu_has_it_and_a_quantized_prompt_runs(ggu
     quantized file — which runs ggml's AMX tile kernels, where the unpatched build dies with SIGILL —
     must finish (in a child process, so a crash fails this test instead of killing pytest) and agree
     with the same tokens decoded one at a time."""
-    import subprocess
-    import sys
-
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info().decode()
@@ -150,10 +158,7 @@ def test_llama_cpp_uses_amx_where_the_cpu_has_it_and_a_quantized_prompt_runs(ggu
         "one = np.stack(one)\n"
         "assert np.isfinite(batched).all() and np.isfinite(one).all()\n"
         "print('relerr', float(np.linalg.norm(batched - one) / np.linalg.norm(one)))\n")
-    r = subprocess.run([sys.executable, "-c", code, str(next(q4.glob("*.gguf")))],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
-    rel = float(r.stdout.split("relerr")[-1])
+    rel = float(_child(code, next(q4.glob("*.gguf"))).split("relerr")[-1])
     # the batched prompt (AMX tile kernels where present) and one-token decodes (the vector kernels)
     # compute the same logits up to rounding: 0.021 on this file with the AMX build and with the
     # portable AVX-512 build alike (measured); a broken kernel is far off
@@ -165,9 +170,6 @@ def test_llama_cpp_amx_kernels_survive_torch_using_the_tiles_on_the_same_thread(
     unpatched ggml loaded its configuration once per thread, so the next quantized prompt died with
     SIGILL (seen in CI: a compare after other tests). Interleave both in one child process and check
     both still compute correct results."""
-    import subprocess
-    import sys
-
     _, _, q4 = ggufs
     code = (
         "import sys, numpy as np, torch\n"
@@ -183,6 +185,4 @@ def test_llama_cpp_amx_kernels_survive_torch_using_the_tiles_on_the_same_thread(
         "    again = lm.row_logits(toks)\n"
         "    assert np.allclose(again, first, rtol=1e-4, atol=1e-4)\n"
         "print('ok')\n")
-    r = subprocess.run([sys.executable, "-c", code, str(next(q4.glob("*.gguf")))],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stderr[-2000:])
+    assert _child(code, next(q4.glob("*.gguf"))).strip().endswith("ok")
