@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from llmq.errors import ConfigError, LlmqError
@@ -73,15 +74,12 @@ def _runner_for(spec: str, device: str, threads: int | None) -> Runner:
         if matches(spec):
             return factory(spec, device=device, threads=threads)
     path, _ = _split_mode(spec)
-    if path.endswith(".gguf") and not os.path.isfile(os.path.expanduser(path)):
-        raise ConfigError(f"bench: {path}: no such file.")
-    if path != "demo":
-        from pathlib import Path
-
+    local = Path(path).expanduser()
+    if path != "demo" and local.exists():
         from llmq.schemes import plugin_recognising
 
-        owner = plugin_recognising(Path(path).expanduser()) if Path(path).expanduser().exists() else None
-        runner = owner.bench_runner(Path(path).expanduser(), device=device, threads=threads) if owner else None
+        owner = plugin_recognising(local)
+        runner = owner.bench_runner(local, device=device, threads=threads) if owner else None
         if runner is not None:
             return runner
     return TorchRunner(spec, device=device, threads=threads)
@@ -92,6 +90,16 @@ def _split_mode(spec: str) -> tuple[str, str]:
     if mode not in ("auto", "eager", "compile"):
         raise ConfigError(f"Unknown bench mode {mode!r} in {spec!r}; use @eager, @compile or nothing.")
     return path, mode
+
+
+def _check_spec(spec: str) -> None:
+    """What is checked about ``spec`` before any model runs (so a typo in the last model does not
+    cost the minutes the first ones take): its mode, and that a ``.gguf`` no registered runner
+    claims exists."""
+    path, _ = _split_mode(spec)
+    if path.endswith(".gguf") and not any(matches(spec) for matches, _ in _RUNNERS) \
+            and not Path(path).expanduser().is_file():
+        raise ConfigError(f"bench: {path}: no such file.")
 
 
 class _FirstTokenClock:
@@ -279,7 +287,7 @@ def bench(models: Sequence[str], *, prompt_tokens: int = 512, new_tokens: int = 
     if timeout is not None and (not isolate or timeout <= 0):
         raise ConfigError("bench timeout needs isolate=True and a positive number of seconds.")
     for m in models:
-        _split_mode(m)
+        _check_spec(m)
     rows: list[BenchRow] = []
     for m in models:
         if isolate:

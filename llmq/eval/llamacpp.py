@@ -182,6 +182,9 @@ class _Decoder:
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
                                    n_threads=threads, n_threads_batch=threads, logits_all=False,
                                    flash_attn=False, verbose=False)
+        import weakref
+
+        weakref.finalize(self, self.llm.close)  # as LlamaCppLM: before interpreter teardown
         self.ctx = self.llm._ctx.ctx
         self.vocab = self.llm.n_vocab()
         self.mem = llama_cpp.llama_get_memory(self.ctx)

@@ -157,7 +157,8 @@ def test_gemma3_converts_and_matches(tmp_path):
     assert _rel(got, ref) < TOL["gguf-q8_0"]
 
 
-def test_unsupported_architecture_one_line(tiny, tmp_path):
+def _unknown_architecture(tiny, tmp_path):
+    """A copy of the tiny model whose config names an architecture llama.cpp's converter lacks."""
     import shutil
 
     bad = tmp_path / "bad"
@@ -165,6 +166,11 @@ def test_unsupported_architecture_one_line(tiny, tmp_path):
     cfg = json.loads((bad / "config.json").read_text())
     cfg["architectures"] = ["FrobnicatorForCausalLM"]
     (bad / "config.json").write_text(json.dumps(cfg))
+    return bad
+
+
+def test_unsupported_architecture_one_line(tiny, tmp_path):
+    bad = _unknown_architecture(tiny, tmp_path)
     with pytest.raises(ConfigError) as e:
         G.quantize_model(bad, tmp_path / "o", G.config_for("gguf-q8_0"))
     msg = str(e.value)
@@ -342,14 +348,10 @@ def test_advisor_and_auto_candidates_include_gguf_on_cpu(tiny):
 
 def test_pipeline_refuses_missing_packages_and_unsupported_architecture_before_weights(tiny, tmp_path, monkeypatch):
     import importlib.util
-    import shutil
 
     import llmq
-    bad = tmp_path / "bad"
-    shutil.copytree(tiny, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg["architectures"] = ["FrobnicatorForCausalLM"]
-    (bad / "config.json").write_text(json.dumps(cfg))
+
+    bad = _unknown_architecture(tiny, tmp_path)
     with pytest.raises(ConfigError) as e:
         llmq.quantize(str(bad), "gguf-q4_k_m")
     assert "\n" not in str(e.value) and "FrobnicatorForCausalLM" in str(e.value)
