@@ -28,7 +28,48 @@ def is_torchao_quantized(model: Any) -> bool:
     return str(getattr(method, "value", method)) == "torchao"
 
 
-def compile_for_cpu(model: Any, *, dynamic: bool = False) -> Any:
+def _canonical_strides(t: Any) -> Any:
+    """``t`` (2-D) with a stride-0 size-1 dimension restrided to the row-/column-major value it
+    would have had: same storage, same elements, no copy."""
+    if t.dim() != 2 or 0 not in t.stride():
+        return t
+    (r, c), (s0, s1) = t.shape, t.stride()
+    if r == 1 and s0 == 0:
+        s0 = max(c * s1, 1)
+    if c == 1 and s1 == 0:
+        s1 = max(r * s0, 1)
+    return t.as_strided((r, c), (s0, s1), t.storage_offset())
+
+
+def patch_int_mm() -> bool:
+    """Work around pytorch/pytorch#195066 (open; fix in PR #194682, not in torch 2.14): on CPU,
+    ``torch._int_mm`` silently returns uninitialised memory when an operand has a size-1 dimension
+    with stride 0 (oneDNN rejects ``lda < K`` and the status is not checked). Inductor emits exactly
+    that view for a single-token activation, so every compiled torchao int8 model (int8-dynamic,
+    int8-static) decoded garbage on CPU: the tiny model's first decode logits were off by 1e4,
+    ``tests/test_fastpath.py``. The wrapper restrides such operands (no copy) before Inductor's
+    extern ``_int_mm`` call. Returns whether it was applied (idempotent)."""
+    import torch
+    import torch._inductor.kernel.mm  # noqa: F401  (registers extern_kernels._int_mm)
+    from torch._inductor.select_algorithm import extern_kernels
+
+    current = getattr(extern_kernels, "_int_mm", None)
+    if current is None:
+        return False
+    if getattr(current, "_llmq_patched", False):
+        return True
+    original = current
+
+    def _int_mm(a, b, *, out=None):
+        a, b = _canonical_strides(a), _canonical_strides(b)
+        return original(a, b) if out is None else original(a, b, out=out)
+
+    _int_mm._llmq_patched = True
+    extern_kernels._int_mm = _int_mm
+    return True
+
+
+def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -> Any:
     """Compile ``model.forward`` in place for CPU inference and make ``generate`` use a static
     cache (one compiled graph per (batch, length) shape instead of one per step). Returns the
     model. Safe to call twice."""
@@ -40,6 +81,7 @@ def compile_for_cpu(model: Any, *, dynamic: bool = False) -> Any:
     import torch._inductor.config as ic
 
     ic.fx_graph_cache = True
+    patch_int_mm()
     if is_torchao_quantized(model):
         from torchao.quantization.utils import recommended_inductor_config_setter
 
@@ -47,6 +89,11 @@ def compile_for_cpu(model: Any, *, dynamic: bool = False) -> Any:
     gc = model.generation_config
     gc.cache_implementation = "static"
     gc.disable_compile = True  # our compiled forward serves prefill and decode; no second wrapper
-    model.forward = torch.compile(model.forward, dynamic=dynamic, fullgraph=False)
+    # Freezing folds the weights into the graph as constants, which is what lets Inductor lower
+    # torchao's int8 weight-only matmul (lm_head with float activations) to a fast kernel: 47 vs
+    # 5 ms per call for SmolLM2's 576x49152 head (/tmp microbenchmark, issue #11). Scoped to this
+    # compile, not set process-wide.
+    options = {"freezing": True} if (freeze and model.device.type == "cpu") else None
+    model.forward = torch.compile(model.forward, dynamic=dynamic, fullgraph=False, options=options)
     model._llmq_compiled = True
     return model

@@ -1,0 +1,49 @@
+"""llmq.fastpath: the compiled CPU path generates what the eager model generates (tiny random Llama,
+int8-static with the default float-activation lm_head, the case freezing exists for)."""
+
+from __future__ import annotations
+
+TEXT = ["The quick brown fox jumps over the lazy dog. " * 40, "Python is a programming language. " * 40]
+
+
+def test_compiled_frozen_int8_static_generates_what_eager_does(tiny_model_dir, tmp_path):
+    import torch
+
+    import llmq
+    from llmq.fastpath import compile_for_cpu, is_torchao_quantized
+
+    out = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, n_samples=4,
+                        seqlen=32).save(tmp_path / "q")
+    model, _ = llmq.load(out, device="cpu")
+    assert is_torchao_quantized(model)
+    x = torch.tensor([list(range(5, 29))])
+    kw = dict(max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    with torch.no_grad():
+        eager_logits = model(x).logits
+        eager = model.generate(x, **kw)
+        compiled = compile_for_cpu(model)
+        assert compile_for_cpu(compiled) is compiled  # safe to call twice
+        fast = model.generate(x, **kw)
+        fast_logits = model(x).logits
+    assert torch.isfinite(fast_logits).all()
+    # Inductor reorders float reductions: close, not bit-equal; the greedy tokens must match
+    assert (fast_logits - eager_logits).abs().max() <= 1e-3 * eager_logits.abs().max()
+    assert fast.tolist() == eager.tolist()
+
+
+def test_int_mm_workaround_restrides_a_stride0_single_row():
+    """pytorch/pytorch#195066: CPU ``_int_mm`` ignores a (1, K) operand whose row stride is 0,
+    the view Inductor emits for one decode token; the patched extern kernel must not."""
+    import torch
+    from torch._inductor.select_algorithm import extern_kernels
+
+    from llmq.fastpath import patch_int_mm
+
+    assert patch_int_mm() and patch_int_mm()  # idempotent
+    a = torch.randint(-128, 127, (1, 64), dtype=torch.int8)
+    b = torch.randint(-128, 127, (96, 64), dtype=torch.int8).t()
+    ref = a.int() @ b.int()
+    a0 = a.as_strided((1, 64), (0, 1))
+    out = torch.full((1, 96), -1, dtype=torch.int32)
+    extern_kernels._int_mm(a0, b, out=out)
+    assert torch.equal(out, ref) and torch.equal(extern_kernels._int_mm(a0, b), ref)
