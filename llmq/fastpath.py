@@ -2,11 +2,13 @@
 (Inductor) of ``model.forward``, with torchao's recommended Inductor settings and the compiled
 kernels cached on disk.
 
-Why this path: measured on the SmolLM2 demo (issue #11), torchao int8 runs *slower* than fp32
-eagerly (0.54x decode) because every matmul dispatches through a tensor subclass, while Inductor
-fuses activation quantization, the int8 GEMM and the rescale into a few kernels (2.18x decode for
-int8-dynamic). The first call per input shape compiles (tens of seconds to minutes on a small
-CPU); Inductor's FX-graph cache under ``~/.cache/llmq/inductor`` makes later processes start fast.
+Why this path: eagerly, every torchao int8 matmul dispatches through a tensor subclass (int8-dynamic
+decodes at 0.54x fp32 on the SmolLM2 demo, issue #11); Inductor fuses activation quantization, the
+int8 GEMM and the rescale (2.5-3.9x fp32 prefill, ``python scripts/bench_int8.py --stages speed``,
+``eval/bench_int8.json``), and with freezing decodes 1.4-1.8x fp32 on a 2-core AVX-512 CPU; a
+one-token int8 GEMM costs about what fp32 ``F.linear`` does per call there, which caps decode
+(``scripts/bench_int8_kernels.py``). The first call per input shape compiles (about two minutes
+for SmolLM2 on 2 cores); Inductor's caches live under ``~/.cache/llmq/inductor``.
 """
 
 from __future__ import annotations
@@ -89,11 +91,13 @@ def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -
     gc = model.generation_config
     gc.cache_implementation = "static"
     gc.disable_compile = True  # our compiled forward serves prefill and decode; no second wrapper
-    # Freezing folds the weights into the graph as constants, which is what lets Inductor lower
-    # torchao's int8 weight-only matmul (lm_head with float activations) to a fast kernel: 47 vs
-    # 5 ms per call for SmolLM2's 576x49152 head (/tmp microbenchmark, issue #11). Scoped to this
-    # compile, not set process-wide.
-    options = {"freezing": True} if (freeze and model.device.type == "cpu") else None
-    model.forward = torch.compile(model.forward, dynamic=dynamic, fullgraph=False, options=options)
+    if freeze and model.device.type == "cpu":
+        # Freezing folds the weights into the graph as constants, which lets Inductor lower torchao's
+        # int8 weight-only matmul (the int8-static lm_head with float activations) to a fast kernel:
+        # 47 -> 3 ms per call for SmolLM2's 576x49152 head (scripts/bench_int8_kernels.py). Set
+        # process-wide like torchao's recommended settings: torch.compile(options={"freezing": True})
+        # compiled without it (same script). It only applies to graphs compiled without autograd.
+        ic.freezing = True
+    model.forward = torch.compile(model.forward, dynamic=dynamic, fullgraph=False)
     model._llmq_compiled = True
     return model
