@@ -1,0 +1,58 @@
+"""Q8_0 decode after a 512-token prompt, interleaved rounds: ``llmq bench`` of the GGUF file, the
+fp32 transformers model (``demo@eager``) and ``llama-bench -d 512 -n 128`` in turn, so every round
+has all three under the same machine conditions (this VM moves ±20% between minutes).
+
+    python scripts/bench_gguf_depth.py --gguf OUT/model-Q8_0.gguf --llama-bench <patched build>/bin/llama-bench
+
+Prints one line per round and writes ``eval/bench_gguf_depth.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--llama-bench", required=True, help="llama-bench binary (same llama.cpp as llama-cpp-python)")
+    ap.add_argument("--fp32", default="demo@eager")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=str(ROOT / "eval" / "bench_gguf_depth.json"))
+    a = ap.parse_args()
+    from llmq.bench import bench
+
+    def llmq_decode(spec: str) -> float:
+        rows = bench([spec], prompt_tokens=512, new_tokens=128, batch_sizes=(1,), samples=2, threads=a.threads)
+        return rows[0].decode_tok_s
+
+    rounds = []
+    for i in range(a.rounds):
+        r = {"llmq bench q8_0": llmq_decode(a.gguf), "llmq bench fp32": llmq_decode(a.fp32)}
+        out = subprocess.run([a.llama_bench, "-m", a.gguf, "-t", str(a.threads), "-fa", "0", "-p", "0", "-n", "128",
+                              "-d", "512", "-r", "2", "-o", "json"], capture_output=True, text=True, check=True).stdout
+        r["llama-bench d512 tg128"] = json.loads(out)[0]["avg_ts"]
+        r["q8_0 / llama-bench"] = r["llmq bench q8_0"] / r["llama-bench d512 tg128"]
+        r["q8_0 / fp32"] = r["llmq bench q8_0"] / r["llmq bench fp32"]
+        rounds.append(r)
+        print(i, " | ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+    summary = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    print("median", " | ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+    Path(a.json).write_text(json.dumps({"command": "python scripts/bench_gguf_depth.py --gguf <Q8_0 .gguf> "
+                                        f"--llama-bench <patched build>/bin/llama-bench --rounds {a.rounds}",
+                                        "protocol": "512-token prompt then 128 greedy tokens, batch 1, "
+                                                    f"{a.threads} threads, flash attention off; llmq bench: one "
+                                                    "child process per model, mean of 2 after a warm-up",
+                                        "rounds": rounds, "median": summary}, indent=2) + "\n")
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
