@@ -48,9 +48,10 @@ def patch_int_mm() -> bool:
     ``torch._int_mm`` silently returns uninitialised memory when an operand has a size-1 dimension
     with stride 0 (oneDNN rejects ``lda < K`` and the status is not checked). Inductor emits exactly
     that view for a single-token activation, so every compiled torchao int8 model (int8-dynamic,
-    int8-static) decoded garbage on CPU: the tiny model's first decode logits were off by 1e4,
-    ``tests/test_fastpath.py``. The wrapper restrides such operands (no copy) before Inductor's
-    extern ``_int_mm`` call. Returns whether it was applied (idempotent)."""
+    int8-static) decoded garbage on CPU (without this wrapper ``tests/test_fastpath.py``'s compiled
+    tiny model leaves the eager model's greedy tokens after the first). The wrapper restrides such
+    operands (no copy) before Inductor's extern ``_int_mm`` call. Returns whether it was applied
+    (idempotent)."""
     import torch
     import torch._inductor.kernel.mm  # noqa: F401  (registers extern_kernels._int_mm)
     from torch._inductor.select_algorithm import extern_kernels
@@ -60,11 +61,9 @@ def patch_int_mm() -> bool:
         return False
     if getattr(current, "_llmq_patched", False):
         return True
-    original = current
-
     def _int_mm(a, b, *, out=None):
         a, b = _canonical_strides(a), _canonical_strides(b)
-        return original(a, b) if out is None else original(a, b, out=out)
+        return current(a, b) if out is None else current(a, b, out=out)
 
     _int_mm._llmq_patched = True
     extern_kernels._int_mm = _int_mm
