@@ -414,10 +414,12 @@ def default_checkpoint_dir(output: str | os.PathLike) -> Path:
 
 def train_model(model_dir: Path, cfg: Any, device: str, *, checkpoint_dir: str | os.PathLike | None = None,
                 resume: bool = False, progress: bool = True, fake_quant: bool = True,
-                on_step: Callable[[int, float], None] | None = None) -> tuple[Any, dict]:
+                on_step: Callable[[int, float], None] | None = None, convert: bool = True) -> tuple[Any, dict]:
     """Load ``model_dir`` in fp32, fine-tune it (with fake quantization unless ``fake_quant=False``:
     the fp32 twin), convert it and attach the torchao config ``save_pretrained`` writes. Returns
-    ``(model, training facts)``; the QAT plugin's ``quantize``."""
+    ``(model, training facts)``; the QAT plugin's ``quantize``. ``convert=False`` returns the
+    fake-quantized model unconverted (a benchmark on a machine without GPTQModel scores it: its
+    weights are the ones ``to_gptq`` would pack, bit for bit)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -435,7 +437,7 @@ def train_model(model_dir: Path, cfg: Any, device: str, *, checkpoint_dir: str |
         prepare_fake_quant(hf, cfg)
     hist = train(hf, tdata, cfg, device=device, checkpoint_dir=ckdir, resume=resume, progress=progress,
                  baseline_heldout_ppl=base_ppl, on_step=on_step, fake_quant=fake_quant)
-    if fake_quant:
+    if fake_quant and convert:
         from llmq.backends.qat import exports_gptq
 
         if exports_gptq(cfg):

@@ -238,6 +238,26 @@ def test_training_changes_weights_and_fp32_twin_has_no_fake_quant(tiny, texts, t
     assert twin.backend.training["method"].startswith("fine-tuning without fake quantization")
 
 
+def test_train_model_without_convert_returns_the_fake_quantized_model_training_saw(tiny, texts):
+    """``convert=False`` (the benchmark on a machine without GPTQModel) keeps torchao's fake
+    quantizers, so the model it scores computes with the int4 grid, not fp32 weights."""
+    from torchao.quantization.qat import FakeQuantizedLinear
+
+    cfg = Q.qat_config("qat-int4", data=texts, steps=2, lr=1e-3, seqlen=32, batch_size=2, warmup_steps=1,
+                       eval_windows=2)
+    model, training = Q.train_model(tiny, cfg, "cpu", progress=False, convert=False)
+    assert Q.count_fake_quantized(model) == 14 and training["steps_done"] == 2
+    lin = model.model.layers[0].mlp.up_proj
+    assert isinstance(lin, FakeQuantizedLinear)
+    x = torch.randn(3, lin.in_features)
+    with torch.no_grad():
+        wq = lin.weight_fake_quantizer(lin.weight)
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, wq), rtol=0, atol=0)
+        assert not torch.allclose(lin(x), torch.nn.functional.linear(x, lin.weight), atol=1e-4)
+    w = lin.weight.detach()
+    assert len(torch.unique(lin.weight_fake_quantizer(w)[0, :32])) <= 16  # 4-bit: at most 16 levels per group
+
+
 def _run_train(tiny, texts, tmp_path, steps, crash_at=None, resume=False, ckdir=None):
     from transformers import AutoTokenizer
 
