@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from llmq.errors import ConfigError, LlmqError
+from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
 
 
 class BenchTimeout(LlmqError):
@@ -93,13 +93,27 @@ def _split_mode(spec: str) -> tuple[str, str]:
 
 
 def _check_spec(spec: str) -> None:
-    """What is checked about ``spec`` before any model runs (so a typo in the last model does not
-    cost the minutes the first ones take): its mode, and that a ``.gguf`` no registered runner
-    claims exists."""
+    """Reject, before any model runs, what would fail only when its turn comes (a typo in the last
+    model would otherwise cost the minutes the first ones take). A spec a registered runner claims
+    is that runner's to check; an existing path is left to the loader (plugins recognise folders
+    :func:`~llmq.models.resolve_model` does not); ``demo`` and anything else go through
+    ``resolve_model``, which for a path that does not exist only classifies it (no disk, no network)."""
     path, _ = _split_mode(spec)
-    if path.endswith(".gguf") and not any(matches(spec) for matches, _ in _RUNNERS) \
-            and not Path(path).expanduser().is_file():
+    if any(matches(spec) for matches, _ in _RUNNERS):
+        return
+    from llmq.models import resolve_model
+
+    if path == "demo":
+        resolve_model(None)  # one-line ModelNotFoundError when the demo is not installed
+        return
+    if Path(path).expanduser().exists():
+        return
+    if path.endswith(".gguf"):
         raise ConfigError(f"bench: {path}: no such file.")
+    try:
+        resolve_model(path, weights=False)  # a Hub id passes; a missing folder or a non-id fails
+    except ModelNotFoundError as e:
+        raise ConfigError(f"bench: {e}") from None
 
 
 class _FirstTokenClock:
@@ -275,7 +289,8 @@ def bench(models: Sequence[str], *, prompt_tokens: int = 512, new_tokens: int = 
           samples: int = 3, isolate: bool = True, nice: int = 0, timeout: float | None = None) -> list[BenchRow]:
     """Bench ``models`` one after another (each in a child process when ``isolate``) and add each
     row's ratios to the first model's row of the same batch size. ``timeout`` (seconds, isolated
-    runs only) bounds each child; past it :class:`BenchTimeout` carries the rows finished so far."""
+    runs only) bounds each child; past it :class:`BenchTimeout` carries the rows finished so far.
+    Every spec is checked (:func:`_check_spec`) before the first model loads."""
     if not models:
         raise ConfigError("bench needs at least one model.")
     if prompt_tokens < 1 or new_tokens < 2:

@@ -66,6 +66,73 @@ def test_missing_gguf_file_is_a_clear_error(monkeypatch, tmp_path):
         B.bench([str(tmp_path / "model.gguf")], isolate=False)
 
 
+@pytest.mark.parametrize("isolate", [True, False])
+def test_missing_later_model_fails_before_any_model_runs(monkeypatch, isolate):
+    """A typo in the second spec is reported before the first (real, installed) demo model loads."""
+    import subprocess
+
+    started = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: started.append(cmd))
+    monkeypatch.setattr(B, "bench_one", lambda spec, **kw: started.append(spec))
+    missing = "/tmp/definitely-missing-folder-xyz"
+    with pytest.raises(ConfigError, match=missing) as e:
+        B.bench(["demo", missing], isolate=isolate)
+    assert started == [] and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("spec, error", [
+    ("./nope-xyz", ConfigError), ("~/nope-xyz", ConfigError), ("../a/b", ConfigError), ("nope", ConfigError),
+    ("/tmp/nope-xyz@eager", ConfigError), ("owner/name", None), ("owner/name@compile", None), ("demo", None),
+])
+def test_check_spec_classifies_without_network(monkeypatch, spec, error):
+    """Hub ids pass on their shape alone: the check never asks the network."""
+    import llmq.models as M
+
+    monkeypatch.setattr(B, "_RUNNERS", [])
+    monkeypatch.setattr(M, "_reachable", lambda *a: pytest.fail("network used"))
+    if error is None:
+        B._check_spec(spec)
+    else:
+        with pytest.raises(error, match=spec.split("@")[0].replace(".", r"\.")):
+            B._check_spec(spec)
+
+
+def test_check_spec_leaves_existing_paths_and_claimed_specs_alone(monkeypatch, tmp_path):
+    """An existing folder (even one resolve_model would refuse: plugins recognise other layouts) is
+    the loader's; a spec a registered runner matches is that runner's, placeholder or not."""
+    monkeypatch.setattr(B, "_RUNNERS", [])
+    B._check_spec(str(tmp_path))
+    with pytest.raises(ConfigError):
+        B._check_spec("placeholder")
+    B.register_runner(lambda spec: spec == "placeholder", _FakeRunner)
+    B._check_spec("placeholder")
+
+
+def test_missing_demo_is_reported_up_front(monkeypatch):
+    import llmq.models as M
+    from llmq.errors import ModelNotFoundError
+
+    def missing():
+        raise ModelNotFoundError(f"The offline demo model is not installed: {M.DEMO_INSTALL}")
+
+    monkeypatch.setattr(M, "demo_gguf_path", missing)
+    monkeypatch.setattr(B, "bench_one", lambda spec, **kw: pytest.fail("a model ran"))
+    with pytest.raises(ModelNotFoundError, match="demo model is not installed"):
+        B.bench(["demo@eager"], isolate=False)
+
+
+def test_cli_bench_missing_folder_is_one_line_exit_2():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "llmq", "bench", "demo", "/tmp/nope"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "'/tmp/nope'" in r.stderr, r.stderr
+    assert r.stderr.startswith("llmq: error: bench:") and "Traceback" not in r.stderr
+    assert r.stdout == ""
+
+
 def test_cli_bench_json(tiny_model_dir, capsys):
     import json
 
@@ -79,8 +146,9 @@ def test_cli_bench_json(tiny_model_dir, capsys):
     assert "--batch-sizes must be integers" in capsys.readouterr().err
 
 
-def test_timeout_keeps_the_rows_a_child_finished(monkeypatch):
-    """A child killed at the timeout: the batch sizes it reported survive in BenchTimeout.rows."""
+def test_timeout_keeps_the_rows_a_child_finished(monkeypatch, tmp_path):
+    """A child killed at the timeout: the batch sizes it reported survive in BenchTimeout.rows. (The
+    spec is a real folder: no runner claims it, so it must pass the up-front check.)"""
     import json
     import subprocess
 
@@ -93,7 +161,7 @@ def test_timeout_keeps_the_rows_a_child_finished(monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     with pytest.raises(B.BenchTimeout, match=r"ran past 7 s \(1 of 2 batch sizes done\)") as e:
-        B.bench(["m"], batch_sizes=(1, 8), timeout=7)
+        B.bench([str(tmp_path)], batch_sizes=(1, 8), timeout=7)
     assert seen["timeout"] == 7
     assert [(r.model, r.batch, r.peak_gpu_mb) for r in e.value.rows] == [("m", 1, 1234.5)]
     assert e.value.rows[0].ratios["decode"] == 1.0
