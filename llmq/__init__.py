@@ -1,8 +1,8 @@
 """llmq: quantize a Hugging Face causal LM, measure what it cost, publish the result.
 
-The public surface is five functions. They are imported lazily (module ``__getattr__``, as
-lm-evaluation-harness does) so that ``import llmq`` stays cheap and never pulls in torch or a
-quantization backend until one is used.
+The public surface is a few functions (quantize, evaluate, advise, bench, load, push, qat). They
+are imported lazily (module ``__getattr__``, as lm-evaluation-harness does) so that ``import llmq``
+stays cheap and never pulls in torch or a quantization backend until one is used.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _LAZY = {
     "QuantizedModel": "llmq.core:QuantizedModel",
     "evaluate": "llmq.eval:evaluate",
     "advise": "llmq.advisor:advise",
+    "bench": "llmq.benchmark:bench",
     "push": "llmq.publish:push",
     "qat": "llmq.quantization_aware:qat",
     "LlmqError": "llmq.errors:LlmqError",
@@ -28,6 +29,7 @@ __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from llmq.advisor import advise
+    from llmq.benchmark import bench
     from llmq.errors import LlmqError
     from llmq.eval import evaluate
     from llmq.publish import push

@@ -28,7 +28,7 @@ COMMANDS = {
     "estimate": "llmq.advisor:add_estimate",
     "push": "llmq.publish:add_push",
     "qat": "llmq.qat_cli:add_qat",
-    "bench": "llmq.bench:add_bench",
+    "bench": "llmq.benchmark:add_bench",
 }
 
 def _quiet_libraries() -> None:

@@ -1,12 +1,19 @@
-"""Prefill and decode speed on CPU: fp32 vs bitsandbytes (nf4, int8) vs torchao int8-dynamic.
+"""CPU speed of every llmq output vs fp32, measured with ``llmq bench``: the advisor's CPU table.
 
-The rule of thumb says "quantize to go faster"; on CPU bitsandbytes dequantizes every matmul and is
-slower than plain fp32. This measures it on the offline demo model (SmolLM2-135M-Instruct), greedy
-decoding of ``--tokens`` tokens after one warm-up run (best of ``--repeats``), and one forward pass
-over a ``--prefill``-token WikiText-2 prompt; prints a table and writes a JSON the advisor quotes.
-All rows come from one run, so compare them as ratios.
+Why: "quantize to go faster" is not true of every scheme on CPU (bitsandbytes dequantizes per
+matmul, torchao int8 needs its compiled fast path, llama.cpp runs GGUF), so ``llmq advise`` ranks
+CPU candidates by what this measures instead of a hard-coded preference. It quantizes the offline
+demo (SmolLM2-135M-Instruct) with each scheme into ``--work`` (a folder that already holds an llmq
+output is reused), then runs ``llmq.bench`` on ``[demo, output]`` pairs: each scheme's ratio is to an
+fp32 baseline measured right before it, in the same bench call, because this VM's fp32 speed drifts
+by 20% between minutes. Every model runs as ``llmq bench`` runs it by default (torchao folders
+compiled through ``llmq.fastpath``, GGUF on llama.cpp, the rest eager transformers); batch 1,
+512-token WikiText-2 prompt, 128 new tokens, median of ``--samples``. Prints a table, writes JSON
+and the ``CPU_SPEED`` literal for ``llmq/advisor/measured.py``.
 
-    python scripts/bench_cpu_speed.py --tokens 32 --prefill 512
+    LLMQ_DATA_DIR=../shared/data python scripts/bench_cpu_speed.py --work /tmp/cpuspeed
+
+Speed numbers need a quiet machine: pause other jobs while it runs.
 """
 
 from __future__ import annotations
@@ -15,102 +22,139 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-PROMPT = "The capital of France is Paris. The capital of Germany is"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def decode_speed(model, tok, tokens: int, repeats: int) -> float:
-    import torch
-
-    enc = tok(PROMPT, return_tensors="pt")
-    kw = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-              pad_token_id=tok.pad_token_id or tok.eos_token_id)
-    with torch.inference_mode():
-        model.generate(**enc, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
-        best = 0.0
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = model.generate(**enc, **kw)
-            dt = time.perf_counter() - t0
-            best = max(best, (out.shape[1] - enc["input_ids"].shape[1]) / dt)
-    return best
-
-
-def prefill_speed(model, tok, n: int, repeats: int) -> float:
-    import torch
-
-    from llmq.eval.perplexity import load_text
-
-    text, _ = load_text("wikitext2")
-    ids = tok(text[:20 * n], return_tensors="pt").input_ids[:, :n]
-    with torch.inference_mode():
-        model(ids[:, :16])  # warm-up
-        best = 0.0
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(ids)
-            best = max(best, ids.shape[1] / (time.perf_counter() - t0))
-    return best
+SCHEMES = "bf16,int8-dynamic,int8-static,bnb-int8,bnb-nf4,gptq-int4,awq-int4,gguf-q8_0,gguf-q4_k_m"
+#: options llmq's own benchmarks use for the demo (576-wide layers: AWQ and its CPU kernel need g | 576)
+#: 32 calibration samples: speed does not depend on them, and the quality figures come from bench_quantize.py
+OPTIONS = {"gptq-int4": {"group_size": 64, "n_samples": 32}, "awq-int4": {"group_size": 64, "n_samples": 32}}
 
 
 def cpu_name() -> str:
-    """The CPU model and whether it has native bf16 (bitsandbytes computes in bf16 by default)."""
+    """The CPU model and whether it has native bf16 / AMX (both change the ratios)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
     name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
                 platform.machine())
-    return f"{name} ({'with' if ' avx512_bf16' in info else 'without'} AVX512-BF16)"
+    flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_int8") if f" {f}" in info]
+    return f"{name} ({', '.join(flags) or 'no AVX512-BF16/AMX'})"
+
+
+def output_for(scheme: str, work: Path) -> str:
+    """The bench spec of ``scheme``'s output in ``work``, quantizing the demo first if needed."""
+    import llmq
+
+    folder = work / scheme
+    if not (folder / "llmq.json").is_file():
+        t0 = time.perf_counter()
+        qm = llmq.quantize(None, scheme, device="cpu", **OPTIONS.get(scheme, {}))
+        qm.save(folder, overwrite=True)
+        print(f"{scheme}: quantized and saved in {time.perf_counter() - t0:.0f} s", flush=True)
+    ggufs = sorted(folder.glob("*.gguf"))
+    return str(ggufs[0]) if ggufs else str(folder)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2, help="best of N timed runs")
-    ap.add_argument("--schemes", default="fp32,int8-dynamic,bnb-int8,bnb-nf4")
-    ap.add_argument("--prefill", type=int, default=512, help="prompt tokens for the prefill timing")
+    ap.add_argument("--schemes", default=SCHEMES)
+    ap.add_argument("--work", default="/tmp/llmq-cpu-speed", help="where the quantized outputs are written / reused")
+    ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per bench child")
+    ap.add_argument("--stages", default="quantize,bench",
+                    help="quantize (slow, any machine state) and/or bench (needs a quiet machine)")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other schemes' rows already in --json (each row has its own fp32 baseline)")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parents[1] / "eval" / "bench_cpu_speed.json"))
     args = ap.parse_args()
     os.environ.setdefault("LLMQ_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import llmq
-    from llmq.models import resolve_model
+    from llmq.benchmark import bench
+    from llmq.errors import LlmqError
 
-    src = resolve_model(None).local_dir()
-    tok = AutoTokenizer.from_pretrained(src)
-    rows = []
-    for scheme in [s.strip() for s in args.schemes.split(",") if s.strip()]:
-        if scheme == "fp32":
-            model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, device_map="cpu").eval()
-        else:
-            model = llmq.quantize(str(src), scheme, device="cpu").hf_model.eval()
-        tps = decode_speed(model, tok, args.tokens, args.repeats)
-        pps = prefill_speed(model, tok, args.prefill, args.repeats)
-        rows.append({"scheme": scheme, "tokens_per_s": round(tps, 2), "prefill_tokens_per_s": round(pps, 1)})
-        print(f"{scheme:14s} decode {tps:7.2f} tok/s, prefill {pps:8.1f} tok/s", flush=True)
-        del model
-    base = next((r["tokens_per_s"] for r in rows if r["scheme"] == "fp32"), None)
-    pbase = next((r["prefill_tokens_per_s"] for r in rows if r["scheme"] == "fp32"), None)
-    for r in rows:
-        r["vs_fp32"] = round(r["tokens_per_s"] / base, 3) if base else None
-        r["prefill_vs_fp32"] = round(r["prefill_tokens_per_s"] / pbase, 3) if pbase else None
-    print(f"\n| scheme | decode tok/s | vs fp32 | prefill tok/s ({args.prefill}-token prompt) | vs fp32 |\n|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['scheme']} | {r['tokens_per_s']:.2f} | {r['vs_fp32'] or 0:.2f}x | {r['prefill_tokens_per_s']:.1f} | "
-              f"{r['prefill_vs_fp32'] or 0:.2f}x |")
-    result = {
-        "command": f"python scripts/bench_cpu_speed.py --tokens {args.tokens} --prefill {args.prefill} --repeats {args.repeats}",
-        "model": "SmolLM2-135M-Instruct (offline demo, fp32)",
-        "tokens": args.tokens, "prefill_tokens": args.prefill,
-        "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} CPU threads, torch {torch.__version__} eager",
-        "results": rows,
+    work = Path(args.work).expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
+    out: dict = {
+        "command": "LLMQ_DATA_DIR=../shared/data python scripts/bench_cpu_speed.py --work DIR",
+        "argv": sys.argv,
+        "model": "SmolLM2-135M-Instruct (offline demo; fp32 = the original as transformers loads it)",
+        "machine": f"{cpu_name()}, {args.threads or torch.get_num_threads()} threads, torch {torch.__version__}",
+        "settings": {"batch": 1, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                     "samples": args.samples, "baseline": "fp32 eager, measured right before each scheme"},
+        "options": {s: OPTIONS.get(s, {}) for s in schemes},
+        "results": [], "failed": {},
     }
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+    if args.update and Path(args.json).is_file():
+        old = json.loads(Path(args.json).read_text())
+        out["results"] = [r for r in old.get("results", []) if r["scheme"] not in schemes]
+        out["failed"] = {k: v for k, v in old.get("failed", {}).items() if k not in schemes}
+        out["argv"] = [*old.get("argv", []), "+", *sys.argv]
+
+    def write() -> None:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+    stages = set(args.stages.split(","))
+    specs: dict[str, str] = {}
+    for scheme in schemes:
+        try:
+            specs[scheme] = output_for(scheme, work) if "quantize" in stages else str(work / scheme)
+        except (LlmqError, RuntimeError, OSError) as e:
+            out["failed"][scheme] = f"quantize: {type(e).__name__}: {e}"
+            print(f"{scheme}: quantize FAILED {e}", flush=True)
+    if "bench" not in stages:
+        return 0
+    for scheme, spec in specs.items():
+        ggufs = sorted(Path(spec).glob("*.gguf")) if Path(spec).is_dir() else []
+        spec = str(ggufs[0]) if ggufs else spec
+        try:
+            rows = bench(["demo", spec], batch_sizes=(1,), prompt_tokens=args.prompt_tokens,
+                              new_tokens=args.new_tokens, samples=args.samples, threads=args.threads,
+                              timeout=args.timeout)
+        except (LlmqError, RuntimeError, OSError) as e:
+            out["failed"][scheme] = f"{type(e).__name__}: {e}"
+            print(f"{scheme}: FAILED {e}", flush=True)
+            write()
+            continue
+        base, r = rows[0], rows[1]
+        out["results"].append({
+            "scheme": scheme, "mode": r.mode, "size_mb": round(r.size_mb, 1) if r.size_mb else None,
+            "decode_tok_s": round(r.decode_tok_s, 2), "prefill_tok_s": round(r.prefill_tok_s, 1),
+            "fp32_decode_tok_s": round(base.decode_tok_s, 2), "fp32_prefill_tok_s": round(base.prefill_tok_s, 1),
+            "decode_x": round(r.decode_tok_s / base.decode_tok_s, 3),
+            "prefill_x": round(r.prefill_tok_s / base.prefill_tok_s, 3),
+            "first_call_s": round(r.first_call_s, 1), "peak_rss_mb": round(r.peak_rss_mb),
+            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        x = out["results"][-1]
+        print(f"{scheme:12s} {x['mode']:28.28s} decode {x['decode_x']:.2f}x ({x['decode_tok_s']} vs "
+              f"{x['fp32_decode_tok_s']} tok/s)  prefill {x['prefill_x']:.2f}x", flush=True)
+        write()
+
+    out["results"].sort(key=lambda x: {s: i for i, s in enumerate(SCHEMES.split(","))}.get(x["scheme"], 99))
+    print("\n| scheme | runs as | size MB | decode vs fp32 | prefill vs fp32 | decode tok/s (fp32) |\n|---|---|---:|---:|---:|---:|")
+    for x in out["results"]:
+        print(f"| {x['scheme']} | {x['mode']} | {x['size_mb']} | {x['decode_x']:.2f}x | {x['prefill_x']:.2f}x | "
+              f"{x['decode_tok_s']} ({x['fp32_decode_tok_s']}) |")
+    for s, e in out["failed"].items():
+        print(f"| {s} | failed: {e} |")
+    order = {s: i for i, s in enumerate(SCHEMES.split(","))}
+    out["results"].sort(key=lambda x: order.get(x["scheme"], 99))
+    lit = {"command": out["command"], "model": "SmolLM2-135M-Instruct", "machine": out["machine"],
+           "rows": {x["scheme"]: {"decode_x": x["decode_x"], "prefill_x": x["prefill_x"], "mode": x["mode"]}
+                    for x in out["results"]}}
+    print("\nCPU_SPEED: dict = " + json.dumps(lit))
+    write()
     print(f"wrote {args.json}")
     return 0
 

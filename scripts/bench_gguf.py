@@ -77,7 +77,7 @@ def speed_section(args, f32, files) -> dict:
     batch 1, 128 new tokens) after a 512-token prompt and after a 16-token one, then ``llama-bench``
     on the same files (after 512 tokens and from an empty context), then llmq's eval speed function;
     ratios only within this run."""
-    from llmq import bench as B
+    from llmq import benchmark as B
     from llmq.eval import llamacpp
 
     specs = ["demo@eager", str(f32)] + [str(f) for _, f in files]

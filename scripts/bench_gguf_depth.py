@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=str(ROOT / "eval" / "bench_gguf_depth.json"))
     a = ap.parse_args()
-    from llmq.bench import bench
+    from llmq.benchmark import bench
 
     def llmq_decode(spec: str) -> float:
         rows = bench([spec], prompt_tokens=512, new_tokens=128, batch_sizes=(1,), samples=2, threads=a.threads)

@@ -173,7 +173,7 @@ def quantize_one(src: Path, scheme: str, out: Path, device: str) -> dict:
 
 def bench_rows(spec: str, args: argparse.Namespace, batch_sizes: tuple[int, ...], timeout: float):
     """``llmq.bench`` on one model in a child process; (rows, error or None)."""
-    from llmq.bench import BenchTimeout, bench
+    from llmq.benchmark import BenchTimeout, bench
 
     try:
         return bench([spec], prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, batch_sizes=batch_sizes,
@@ -185,7 +185,7 @@ def bench_rows(spec: str, args: argparse.Namespace, batch_sizes: tuple[int, ...]
 
 
 def with_ratios(rows: list) -> list[dict]:
-    from llmq.bench import add_ratios
+    from llmq.benchmark import add_ratios
 
     add_ratios(rows)
     return [r.to_dict() for r in rows]
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    from llmq.bench import BenchRow, format_table
+    from llmq.benchmark import BenchRow, format_table
 
     print()
     print("| scheme | ok | quantize s | size MB | module | note |\n|---|---|---:|---:|---|---|")

@@ -2,7 +2,7 @@
 
 Quantizes each variant into ``--work`` (kept, so reruns skip it), then measures in one run:
 size on disk; WikiText-2 perplexity (``--ppl-windows`` x 1024 tokens); arc_easy and piqa accuracy
-(``--limit`` docs each); and speed with :func:`llmq.bench.bench` (fp32 eager is 1.0; int8 folders
+(``--limit`` docs each); and speed with :func:`llmq.bench` (fp32 eager is 1.0; int8 folders
 run compiled through :mod:`llmq.fastpath`). The machine may be shared: compare ratios only.
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_int8.py --stages size,quality   # quality (any time)
@@ -139,7 +139,7 @@ def main() -> int:
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")  # resumable
     if "speed" in stages:
-        from llmq.bench import bench, format_table
+        from llmq.benchmark import bench, format_table
 
         specs = ["demo@eager"] + [str(p) for p in paths.values()]
         brows = bench(specs, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,

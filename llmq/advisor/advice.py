@@ -134,18 +134,19 @@ def _installed(scheme: str) -> tuple[bool, str | None]:
 
 def cpu_speed_ratios(scheme: str) -> tuple[float | None, float | None]:
     """(decode, prefill) speed of ``scheme`` relative to fp32 in our CPU measurement; None where not measured."""
-    m = rules.MEASURED_CPU_SPEED
-    return tuple(d[scheme] / d["fp32"] if scheme in d and d.get("fp32") else None  # type: ignore[return-value]
-                 for d in (m.get("tokens_per_s") or {}, m.get("prefill_tokens_per_s") or {}))
+    if scheme == "fp32":
+        return 1.0, 1.0
+    r = (rules.MEASURED_CPU_SPEED.get("rows") or {}).get(scheme)
+    return (r.get("decode_x"), r.get("prefill_x")) if r else (None, None)
 
 
 def measured_cpu_note(scheme: str) -> str | None:
     """Our measured CPU speed of ``scheme`` relative to fp32 (decode and prefill), or None."""
     decode, prefill = cpu_speed_ratios(scheme)
-    if decode is None:
+    if decode is None or scheme == "fp32":
         return None
     text = f"measured {decode:.2f}x fp32 decode speed" + (f", {prefill:.2f}x prefill" if prefill is not None else "")
-    return text + f" on CPU ({rules.MEASURED_CPU_SPEED['model']})"
+    return text + f" on CPU ({rules.MEASURED_CPU_SPEED['model']}, `llmq bench`)"
 
 
 def cpu_speed_verdict(scheme: str) -> str | None:
@@ -154,6 +155,15 @@ def cpu_speed_verdict(scheme: str) -> str | None:
     if not ratios:
         return None
     return "faster" if min(ratios) > 1 else "slower" if max(ratios) < 1 else "mixed"
+
+
+def cpu_order(tree_order: list[str]) -> list[str]:
+    """CPU preference: fastest measured decode first (``llmq bench`` vs fp32, measured.CPU_SPEED),
+    then the schemes we did not measure in the decision tree's order. Measured, not assumed (issue
+    #10: which runtime wins on a CPU is a measurement, not a preference)."""
+    measured = [s for s in tree_order if cpu_speed_ratios(s)[0] is not None]
+    measured.sort(key=lambda s: -(cpu_speed_ratios(s)[0] or 0))
+    return measured + [s for s in tree_order if s not in measured]
 
 
 def measured_ppl_changes(precision: str) -> list[float]:
@@ -216,7 +226,7 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
     else:
         situation = "gpu_4bit"
     tree = rules.tree()
-    order = tree[situation]
+    order = cpu_order(tree["cpu"]) if situation == "cpu" else tree[situation]
     cpu_pick = tree["cpu"][0]  # int8-dynamic: the tree's CPU scheme
 
     cands = []
@@ -315,17 +325,16 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
     smol = measured_band_note(band)
     if smol:
         notes.append(smol)
-    if hw.device == "cpu":
+    if hw.device == "cpu" and rules.MEASURED_CPU_SPEED.get("rows"):
         m = rules.MEASURED_CPU_SPEED
-        for s in ("int8-dynamic", "bnb-int8", "bnb-nf4"):
-            note, verdict = measured_cpu_note(s), cpu_speed_verdict(s)
-            if note and verdict != "faster":
-                notes.append(f"{s} is not simply a CPU speed-up: {note}")
-            elif note:
-                notes.append(f"{s} ran faster than fp32 here: {note}")
-        if m.get("tokens_per_s"):
-            notes.append(f"CPU speeds measured with `{m['command']}` on {m['machine']} (one run, batch 1); "
-                         "they depend on the CPU (bitsandbytes computes in bf16 by default)")
+        fast = [s for s in cpu_order(list(m["rows"])) if s in names]
+        notes.append("CPU candidates are ranked by measured decode speed vs fp32 ("
+                     + ", ".join(f"{s} {cpu_speed_ratios(s)[0]:.2f}x" for s in fast)
+                     + f"; `{m['command']}` on {m['machine']}, {m['model']}, batch 1); "
+                     "ratios depend on the CPU and the model's size: rerun it on yours")
+        slow = [s for s in fast if cpu_speed_verdict(s) != "faster"]
+        if slow:
+            notes.append("not simply a CPU speed-up here: " + "; ".join(f"{s} ({measured_cpu_note(s)})" for s in slow))
     if hw.device == "cuda":
         notes += measured_gpu_notes()
     return Advice(prof, hw, context, batch_size, tol, situation, band, cands, original(prof).bytes, notes)

@@ -5,16 +5,27 @@ Each block names the command that produced it; rerun the command and paste its J
 
 from __future__ import annotations
 
-#: ``eval/bench_cpu_speed.json``: decode tokens/s (32 greedy tokens, best of 2) and prefill tokens/s
-#: (one 512-token forward, best of 2), batch 1, one run on an otherwise idle machine. bitsandbytes
-#: computes in bf16 by default, which this CPU runs natively (AVX512-BF16); torchao int8-dynamic runs
-#: eagerly (no torch.compile). On other CPUs the ratios differ: rerun the command there.
+#: ``eval/bench_cpu_speed.json``: ``llmq bench`` of each llmq output of the demo against fp32 transformers
+#: measured right before it in the same bench call (batch 1, 512-token WikiText-2 prompt, 128 new tokens,
+#: median of 2): ratios, each to its own fp32 baseline, on a quiet 2-core VM. Each output runs as
+#: ``llmq bench`` runs it by default (``mode``): torchao folders compiled through ``llmq.fastpath``, GGUF
+#: on llama.cpp, the rest eager. The advisor ranks CPU candidates by ``decode_x``. On other CPUs the
+#: ratios differ (AMX/bf16 above all): rerun the command there.
 CPU_SPEED: dict = {
-    "command": 'python scripts/bench_cpu_speed.py --tokens 32 --prefill 512 --repeats 2',
+    "command": "LLMQ_DATA_DIR=../shared/data python scripts/bench_cpu_speed.py --work DIR",
     "model": "SmolLM2-135M-Instruct",
-    "machine": 'AMD EPYC (with AVX512-BF16), 2 CPU threads, torch 2.14.1+cu130 eager',
-    "tokens_per_s": {'fp32': 15.72, 'int8-dynamic': 10.35, 'bnb-int8': 18.0, 'bnb-nf4': 25.59},
-    "prefill_tokens_per_s": {'fp32': 511.6, 'int8-dynamic': 683.0, 'bnb-int8': 255.8, 'bnb-nf4': 730.9},
+    "machine": "Intel(R) Xeon(R) Processor (avx512_bf16, amx_bf16, amx_int8), 2 threads, torch 2.14.1+cu130",
+    "rows": {
+        "bf16": {"decode_x": 0.943, "prefill_x": 2.159, "mode": "eager"},
+        "int8-dynamic": {"decode_x": 1.756, "prefill_x": 2.978, "mode": "compiled"},
+        "int8-static": {"decode_x": 1.73, "prefill_x": 3.04, "mode": "compiled"},
+        "bnb-int8": {"decode_x": 0.548, "prefill_x": 0.834, "mode": "eager"},
+        "bnb-nf4": {"decode_x": 0.802, "prefill_x": 0.57, "mode": "eager"},
+        "gptq-int4": {"decode_x": 1.551, "prefill_x": 1.503, "mode": "eager"},
+        "awq-int4": {"decode_x": 1.45, "prefill_x": 1.784, "mode": "eager"},
+        "gguf-q8_0": {"decode_x": 4.766, "prefill_x": 1.203, "mode": "llama.cpp (2 threads)"},
+        "gguf-q4_k_m": {"decode_x": 3.45, "prefill_x": 0.394, "mode": "llama.cpp (2 threads)"},
+    },
 }
 
 #: SmolLM2-135M-Instruct (the offline demo, fp32 dequantized from its GGUF): size written by llmq and

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from llmq.advisor import measured, rules
-from llmq.advisor.advice import cpu_speed_ratios, cpu_speed_verdict, measured_ppl_changes
+from llmq.advisor.advice import cpu_order, cpu_speed_ratios, cpu_speed_verdict, measured_ppl_changes
 
 
 def which_scheme_markdown() -> str:
@@ -49,27 +49,23 @@ def which_scheme_markdown() -> str:
                       + (f" (+{min(eight):.1f}% to +{max(eight):.1f}% here, against the {e8[0]:g}-{e8[1]:g}% "
                          "assumed)." if eight else "."), ""]
     s = measured.CPU_SPEED
-    if s.get("tokens_per_s"):
-        pre = s.get("prefill_tokens_per_s") or {}
+    if s.get("rows"):
         lines += ["### Where our measurements contradict the rule of thumb", "",
-                  f"Quantization is not simply a speed-up on CPU. {s['model']}, {s['machine']} (`{s['command']}`, "
-                  "one run; batch 1):", "",
-                  "| scheme | decode tokens/s | vs fp32 | prefill tokens/s | vs fp32 |", "|---|---|---|---|---|"]
-        for k, v in s["tokens_per_s"].items():
+                  f"Quantization is not simply a speed-up on CPU. {s['model']}, {s['machine']} (`{s['command']}`: "
+                  "`llmq bench` of each output against fp32 measured right before it; batch 1, 512-token prompt, "
+                  "128 new tokens):", "",
+                  "| scheme | runs as | decode vs fp32 | prefill vs fp32 |", "|---|---|---|---|"]
+        for k in cpu_order(list(s["rows"])):
             decode, prefill = cpu_speed_ratios(k)
-            dcell = f"{decode:.2f}x" if decode is not None else ""
-            pcell = f"{pre[k]:.0f} | {prefill:.2f}x" if prefill is not None else " | "
-            lines.append(f"| {k} | {v:.2f} | {dcell} | {pcell} |")
+            lines.append(f"| {k} | {s['rows'][k].get('mode', '')} | {decode:.2f}x | "
+                         + (f"{prefill:.2f}x |" if prefill is not None else " |"))
         said = {"faster": "faster than fp32 in both phases", "slower": "slower than fp32 in both phases",
                 "mixed": "faster in one phase and slower in the other"}
-        verdicts = [f"{k} {said[v]}" for k in s["tokens_per_s"] if k != "fp32" and (v := cpu_speed_verdict(k))]
-        lines += ["", "On this CPU: " + "; ".join(verdicts) + ". The decision tree's CPU pick, int8-dynamic, is "
-                  "a memory saving first (torchao runs eagerly here, without `torch.compile`)."
-                  + (" This contradicts the usual advice that bitsandbytes is slower than fp32 on CPU: bitsandbytes "
-                     "computes in bf16 by default, which this CPU runs natively." if cpu_speed_verdict("bnb-nf4") ==
-                     "faster" else "")
-                  + " Speed ratios depend on the CPU (bf16 support above all): rerun the command on yours. `advise` "
-                  "quotes these numbers next to the CPU candidates.", ""]
+        verdicts = [f"{k} {said[v]}" for k in s["rows"] if (v := cpu_speed_verdict(k))]
+        lines += ["", "On this CPU: " + "; ".join(verdicts) + ". `advise` ranks CPU candidates by this table "
+                  "(fastest decode first, among those the rule of thumb does not warn against) and quotes it next "
+                  "to each one. Speed ratios depend on the CPU (bf16/AMX support above all) and on the model's "
+                  "size: rerun the command on yours.", ""]
     lines += ["Size estimates (`python -m llmq estimate`) match the folders llmq writes for SmolLM2-135M within "
               "0.2% for fp16, int8-dynamic, bnb-int8 and bnb-nf4 (`tests/advisor/test_estimate.py`), and within "
               "5% for gptq-int4 and awq-int4 at group size 64 (`tests/test_e2e_smollm2.py`); every scheme on a "

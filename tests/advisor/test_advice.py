@@ -43,10 +43,31 @@ def precision(scheme: str) -> str:
     return rules.ROLES[scheme].precision
 
 
-def test_7b_on_cpu_is_int8_dynamic():
+def cpu_rows(monkeypatch, rows: dict) -> None:
+    """Stand-in for measured.CPU_SPEED's rows: {scheme: (decode_x, prefill_x)}."""
+    monkeypatch.setitem(rules.MEASURED_CPU_SPEED, "rows",
+                        {s: {"decode_x": d, "prefill_x": p, "mode": "m"} for s, (d, p) in rows.items()})
+
+
+def test_7b_on_cpu_without_measurements_follows_the_tree(monkeypatch):
+    cpu_rows(monkeypatch, {})
     adv = llmq.advise(7_000_000_000, device="cpu", ram_gb=64)
     assert adv.situation == "cpu" and rec(adv) == "int8-dynamic"
     assert "CPU only -> int8-dynamic" in " ".join(adv.recommended.reasons)
+
+
+def test_cpu_recommendation_is_the_fastest_measured_scheme_the_rules_allow(monkeypatch):
+    """Issue #10: on CPU the measured table decides (a GGUF file when llama.cpp is fastest), not a
+    hard-coded preference; the rule of thumb still warns 4-bit away from 100M-1B models."""
+    cpu_rows(monkeypatch, {"int8-dynamic": (1.5, 2.0), "gguf-q8_0": (4.0, 1.8), "gguf-q4_k_m": (6.0, 1.6),
+                           "bnb-nf4": (0.5, 0.9)})
+    assert rec(llmq.advise(7_000_000_000, device="cpu", ram_gb=64)) == "gguf-q4_k_m"
+    small = llmq.advise(300_000_000, device="cpu", ram_gb=16)
+    assert rec(small) == "gguf-q8_0" and status(small, "gguf-q4_k_m") == "warn"
+    assert [c.scheme for c in small.candidates[:2]] == ["gguf-q8_0", "int8-dynamic"]
+    cpu_rows(monkeypatch, {"int8-dynamic": (9.0, 2.0), "gguf-q8_0": (4.0, 1.8), "gguf-q4_k_m": (6.0, 1.6)})
+    assert rec(llmq.advise(7_000_000_000, device="cpu", ram_gb=64)) == "int8-dynamic"
+    assert rec(llmq.advise(7_000_000_000, device="cuda", gpu_memory_gb=80)) in ("bf16", "fp16")  # GPU: not this table
 
 
 def test_7b_on_80gb_gpu_is_16bit():
@@ -135,7 +156,8 @@ def test_longer_context_needs_more_memory():
     assert mb.kv_cache == 16 * ma.kv_cache and mb.weights == ma.weights
 
 
-def test_output_is_complete_and_serializable():
+def test_output_is_complete_and_serializable(monkeypatch):
+    cpu_rows(monkeypatch, {})
     adv = llmq.advise(7_000_000_000, device="cpu", ram_gb=64)
     d = json.loads(json.dumps(adv.to_dict()))
     assert d["recommended"] == "int8-dynamic"
@@ -157,7 +179,8 @@ def test_bad_arguments_are_config_errors():
         llmq.advise(7_000_000_000, device="tpu")
 
 
-def test_real_model_advice_on_this_machine(tiny_model_dir):
+def test_real_model_advice_on_this_machine(tiny_model_dir, monkeypatch):
+    cpu_rows(monkeypatch, {})
     adv = llmq.advise(str(tiny_model_dir), device="cpu")
     assert adv.profile.source == "headers"
     assert rec(adv) == "int8-dynamic"
@@ -165,18 +188,17 @@ def test_real_model_advice_on_this_machine(tiny_model_dir):
 
 
 def test_measured_cpu_facts_are_quoted_on_cpu(monkeypatch):
-    monkeypatch.setitem(rules.MEASURED_CPU_SPEED, "tokens_per_s", {"fp32": 10.0, "bnb-nf4": 2.5, "int8-dynamic": 5.0,
-                                                                    "bnb-int8": 20.0})
-    monkeypatch.setitem(rules.MEASURED_CPU_SPEED, "prefill_tokens_per_s", {"fp32": 100.0, "bnb-nf4": 50.0,
-                                                                            "int8-dynamic": 150.0, "bnb-int8": 200.0})
+    cpu_rows(monkeypatch, {"bnb-nf4": (0.25, 0.5), "int8-dynamic": (0.5, 1.5), "bnb-int8": (2.0, 2.0)})
     adv = llmq.advise(1_000_000_000, device="cpu", ram_gb=64)
     reasons = {c.scheme: " ".join(c.reasons) for c in adv.candidates}
     assert "saves memory, not time: measured 0.25x fp32 decode speed, 0.50x prefill" in reasons["bnb-nf4"]
     assert "depends on the phase: measured 0.50x fp32 decode speed, 1.50x prefill" in reasons["int8-dynamic"]
     assert "measured 2.00x fp32 decode speed, 2.00x prefill" in reasons["bnb-int8"]
     assert "saves memory" not in reasons["bnb-int8"] and "phase" not in reasons["bnb-int8"]
-    assert any(n.startswith("bnb-nf4 is not simply a CPU speed-up") for n in adv.notes)
-    assert any(n.startswith("bnb-int8 ran faster than fp32 here") for n in adv.notes)
+    ranked = next(n for n in adv.notes if n.startswith("CPU candidates are ranked by measured decode speed"))
+    assert "bnb-int8 2.00x, int8-dynamic 0.50x, bnb-nf4 0.25x" in ranked
+    slow = next(n for n in adv.notes if n.startswith("not simply a CPU speed-up here"))
+    assert "bnb-nf4" in slow and "int8-dynamic" in slow and "bnb-int8" not in slow
     assert advice.measured_cpu_note("gptq-int4") is None
 
 

@@ -14,10 +14,12 @@ EVAL = Path(__file__).resolve().parents[2] / "eval"
 
 def test_cpu_speed_is_the_benchmark_output():
     data = json.loads((EVAL / "bench_cpu_speed.json").read_text())
-    assert measured.CPU_SPEED["command"] == data["command"]
-    assert measured.CPU_SPEED["tokens_per_s"] == {r["scheme"]: r["tokens_per_s"] for r in data["results"]}
-    assert measured.CPU_SPEED["prefill_tokens_per_s"] == {r["scheme"]: r["prefill_tokens_per_s"]
-                                                          for r in data["results"]}
+    assert measured.CPU_SPEED["command"] == data["command"] and measured.CPU_SPEED["machine"] == data["machine"]
+    assert measured.CPU_SPEED["rows"] == {r["scheme"]: {"decode_x": r["decode_x"], "prefill_x": r["prefill_x"],
+                                                        "mode": r["mode"]} for r in data["results"]}
+    for r in data["results"]:  # each ratio is its own row's two speeds, measured in one bench call
+        assert r["decode_x"] == pytest.approx(r["decode_tok_s"] / r["fp32_decode_tok_s"], rel=2e-3)
+        assert r["prefill_x"] == pytest.approx(r["prefill_tok_s"] / r["fp32_prefill_tok_s"], rel=2e-3)
 
 
 def test_smollm2_quality_is_the_benchmark_output():

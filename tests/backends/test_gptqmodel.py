@@ -51,3 +51,25 @@ def test_validate_model_group_sizes(tiny_model_dir, gs, ok):
     else:
         with pytest.raises(ConfigError, match="group sizes that fit this model: 128, 64, 32, 16"):
             b.validate_model(resolve_model(tiny_model_dir))
+
+
+def test_fp32_awq_folder_loads_in_bf16_on_cpu(tiny_model_dir, tmp_path):
+    """llmq quantizes AWQ in fp32 on CPU (its searches need it) but GPTQModel's AVX-512 AWQ kernel is
+    fast only with bf16 activations, so ``llmq.load`` runs such a folder in bf16 unless asked otherwise."""
+    import torch
+
+    import llmq
+    from llmq.models import read_json
+
+    out = tmp_path / "awq"
+    llmq.quantize(tiny_model_dir, "awq-int4", device="cpu", group_size=64, calibration="builtin", n_samples=8,
+                  seqlen=64).save(out)
+    assert read_json(out / "config.json")["dtype"] == "float32"  # as saved
+    model, _ = llmq.load(out, device="cpu")
+    assert model.dtype == torch.bfloat16
+    assert type(model.model.layers[0].mlp.down_proj).__name__.endswith("AwqLinear")
+    fp32, _ = llmq.load(out, device="cpu", dtype=torch.float32)  # an explicit dtype is kept
+    assert fp32.dtype == torch.float32
+    x = torch.randint(0, 100, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits.float(), fp32(x).logits, atol=0.1, rtol=0.1)

@@ -60,7 +60,7 @@ def test_gguf_without_llama_cpp_python_is_scored_on_transformers(ggufs, monkeypa
 def test_bench_runs_a_gguf_on_llama_cpp_batch_1(ggufs):
     """`llmq bench` on a .gguf (file or output folder) uses the GGUF plugin's llama.cpp runner: one
     row per model at batch 1 (larger batches are skipped), the file's size, ratios to the first."""
-    from llmq import bench as B
+    from llmq import benchmark as B
 
     src, f32, q4 = ggufs
     rows = B.bench([str(f32), str(q4)], prompt_tokens=16, new_tokens=6, batch_sizes=(1, 2), samples=1,
@@ -103,7 +103,7 @@ def test_llama_cpp_runner_generates_what_llama_cpp_generates(ggufs):
 
 
 def test_bench_gguf_without_llama_cpp_python_names_the_fix(ggufs, monkeypatch):
-    from llmq import bench as B
+    from llmq import benchmark as B
     from llmq.backends import gguf as G
     from llmq.errors import MissingDependencyError
 

@@ -1,7 +1,7 @@
 """``bench``: prefill and decode speed, time to first token, peak memory and load/compile time of
 several models, measured in one run and shown as ratios to the first.
 
-Each model runs in its own child process (``python -m llmq.bench --worker``), one after another,
+Each model runs in its own child process (``python -m llmq.benchmark --worker``), one after another,
 so peak RSS and load time are its own and no model's threads or caches slow the next. A model is
 a spec string: a folder (llmq output or original), ``demo`` (the offline SmolLM2), a Hub id, or
 a ``.gguf`` (run on llama.cpp by the GGUF plugin's ``bench_runner``, batch 1); ``SPEC@eager`` /
@@ -306,7 +306,7 @@ def bench(models: Sequence[str], *, prompt_tokens: int = 512, new_tokens: int = 
     rows: list[BenchRow] = []
     for m in models:
         if isolate:
-            cmd = [sys.executable, "-m", "llmq.bench", "--worker", json.dumps({"spec": m, **kw})]
+            cmd = [sys.executable, "-m", "llmq.benchmark", "--worker", json.dumps({"spec": m, **kw})]
             if nice:
                 cmd = ["nice", "-n", str(nice), *cmd]
             try:
@@ -406,4 +406,4 @@ if __name__ == "__main__":  # pragma: no cover - exercised through bench(isolate
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         _worker(sys.argv[2])
     else:
-        sys.exit("usage: python -m llmq.bench --worker JSON (use llmq.bench.bench or `llmq bench`)")
+        sys.exit("usage: python -m llmq.benchmark --worker JSON (use llmq.bench or `llmq bench`)")

@@ -1,10 +1,11 @@
-"""llmq.bench: rows, ratios and table on the tiny model; the runner hook; errors."""
+"""llmq.benchmark (``llmq.bench``, ``llmq bench``): rows, ratios and table on the tiny model; the runner
+hook; errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmq import bench as B
+from llmq import benchmark as B
 from llmq.errors import ConfigError
 
 
@@ -190,3 +191,12 @@ def test_cuda_rows_synchronize_and_report_peak_gpu_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert B._gpu_peak("cuda") is None and B._gpu_peak("cpu", reset=True) is None
     assert "peak GPU MB" not in B.format_table([B.BenchRow("m", "e", 1, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)])
+
+
+def test_llmq_bench_is_the_public_function_even_after_the_module_is_imported():
+    """``llmq.bench`` is part of the public surface; a submodule of that name would shadow it."""
+    import llmq
+    import llmq.benchmark
+
+    assert llmq.bench is llmq.benchmark.bench and callable(llmq.bench)
+    assert "bench" in llmq.__all__
