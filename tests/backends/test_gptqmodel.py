@@ -53,23 +53,40 @@ def test_validate_model_group_sizes(tiny_model_dir, gs, ok):
             b.validate_model(resolve_model(tiny_model_dir))
 
 
-def test_fp32_awq_folder_loads_in_bf16_on_cpu(tiny_model_dir, tmp_path):
+def test_awq_on_cpu_searches_in_fp32_but_saves_and_runs_in_bf16(tiny_model_dir, tmp_path):
     """llmq quantizes AWQ in fp32 on CPU (its searches need it) but GPTQModel's AVX-512 AWQ kernel is
-    fast only with bf16 activations, so ``llmq.load`` runs such a folder in bf16 unless asked otherwise."""
+    fast only with bf16 activations: the folder keeps its unquantized tensors in bf16 (no fp32
+    embedding), and ``llmq.load`` runs an fp32 AWQ folder (older llmq) in bf16 too."""
+    import json
+
     import torch
+    from safetensors import safe_open
 
     import llmq
-    from llmq.models import read_json
+    from llmq.advisor import estimate, params
+    from llmq.models import folder_size, read_json
 
     out = tmp_path / "awq"
-    llmq.quantize(tiny_model_dir, "awq-int4", device="cpu", group_size=64, calibration="builtin", n_samples=8,
-                  seqlen=64).save(out)
-    assert read_json(out / "config.json")["dtype"] == "float32"  # as saved
+    qm = llmq.quantize(tiny_model_dir, "awq-int4", device="cpu", group_size=64, calibration="builtin", n_samples=8,
+                       seqlen=64)
+    assert qm.model.model.model.embed_tokens.weight.dtype == torch.float32  # the searches ran in fp32
+    qm.save(out)
+    assert read_json(out / "config.json")["dtype"] == "bfloat16"
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+        assert f.get_tensor("model.layers.0.mlp.down_proj.scales").dtype == torch.float16  # packed layer untouched
+    est = estimate.estimate_scheme(params.profile(str(tiny_model_dir)), "awq-int4", device="cpu", group_size=64)
+    assert est.bytes == pytest.approx(folder_size(out), rel=0.05)
     model, _ = llmq.load(out, device="cpu")
     assert model.dtype == torch.bfloat16
     assert type(model.model.layers[0].mlp.down_proj).__name__.endswith("AwqLinear")
+
+    cfg = json.loads((out / "config.json").read_text())  # an fp32 folder, as llmq wrote them before
+    (out / "config.json").write_text(json.dumps({**cfg, "dtype": "float32"}))
+    old, _ = llmq.load(out, device="cpu")
+    assert old.dtype == torch.bfloat16
     fp32, _ = llmq.load(out, device="cpu", dtype=torch.float32)  # an explicit dtype is kept
     assert fp32.dtype == torch.float32
     x = torch.randint(0, 100, (1, 12))
     with torch.no_grad():
-        torch.testing.assert_close(model(x).logits.float(), fp32(x).logits, atol=0.1, rtol=0.1)
+        torch.testing.assert_close(old(x).logits.float(), fp32(x).logits, atol=0.1, rtol=0.1)
