@@ -46,12 +46,13 @@ def cpu_name() -> str:
     return f"{name} ({', '.join(flags) or 'no AVX512-BF16/AMX'})"
 
 
-def output_for(scheme: str, work: Path) -> str:
-    """The bench spec of ``scheme``'s output in ``work``, quantizing the demo first if needed."""
+def output_for(scheme: str, work: Path, create: bool = True) -> str:
+    """The bench spec of ``scheme``'s output in ``work`` (its ``.gguf`` for a GGUF folder), quantizing
+    the demo first when ``create`` and the folder holds no llmq output yet."""
     import llmq
 
     folder = work / scheme
-    if not (folder / "llmq.json").is_file():
+    if create and not (folder / "llmq.json").is_file():
         t0 = time.perf_counter()
         qm = llmq.quantize(None, scheme, device="cpu", **OPTIONS.get(scheme, {}))
         qm.save(folder, overwrite=True)
@@ -108,19 +109,17 @@ def main() -> int:
     specs: dict[str, str] = {}
     for scheme in schemes:
         try:
-            specs[scheme] = output_for(scheme, work) if "quantize" in stages else str(work / scheme)
+            specs[scheme] = output_for(scheme, work, create="quantize" in stages)
         except (LlmqError, RuntimeError, OSError) as e:
             out["failed"][scheme] = f"quantize: {type(e).__name__}: {e}"
             print(f"{scheme}: quantize FAILED {e}", flush=True)
     if "bench" not in stages:
         return 0
     for scheme, spec in specs.items():
-        ggufs = sorted(Path(spec).glob("*.gguf")) if Path(spec).is_dir() else []
-        spec = str(ggufs[0]) if ggufs else spec
         try:
             rows = bench(["demo", spec], batch_sizes=(1,), prompt_tokens=args.prompt_tokens,
-                              new_tokens=args.new_tokens, samples=args.samples, threads=args.threads,
-                              timeout=args.timeout)
+                         new_tokens=args.new_tokens, samples=args.samples, threads=args.threads,
+                         timeout=args.timeout)
         except (LlmqError, RuntimeError, OSError) as e:
             out["failed"][scheme] = f"{type(e).__name__}: {e}"
             print(f"{scheme}: FAILED {e}", flush=True)
@@ -141,15 +140,14 @@ def main() -> int:
               f"{x['fp32_decode_tok_s']} tok/s)  prefill {x['prefill_x']:.2f}x", flush=True)
         write()
 
-    out["results"].sort(key=lambda x: {s: i for i, s in enumerate(SCHEMES.split(","))}.get(x["scheme"], 99))
+    order = {s: i for i, s in enumerate(SCHEMES.split(","))}
+    out["results"].sort(key=lambda x: order.get(x["scheme"], 99))  # --update appends: keep the table's order
     print("\n| scheme | runs as | size MB | decode vs fp32 | prefill vs fp32 | decode tok/s (fp32) |\n|---|---|---:|---:|---:|---:|")
     for x in out["results"]:
         print(f"| {x['scheme']} | {x['mode']} | {x['size_mb']} | {x['decode_x']:.2f}x | {x['prefill_x']:.2f}x | "
               f"{x['decode_tok_s']} ({x['fp32_decode_tok_s']}) |")
     for s, e in out["failed"].items():
         print(f"| {s} | failed: {e} |")
-    order = {s: i for i, s in enumerate(SCHEMES.split(","))}
-    out["results"].sort(key=lambda x: order.get(x["scheme"], 99))
     lit = {"command": out["command"], "model": "SmolLM2-135M-Instruct", "machine": out["machine"],
            "rows": {x["scheme"]: {"decode_x": x["decode_x"], "prefill_x": x["prefill_x"], "mode": x["mode"]}
                     for x in out["results"]}}

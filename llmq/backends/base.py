@@ -218,6 +218,12 @@ class Backend:
         return {}
 
     @classmethod
+    def load_dtype(cls, quantization_config: dict, device: str, dtype: Any) -> Any:
+        """The dtype ``load`` passes to ``from_pretrained``: ``dtype`` as asked, unless the
+        plugin's kernels need another one for ``"auto"``."""
+        return dtype
+
+    @classmethod
     def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
              trust_remote_code: bool = False) -> tuple[Any, Any]:
         """``(model, tokenizer)`` for an output of this plugin; default: plain transformers, after
@@ -232,7 +238,7 @@ class Backend:
         check_safetensors_folder(path)
         qc = read_json(path / "config.json").get("quantization_config") or {}
         kwargs = cls.load_kwargs(path, qc, device, kernel)
-        model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=dtype,
+        model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=cls.load_dtype(qc, device, dtype),
                                                      trust_remote_code=trust_remote_code, **kwargs)
         model.eval()
         return model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

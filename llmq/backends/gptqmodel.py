@@ -258,20 +258,16 @@ class GPTQModelBackend(Backend):
 
     # -- load ---------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
-             trust_remote_code: bool = False) -> tuple[Any, Any]:
+    def load_dtype(cls, quantization_config: dict, device: str, dtype: Any) -> Any:
         """An fp32 AWQ folder (llmq quantizes AWQ in fp32 on CPU, see ``quantize_dtype``) runs in
         bf16 on CPU unless ``dtype`` says otherwise: GPTQModel's AVX-512 AWQ kernel is fast only
         with bf16 activations (SmolLM2 demo, ``scripts/bench_cpu_speed.py``, ``eval/bench_cpu_speed.json``:
         run in fp32 it decoded at 0.06x fp32 transformers, in bf16 at 1.45x)."""
-        from llmq.models import read_json
-
-        qc = read_json(path / "config.json").get("quantization_config") or {}
-        if dtype == "auto" and str(device).startswith("cpu") and qc.get("quant_method") == "awq":
+        if dtype == "auto" and str(device).startswith("cpu") and quantization_config.get("quant_method") == "awq":
             import torch
 
-            dtype = torch.bfloat16
-        return super().load(path, device=device, dtype=dtype, kernel=kernel, trust_remote_code=trust_remote_code)
+            return torch.bfloat16
+        return dtype
 
     @classmethod
     def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
