@@ -8,7 +8,7 @@ int8 GEMM and the rescale (2.5-3.9x fp32 prefill, ``python scripts/bench_int8.py
 ``eval/bench_int8.json``), and with freezing decodes 1.4-1.8x fp32 on a 2-core AVX-512 CPU; a
 one-token int8 GEMM costs about what fp32 ``F.linear`` does per call there, which caps decode
 (``scripts/bench_int8_kernels.py``). The first call per input shape compiles (about two minutes
-for SmolLM2 on 2 cores); Inductor's caches live under ``~/.cache/llmq/inductor``.
+for SmolLM2 on 2 cores); Inductor's caches live under ``~/.cache/llmq/inductor-2``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,13 @@ from typing import Any
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
+#: part of the default cache folder's name: bumped when llmq changes how graphs lower (Inductor's
+#: cache key does not see llmq's lowering patch, so an older llmq's compiled graphs must not be reused)
+CACHE_VERSION = 2
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llmq" / "inductor")
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llmq" / f"inductor-{CACHE_VERSION}")
 
 
 def is_torchao_quantized(model: Any) -> bool:
@@ -30,43 +35,44 @@ def is_torchao_quantized(model: Any) -> bool:
     return str(getattr(method, "value", method)) == "torchao"
 
 
-def _canonical_strides(t: Any) -> Any:
-    """``t`` (2-D) with a stride-0 size-1 dimension restrided to the row-/column-major value it
-    would have had: same storage, same elements, no copy."""
-    if t.dim() != 2 or 0 not in t.stride():
-        return t
-    (r, c), (s0, s1) = t.shape, t.stride()
-    if r == 1 and s0 == 0:
-        s0 = max(c * s1, 1)
-    if c == 1 and s1 == 0:
-        s1 = max(r * s0, 1)
-    return t.as_strided((r, c), (s0, s1), t.storage_offset())
-
-
 def patch_int_mm() -> bool:
     """Work around pytorch/pytorch#195066 (open; fix in PR #194682, not in torch 2.14): on CPU,
     ``torch._int_mm`` silently returns uninitialised memory when an operand has a size-1 dimension
     with stride 0 (oneDNN rejects ``lda < K`` and the status is not checked). Inductor emits exactly
-    that view for a single-token activation, so every compiled torchao int8 model (int8-dynamic,
-    int8-static) decoded garbage on CPU (without this wrapper ``tests/test_fastpath.py``'s compiled
-    tiny model leaves the eager model's greedy tokens after the first). The wrapper restrides such
-    operands (no copy) before Inductor's extern ``_int_mm`` call. Returns whether it was applied
+    that view for a single-token activation (``reinterpret_tensor(buf, (1, K), (0, 1))``), so every
+    compiled torchao int8 model (int8-dynamic, int8-static) decoded garbage on CPU (without this
+    patch ``tests/test_fastpath.py``'s compiled tiny model leaves the eager model's greedy tokens
+    after the first). The fix is in Inductor's lowering of ``aten._int_mm``: an operand with a size-1
+    dimension is copied into a fresh buffer with row-major strides (K int8 values per decode token;
+    Inductor fuses the copy into the producer where it can), so both wrappers are safe: the Python
+    one and the C++ one (``cpp_wrapper``), which calls ``at::_int_mm_out`` directly and which a
+    Python-level wrapper of the extern kernel could not reach. Returns whether it was applied
     (idempotent)."""
     import torch
-    import torch._inductor.kernel.mm  # noqa: F401  (registers extern_kernels._int_mm)
-    from torch._inductor.select_algorithm import extern_kernels
+    import torch._inductor.kernel.mm  # noqa: F401  (registers the _int_mm lowering)
+    from torch._inductor import ir, lowering
+    from torch._inductor.virtualized import V
 
-    current = getattr(extern_kernels, "_int_mm", None)
+    aten = torch.ops.aten
+    current = lowering.lowerings.get(aten._int_mm.default)
     if current is None:
         return False
     if getattr(current, "_llmq_patched", False):
         return True
-    def _int_mm(a, b, *, out=None):
-        a, b = _canonical_strides(a), _canonical_strides(b)
-        return current(a, b) if out is None else current(a, b, out=out)
+
+    def _int_mm(mat1, mat2, *args, **kwargs):
+        def safe(x):
+            if any(V.graph.sizevars.statically_known_equals(s, 1) for s in x.get_size()):
+                return ir.ExternKernel.copy_input(x)
+            return x
+
+        return current(safe(mat1), safe(mat2), *args, **kwargs)
 
     _int_mm._llmq_patched = True
-    extern_kernels._int_mm = _int_mm
+    for name in aten._int_mm.overloads():
+        op = getattr(aten._int_mm, name)
+        if lowering.lowerings.get(op) is current:
+            lowering.lowerings[op] = _int_mm
     return True
 
 
@@ -97,6 +103,9 @@ def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -
         # process-wide like torchao's recommended settings: torch.compile(options={"freezing": True})
         # compiled without it (same script). It only applies to graphs compiled without autograd.
         ic.freezing = True
+    # Inductor's C++ wrapper (``cpp_wrapper``) stays off: on the demo's int8-static decode it gained
+    # nothing measurable on 2 cores and made the first compile ~120 s longer (issue #11's note);
+    # patch_int_mm keeps it correct for users who turn it on.
     model.forward = torch.compile(model.forward, dynamic=dynamic, fullgraph=False)
     model._llmq_compiled = True
     return model

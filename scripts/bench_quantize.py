@@ -7,6 +7,10 @@ Calibrated schemes use WikiText-2 *valid* tokens (LLMQ_DATA_DIR mirror), never t
 
     LLMQ_DATA_DIR=../shared/data python scripts/bench_quantize.py --out eval/bench_quantize
     python scripts/bench_quantize.py --schemes fp16,int8-dynamic --n-samples 32   # a quick subset
+    python scripts/bench_quantize.py --schemes awq-int4 --n-samples 64 --update   # refresh rows in place
+
+``--update`` replaces only the named schemes' rows in ``<out>.json`` and keeps the others (the
+original's perplexity is re-measured and must match the stored one, else the rows would not compare).
 
 Writes <out>.json and <out>.md and prints the Markdown table. Times are from this one run on this
 machine: compare them as ratios, not with other runs.
@@ -43,7 +47,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seqlen", type=int, default=1024)
     ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--out", default="eval/bench_quantize")
+    ap.add_argument("--update", action="store_true", help="replace the named schemes' rows in <out>.json, keep the rest")
     args = ap.parse_args(argv)
+    args.kept, args.argv = [], ["scripts/bench_quantize.py", *sys.argv[1:]]
     os.environ.setdefault("LLMQ_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
     import torch
@@ -65,6 +71,13 @@ def main(argv=None) -> int:
     rows.append({"scheme": "original (fp32)", "time_s": None, "size_bytes": base_size, "ppl": base["value"],
                  "ppl_delta_pct": 0.0, "protocol": base["protocol"]})
     print(f"original: ppl {base['value']:.2f} ({base['protocol']})", flush=True)
+    if args.update and Path(args.out).with_suffix(".json").is_file():
+        old = json.loads(Path(args.out).with_suffix(".json").read_text())
+        if old["rows"] and abs(old["rows"][0]["ppl"] - base["value"]) > 1e-3 * base["value"]:
+            sys.exit(f"--update: the original scores {base['value']:.4f} now but {old['rows'][0]['ppl']:.4f} in "
+                     f"{args.out}.json: rerun every scheme instead.")
+        args.kept = old["rows"]
+        args.argv = [*old.get("argv", [old.get("command", "")]), "+", *args.argv]
     from llmq.testing import rtn_fake_quantize_
 
     rtn = ppl_of(rtn_fake_quantize_(model, 4, args.group_size), tok, args.seqlen, args.limit)
@@ -108,6 +121,9 @@ def main(argv=None) -> int:
 
 
 def write(args, src, base, base_size, rows, torch) -> str:
+    if args.kept:  # --update: the stored rows, with this run's schemes replaced in place or appended
+        new = {r["scheme"]: r for r in rows}
+        rows = [new.pop(r["scheme"], r) for r in args.kept] + list(new.values())
     md = ["| scheme | quantize time (s) | size on disk (MB) | size vs fp32 | WikiText-2 ppl | Δ ppl |",
           "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -118,6 +134,7 @@ def write(args, src, base, base_size, rows, torch) -> str:
     table = "\n".join(md)
     result = {
         "command": "LLMQ_DATA_DIR=../shared/data python " + " ".join(["scripts/bench_quantize.py", *sys.argv[1:]]),
+        "argv": args.argv,
         "model": src.base_model_id, "source": str(src.path or src.name), "protocol": base["protocol"],
         "calibration": {"source": "wikitext2 (valid split, LLMQ_DATA_DIR mirror)", "n_samples": args.n_samples,
                         "seqlen": args.calib_seqlen, "group_size": args.group_size},

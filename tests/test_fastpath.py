@@ -31,19 +31,28 @@ def test_compiled_frozen_int8_static_generates_what_eager_does(tiny_model_dir, t
     assert fast.tolist() == eager.tolist()
 
 
-def test_int_mm_workaround_restrides_a_stride0_single_row():
-    """pytorch/pytorch#195066: CPU ``_int_mm`` ignores a (1, K) operand whose row stride is 0,
-    the view Inductor emits for one decode token; the patched extern kernel must not."""
+def test_int_mm_lowering_is_safe_for_one_row_in_both_inductor_wrappers(tmp_path, monkeypatch):
+    """pytorch/pytorch#195066: CPU ``_int_mm`` ignores a (1, K) operand whose row stride is 0, the
+    view Inductor emits for one decode token. With llmq's lowering patch the compiled result is
+    exact with the Python wrapper and with the C++ wrapper (which ``compile_for_cpu`` turns on)."""
     import torch
-    from torch._inductor.select_algorithm import extern_kernels
+    import torch._inductor.config as ic
 
     from llmq.fastpath import patch_int_mm
 
     assert patch_int_mm() and patch_int_mm()  # idempotent
-    a = torch.randint(-128, 127, (1, 64), dtype=torch.int8)
-    b = torch.randint(-128, 127, (96, 64), dtype=torch.int8).t()
-    ref = a.int() @ b.int()
-    a0 = a.as_strided((1, 64), (0, 1))
-    out = torch.full((1, 96), -1, dtype=torch.int32)
-    extern_kernels._int_mm(a0, b, out=out)
-    assert torch.equal(out, ref) and torch.equal(extern_kernels._int_mm(a0, b), ref)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, 64, generator=gen)
+    w = torch.randint(-128, 127, (96, 64), dtype=torch.int8, generator=gen)
+
+    def f(x, w):  # torchao's activation quantization, then the int8 GEMM on the (1, K) view
+        q = torch.clamp(torch.round(x / 0.02), -128, 127).to(torch.int8)
+        return torch._int_mm(q.view(-1, 64), w.t())
+
+    ref = f(x, w)
+    for cpp in (False, True):
+        torch._dynamo.reset()
+        with ic.patch(cpp_wrapper=cpp, fx_graph_cache=False):
+            out = torch.compile(f)(x, w)
+        assert torch.equal(out, ref), f"cpp_wrapper={cpp}"
