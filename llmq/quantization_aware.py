@@ -126,29 +126,49 @@ def _is_quantized_linear(skip: tuple[str, ...] = ()) -> Callable[[Any, str], boo
     return f
 
 
+def _is_embedding_or_head(model: Any) -> Callable[[Any, str], bool]:
+    """The input embedding and ``lm_head`` as they are when the filter runs (fake-quantized modules
+    replace them in prepare; a tied pair shares one Parameter throughout)."""
+    def f(mod: Any, fqn: str) -> bool:
+        return mod is model.get_input_embeddings() or mod is model.get_output_embeddings()
+
+    return f
+
+
 def prepare_fake_quant(model: Any, cfg: Any) -> Any:
     """Swap decoder linears for torchao ``FakeQuantizedLinear`` (in place); ``cfg``: a ``QATConfig``.
     Schemes exported as GPTQ get the fake quantizer of ``gptq_fake_quant_config`` (fp16 scales, the
-    precision GPTQ stores); the others the one torchao derives from their base config."""
+    precision GPTQ stores); the others the one torchao derives from their base config, and their
+    embedding and ``lm_head`` an int8 per-row weight fake quantizer (``quantize_embeddings``)."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
-    from llmq.backends.qat import base_config, exports_gptq, gptq_fake_quant_config
+    from llmq.backends.qat import (base_config, embedding_fake_quant_config, exports_gptq, gptq_fake_quant_config,
+                                   quantizes_embeddings)
 
     qc = (QATConfig(weight_config=gptq_fake_quant_config(cfg), step="prepare") if exports_gptq(cfg)
           else QATConfig(base_config(cfg), step="prepare"))
     quantize_(model, qc, filter_fn=_is_quantized_linear(cfg.skip_modules))
+    if quantizes_embeddings(cfg):
+        quantize_(model, QATConfig(weight_config=embedding_fake_quant_config(), step="prepare"),
+                  filter_fn=_is_embedding_or_head(model))
     return model
 
 
 def convert_fake_quant(model: Any, cfg: Any) -> Any:
-    """Fake-quantized linears -> real torchao quantized weights, with the same base config."""
+    """Fake-quantized linears -> real torchao quantized weights, with the same base config; the
+    fake-quantized embedding/``lm_head`` -> torchao int8 per row (the grid training used)."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
-    from llmq.backends.qat import base_config
+    from llmq.backends.qat import base_config, quantizes_embeddings
 
     quantize_(model, QATConfig(base_config(cfg), step="convert"), filter_fn=_is_quantized_linear(cfg.skip_modules))
+    if quantizes_embeddings(cfg):
+        quantize_(model, QATConfig(step="convert"), filter_fn=_is_embedding_or_head(model))  # back to plain modules
+        from llmq.backends.torchao import quantize_embeddings
+
+        quantize_embeddings(model, "float")
     return model
 
 
@@ -156,20 +176,32 @@ def ptq(model: Any, cfg: Any) -> Any:
     """The same torchao base config applied with no training: the round-to-nearest PTQ baseline."""
     from torchao.quantization import quantize_
 
-    from llmq.backends.qat import base_config
+    from llmq.backends.qat import base_config, quantizes_embeddings
 
     quantize_(model, base_config(cfg), filter_fn=_is_quantized_linear(cfg.skip_modules))
+    if quantizes_embeddings(cfg):
+        from llmq.backends.torchao import quantize_embeddings
+
+        quantize_embeddings(model, "float")
     return model
 
 
 def attach_torchao_config(model: Any, cfg: Any) -> None:
     """Make ``save_pretrained`` write torchao safetensors (flattened tensor subclasses + metadata)
-    and a ``quantization_config`` that ``from_pretrained`` reloads."""
+    and a ``quantization_config`` that ``from_pretrained`` reloads; with int8 embeddings through the
+    torchao plugin's tied-aware saver (one copy of a tied table), as int8-dynamic saves them."""
     from transformers import TorchAoConfig
     from transformers.quantizers import AutoHfQuantizer
 
-    from llmq.backends.qat import base_config
+    from llmq.backends.qat import base_config, quantizes_embeddings
 
+    if quantizes_embeddings(cfg):
+        from llmq.backends.torchao import attach_torchao_saver
+
+        qc = TorchAoConfig(base_config(cfg), modules_to_not_convert=list(cfg.skip_modules) or None)
+        qc.include_input_output_embeddings = True
+        attach_torchao_saver(model, qc)
+        return
     qc = TorchAoConfig(base_config(cfg), modules_to_not_convert=["lm_head", *cfg.skip_modules])
     model.config.quantization_config = qc
     model.hf_quantizer = AutoHfQuantizer.from_config(qc)
@@ -251,9 +283,10 @@ def to_gptq(model: Any, cfg: Any, dtype: Any = None) -> Any:
 
 
 def count_fake_quantized(model: Any) -> int:
-    from torchao.quantization.qat import FakeQuantizedLinear
+    """Fake-quantized modules left in ``model`` (linears, and embeddings where the scheme quantizes them)."""
+    from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear
 
-    return sum(isinstance(m, FakeQuantizedLinear) for m in model.modules())
+    return sum(isinstance(m, (FakeQuantizedLinear, FakeQuantizedEmbedding)) for m in model.modules())
 
 
 # -- training ------------------------------------------------------------------------------------

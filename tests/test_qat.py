@@ -50,6 +50,15 @@ def test_prepare_inserts_torchao_fake_quantizers_in_decoder_linears_only(tiny):
     m2 = _load(tiny)
     Q.prepare_fake_quant(m2, Q.qat_config("qat-w8a8"))
     assert m2.model.layers[0].mlp.up_proj.activation_fake_quantizer is not None
+    # the torchao exports also fake-quantize the (tied) embedding and lm_head: int8 per row, weight-only
+    from torchao.quantization.qat import FakeQuantizedEmbedding
+
+    assert isinstance(m2.model.embed_tokens, FakeQuantizedEmbedding) and isinstance(m2.lm_head, FakeQuantizedLinear)
+    assert m2.lm_head.activation_fake_quantizer is None and m2.lm_head.weight is m2.model.embed_tokens.weight
+    assert Q.count_fake_quantized(m2) == n_linear + 2
+    m3 = _load(tiny)
+    Q.prepare_fake_quant(m3, Q.qat_config("qat-w8a8", quantize_embeddings=False))
+    assert Q.count_fake_quantized(m3) == n_linear and not isinstance(m3.lm_head, FakeQuantizedLinear)
 
 
 @pytest.mark.parametrize("scheme", ["qat-8da4w", "qat-w8a8", "qat-int8"])
@@ -90,7 +99,12 @@ def test_qat_torchao_scheme_saves_a_folder_that_reloads_with_from_pretrained(tin
     assert cfg["quantization_config"]["quant_method"] == "torchao"
     model = _load(out)
     assert isinstance(model.model.layers[0].self_attn.o_proj.weight, IntxUnpackedToInt8Tensor)
-    assert isinstance(model.lm_head.weight, torch.nn.Parameter) and model.lm_head.weight.dtype == torch.float32
+    from torchao.quantization import Int8Tensor
+
+    # int8 per-row embedding, tied lm_head: the folder is no bigger than what int8-dynamic writes
+    assert isinstance(model.model.embed_tokens.weight, Int8Tensor) and model.lm_head.weight is model.model.embed_tokens.weight
+    plain = estimate_scheme(profile(str(tiny)), "qat-8da4w", device="cpu", quantize_embeddings=False).bytes
+    assert meta["size_bytes"]["after"] < plain
     x = torch.randint(0, 400, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, res.model(x).logits)

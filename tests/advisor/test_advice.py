@@ -212,24 +212,35 @@ def test_our_smollm2_measurement_is_quoted_in_its_size_band_only():
     assert not [n for n in llmq.advise(7_000_000_000, device="cpu", ram_gb=64).notes if "SmolLM2-135M (this" in n]
 
 
-def test_never_recommends_a_scheme_larger_than_bf16(tmp_path):
+def test_never_recommends_a_scheme_larger_than_bf16(tmp_path, monkeypatch):
     """Issue #11: on a Gemma-3-like layout (262k vocabulary, small decoder) a scheme that keeps the
-    embedding in fp32 outweighs bf16; the advisor must not recommend it, whatever the ranking."""
+    embedding in fp32 outweighs bf16; the advisor must not recommend it, whatever the ranking. Every
+    default int8 scheme now stores embeddings int8, so the fat candidate is int8-dynamic with
+    ``quantize_embeddings=False`` (what it used to write)."""
     from transformers import LlamaConfig
 
     LlamaConfig(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=4,
                 num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True).save_pretrained(tmp_path)
-    cands = ["int8-dynamic", "qat-w8a8", "bf16"]
-    bf16 = estimate_scheme(profile(str(tmp_path)), "bf16", device="cpu").bytes
-    fat = estimate_scheme(profile(str(tmp_path)), "int8-dynamic", device="cpu", quantize_embeddings=False).bytes
+    prof = profile(str(tmp_path))
+    bf16 = estimate_scheme(prof, "bf16", device="cpu").bytes
+    defaults = {s: estimate_scheme(prof, s, device="cpu").bytes for s in ("int8-dynamic", "qat-w8a8", "qat-8da4w", "qat-int8")}
+    assert all(b < bf16 for b in defaults.values()), (defaults, bf16)  # no default 8-bit/4-bit torchao scheme is fat
+    fat = estimate_scheme(prof, "int8-dynamic", device="cpu", quantize_embeddings=False).bytes
     assert fat > bf16  # the situation the rule is for
-    adv = advice.advise(str(tmp_path), device="cpu", ram_gb=64, schemes=cands)
+
+    real = advice.estimate_scheme
+
+    def fp32_embeddings(p, s, **kw):
+        return real(p, s, **({"quantize_embeddings": False} if s == "int8-dynamic" else {}), **kw)
+
+    monkeypatch.setattr(advice, "estimate_scheme", fp32_embeddings)
+    adv = advice.advise(str(tmp_path), device="cpu", ram_gb=64, schemes=["int8-dynamic", "qat-w8a8", "bf16"])
     sizes = {c.scheme: c.size.bytes for c in adv.candidates}
+    assert sizes["int8-dynamic"] == fat
     assert adv.recommended is not None and sizes[adv.recommended.scheme] <= bf16
     bigger = [c for c in adv.candidates if c.size.bytes > bf16]
-    assert bigger, sizes  # qat-w8a8 (torchao, unpacked) keeps the 168M-parameter embedding in fp32
-    for c in bigger:
-        assert c.status == "avoid" and any("larger than bf16" in r for r in c.reasons)
+    assert [c.scheme for c in bigger] == ["int8-dynamic"], sizes
+    assert bigger[0].status == "avoid" and any("larger than bf16" in r for r in bigger[0].reasons)
 
 
 def test_gpu_advice_quotes_the_measured_gpu_bench():
