@@ -31,6 +31,8 @@ def add_qat(sub: Any) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--fp32-twin", action="store_true", help="train without fake quantization (the fair reference)")
     p.add_argument("--group-size", type=int, default=None, help="override the scheme's group size (-1: per channel)")
+    p.add_argument("--keep-embeddings", dest="quantize_embeddings", action="store_false",
+                   help="torchao exports: keep the embedding and lm_head fp32 (default: int8 per row, fake-quantized in training)")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run)
@@ -43,7 +45,8 @@ def _run(a: argparse.Namespace) -> int:
               overwrite=a.overwrite, resume=a.resume, checkpoint_dir=a.checkpoint_dir, batch_size=a.batch_size,
               seqlen=a.seqlen, warmup_steps=a.warmup_steps, checkpoint_every=a.checkpoint_every,
               max_ppl_increase=a.max_ppl_increase, eval_every=a.eval_every, device=a.device,
-              fake_quant=not a.fp32_twin, **({"group_size": a.group_size} if a.group_size is not None else {}))
+              fake_quant=not a.fp32_twin, **({"group_size": a.group_size} if a.group_size is not None else {}),
+              **({} if a.quantize_embeddings else {"quantize_embeddings": False}))
     t = res.backend.training
     print(json.dumps({"saved_to": str(res.saved_to), "scheme": res.meta.get("scheme"),
                       "steps_done": t["steps_done"], "early_stopped": t["early_stopped"],

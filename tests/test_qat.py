@@ -354,6 +354,13 @@ def test_cli_qat_writes_folder(tiny, texts, tmp_path):
     assert rc == 0
     meta = json.loads((out / "llmq.json").read_text())
     assert meta["scheme"] == "qat-w8a8" and meta["training"]["steps_done"] == 2
+    assert meta["config"]["quantize_embeddings"] is True
+    keep = tmp_path / "keep"
+    assert main(["qat", "--model", str(tiny), "--scheme", "w8a8", "--data", str(data), "--steps", "1", "--seqlen", "32",
+                 "--batch-size", "2", "--keep-embeddings", "-o", str(keep)]) == 0
+    kept = json.loads((keep / "llmq.json").read_text())
+    assert kept["config"]["quantize_embeddings"] is False
+    assert kept["size_bytes"]["after"] > meta["size_bytes"]["after"]  # fp32 embeddings are the bigger folder
     assert main(["qat", "--model", str(tiny), "--data", str(data), "--lr", "0", "-o", str(tmp_path / "x")]) == 2
 
 
