@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="eval/bench_quantize")
     ap.add_argument("--update", action="store_true", help="replace the named schemes' rows in <out>.json, keep the rest")
     args = ap.parse_args(argv)
-    args.kept, args.argv = [], ["scripts/bench_quantize.py", *sys.argv[1:]]
+    args.kept, args.argv, args.base_command = [], ["scripts/bench_quantize.py", *sys.argv[1:]], None
     os.environ.setdefault("LLMQ_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
     import torch
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         if old["rows"] and abs(old["rows"][0]["ppl"] - base["value"]) > 1e-3 * base["value"]:
             sys.exit(f"--update: the original scores {base['value']:.4f} now but {old['rows'][0]['ppl']:.4f} in "
                      f"{args.out}.json: rerun every scheme instead.")
-        args.kept = old["rows"]
+        args.kept, args.base_command = old["rows"], old.get("command")
         args.argv = [*old.get("argv", [old.get("command", "")]), "+", *args.argv]
     from llmq.testing import rtn_fake_quantize_
 
@@ -95,8 +95,9 @@ def main(argv=None) -> int:
     for scheme in names:
         kw = {}
         if get_scheme(scheme).backend_cls().needs_calibration:
-            kw = {"calibration": "wikitext2", "n_samples": args.n_samples, "seqlen": args.calib_seqlen,
-                  "group_size": args.group_size}
+            kw = {"calibration": "wikitext2", "n_samples": args.n_samples, "seqlen": args.calib_seqlen}
+            if getattr(get_scheme(scheme).config(), "group_size", -1) != -1:  # int8-static: per channel only
+                kw["group_size"] = args.group_size
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             qm = llmq.quantize(args.model, scheme, device="cpu", **kw)
@@ -133,7 +134,8 @@ def write(args, src, base, base_size, rows, torch) -> str:
         md.append(f"| {r['scheme']} | {t} | {size} | {ratio} | {r['ppl']:.2f} | {r['ppl_delta_pct']:+.1f}% |")
     table = "\n".join(md)
     result = {
-        "command": "LLMQ_DATA_DIR=../shared/data python " + " ".join(["scripts/bench_quantize.py", *sys.argv[1:]]),
+        # --update keeps the first run's command (the rows it wrote); argv lists every run since
+        "command": args.base_command or "LLMQ_DATA_DIR=../shared/data python " + " ".join(args.argv),
         "argv": args.argv,
         "model": src.base_model_id, "source": str(src.path or src.name), "protocol": base["protocol"],
         "calibration": {"source": "wikitext2 (valid split, LLMQ_DATA_DIR mirror)", "n_samples": args.n_samples,

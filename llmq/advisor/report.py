@@ -29,7 +29,8 @@ def which_scheme_markdown() -> str:
     if q.get("rows"):
         band = rules.size_band(q["params"])
         lines += [f"### Measured on SmolLM2-135M (the {band.label} band)", "",
-                  f"`{q['command']}`" + (f" ({q['protocol']})" if q.get("protocol") else ""), "",
+                  f"`{q['command']}`" + (f" ({q['protocol']})" if q.get("protocol") else "")
+                  + (f"; {q['refreshed']}" if q.get("refreshed") else ""), "",
                   "| scheme | size | perplexity change vs fp32 | rule of thumb says |", "|---|---|---|---|"]
         roles = rules.roles()
         for scheme, r in q["rows"].items():
