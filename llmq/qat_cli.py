@@ -45,8 +45,8 @@ def _run(a: argparse.Namespace) -> int:
               overwrite=a.overwrite, resume=a.resume, checkpoint_dir=a.checkpoint_dir, batch_size=a.batch_size,
               seqlen=a.seqlen, warmup_steps=a.warmup_steps, checkpoint_every=a.checkpoint_every,
               max_ppl_increase=a.max_ppl_increase, eval_every=a.eval_every, device=a.device,
-              fake_quant=not a.fp32_twin, **({"group_size": a.group_size} if a.group_size is not None else {}),
-              **({} if a.quantize_embeddings else {"quantize_embeddings": False}))
+              fake_quant=not a.fp32_twin, quantize_embeddings=a.quantize_embeddings,
+              **({"group_size": a.group_size} if a.group_size is not None else {}))
     t = res.backend.training
     print(json.dumps({"saved_to": str(res.saved_to), "scheme": res.meta.get("scheme"),
                       "steps_done": t["steps_done"], "early_stopped": t["early_stopped"],

@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=512, help="context before the 128 decoded tokens (default 512)")
     ap.add_argument("--json", default=str(ROOT / "eval" / "bench_gguf_depth.json"))
     a = ap.parse_args()
+    for flag, path in (("--gguf", a.gguf), ("--llama-bench", a.llama_bench)):
+        if not Path(path).is_file():
+            ap.error(f"{flag} {path}: no such file")
     from llmq.benchmark import bench
 
     def llmq_decode(spec: str) -> float:

@@ -34,7 +34,8 @@ def test_compiled_frozen_int8_static_generates_what_eager_does(tiny_model_dir, t
 def test_int_mm_lowering_is_safe_for_one_row_in_both_inductor_wrappers(tmp_path, monkeypatch):
     """pytorch/pytorch#195066: CPU ``_int_mm`` ignores a (1, K) operand whose row stride is 0, the
     view Inductor emits for one decode token. With llmq's lowering patch the compiled result is
-    exact with the Python wrapper and with the C++ wrapper (which ``compile_for_cpu`` turns on)."""
+    exact with the Python wrapper and with the C++ wrapper (``cpp_wrapper``, off in ``compile_for_cpu``
+    but a user's choice), which the earlier Python-level workaround did not reach."""
     import torch
     import torch._inductor.config as ic
 

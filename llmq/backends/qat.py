@@ -272,11 +272,12 @@ class QATBackend(Backend):
                      for l in lins)
         scales = groups * (4 + 1)
         n_tensors = base_tensors(profile) + len(profile.linears) + 2 * len(lins)
-        emb = [profile.embedding_params] + ([profile.lm_head_params] if profile.lm_head_params else [])
-        emb_q = sum(emb) if config.quantize_embeddings else 0
-        if emb_q:
-            scales += 5 * profile.vocab * len(emb)
-            n_tensors += 2 * len(emb)
+        from llmq.backends.torchao import int8_embedding_bytes
+
+        emb_q, emb_scales, n_tables = int8_embedding_bytes(profile, config.quantize_embeddings)
+        scales += emb_scales
+        if config.quantize_embeddings:
+            n_tensors += 2 * n_tables  # scale and zero point beside each table base_tensors counts
         kept_n = kept_params(profile, q) - emb_q
         kept = kept_n * BYTES["float32"]
         hdr = header_bytes(n_tensors, "torchao")

@@ -167,6 +167,16 @@ def enable_loading() -> None:
     _PATCHED = True
 
 
+def int8_embedding_bytes(profile: Any, quantize: bool) -> tuple[int, int, int]:
+    """``(int8 parameters, scale/zero-point bytes, tables)`` for the input embedding and a separate
+    ``lm_head`` as :func:`quantize_embeddings` stores them: int8 per row with an fp32 scale and an
+    int8 zero point per row (``qdata``, ``scale``, ``zero_point``); ``(0, 0, tables)`` when kept float."""
+    tables = [profile.embedding_params] + ([profile.lm_head_params] if profile.lm_head_params else [])
+    if not quantize:
+        return 0, 0, len(tables)
+    return sum(tables), 5 * profile.vocab * len(tables), len(tables)
+
+
 def torchao_int8_estimate(profile: Any, cfg: Any, scheme: str) -> Any:
     """Bytes on disk for torchao's int8 layouts with int8 embeddings (int8-dynamic, int8-static).
     Per quantized Linear: int8 ``qdata``, fp32 ``scale`` and int8 ``zero_point`` per row (per
@@ -193,14 +203,8 @@ def torchao_int8_estimate(profile: Any, cfg: Any, scheme: str) -> Any:
         if static:
             scales += 4 + (0 if cfg.sym else 1) + (4 * l.in_features if l.name in smoothed else 0)
             n_q_tensors += 1 + (0 if cfg.sym else 1) + (1 if l.name in smoothed else 0)
-    emb_q = emb_scales = n_emb_tensors = 0
-    for numel in [profile.embedding_params] + ([profile.lm_head_params] if profile.lm_head_params else []):
-        if cfg.quantize_embeddings:
-            emb_q += numel
-            emb_scales += 5 * profile.vocab
-            n_emb_tensors += 3
-        else:
-            n_emb_tensors += 1
+    emb_q, emb_scales, n_tables = int8_embedding_bytes(profile, cfg.quantize_embeddings)
+    n_emb_tensors = (3 if cfg.quantize_embeddings else 1) * n_tables
     kept_params = profile.parameters - q - emb_q
     kept = kept_params * BYTES[cfg.dtype]
     n_kept = 2 * profile.layers + 1 + (len(profile.linears) - len(lins) - (1 if profile.lm_head_params else 0))
