@@ -141,6 +141,8 @@ def add_run(sub: Any) -> None:
     e.add_argument("--max-accuracy-loss", type=float, help="fail if any task loses more accuracy points than this")
     e.add_argument("--max-kld", type=float, help="fail if mean KL divergence exceeds this")
     e.add_argument("--budget-gb", type=float, help="with --scheme auto: only schemes whose size fits")
+    p.add_argument("--resume", action="store_true",
+                   help="qat-* schemes: continue the training checkpointed next to -o (.<name>.qat-checkpoint)")
     e.add_argument("--allow-training", action="store_true",
                    help="with --scheme auto: when every post-training candidate fails the gate, try quantization-aware "
                         "training (qat-* schemes; --set steps=N --set data=wikitext2|FILE)")
@@ -177,7 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   revision=args.revision, trust_remote_code=args.trust_remote_code,
                   overrides=overrides_from_args(args), evaluate=args.eval, tasks=args.tasks, ppl=args.ppl,
                   limit=args.limit, max_ppl_increase=args.max_ppl_increase, max_accuracy_loss=args.max_accuracy_loss,
-                  max_kld=args.max_kld, budget_gb=args.budget_gb, allow_training=args.allow_training, push_to_hub=args.push_to_hub, private=args.private,
+                  max_kld=args.max_kld, budget_gb=args.budget_gb, allow_training=args.allow_training,
+                  resume=args.resume, push_to_hub=args.push_to_hub, private=args.private,
                   sample=not args.no_sample, on_saved=print_summary, on_report=lambda report, path: finish(report, path))
     if res.push is not None:
         print(f"Pushed to {res.push.url}")

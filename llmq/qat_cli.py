@@ -16,6 +16,8 @@ def add_qat(sub: Any) -> None:
     p.add_argument("--scheme", default="qat-int4", help="qat-int4, qat-8da4w, qat-w8a8, qat-int8 (or the PTQ name it mirrors: "
                    + ", ".join(f"{k} -> {v}" for k, v in ALIASES.items()) + ")")
     p.add_argument("--data", default="wikitext2", help="wikitext2 (train text) or a .txt/.jsonl/.parquet file")
+    p.add_argument("--objective", default="distill", choices=["distill", "lm"],
+                   help="distill: match the original model's outputs (recovers rounding loss); lm: cross-entropy on --data")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
@@ -29,7 +31,8 @@ def add_qat(sub: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint next to -o")
     p.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: .<output>.qat-checkpoint)")
     p.add_argument("--device", default=None)
-    p.add_argument("--fp32-twin", action="store_true", help="train without fake quantization (the fair reference)")
+    p.add_argument("--fp32-twin", action="store_true",
+                   help="train without fake quantization (the fair reference for --objective lm)")
     p.add_argument("--group-size", type=int, default=None, help="override the scheme's group size (-1: per channel)")
     p.add_argument("--keep-embeddings", dest="quantize_embeddings", action="store_false",
                    help="torchao exports: keep the embedding and lm_head fp32 (default: int8 per row, fake-quantized in training)")
@@ -45,7 +48,7 @@ def _run(a: argparse.Namespace) -> int:
               overwrite=a.overwrite, resume=a.resume, checkpoint_dir=a.checkpoint_dir, batch_size=a.batch_size,
               seqlen=a.seqlen, warmup_steps=a.warmup_steps, checkpoint_every=a.checkpoint_every,
               max_ppl_increase=a.max_ppl_increase, eval_every=a.eval_every, device=a.device,
-              fake_quant=not a.fp32_twin, quantize_embeddings=a.quantize_embeddings,
+              fake_quant=not a.fp32_twin, quantize_embeddings=a.quantize_embeddings, objective=a.objective,
               **({"group_size": a.group_size} if a.group_size is not None else {}))
     t = res.backend.training
     print(json.dumps({"saved_to": str(res.saved_to), "scheme": res.meta.get("scheme"),

@@ -5,12 +5,13 @@ parses its flags and calls ``run``."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from llmq.errors import LlmqError
+from llmq.errors import ConfigError, LlmqError
 
 #: With no model: the demo model, and the scheme the advisor picks for a CPU (int8-dynamic, seconds).
 #: A calibrated scheme on the demo model calibrates on Python's bundled docs (offline) with groups of
@@ -46,14 +47,16 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
         eval_seqlen: int | None = None, max_ppl_increase: Any = None, max_accuracy_loss: float | None = None,
         max_kld: float | None = None, budget_gb: float | None = None, candidates: Sequence[str] | None = None,
         push_to_hub: str | None = None, private: bool = False, sample: bool = True, allow_training: bool = False,
-        on_saved: Callable[[dict, Path, str | None], None] | None = None,
+        resume: bool = False, on_saved: Callable[[dict, Path, str | None], None] | None = None,
         on_report: Callable[[dict, Path], None] | None = None) -> RunResult:
     """Quantize ``model`` (None: the offline demo) with ``scheme`` (a name from ``llmq schemes``, or
     ``"auto"``), save it to ``output``, generate a sample, evaluate it against the original when
     ``evaluate`` or a gate (``max_ppl_increase``, ``max_accuracy_loss``, ``max_kld``) is given, and
     push it to ``push_to_hub``. ``on_saved(meta, path, sample)`` and ``on_report(report, path)`` are
     called as soon as each step is done (the CLI prints there). ``allow_training``: with ``"auto"``,
-    escalate to quantization-aware training (``qat-*``) when every post-training candidate fails."""
+    escalate to quantization-aware training (``qat-*``) when every post-training candidate fails.
+    A named ``qat-*`` scheme checkpoints its training next to ``output`` (``.<name>.qat-checkpoint``,
+    every ``checkpoint_every`` steps, removed once the model is saved); ``resume`` continues from it."""
     from llmq import safety
     from llmq.eval.gate import gate_set
     from llmq.outdir import reserve_output
@@ -68,6 +71,8 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
                                   max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
         safety.check_eval_options(limit=limit, seqlen=eval_seqlen)
     if scheme == "auto":
+        if resume:
+            raise ConfigError("--resume continues a named qat-* scheme's training; --scheme auto does not checkpoint.")
         from llmq.advisor.auto import run_auto
 
         out = Path(output) if output else default_output(model, "auto")
@@ -104,6 +109,15 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
             raise LlmqError("--scheme is required with --model (see `python -m llmq schemes`, or use --scheme auto).")
         out = Path(output) if output else default_output(model, scheme)
         from llmq.core import prepare, quantize
+        from llmq.schemes import get_scheme
+
+        ckdir = None
+        if get_scheme(scheme).backend_cls().needs_training:
+            from llmq.quantization_aware import default_checkpoint_dir
+
+            ckdir = default_checkpoint_dir(out)
+        elif resume:
+            raise ConfigError(f"--resume continues quantization-aware training (qat-* schemes); {scheme!r} does not train.")
 
         # The output is checked (exists, is/contains/is inside the source, writable) and locked from
         # here through the save: a second `run` to the same output fails before it loads a weight.
@@ -112,8 +126,10 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
             prepare(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
                     **overrides)
             qm = quantize(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
-                          **overrides)
+                          plugin_options={"checkpoint_dir": ckdir, "resume": resume} if ckdir else None, **overrides)
             path = qm.save(out, overwrite=overwrite)
+            if ckdir is not None:
+                shutil.rmtree(ckdir, ignore_errors=True)  # the saved model replaces the checkpoint
         text = _one_line(qm.generate(SAMPLE_PROMPT, max_new_tokens=16)) if sample else None
         res = RunResult(path, out, qm.scheme.name, 0, qm.meta, text)
         del qm

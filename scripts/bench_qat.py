@@ -1,10 +1,15 @@
 """QAT benchmark with twins: does quantization-aware training win back what PTQ loses?
 
 Fine-tuning on WikiText can lower WikiText perplexity by domain adaptation alone, so every QAT
-model is compared with its **fp32 twin**: the same model fine-tuned on the same data, steps and
-seed without fake quantization. The no-training baseline is the same torchao base config applied
-directly (round-to-nearest PTQ), on the original model and on the twin; ``--llmq-ptq`` adds llmq's
-calibrated schemes (e.g. awq-int4, gptq-int4) to the "best PTQ 4-bit" comparison.
+model is compared with its **fp32 twin**: the same model trained on the same data, steps and
+seed with the same objective, without fake quantization. With ``--objective lm`` (cross-entropy)
+the twin is fine-tuned for real; with ``--objective distill`` (llmq's default: KL divergence to the
+original model's outputs) the twin is the original itself (the original is that objective's
+minimum: loss 0, gradient 0 up to rounding, ``tests/test_qat.py::test_distilled_fp32_twin_is_the_original``),
+so it is not trained and every gap is measured against the untrained original. The no-training baseline is the same
+torchao base config applied directly (round-to-nearest PTQ); ``--llmq-ptq`` adds llmq's calibrated
+schemes (``awq-int4``, ``gptq-int4``: quantized in this run; ``awq-int4=DIR``: an ``llmq run``
+output folder, scored in this run) to the "best PTQ 4-bit" comparison.
 
 Train on WikiText-2 *train* text (``wikitext2`` = ``wiki.valid.tokens`` under LLMQ_DATA_DIR, a
 split the test never sees), evaluate perplexity on WikiText-2 *test* (``wiki.test.raw``), tasks on
@@ -37,6 +42,9 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="default: the offline SmolLM2-135M-Instruct demo")
     ap.add_argument("--schemes", default="qat-int4,qat-w8a8")
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--scheme-steps", default="", help="per-scheme steps, e.g. qat-w8a8=100 (default: --steps)")
+    ap.add_argument("--scheme-lr", default="", help="per-scheme learning rates, e.g. qat-w8a8=2e-5 (default: --lr)")
+    ap.add_argument("--objective", default="distill", choices=["distill", "lm"])
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seqlen", type=int, default=256)
@@ -46,7 +54,8 @@ def main() -> int:
     ap.add_argument("--ppl-seqlen", type=int, default=1024)
     ap.add_argument("--tasks", default="arc_easy,piqa")
     ap.add_argument("--task-limit", type=int, default=200, help="examples per task; 0 skips tasks")
-    ap.add_argument("--llmq-ptq", default="", help="extra llmq PTQ schemes for the 4-bit baseline, e.g. awq-int4")
+    ap.add_argument("--llmq-ptq", default="",
+                    help="extra llmq PTQ schemes for the 4-bit baseline: awq-int4 (quantized here) or awq-int4=DIR (a saved llmq folder)")
     ap.add_argument("--save-dir", default=None, help="also save each QAT model here (checks it reloads)")
     ap.add_argument("--json", default="eval/bench_qat.json")
     ap.add_argument("--device", default=None, help="default: cuda when present (bf16 autocast there), else cpu")
@@ -70,7 +79,13 @@ def main() -> int:
     schemes = [Q.qat_scheme_name(s) for s in args.schemes.split(",") if s]
     cfgs = {s: Q.qat_config(s) for s in schemes}
     tasks = [resolve_task(t) for t in args.tasks.split(",") if t] if args.task_limit > 0 else []
-    train_kw = dict(data="wikitext2", steps=args.steps, lr=args.lr, seed=args.seed, batch_size=args.batch_size,
+    def per_scheme(spec: str, cast) -> dict:
+        return {Q.qat_scheme_name(k): cast(v) for k, v in (kv.split("=", 1) for kv in spec.split(",") if kv)}
+
+    scheme_steps, scheme_lr = per_scheme(args.scheme_steps, int), per_scheme(args.scheme_lr, float)
+    if args.objective == "lm" and (scheme_steps or scheme_lr):
+        ap.error("--scheme-steps/--scheme-lr need --objective distill (an lm run trains one fp32 twin for all schemes)")
+    train_kw = dict(data="wikitext2", objective=args.objective, steps=args.steps, lr=args.lr, seed=args.seed, batch_size=args.batch_size,
                     seqlen=args.seqlen, warmup_steps=args.steps // 10 if args.warmup_steps is None else args.warmup_steps,
                     checkpoint_every=max(1, args.steps), progress=True, device=device)
     source = resolve_model(args.model)
@@ -84,7 +99,9 @@ def main() -> int:
             "perplexity": f"WikiText-2 test, {args.ppl_windows} windows x {args.ppl_seqlen} tokens",
             "tasks": {t.name: args.task_limit for t in tasks},
             "train_settings": {k: v for k, v in train_kw.items() if k != "progress"},
-            "gaps": "QAT vs its fp32 twin (same data, steps, seed); PTQ vs the model it quantized",
+            "scheme_steps": scheme_steps, "scheme_lr": scheme_lr,
+            "gaps": "QAT vs its fp32 twin (same data, steps, seed, objective; with distill the twin is the original); "
+                    "PTQ vs the model it quantized",
         },
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": device if device == "cpu" else torch.cuda.get_device_name(0),
@@ -140,44 +157,66 @@ def main() -> int:
     for s in schemes:
         guarded(f"ptq-rtn:{s}", lambda s=s: rtn(s))
 
-    def llmq_ptq(name: str) -> None:
+    def llmq_ptq(spec: str) -> None:
         import llmq
 
-        q = llmq.quantize(args.model, name)
-        r = measure(f"ptq-llmq:{name}", q.hf_model, with_tasks=False)
+        name, _, folder = spec.partition("=")
+        if folder:  # an llmq output folder made earlier, scored here with everything else
+            meta = json.loads((Path(folder) / "llmq.json").read_text())
+            if meta.get("scheme") != name:
+                raise ValueError(f"{folder} holds scheme {meta.get('scheme')!r}, not {name!r}")
+            model, _ = llmq.load(folder, device=device)
+            extra = {"folder": folder, "config": meta.get("config"), "size_bytes": (meta.get("size_bytes") or {}).get("after"),
+                     "quantize_seconds": meta.get("wall_time_s"), "llmq_version": meta.get("llmq_version")}
+        else:
+            q = llmq.quantize(args.model, name)
+            model, extra = q.hf_model, {"quantize_seconds": round(q.wall_time_s, 1)}
+        r = measure(f"ptq-llmq:{name}", model, extra, with_tasks=False)
         r["gap_vs_original"] = r["ppl"] / base["ppl"] - 1
-        r["quantize_seconds"] = round(q.wall_time_s, 1)
 
-    for name in [n for n in args.llmq_ptq.split(",") if n]:
-        guarded(f"ptq-llmq:{name}", lambda name=name: llmq_ptq(name))
+    for spec in [n for n in args.llmq_ptq.split(",") if n]:
+        guarded(f"ptq-llmq:{spec.partition('=')[0]}", lambda spec=spec: llmq_ptq(spec))
     write()
 
     def cfg_of(s: str):
-        return Q.qat_config(s, **{k: v for k, v in train_kw.items() if k not in ("progress", "device")})
+        kw = {k: v for k, v in train_kw.items() if k not in ("progress", "device")}
+        return Q.qat_config(s, **{**kw, **own(s)})
 
-    # the twin trains without fake quantization: no scheme's export (nor its dependencies) is involved
-    twin_model, twin_training = Q.train_model(source.local_dir(), cfg_of(schemes[0]), device, fake_quant=False)
-    tw = measure("fp32-twin", twin_model.eval(), {"training": twin_training})
+    def own(s: str) -> dict:
+        steps = scheme_steps.get(s, args.steps)
+        return {"steps": steps, "lr": scheme_lr.get(s, args.lr),
+                "warmup_steps": steps // 10 if args.warmup_steps is None else args.warmup_steps}
 
-    def rtn_twin(s: str) -> None:
-        r = measure(f"ptq-rtn-of-twin:{s}", Q.ptq(_copy(twin_model), cfgs[s]), with_tasks=False)
-        r["gap_vs_twin"] = r["ppl"] / tw["ppl"] - 1
+    if args.objective == "distill":
+        # distilling the original into itself has loss 0 and gradient 0: the twin is the original
+        tw = base
+        out["models"]["fp32-twin"] = {"same_as": "original", "why": "objective distill: the original is the "
+                                      "objective's minimum (loss 0, gradient 0 up to rounding; "
+                                      "tests/test_qat.py::test_distilled_fp32_twin_is_the_original)"}
+    else:
+        # the twin trains without fake quantization: no scheme's export (nor its dependencies) is involved
+        twin_model, twin_training = Q.train_model(source.local_dir(), cfg_of(schemes[0]), device, fake_quant=False)
+        tw = measure("fp32-twin", twin_model.eval(), {"training": twin_training})
 
-    for s in schemes:
-        guarded(f"ptq-rtn-of-twin:{s}", lambda s=s: rtn_twin(s))
-    twin_model = None  # free it before the QAT runs
-    gc.collect()
+        def rtn_twin(s: str) -> None:
+            r = measure(f"ptq-rtn-of-twin:{s}", Q.ptq(_copy(twin_model), cfgs[s]), with_tasks=False)
+            r["gap_vs_twin"] = r["ppl"] / tw["ppl"] - 1
+
+        for s in schemes:
+            guarded(f"ptq-rtn-of-twin:{s}", lambda s=s: rtn_twin(s))
+        twin_model = None  # free it before the QAT runs
+        gc.collect()
 
     def qat_one(s: str) -> None:
         from llmq.backends.qat import exports_gptq
 
         if exports_gptq(cfgs[s]) and not can_pack:
-            model, training = Q.train_model(source.local_dir(), cfg_of(s), device, convert=False)
+            model, training = Q.train_model(source.local_dir(), cfg_of(s), device, convert=False, progress=True)
             training["scored"] = "the fake-quantized model (GPTQModel absent: not packed; same weights)"
             r = measure(f"qat:{s}", model.eval(), {"training": training})
         else:
             save_to = Path(args.save_dir) / s if args.save_dir else None
-            res = Q.qat(args.model, s, output=save_to, overwrite=True, **train_kw)
+            res = Q.qat(args.model, s, output=save_to, overwrite=True, **{**train_kw, **own(s)})
             extra = {"training": res.backend.training}
             if save_to is not None:
                 extra["saved_to"] = str(res.saved_to)
@@ -214,6 +253,7 @@ def verdicts(models: dict, cfgs: dict, tasks) -> dict:
         d = {"gap_vs_twin": q["gap_vs_twin"], "train_seconds": q["training"]["train_seconds"],
              "steps": q["training"]["steps_done"]}
         if s.bits == 4:
+            d["ptq_4bit_gaps"] = ptq4
             d["best_ptq_4bit_gap"] = best_ptq4
             d["target_half_of_best_ptq"] = best_ptq4 is not None and q["gap_vs_twin"] <= best_ptq4 / 2
             d["moonshot_5pct"] = q["gap_vs_twin"] <= 0.05
@@ -232,6 +272,9 @@ def verdicts(models: dict, cfgs: dict, tasks) -> dict:
 def print_table(out: dict) -> None:
     print(f"\n{'model':30s} {'ppl':>9s} {'gap':>8s}  tasks")
     for k, m in out["models"].items():
+        if "ppl" not in m:
+            print(f"{k:30s} = {m.get('same_as')}")
+            continue
         gap = m.get("gap_vs_twin", m.get("gap_vs_original"))
         tasks = "  ".join(f"{n} {m[n]['acc']:.3f}" for n in ("arc_easy", "piqa") if n in m)
         print(f"{k:30s} {m['ppl']:9.3f} {'' if gap is None else f'{100 * gap:+7.2f}%'}  {tasks}")

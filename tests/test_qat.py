@@ -144,7 +144,8 @@ def test_qat_int4_export_is_exactly_the_trained_grid_and_reloads_through_llmq_lo
                        eval_windows=2)
     model = _load(tiny)
     Q.prepare_fake_quant(model, cfg)
-    Q.train(model, Q.build_data(cfg, AutoTokenizer.from_pretrained(tiny)), cfg, device="cpu", progress=False)
+    Q.train(model, Q.build_data(cfg, AutoTokenizer.from_pretrained(tiny)), cfg, device="cpu", progress=False,
+            teacher=_load(tiny).eval())
     _bf16_kept(model)
     fq = {n: m.weight_fake_quantizer(m.weight).detach().clone() for n, m in model.named_modules()
           if isinstance(m, FakeQuantizedLinear)}
@@ -244,12 +245,103 @@ def test_llmq_run_with_a_named_qat_scheme_trains_and_advise_never_recommends_it(
     assert all(listed.index(q) > listed.index("int8-dynamic") for q in ("qat-w8a8", "qat-int8"))
 
 
+def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts, tmp_path, monkeypatch):
+    """``llmq run --scheme qat-*``: Ctrl-C mid-training keeps the checkpoint next to the output and
+    writes no output; ``--resume`` continues from the saved step, and the checkpoint is removed once
+    the model is saved. ``--resume`` with a scheme that does not train is a one-line error."""
+    from llmq.errors import LlmqError
+    from llmq.quantization_aware import default_checkpoint_dir
+    from llmq.run import run
+
+    out = tmp_path / "run"
+    opts = dict(data=texts, steps=4, checkpoint_every=2, seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
+    calls = {"n": 0}
+    step = torch.optim.AdamW.step
+
+    def interrupt_third(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt_third)
+    with pytest.raises(LlmqError, match="interrupted at step 2.*--resume"):
+        run(str(tiny), "qat-int4", output=out, overrides=opts, device="cpu", sample=False)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    ck = default_checkpoint_dir(out)
+    assert (ck / Q.CKPT_FILE).is_file() and not out.exists()
+    res = run(str(tiny), "qat-int4", output=out, overrides=opts, device="cpu", sample=False, resume=True)
+    t = res.meta["training"]
+    assert res.code == 0 and t["resumed_from_step"] == 2 and t["steps_done"] == 4 and not ck.exists()
+    with pytest.raises(ConfigError, match="does not train"):
+        run(str(tiny), "int8-dynamic", output=tmp_path / "x", resume=True)
+
+
 def test_training_changes_weights_and_fp32_twin_has_no_fake_quant(tiny, texts, tmp_path):
     before = _load(tiny).model.layers[0].mlp.up_proj.weight.detach().clone()
-    twin = Q.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, fake_quant=False, **SMALL)
+    twin = Q.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, fake_quant=False, objective="lm", **SMALL)
     w = twin.model.model.layers[0].mlp.up_proj.weight
     assert type(w) is torch.nn.Parameter and not torch.equal(w.detach(), before)
     assert twin.backend.training["method"].startswith("fine-tuning without fake quantization")
+
+
+def test_distilled_fp32_twin_is_the_original(tiny, texts):
+    """The benchmark's shortcut, checked: the original model is the minimum of the distillation
+    objective (loss 0, gradient 0 up to float rounding: orders of magnitude below a fake-quantized
+    student's), so the fp32 twin of a distilled run is the original, and ``llmq.qat`` refuses to
+    spend time training it. (Training it anyway would only let Adam, which normalises gradient
+    size, walk the weights along rounding noise.)"""
+    from transformers import AutoTokenizer
+
+    cfg = Q.qat_config("qat-int4", data=texts, steps=3, seqlen=32, batch_size=2, eval_windows=2)
+    assert cfg.objective == "distill"  # the default
+    x = Q.build_data(cfg, AutoTokenizer.from_pretrained(tiny)).train[:2]
+    teacher = _load(tiny).eval()
+    with torch.no_grad():
+        target = teacher(input_ids=x).logits
+
+    def loss_and_grad(model):
+        model.train()
+        loss = Q.distill_loss(model(input_ids=x).logits, target)
+        loss.backward()
+        return float(loss), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm()
+
+    twin_loss, twin_grad = loss_and_grad(_load(tiny))
+    student = _load(tiny)
+    Q.prepare_fake_quant(student, cfg)
+    q_loss, q_grad = loss_and_grad(student)
+    assert abs(twin_loss) < 1e-7 and q_loss > 1e-4, (twin_loss, q_loss)
+    assert twin_grad < 1e-4 * q_grad, (twin_grad, q_grad)
+    with pytest.raises(ConfigError, match="twin of a distilled QAT run is the original"):
+        Q.qat(str(tiny), "qat-int4", data=texts, steps=2, fake_quant=False, **SMALL)
+
+
+def test_distillation_loss_is_the_kl_to_the_original_and_lm_is_still_available(tiny, texts):
+    """The default objective trains on KL(original || fake-quantized student): the first step's loss
+    is that divergence on the first batch, computed independently here. (That it wins back
+    rounding loss is a real-model claim: ``test_short_qat_on_demo_model_reduces_quantization_loss``.)"""
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    cfg = Q.qat_config("qat-int4", data=texts, steps=2, lr=1e-4, seqlen=32, batch_size=2, warmup_steps=1,
+                       eval_windows=2)
+    data = Q.build_data(cfg, AutoTokenizer.from_pretrained(tiny))
+    teacher, model = _load(tiny).eval(), _load(tiny)
+    Q.prepare_fake_quant(model, cfg)
+    x = data.train[Q.batch_order(len(data.train), cfg.steps, cfg.batch_size, cfg.seed)[0]]
+    with torch.no_grad():
+        p_t = F.softmax(teacher(input_ids=x).logits, -1)
+        log_s = F.log_softmax(model(input_ids=x).logits, -1)
+    expected = float((p_t * (p_t.log() - log_s)).sum(-1).mean())
+    hist = Q.train(model, data, cfg, device="cpu", progress=False, teacher=teacher)
+    assert expected > 1e-4 and hist["loss"][0] == pytest.approx(expected, rel=1e-3, abs=1e-5)
+    with pytest.raises(ConfigError, match="needs the original model as teacher"):
+        Q.train(_load(tiny), data, cfg, device="cpu", progress=False)
+    lm = Q.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, objective="lm", **SMALL)
+    assert lm.backend.training["objective"] == "lm" == lm.backend.config.objective
+    assert lm.backend.training["loss_first"] > 1.0  # cross-entropy of a random model, not a divergence
+    with pytest.raises(ConfigError, match="objective must be one of distill, lm"):
+        Q.qat_config("qat-int4", objective="mse")
 
 
 def test_train_model_without_convert_returns_the_fake_quantized_model_training_saw(tiny, texts):
@@ -286,7 +378,7 @@ def _run_train(tiny, texts, tmp_path, steps, crash_at=None, resume=False, ckdir=
             raise KeyboardInterrupt
 
     hist = Q.train(model, data, cfg, device="cpu", checkpoint_dir=ckdir, resume=resume, progress=False,
-                   on_step=on_step)
+                   on_step=on_step, teacher=_load(tiny).eval())
     return model, hist
 
 
@@ -364,28 +456,37 @@ def test_cli_qat_writes_folder(tiny, texts, tmp_path):
     assert main(["qat", "--model", str(tiny), "--data", str(data), "--lr", "0", "-o", str(tmp_path / "x")]) == 2
 
 
-#: the slow test's settings: short enough for CI (two 6-step runs on 2 x 128-token windows), long
+#: the slow test's settings: short enough for CI (6-step runs on 2 x 128-token windows), long
 #: enough that QAT's effect shows (see README "Quantization-aware training" for the measured times)
 SLOW = dict(data="wikitext2", steps=6, lr=5e-5, seed=0, seqlen=128, batch_size=2, warmup_steps=1, progress=False)
 
 
 @pytest.mark.slow
-def test_short_qat_on_demo_model_reduces_quantization_loss(data_dir, monkeypatch):
-    """Fair version of "QAT helps": the QAT model's gap to its fp32 twin (same data, steps, seed)
-    is smaller than round-to-nearest PTQ's gap on that same twin, on WikiText-2 *test* windows
-    (training reads WikiText-2 train text only)."""
+@pytest.mark.parametrize("objective", ["distill", "lm"])
+def test_short_qat_on_demo_model_reduces_quantization_loss(data_dir, monkeypatch, objective):
+    """Fair version of "QAT helps": the QAT model's gap to its fp32 twin (same data, steps, seed,
+    objective) is smaller than round-to-nearest PTQ's gap on that same twin, on WikiText-2 *test*
+    windows (training reads WikiText-2 train text only). With distillation the twin is the original
+    (``test_distilled_fp32_twin_is_the_original``); with ``lm`` it is fine-tuned."""
+    from transformers import AutoModelForCausalLM
+
     from llmq.eval.perplexity import perplexity
+    from llmq.models import resolve_model
 
     monkeypatch.setenv("LLMQ_DATA_DIR", str(data_dir))
-    twin = Q.qat(None, "qat-int4", fake_quant=False, **SLOW)
-    qat = Q.qat(None, "qat-int4", **SLOW)
-    assert twin.backend.training["data"].endswith("wiki.valid.tokens")  # never the test split
+    qat = Q.qat(None, "qat-int4", objective=objective, **SLOW)
+    assert qat.backend.training["data"].endswith("wiki.valid.tokens")  # never the test split
+    if objective == "lm":
+        twin = Q.qat(None, "qat-int4", fake_quant=False, objective="lm", **SLOW).model
+    else:
+        twin = AutoModelForCausalLM.from_pretrained(resolve_model(None).local_dir(), dtype=torch.float32)
     ev = dict(seqlen=256, limit=4, progress=False)
-    tw = perplexity(twin.model, twin.tokenizer, "wikitext2", **ev).value
+    tw = perplexity(twin, qat.tokenizer, "wikitext2", **ev).value
     q = perplexity(qat.hf_model, qat.tokenizer, "wikitext2", **ev).value  # its GPTQ folder, GPTQModel kernels
-    Q.ptq(twin.model, Q.qat_config("qat-int4"))  # the same torchao int4 g32 config, no training
-    rtn = perplexity(twin.model, twin.tokenizer, "wikitext2", **ev).value
-    print(f"fp32 twin {tw:.3f}, QAT int4 {q:.3f} ({q / tw - 1:+.2%}), RTN int4 of twin {rtn:.3f} ({rtn / tw - 1:+.2%})")
+    Q.ptq(twin, Q.qat_config("qat-int4"))  # the same torchao int4 g32 config, no training
+    rtn = perplexity(twin, qat.tokenizer, "wikitext2", **ev).value
+    print(f"{objective}: fp32 twin {tw:.3f}, QAT int4 {q:.3f} ({q / tw - 1:+.2%}), RTN int4 of twin {rtn:.3f} "
+          f"({rtn / tw - 1:+.2%})")
     assert rtn / tw - 1 > 0.05, (tw, rtn)  # int4 rounding costs this model something to win back
     assert q / tw - 1 < rtn / tw - 1, (tw, q, rtn)
 
@@ -425,7 +526,8 @@ def test_qat_int4_gptq_folder_has_the_in_memory_qat_models_perplexity_on_demo_mo
                        warmup_steps=1)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     Q.prepare_fake_quant(model, cfg)
-    Q.train(model, Q.build_data(cfg, tok), cfg, device="cpu", progress=False)
+    Q.train(model, Q.build_data(cfg, tok), cfg, device="cpu", progress=False,
+            teacher=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval())
     ev = dict(seqlen=1024, limit=4, progress=False)
     fake = perplexity(model, tok, "wikitext2", **ev).value
     Q.to_gptq(model, cfg)

@@ -242,8 +242,10 @@ def escalation_text(trials: list[Trial], allow_training: bool, training_left: li
         return (f"Every post-training candidate failed the gate ({', '.join(t.scheme for t in ptq)}), so with "
                 f"--allow-training llmq escalated to quantization-aware training: {', '.join(t.scheme for t in trained)} "
                 "fine-tuned the model with torchao fake quantization (QAT) on training text, then converted it to "
-                "real quantized weights. Training can also lower perplexity by adapting to the training text's "
-                "domain: compare with an fp32 twin (`llmq qat --fp32-twin`) before crediting the quantization.")
+                "real quantized weights. By default it is trained to reproduce the original model's outputs "
+                "(distillation), so what it wins back is quantization loss; with --set objective=lm it also adapts "
+                "to the training text's domain: then compare with an fp32 twin (`llmq qat --objective lm "
+                "--fp32-twin`) before crediting the quantization.")
     if not allow_training and ptq and not any(t.passed for t in ptq):
         return ("Next step: --allow-training lets llmq escalate to quantization-aware training (the qat-* schemes: "
                 "fine-tuning with fake quantization, which needs training text and minutes to hours).")

@@ -48,7 +48,11 @@ class QATConfig(QuantConfigBase):
     dataset (``wikitext2`` = WikiText-2 *train* text, never the test split), a .txt/.jsonl/.parquet
     file or a list of strings. The last ``eval_windows`` windows of it are held out for the early
     stop (``max_ppl_increase``: stop once the fake-quantized model's held-out perplexity is within
-    this of the untrained model's). Embeddings are frozen by default (``train_embeddings``); the torchao
+    this of the untrained model's). ``objective="distill"`` (default) trains the quantized model to
+    match the original model's next-token distributions (KL divergence; the original runs frozen
+    beside it), which recovers what rounding lost without drifting toward the training text;
+    ``"lm"`` is plain next-token cross-entropy on the data (it also adapts the model to that text,
+    so judge it against an fp32 twin). Embeddings are frozen by default (``train_embeddings``); the torchao
     exports store them and ``lm_head`` int8 per row (``quantize_embeddings``; qat-int4's GPTQ format
     keeps them bf16)."""
 
@@ -71,6 +75,7 @@ class QATConfig(QuantConfigBase):
     train_embeddings: bool = False
     quantize_embeddings: bool = True  # torchao exports: int8 per-row embedding + lm_head (fake-quantized in training)
     gradient_checkpointing: bool | None = None  # None: on for CUDA
+    objective: str = "distill"  # "distill": KL to the original model's outputs; "lm": cross-entropy on the data
 
     def validate(self) -> None:
         """Every check that needs no weights and no tokenizer; one line each."""
@@ -96,6 +101,8 @@ class QATConfig(QuantConfigBase):
         for k in ("train_embeddings", "quantize_embeddings"):
             if not isinstance(getattr(self, k), bool):
                 raise ConfigError(f"QAT {k} must be True or False, got {getattr(self, k)!r}.")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"QAT objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
         parse_increase(self.max_ppl_increase)
         if self.max_ppl_increase not in (None, "") and self.eval_windows < 1:
             raise ConfigError("max_ppl_increase needs eval_windows >= 1 (held-out text to check the gate on).")
@@ -110,6 +117,13 @@ class QATConfig(QuantConfigBase):
         if not isinstance(self.data, (str, Path, type(None))):
             out["data"] = f"<{len(self.data)} strings>"
         return out
+
+
+#: training objectives, and what the model card says of each
+OBJECTIVES = {
+    "distill": "distillation from the original model (KL divergence to its next-token distributions)",
+    "lm": "language modelling (next-token cross-entropy on the training data)",
+}
 
 
 def base_config(cfg: QATConfig) -> Any:
@@ -332,6 +346,7 @@ def training_rows(meta: dict) -> list[tuple[str, str]]:
         ("Training", f"{t.get('method')}: {t.get('steps_done')} of {t.get('steps_planned')} steps{stop}, "
                      f"{t.get('tokens_trained')} tokens, {t.get('train_seconds')} s"),
         ("Training data", f"`{t.get('data')}` (sha256 `{str(t.get('data_sha256', ''))[:16]}`)"),
+        ("Training objective", OBJECTIVES.get(c.get("objective", "lm"), str(c.get("objective")))),
         ("Training settings", f"lr {c.get('lr')}, batch {c.get('batch_size')} x {c.get('seqlen')} tokens, "
                               f"warmup {c.get('warmup_steps')}, seed {c.get('seed')}, {t.get('precision')}"),
         ("Training loss", f"{t.get('loss_first')} (first step) -> {t.get('loss_last_10_mean')} (mean of last 10)"),
