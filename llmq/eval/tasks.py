@@ -302,9 +302,10 @@ def requests_for(spec: TaskSpec, row: dict) -> list[tuple[str, str]]:
 
 
 def run_task(model: Any, tokenizer: Any, spec: TaskSpec | str, *, limit: int | None = None, batch_size: int = 16,
-             progress: bool = True, share_context: bool = True) -> dict[str, Any]:
+             progress: bool = True, share_context: bool = True, per_example: bool = False) -> dict[str, Any]:
     """``{"acc", "acc_norm", "n", "protocol"}`` (plus ``"ppl"`` for the lm shape); accuracies as fractions.
-    ``share_context=False`` scores every (context, choice) sequence whole, as lm-eval does (same numbers)."""
+    ``share_context=False`` scores every (context, choice) sequence whole, as lm-eval does (same numbers).
+    ``per_example``: also ``"correct"``, one bool per example (paired comparisons of two models)."""
     import numpy as np
 
     from llmq.eval.loglik import loglikelihood
@@ -332,11 +333,15 @@ def run_task(model: Any, tokenizer: Any, spec: TaskSpec | str, *, limit: int | N
             acc.append(int(np.argmax(lp)) == row["gold"])
             acc_norm.append(int(np.argmax(lp / lens)) == row["gold"])
         out["acc"], out["acc_norm"] = float(np.mean(acc)), float(np.mean(acc_norm))
+        correct = acc
     elif spec.shape == "lm":
-        out["acc"] = float(np.mean([res[0].greedy for res in per_row]))
+        correct = [bool(res[0].greedy) for res in per_row]
+        out["acc"] = float(np.mean(correct))
         out["ppl"] = float(np.exp(-np.mean([res[0].logprob for res in per_row])))
         out["protocol"] += "; acc = greedy exact match, ppl = exp(-mean example log-likelihood)"
     else:
-        out["acc"] = float(np.mean([int(np.argmax([r.logprob for r in res])) == row["gold"]
-                                    for row, res in zip(rows, per_row)]))
+        correct = [int(np.argmax([r.logprob for r in res])) == row["gold"] for row, res in zip(rows, per_row)]
+        out["acc"] = float(np.mean(correct))
+    if per_example:
+        out["correct"] = [bool(c) for c in correct]
     return out

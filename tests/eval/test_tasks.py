@@ -94,14 +94,17 @@ def test_multiple_choice_acc_and_acc_norm_with_custom_field_names(tmp_path):
         r = run_task(BigramLM(), CharTok(), spec, batch_size=share, progress=False)
         assert r["n"] == 5 and r["acc"] == pytest.approx(3 / 5) and r["acc_norm"] == pytest.approx(4 / 5)
         assert "toy_mc" in r["protocol"] and "all 5" in r["protocol"]
+    r = run_task(BigramLM(), CharTok(), spec, progress=False, per_example=True)
+    assert len(r["correct"]) == 5 and sum(r["correct"]) == 3
 
 
 def test_language_modelling_shape_greedy_match_and_ppl(tmp_path):
     # context ends in 'x' -> argmax ' '; after ' ' argmax 'a'; after 'a' argmax 'a'
     conts = ["a", "b", "aa", "ab", "a"]  # greedy: yes, no, yes, no, yes
     f = write(tmp_path / "lm.jsonl", [{"context": "yx", "continuation": c} for c in conts])
-    r = run_task(BigramLM(), CharTok(), str(f), progress=False)
+    r = run_task(BigramLM(), CharTok(), str(f), progress=False, per_example=True)
     assert r["acc"] == pytest.approx(3 / 5) and r["acc_norm"] is None
+    assert r["correct"] == [True, False, True, False, True]  # per example, in file order
     expected_ppl = math.exp(-sum(lp("x", " " + c) for c in conts) / 5)
     assert r["ppl"] == pytest.approx(expected_ppl, rel=1e-5)
 
@@ -116,7 +119,9 @@ def test_schema_shape_picks_the_context_under_which_the_continuation_is_likelies
     f = write(tmp_path / "schema.jsonl", rows)
     spec = resolve_task(str(f))
     assert spec.shape == "schema"
-    assert run_task(BigramLM(), CharTok(), spec, progress=False)["acc"] == pytest.approx(3 / 5)
+    r = run_task(BigramLM(), CharTok(), spec, progress=False, per_example=True)
+    assert r["acc"] == pytest.approx(3 / 5) and r["correct"] == [True, True, False, True, False]
+    assert "correct" not in run_task(BigramLM(), CharTok(), spec, progress=False)  # reports stay small
 
 
 def test_registry_names_prompts_and_local_files(data_dir):
