@@ -387,7 +387,7 @@ def train(model: Any, data: TrainData, cfg: Any, *, device: str, checkpoint_dir:
     order = batch_order(len(data.train), cfg.steps, cfg.batch_size, cfg.seed)
     from llmq.eval.gate import parse_increase
 
-    distill = getattr(cfg, "objective", "lm") == "distill"
+    distill = cfg.objective == "distill"
     if distill and teacher is None:
         raise ConfigError("objective='distill' needs the original model as teacher.")
     max_inc = parse_increase(cfg.max_ppl_increase)
@@ -482,11 +482,11 @@ def train(model: Any, data: TrainData, cfg: Any, *, device: str, checkpoint_dir:
 
 
 # -- public API ----------------------------------------------------------------------------------
-def check_twin(cfg: Any, fake_quant: bool) -> None:
+def check_twin(objective: str, fake_quant: bool) -> None:
     """An fp32 twin trained by distillation from the original *is* the original (the objective's
     minimum: loss 0, gradient 0 up to rounding, which Adam would only amplify into a random walk):
     refuse to spend the training time on it."""
-    if not fake_quant and cfg.objective == "distill":
+    if not fake_quant and objective == "distill":
         raise ConfigError("The fp32 twin of a distilled QAT run is the original model itself (the original is the "
                           "distillation objective's minimum); train the twin with objective='lm' (--objective lm).")
 
@@ -507,7 +507,7 @@ def train_model(model_dir: Path, cfg: Any, device: str, *, checkpoint_dir: str |
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    check_twin(cfg, fake_quant)
+    check_twin(cfg.objective, fake_quant)
     tdata = build_data(cfg, AutoTokenizer.from_pretrained(model_dir))
     ckdir = Path(checkpoint_dir).expanduser() if checkpoint_dir else None
     if resume and ckdir is None:
@@ -569,7 +569,9 @@ def qat(model: str | os.PathLike | None, scheme: str = "qat-int4", *, data: Any 
     from llmq.io import check_output
 
     name = qat_scheme_name(scheme)
-    check_twin(qat_config(name, data=data, steps=steps, lr=lr, seed=seed, **options), fake_quant)
+    from llmq.backends.qat import QATConfig
+
+    check_twin(options.get("objective", QATConfig.objective), fake_quant)  # the config itself is validated by quantize
     if output is not None and not resume:
         check_output(output, overwrite)
     ckdir = Path(checkpoint_dir).expanduser() if checkpoint_dir else (
