@@ -5,10 +5,14 @@ kernels cached on disk.
 Why this path: eagerly, every torchao int8 matmul dispatches through a tensor subclass (int8-dynamic
 decodes at 0.54x fp32 on the SmolLM2 demo, issue #11); Inductor fuses activation quantization, the
 int8 GEMM and the rescale (2.5-3.9x fp32 prefill, ``python scripts/bench_int8.py --stages speed``,
-``eval/bench_int8.json``), and with freezing decodes 1.4-1.8x fp32 on a 2-core AVX-512 CPU; a
-one-token int8 GEMM costs about what fp32 ``F.linear`` does per call there, which caps decode
-(``scripts/bench_int8_kernels.py``). The first call per input shape compiles (about two minutes
-for SmolLM2 on 2 cores); Inductor's caches live under ``~/.cache/llmq/inductor-2``.
+``eval/bench_int8.json``). Decode (fewer than 16 rows per GEMM) needs two more things, both here:
+oneDNN's one-row ``_int_mm`` costs what fp32 ``F.linear`` does per call
+(``scripts/bench_int8_kernels.py``), so such GEMMs lower to Inductor's C++ GEMM template instead
+(:func:`_cpp_gemm_f32`), and the float-activation int8 ``lm_head`` goes through the same template
+(:func:`few_rows_head`). With both, int8-static decodes 1.7-1.9x and int8-dynamic 2.1-2.3x fp32
+eager on a 2-core AVX-512 CPU (``python -m llmq bench demo <int8 folder> ...``, README). The first
+call per input shape compiles (about two minutes for SmolLM2 on 2 cores); Inductor's caches live
+under ``~/.cache/llmq/inductor-3``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 #: part of the default cache folder's name: bumped when llmq changes how graphs lower (Inductor's
 #: cache key does not see llmq's lowering patch, so an older llmq's compiled graphs must not be reused)
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def cache_dir() -> Path:
@@ -66,6 +70,10 @@ def patch_int_mm() -> bool:
                 return ir.ExternKernel.copy_input(x)
             return x
 
+        if mat1.get_dtype() == torch.int8 and _few_rows(mat1):
+            node = _cpp_gemm_f32(mat1, mat2)
+            if node is not None:
+                return lowering.to_dtype(node, torch.int32)
         return current(safe(mat1), safe(mat2), *args, **kwargs)
 
     _int_mm._llmq_patched = True
@@ -74,6 +82,128 @@ def patch_int_mm() -> bool:
         if lowering.lowerings.get(op) is current:
             lowering.lowerings[op] = _int_mm
     return True
+
+
+#: at most this many rows (tokens x batch) take the few-row GEMM route (Inductor's small-M int8-weight
+#: blocking applies below 16); prefill and evaluation keep oneDNN's int8 GEMM
+FEW_ROWS = 16
+
+
+def _few_rows(mat: Any) -> bool:
+    from torch._inductor.virtualized import V
+
+    return mat.get_device().type == "cpu" and V.graph.sizevars.statically_known_lt(mat.get_size()[0], FEW_ROWS)
+
+
+def _cpp_gemm_f32(mat1: Any, weight: Any, scale: Any = None, *, trans_w: bool = False) -> Any:
+    """Lower ``mat1 @ weight`` (int8 or float activations, a frozen int8 weight) to Inductor's C++ GEMM
+    template with bfloat16 activations and a float32 result, or return None where the template does
+    not apply (weight not a frozen constant, no AVX2/AVX-512). Why: for a few rows oneDNN's
+    ``_int_mm`` costs about what fp32 ``F.linear`` does per call, while the template's small-M
+    int8-weight kernel streams the int8 weight with vector FMAs (SmolLM2's 210 decode GEMMs: 15.2 ->
+    10.7 ms per token in one stacked graph, issue #11's note). int8 activation values are exact in
+    bfloat16 and the products accumulate in float32, so an int8 x int8 GEMM stays exact while its
+    partial sums stay below 2**24 (any K <= 1032; beyond, only if nearly every product is extreme)."""
+    import torch
+    from torch._inductor import config, lowering
+    from torch._inductor.codegen.cpp_gemm_template import CppGemmTemplate
+    from torch._inductor.kernel.mm_common import mm_args
+    from torch._inductor.select_algorithm import autotune_select_algorithm
+    from torch._inductor.utils import use_cpp_gemm_template
+
+    with config.patch(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN"):
+        a = lowering.to_dtype(mat1, torch.bfloat16)
+        *_, layout, m1, m2 = mm_args(a, weight, out_dtype=torch.float32, mat2_transposed=trans_w)
+        if not use_cpp_gemm_template(layout, m1, m2, mat2_transposed=trans_w):
+            return None
+        inputs, epilogue = [m1, m2], None
+        if scale is not None:
+            from torch._inductor.codegen.cpp_utils import create_epilogue_with_attr
+            from torch._inductor.select_algorithm import realize_inputs
+
+            inputs.append(scale)
+
+            def times_scale(buf: Any) -> Any:
+                return create_epilogue_with_attr(buf, "mul", other=realize_inputs(lowering.expand(scale, layout.size)))
+
+            epilogue = times_scale
+
+        choices: list = []
+        CppGemmTemplate.add_choices(choices, layout, inputs, trans_w=trans_w, epilogue_creator=epilogue)
+        if not choices:
+            return None
+        node, _ = autotune_select_algorithm("llmq_few_rows_int8_mm", choices, inputs, layout)
+    return node
+
+
+_OPS_READY = False
+
+
+def register_ops() -> None:
+    """``llmq::int8_weight_mm(x, w, scale)``: ``x`` (float, rows x K) times an int8 weight (N x K) with
+    per-row ``scale`` (N), as ``(x.bfloat16() @ w.T) * scale`` in float32. Compiled on CPU it lowers
+    to :func:`_cpp_gemm_f32`; the int8 ``lm_head`` of the int8 schemes uses it for a few rows
+    (:func:`few_rows_head`). Idempotent."""
+    global _OPS_READY
+    if _OPS_READY:
+        return
+    import torch
+    from torch._inductor.lowering import register_lowering
+
+    @torch.library.custom_op("llmq::int8_weight_mm", mutates_args=(),
+                             schema="(Tensor x, Tensor w, Tensor scale) -> Tensor")
+    def int8_weight_mm(x, w, scale):
+        return (x.to(torch.bfloat16).float() @ w.float().t()) * scale
+
+    @int8_weight_mm.register_fake
+    def _(x, w, scale):
+        return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.float32)
+
+    @register_lowering(torch.ops.llmq.int8_weight_mm.default, type_promotion_kind=None)
+    def _lower(x, w, scale):
+        from torch._inductor import lowering
+
+        node = _cpp_gemm_f32(x, w, scale, trans_w=True) if _few_rows(x) else None
+        if node is None:  # not a frozen weight, or no vector ISA: the eager formula
+            return lowering.fallback_handler(torch.ops.llmq.int8_weight_mm.default, add_to_fallback_set=False)(
+                x, w, scale)
+        return node
+
+    _OPS_READY = True
+
+
+def few_rows_head(head: Any) -> Any:
+    """Wrap a torchao int8 weight-only ``lm_head`` (float activations, per-row scales, no bias) so that
+    a few rows (decode, and ``generate``'s prefill, which keeps only the last position's logits) go
+    through ``llmq::int8_weight_mm`` and any more rows (evaluation's full logits) through the head
+    itself. Returns ``head`` unchanged when it is not such a head. Why: frozen by Inductor, torchao's
+    weight-only head becomes an fp32 matmul over a folded fp32 copy of the weight (SmolLM2: 5.3 of
+    ~31 ms per decode token, 113 MB read per token instead of 28 MB)."""
+    import torch
+
+    w = getattr(head, "weight", None)
+    names = getattr(w, "tensor_data_names", None)
+    if (getattr(head, "bias", None) is not None or names != ["qdata", "scale"]
+            or getattr(w, "act_quant_kwargs", None) is not None or w.qdata.dtype != torch.int8
+            or tuple(w.scale.shape) != (w.qdata.shape[0], 1)):
+        return head
+    register_ops()
+
+    class FewRowsInt8Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = head
+            self.register_buffer("qdata", w.qdata, persistent=False)
+            self.register_buffer("scale", w.scale.reshape(-1).float(), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            rows = x.shape[:-1].numel()
+            if rows >= FEW_ROWS or x.dtype != torch.float32:
+                return self.head(x)
+            y = torch.ops.llmq.int8_weight_mm(x.reshape(rows, x.shape[-1]), self.qdata, self.scale)
+            return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    return FewRowsInt8Head()
 
 
 def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -> Any:
@@ -106,6 +236,11 @@ def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -
     # Inductor's C++ wrapper (``cpp_wrapper``) stays off: on the demo's int8-static decode it gained
     # nothing measurable on 2 cores and made the first compile ~120 s longer (issue #11's note);
     # patch_int_mm keeps it correct for users who turn it on.
+    if freeze and model.device.type == "cpu" and is_torchao_quantized(model):
+        head = model.get_output_embeddings()
+        fast = few_rows_head(head) if head is not None else None
+        if fast is not None and fast is not head:
+            model.set_output_embeddings(fast)  # in memory only; the tied embedding keeps its tensor
     model.forward = torch.compile(model.forward, dynamic=dynamic, fullgraph=False)
     model._llmq_compiled = True
     return model

@@ -57,3 +57,78 @@ def test_int_mm_lowering_is_safe_for_one_row_in_both_inductor_wrappers(tmp_path,
         with ic.patch(cpp_wrapper=cpp, fx_graph_cache=False):
             out = torch.compile(f)(x, w)
         assert torch.equal(out, ref), f"cpp_wrapper={cpp}"
+
+
+def _compile_frozen(module, x, tmp_path, monkeypatch):
+    """(output, generated code) of ``module(x)`` compiled as ``compile_for_cpu`` compiles: frozen weights."""
+    import torch
+    import torch._inductor.config as ic
+    from torch._inductor.utils import run_and_get_code
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch._dynamo.reset()
+    with torch.no_grad(), ic.patch(freezing=True, fx_graph_cache=False):
+        out, code = run_and_get_code(torch.compile(module), x)
+    return out, "\n".join(code)
+
+
+def test_few_row_int8_gemms_take_the_cpp_gemm_template_and_stay_exact(tmp_path, monkeypatch):
+    """Decode's int8 GEMMs (fewer than 16 rows) against a frozen int8 weight lower to Inductor's C++
+    GEMM template (int8 values as bfloat16, float32 accumulation), not oneDNN's ``_int_mm``, and
+    give the same int32 result; more rows (prefill, evaluation) keep ``_int_mm``."""
+    import torch
+
+    from llmq.fastpath import FEW_ROWS, patch_int_mm
+
+    assert patch_int_mm()
+
+    class Int8Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.register_buffer("w", torch.randint(-128, 128, (96, 256), dtype=torch.int8, generator=g))
+
+        def forward(self, x):  # torchao's static activation quantization, then the int8 GEMM
+            q = torch.clamp(torch.round(x / 0.02), -128, 127).to(torch.int8)
+            return torch._int_mm(q, self.w.t())
+
+    m = Int8Linear().eval()
+    gen = torch.Generator().manual_seed(1)
+    for rows, few in ((1, True), (FEW_ROWS - 1, True), (FEW_ROWS + 16, False)):
+        x = torch.randn(rows, 256, generator=gen)  # ~1/3 of the values saturate at +-127/128
+        out, code = _compile_frozen(m, x, tmp_path, monkeypatch)
+        assert torch.equal(out, m(x)), rows
+        assert ("micro_gemm" in code) == few and ("extern_kernels._int_mm(" in code) != few, rows
+
+
+def test_few_rows_head_runs_the_int8_lm_head_on_the_template_and_leaves_other_heads_alone(tmp_path, monkeypatch):
+    import copy
+
+    import torch
+    from torchao.quantization import Int8WeightOnlyConfig, PerRow, quantize_
+
+    from llmq.fastpath import FEW_ROWS, few_rows_head
+
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(64, 96, bias=False)
+    head = copy.deepcopy(plain)
+    quantize_(head, Int8WeightOnlyConfig(granularity=PerRow(), set_inductor_config=False))
+    fast = few_rows_head(head)
+    assert fast is not head and few_rows_head(plain) is plain
+    with_bias = torch.nn.Linear(64, 96)
+    quantize_(with_bias, Int8WeightOnlyConfig(granularity=PerRow(), set_inductor_config=False))
+    assert few_rows_head(with_bias) is with_bias
+    assert not dict(fast.state_dict(keep_vars=True)).keys() - {"head.weight"}  # nothing new is saved
+
+    w, s = head.weight.qdata.float(), head.weight.scale.reshape(-1)
+    x = torch.randn(1, 1, 64)
+    out, code = _compile_frozen(fast, x, tmp_path, monkeypatch)
+    # the documented contract: bfloat16 activations, exact int8 weight, float32 products and result
+    want = (x.to(torch.bfloat16).float() @ w.t()) * s
+    assert "micro_gemm" in code and out.dtype == torch.float32 and out.shape == (1, 1, 96)
+    assert torch.allclose(out, want, rtol=1e-5, atol=1e-6)
+    assert (out - head(x)).abs().max() <= 1e-2 * head(x).abs().max()  # only the bf16 rounding of x
+    many = torch.randn(1, FEW_ROWS, 64)
+    out, code = _compile_frozen(fast, many, tmp_path, monkeypatch)
+    assert "llmq.int8_weight_mm" not in code and "micro_gemm" not in code
+    assert torch.allclose(out, head(many), rtol=1e-4, atol=1e-5)
