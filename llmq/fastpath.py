@@ -17,6 +17,7 @@ under ``~/.cache/llmq/inductor-3``.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,8 @@ def patch_int_mm() -> bool:
     return True
 
 
-#: at most this many rows (tokens x batch) take the few-row GEMM route (Inductor's small-M int8-weight
-#: blocking applies below 16); prefill and evaluation keep oneDNN's int8 GEMM
+#: GEMMs with fewer rows than this (tokens x batch) take the few-row route (Inductor's small-M
+#: int8-weight blocking applies below 16); prefill and evaluation keep oneDNN's int8 GEMM
 FEW_ROWS = 16
 
 
@@ -136,17 +137,12 @@ def _cpp_gemm_f32(mat1: Any, weight: Any, scale: Any = None, *, trans_w: bool = 
     return node
 
 
-_OPS_READY = False
-
-
+@functools.cache
 def register_ops() -> None:
     """``llmq::int8_weight_mm(x, w, scale)``: ``x`` (float, rows x K) times an int8 weight (N x K) with
     per-row ``scale`` (N), as ``(x.bfloat16() @ w.T) * scale`` in float32. Compiled on CPU it lowers
     to :func:`_cpp_gemm_f32`; the int8 ``lm_head`` of the int8 schemes uses it for a few rows
-    (:func:`few_rows_head`). Idempotent."""
-    global _OPS_READY
-    if _OPS_READY:
-        return
+    (:func:`few_rows_head`). Idempotent (cached)."""
     import torch
     from torch._inductor.lowering import register_lowering
 
@@ -168,8 +164,6 @@ def register_ops() -> None:
             return lowering.fallback_handler(torch.ops.llmq.int8_weight_mm.default, add_to_fallback_set=False)(
                 x, w, scale)
         return node
-
-    _OPS_READY = True
 
 
 def few_rows_head(head: Any) -> Any:
@@ -238,8 +232,8 @@ def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -
     # patch_int_mm keeps it correct for users who turn it on.
     if freeze and model.device.type == "cpu" and is_torchao_quantized(model):
         head = model.get_output_embeddings()
-        fast = few_rows_head(head) if head is not None else None
-        if fast is not None and fast is not head:
+        fast = few_rows_head(head)  # the head itself (or None) when it is not a torchao int8 weight-only head
+        if fast is not head:
             model.set_output_embeddings(fast)  # in memory only; the tied embedding keeps its tensor
     model.forward = torch.compile(model.forward, dynamic=dynamic, fullgraph=False)
     model._llmq_compiled = True
