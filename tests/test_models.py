@@ -88,3 +88,66 @@ def test_gguf_dequantizes_once_into_cache(smol_dir):
     with safe_open(str(next(smol_dir.glob("*.safetensors"))), "pt") as f:
         assert any("layers.0.self_attn.q_proj" in k for k in f.keys())
     assert resolve_model(None).local_dir() == smol_dir  # second call hits the cache
+
+
+def test_gguf_cache_is_keyed_by_content_and_records_every_copy(tmp_path, monkeypatch):
+    """The same GGUF in two places (two virtual environments) shares one dequantized folder; each
+    copy is recorded as a source."""
+    import json
+    import shutil
+
+    from llmq.backends.gguf import convert
+    from llmq.models import SOURCES_FILE, gguf_cache
+    from llmq.testing_gguf import tiny_model
+
+    monkeypatch.setenv("LLMQ_CACHE", str(tmp_path / "cache"))
+    tiny = tiny_model(tmp_path / "llama", "llama")
+    a = tmp_path / "env1" / "m.gguf"
+    a.parent.mkdir()
+    convert(tiny, a, "f32")
+    b = tmp_path / "env2" / "m.gguf"
+    b.parent.mkdir()
+    shutil.copyfile(a, b)
+    assert gguf_cache(a) == gguf_cache(b)
+    entry = resolve_model(str(a)).local_dir(progress=False)
+    assert entry == gguf_cache(a) and (entry / "config.json").is_file()
+    assert resolve_model(str(b)).local_dir(progress=False) == entry  # a hit, not a second folder
+    recorded = [r["path"] for r in json.loads((entry / SOURCES_FILE).read_text())]
+    assert recorded == [str(a.resolve()), str(b.resolve())]
+    assert [p.name for p in (tmp_path / "cache" / "gguf").iterdir()] == [entry.name]
+    with a.open("ab") as f:  # edited content: a new key (the old folder stays while b is alive)
+        f.write(b"\0" * 32)
+    assert gguf_cache(a) != entry
+
+
+def test_prune_gguf_cache_removes_entries_whose_sources_are_gone(tmp_path, monkeypatch):
+    import json
+
+    from llmq.models import SOURCES_FILE, prune_gguf_cache
+
+    monkeypatch.setenv("LLMQ_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "gguf"
+    alive_src = tmp_path / "alive.gguf"
+    alive_src.write_bytes(b"GGUF")
+    st = alive_src.stat()
+
+    def entry(name, sources=None):
+        d = root / name
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        if sources is not None:
+            (d / SOURCES_FILE).write_text(json.dumps(sources))
+        return d
+
+    rec = {"path": str(alive_src), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    keep = entry("m-000000000000", [rec])
+    alive = entry("other-111111111111", [{"path": str(tmp_path / "gone.gguf"), "size": 4, "mtime_ns": 1}, rec])
+    gone = entry("other-222222222222", [{"path": str(tmp_path / "gone.gguf"), "size": 4, "mtime_ns": 1}])
+    changed = entry("other-333333333333", [dict(rec, mtime_ns=rec["mtime_ns"] + 1)])
+    legacy_same = entry("m-444444444444")  # written before sources were recorded, same file name
+    legacy_other = entry("x-555555555555")
+    in_progress = root / ".m-666666666666.123-abc.incomplete"
+    in_progress.mkdir()
+    removed = prune_gguf_cache(keep, "m")
+    assert sorted(removed) == sorted([gone, changed, legacy_same])
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in (keep, alive, legacy_other, in_progress))
