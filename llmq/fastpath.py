@@ -5,13 +5,15 @@ kernels cached on disk.
 Why this path: eagerly, every torchao int8 matmul dispatches through a tensor subclass (int8-dynamic
 decodes at 0.54x fp32 on the SmolLM2 demo, issue #11); Inductor fuses activation quantization, the
 int8 GEMM and the rescale (2.5-3.9x fp32 prefill, ``python scripts/bench_int8.py --stages speed``,
-``eval/bench_int8.json``). Decode (fewer than 16 rows per GEMM) needs two more things, both here:
+``eval/bench_int8.json``). Decode (fewer than 16 rows per GEMM) needs three more things, all here:
 oneDNN's one-row ``_int_mm`` costs what fp32 ``F.linear`` does per call
 (``scripts/bench_int8_kernels.py``), so such GEMMs lower to Inductor's C++ GEMM template instead
 (:func:`_cpp_gemm_f32`), and the float-activation int8 ``lm_head`` goes through the same template
-(:func:`few_rows_head`). With both, int8-static decodes 1.7-1.9x and int8-dynamic 2.1-2.3x fp32
-eager on a 2-core AVX-512 CPU (``python -m llmq bench demo <int8 folder> ...``, README). The first
-call per input shape compiles (about two minutes for SmolLM2 on 2 cores); Inductor's caches live
+(:func:`few_rows_head`), and one token's attention over grouped KV heads reads the static cache once
+per KV head instead of copying it per query head (:func:`one_token_gqa_sdpa`: 25.2 -> 21.3 ms per
+int8-static decode token, one ad-hoc interleaved run, issue #11's note). With these, int8-static decodes
+about 2x fp32 eager on a 2-core AVX-512 CPU (``python -m llmq bench demo <int8 folder> ...``, README). The first
+call per input shape compiles (two to six minutes for SmolLM2 on 2 cores with an empty cache); Inductor's caches live
 under ``~/.cache/llmq/inductor-3``.
 """
 
@@ -31,7 +33,16 @@ CACHE_VERSION = 3
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llmq" / f"inductor-{CACHE_VERSION}")
+    """Where compiled graphs go: ``$TORCHINDUCTOR_CACHE_DIR`` when the user chose one, else llmq's
+    versioned folder. Torch's own default does not count as a choice: importing torchao already sets
+    the variable to it (``/tmp/torchinductor_<user>``), where graphs lowered without llmq's patches
+    could be served."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+        return Path(chosen)
+    return Path.home() / ".cache" / "llmq" / f"inductor-{CACHE_VERSION}"
 
 
 def is_torchao_quantized(model: Any) -> bool:
@@ -200,6 +211,40 @@ def few_rows_head(head: Any) -> Any:
     return FewRowsInt8Head()
 
 
+def one_token_gqa_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                       scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """transformers' ``sdpa`` attention, except that one query token over grouped KV heads attends per
+    KV head (its ``n`` query heads become ``n`` query rows, as transformers itself does in eager mode)
+    rather than through ``repeat_kv``, the path transformers takes under ``torch.compile``, which copies
+    K and V ``n`` times every decode step (SmolLM2: 3 x 2 copies of the 640-slot static cache in each of
+    30 layers per token). Anything else goes to transformers' ``sdpa`` unchanged."""
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    n = getattr(module, "num_key_value_groups", 1)
+    if (query.shape[2] == 1 and n > 1 and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+            and (attention_mask is None or attention_mask.shape[1] == 1)):
+        b, h, _, d = query.shape
+        out = F.scaled_dot_product_attention(query.reshape(b, h // n, n, d), key, value, attn_mask=attention_mask,
+                                             dropout_p=dropout, scale=scaling)
+        return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  is_causal=is_causal, **kwargs)
+
+
+def _use_one_token_gqa(model: Any) -> None:
+    """Switch a model on transformers' ``sdpa`` to :func:`one_token_gqa_sdpa` (in memory)."""
+    from transformers import AttentionInterface
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return
+    AttentionInterface.register(ONE_TOKEN_GQA, one_token_gqa_sdpa)
+    model.set_attn_implementation(ONE_TOKEN_GQA)
+
+
+ONE_TOKEN_GQA = "llmq_sdpa"
+
+
 def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -> Any:
     """Compile ``model.forward`` in place for CPU inference and make ``generate`` use a static
     cache (one compiled graph per (batch, length) shape instead of one per step). Returns the
@@ -208,7 +253,7 @@ def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -
 
     if getattr(model, "_llmq_compiled", False):
         return model
-    os.environ.setdefault(CACHE_ENV, str(cache_dir()))
+    os.environ[CACHE_ENV] = str(cache_dir())
     import torch._inductor.config as ic
 
     ic.fx_graph_cache = True
@@ -235,6 +280,7 @@ def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -
         fast = few_rows_head(head)  # the head itself (or None) when it is not a torchao int8 weight-only head
         if fast is not head:
             model.set_output_embeddings(fast)  # in memory only; the tied embedding keeps its tensor
+    _use_one_token_gqa(model)
     model.forward = torch.compile(model.forward, dynamic=dynamic, fullgraph=False)
     model._llmq_compiled = True
     return model

@@ -23,6 +23,7 @@ def test_compiled_frozen_int8_static_generates_what_eager_does(tiny_model_dir, t
         eager = model.generate(x, **kw)
         compiled = compile_for_cpu(model)
         assert compile_for_cpu(compiled) is compiled  # safe to call twice
+        assert model.config._attn_implementation == "llmq_sdpa"  # 4 query heads over 2 KV heads
         fast = model.generate(x, **kw)
         fast_logits = model(x).logits
     assert torch.isfinite(fast_logits).all()
@@ -132,3 +133,53 @@ def test_few_rows_head_runs_the_int8_lm_head_on_the_template_and_leaves_other_he
     out, code = _compile_frozen(fast, many, tmp_path, monkeypatch)
     assert "llmq.int8_weight_mm" not in code and "micro_gemm" not in code
     assert torch.allclose(out, head(many), rtol=1e-4, atol=1e-5)
+
+
+def test_one_token_gqa_sdpa_equals_repeat_kv_attention_and_leaves_other_cases_to_transformers():
+    """One decode token attends per KV head (no K/V copies) with the result of transformers' repeat_kv
+    path; more tokens, per-head masks and plain multi-head attention go to transformers' sdpa as they are."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    from llmq.fastpath import one_token_gqa_sdpa
+
+    class Attn(torch.nn.Module):
+        num_key_value_groups = 3
+        is_causal = True
+
+    m = Attn()
+    k, v = torch.randn(2, 3, 40, 16), torch.randn(2, 3, 40, 16)
+    mask = torch.zeros(2, 1, 1, 40, dtype=torch.bool)
+    mask[0, ..., :25] = True
+    mask[1, ..., :31] = True
+    q = torch.randn(2, 9, 1, 16)
+    out, _ = one_token_gqa_sdpa(m, q, k, v, mask, scaling=0.25)
+    ref = F.scaled_dot_product_attention(q, repeat_kv(k, 3), repeat_kv(v, 3), attn_mask=mask, scale=0.25)
+    assert out.shape == (2, 1, 9, 16)
+    torch.testing.assert_close(out, ref.transpose(1, 2), rtol=1e-5, atol=1e-6)
+    # the masked slots do not matter: changing them leaves the output as it was
+    k2 = k.clone()
+    k2[0, :, 25:] = 1e4
+    torch.testing.assert_close(one_token_gqa_sdpa(m, q, k2, v, mask, scaling=0.25)[0], out)
+    for q_, mask_ in ((torch.randn(2, 9, 4, 16), torch.ones(2, 1, 4, 40, dtype=torch.bool)),  # prefill
+                      (q, torch.ones(2, 9, 1, 40, dtype=torch.bool))):  # a mask per head
+        a, _ = one_token_gqa_sdpa(m, q_, k, v, mask_, scaling=0.25)
+        b, _ = sdpa_attention_forward(m, q_, k, v, mask_, scaling=0.25)
+        assert torch.equal(a, b)
+
+
+def test_compiled_graphs_go_to_llmqs_cache_folder_unless_the_user_chose_one(monkeypatch, tmp_path):
+    """Importing torchao sets $TORCHINDUCTOR_CACHE_DIR to torch's default; that is not the user's choice."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from llmq.fastpath import CACHE_ENV, CACHE_VERSION, cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ours = tmp_path / ".cache" / "llmq" / f"inductor-{CACHE_VERSION}"
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    assert cache_dir() == ours
+    monkeypatch.setenv(CACHE_ENV, default_cache_dir())
+    assert cache_dir() == ours
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
