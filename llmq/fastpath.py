@@ -12,9 +12,10 @@ oneDNN's one-row ``_int_mm`` costs what fp32 ``F.linear`` does per call
 (:func:`few_rows_head`), and one token's attention over grouped KV heads reads the static cache once
 per KV head instead of copying it per query head (:func:`one_token_gqa_sdpa`: 25.2 -> 21.3 ms per
 int8-static decode token, one ad-hoc interleaved run, issue #11's note). With these, int8-static decodes
-about 2x fp32 eager on a 2-core AVX-512 CPU (``python -m llmq bench demo <int8 folder> ...``, README). The first
-call per input shape compiles (two to six minutes for SmolLM2 on 2 cores with an empty cache); Inductor's caches live
-under ``~/.cache/llmq/inductor-3``.
+2.3-2.8x fp32 eager on a 2-core AVX-512 CPU in three quiet runs (``python -m llmq bench demo <int8
+folder> ...``, ``eval/bench_int8_gqa.json``, README). The first call per input shape compiles (two to
+six minutes for SmolLM2 on 2 cores with an empty cache); Inductor's caches live under
+``~/.cache/llmq/inductor-3``.
 """
 
 from __future__ import annotations
