@@ -17,8 +17,8 @@ CPU_SPEED: dict = {
     "machine": "Intel(R) Xeon(R) Processor (avx512_bf16, amx_bf16, amx_int8), 2 threads, torch 2.14.1+cu130",
     "rows": {
         "bf16": {"decode_x": 0.943, "prefill_x": 2.159, "mode": "eager"},
-        "int8-dynamic": {"decode_x": 2.343, "prefill_x": 2.964, "mode": "compiled"},
-        "int8-static": {"decode_x": 1.661, "prefill_x": 1.954, "mode": "compiled"},
+        "int8-dynamic": {"decode_x": 2.26, "prefill_x": 1.79, "mode": "compiled"},
+        "int8-static": {"decode_x": 3.007, "prefill_x": 2.173, "mode": "compiled"},
         "bnb-int8": {"decode_x": 0.548, "prefill_x": 0.834, "mode": "eager"},
         "bnb-nf4": {"decode_x": 0.802, "prefill_x": 0.57, "mode": "eager"},
         "gptq-int4": {"decode_x": 1.551, "prefill_x": 1.503, "mode": "eager"},
