@@ -4,8 +4,8 @@ kernels cached on disk.
 
 Why this path: eagerly, every torchao int8 matmul dispatches through a tensor subclass (int8-dynamic
 decodes at 0.54x fp32 on the SmolLM2 demo, issue #11); Inductor fuses activation quantization, the
-int8 GEMM and the rescale (2.5-3.9x fp32 prefill, ``python scripts/bench_int8.py --stages speed``,
-``eval/bench_int8.json``). Decode (fewer than 16 rows per GEMM) needs three more things, all here:
+int8 GEMM and the rescale (1.4-2.8x fp32 prefill across the int8 schemes in the README's three runs,
+``python scripts/bench_int8.py --stages speed``, ``eval/bench_int8.json``, ``eval/bench_int8_gqa.json``). Decode (fewer than 16 rows per GEMM) needs three more things, all here:
 oneDNN's one-row ``_int_mm`` costs what fp32 ``F.linear`` does per call
 (``scripts/bench_int8_kernels.py``), so such GEMMs lower to Inductor's C++ GEMM template instead
 (:func:`_cpp_gemm_f32`), and the float-activation int8 ``lm_head`` goes through the same template
@@ -212,6 +212,10 @@ def few_rows_head(head: Any) -> Any:
     return FewRowsInt8Head()
 
 
+#: the name :func:`compile_for_cpu` registers :func:`one_token_gqa_sdpa` under in transformers' AttentionInterface
+ONE_TOKEN_GQA = "llmq_sdpa"
+
+
 def one_token_gqa_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
                        scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any) -> tuple[Any, None]:
     """transformers' ``sdpa`` attention, except that one query token over grouped KV heads attends per
@@ -241,9 +245,6 @@ def _use_one_token_gqa(model: Any) -> None:
         return
     AttentionInterface.register(ONE_TOKEN_GQA, one_token_gqa_sdpa)
     model.set_attn_implementation(ONE_TOKEN_GQA)
-
-
-ONE_TOKEN_GQA = "llmq_sdpa"
 
 
 def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -> Any:

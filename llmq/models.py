@@ -260,7 +260,7 @@ def _record_source(entry: Path, path: Path) -> None:
     if rec in sources:
         return
     try:
-        write_json(entry / SOURCES_FILE, [r for r in sources if r["path"] != rec["path"]] + [rec])
+        write_json(entry / SOURCES_FILE, [r for r in sources if r.get("path") != rec["path"]] + [rec])
     except OSError:
         pass
 
@@ -298,7 +298,7 @@ def _dequantize_gguf(path: Path) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmq.io import atomic_dir, write_json
+    from llmq.io import atomic_dir
 
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="auto")
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -306,7 +306,7 @@ def _dequantize_gguf(path: Path) -> Path:
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        write_json(tmp / SOURCES_FILE, [_stat_record(path)])
+        _record_source(tmp, path)
     for gone in prune_gguf_cache(out, path.stem):
         log.info("removed %s: its GGUF file is gone or changed", gone)
     return out
