@@ -167,6 +167,11 @@ def test_one_token_gqa_sdpa_equals_repeat_kv_attention_and_leaves_other_cases_to
         a, _ = one_token_gqa_sdpa(m, q_, k, v, mask_, scaling=0.25)
         b, _ = sdpa_attention_forward(m, q_, k, v, mask_, scaling=0.25)
         assert torch.equal(a, b)
+    mha = Attn()
+    mha.num_key_value_groups = 1  # plain multi-head attention
+    q3 = torch.randn(2, 3, 1, 16)
+    assert torch.equal(one_token_gqa_sdpa(mha, q3, k, v, mask, scaling=0.25)[0],
+                       sdpa_attention_forward(mha, q3, k, v, mask, scaling=0.25)[0])
 
 
 def test_compiled_graphs_go_to_llmqs_cache_folder_unless_the_user_chose_one(monkeypatch, tmp_path):
