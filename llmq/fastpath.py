@@ -1,21 +1,26 @@
 """The one way llmq runs its torch outputs fast on CPU: a static KV cache and ``torch.compile``
-(Inductor) of ``model.forward``, with torchao's recommended Inductor settings and the compiled
-kernels cached on disk.
+(Inductor) of ``model.forward``, with torchao's recommended Inductor settings, freezing, and the
+compiled kernels cached on disk.
 
 Why this path: eagerly, every torchao int8 matmul dispatches through a tensor subclass (int8-dynamic
-decodes at 0.54x fp32 on the SmolLM2 demo, issue #11); Inductor fuses activation quantization, the
-int8 GEMM and the rescale (1.4-2.8x fp32 prefill across the int8 schemes in the README's three runs,
-``python scripts/bench_int8.py --stages speed``, ``eval/bench_int8.json``, ``eval/bench_int8_gqa.json``). Decode (fewer than 16 rows per GEMM) needs three more things, all here:
-oneDNN's one-row ``_int_mm`` costs what fp32 ``F.linear`` does per call
-(``scripts/bench_int8_kernels.py``), so such GEMMs lower to Inductor's C++ GEMM template instead
-(:func:`_cpp_gemm_f32`), and the float-activation int8 ``lm_head`` goes through the same template
-(:func:`few_rows_head`), and one token's attention over grouped KV heads reads the static cache once
-per KV head instead of copying it per query head (:func:`one_token_gqa_sdpa`: 25.2 -> 21.3 ms per
-int8-static decode token, one ad-hoc interleaved run, issue #11's note). With these, int8-static decodes
-2.3-2.8x fp32 eager on a 2-core AVX-512 CPU in three quiet runs (``python -m llmq bench demo <int8
-folder> ...``, ``eval/bench_int8_gqa.json``, README). The first call per input shape compiles (two to
-six minutes for SmolLM2 on 2 cores with an empty cache); Inductor's caches live under
-``~/.cache/llmq/inductor-3``.
+decodes at 0.54x fp32 on the SmolLM2 demo, issue #11); compiled, Inductor fuses activation
+quantization, the int8 GEMM and the rescale. Decode (fewer than 16 rows per GEMM) needs more, all here:
+
+* one-row int8 GEMMs: torchao quantizes activations to uint8 (u8s8) on CPUs with AVX512-VNNI and no
+  AMX, where oneDNN's VNNI ``_int_mm`` is fast; elsewhere to int8 (s8s8), where oneDNN's one-row
+  ``_int_mm`` costs what fp32 ``F.linear`` does (``scripts/bench_int8_kernels.py`` on each kind of
+  VM), so few-row s8 GEMMs lower to Inductor's C++ GEMM template (:func:`_cpp_gemm_f32`). Every
+  ``_int_mm`` operand is restrided against pytorch#195066 (:func:`patch_int_mm`);
+* the float-activation int8 ``lm_head`` through the same template (:func:`few_rows_head`);
+* one token's attention over grouped KV heads per KV head, without copying the static cache per
+  query head (:func:`one_token_gqa_sdpa`).
+
+Measured speed (``python scripts/bench_int8.py``, ``eval/bench_int8.json``, README "Static INT8"):
+on a 2-core AMD EPYC VM (u8s8) int8-static decoded 3.8-4.5x and prefilled 2.1-2.6x fp32 eager at
+batch 1 (2.97-3.12x / 2.6-2.8x at batch 8), and 2.96x the decode of fp32 compiled this same way
+(``eval/bench_int8_reference.json``); on an earlier Intel Xeon VM (s8s8, the template) 2.25-2.84x
+decode (``eval/bench_int8_gqa.json``). The first call per input shape compiles (one to three minutes for SmolLM2 on 2 cores with
+an empty cache); Inductor's caches live under ``~/.cache/llmq/inductor-3``.
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ def patch_int_mm() -> bool:
                 return ir.ExternKernel.copy_input(x)
             return x
 
-        if mat1.get_dtype() == torch.int8 and _few_rows(mat1):
+        if mat1.get_dtype() == torch.int8 and _few_rows(mat1):  # u8s8 (VNNI CPUs) stays on oneDNN: fast there
             node = _cpp_gemm_f32(mat1, mat2)
             if node is not None:
                 return lowering.to_dtype(node, torch.int32)
@@ -111,8 +116,9 @@ def _few_rows(mat: Any) -> bool:
 def _cpp_gemm_f32(mat1: Any, weight: Any, scale: Any = None, *, trans_w: bool = False) -> Any:
     """Lower ``mat1 @ weight`` (int8 or float activations, a frozen int8 weight) to Inductor's C++ GEMM
     template with bfloat16 activations and a float32 result, or return None where the template does
-    not apply (weight not a frozen constant, no AVX2/AVX-512). Why: for a few rows oneDNN's
-    ``_int_mm`` costs about what fp32 ``F.linear`` does per call, while the template's small-M
+    not apply (weight not a frozen constant, no AVX2/AVX-512). Why: for a few rows oneDNN's s8s8
+    ``_int_mm`` (torchao's form on CPUs without VNNI, or with AMX) costs about what fp32 ``F.linear``
+    does per call, while the template's small-M
     int8-weight kernel streams the int8 weight with vector FMAs (SmolLM2's 210 decode GEMMs: 15.2 ->
     10.7 ms per token in one stacked graph, issue #11's note). int8 activation values are exact in
     bfloat16 and the products accumulate in float32, so an int8 x int8 GEMM stays exact while its
@@ -270,7 +276,7 @@ def compile_for_cpu(model: Any, *, dynamic: bool = False, freeze: bool = True) -
     if freeze and model.device.type == "cpu":
         # Freezing folds the weights into the graph as constants, which lets Inductor lower torchao's
         # int8 weight-only matmul (the int8-static lm_head with float activations) to a fast kernel:
-        # 47 -> 3 ms per call for SmolLM2's 576x49152 head (scripts/bench_int8_kernels.py). Set
+        # 44-47 -> 3-6.5 ms per call for SmolLM2's 576x49152 head (scripts/bench_int8_kernels.py). Set
         # process-wide like torchao's recommended settings: torch.compile(options={"freezing": True})
         # compiled without it (same script). It only applies to graphs compiled without autograd.
         ic.freezing = True

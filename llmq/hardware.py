@@ -64,6 +64,21 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere). Speed
+    ratios depend on it: torchao picks a different int8 kernel on CPUs with AVX512-VNNI (issue #11)."""
+    import platform
+
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def ram_gb() -> tuple[float, float | None]:
     """(total, available) in GiB; ``/proc/meminfo`` on Linux, ``sysconf`` elsewhere."""
     try:

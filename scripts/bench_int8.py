@@ -2,9 +2,11 @@
 
 Quantizes each variant into ``--work`` (kept, so reruns skip it), then measures in one run:
 size on disk; WikiText-2 perplexity (``--ppl-windows`` x 1024 tokens); arc_easy and piqa accuracy
-(``--limit`` docs each); and speed with :func:`llmq.bench` (fp32 eager is 1.0; int8 folders
-run compiled through :mod:`llmq.fastpath`). The machine may be shared: compare ratios only.
+(``--limit`` docs each); and speed with :func:`llmq.bench` (fp32 eager is 1.0 and runs again last, so
+the baseline's drift is on record; int8 folders run compiled through :mod:`llmq.fastpath`). The
+machine may be shared: compare ratios only.
 
+    python scripts/bench_int8.py --stages size,quality,speed --redo   # all in one run (the README's table)
     OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_int8.py --stages size,quality   # quality (any time)
     python scripts/bench_int8.py --stages speed     # speed on a quiet machine; reuses the folders in --work
 
@@ -23,15 +25,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
-    "int8-dynamic": ("int8-dynamic", {}),
     "int8-static-minmax": ("int8-static", {"calibration_method": "minmax"}),
     "int8-static-percentile": ("int8-static", {"calibration_method": "percentile"}),
     "int8-static-entropy": ("int8-static", {"calibration_method": "entropy"}),
+    "int8-dynamic": ("int8-dynamic", {}),
+}
+EXTRA = {  # not in the default run; name them with --variants
     # lm_head with int8 per-token activations: the int8 GEMM under Inductor (speed), +~0.7% perplexity
     "int8-static-percentile-int8head": ("int8-static", {"calibration_method": "percentile",
                                                         "lm_head_activations": "int8"}),
-}
-EXTRA = {  # not in the default run; name them with --variants
     "int8-static-percentile-dyn30": ("int8-static", {"calibration_method": "percentile", "max_dynamic_fraction": 0.3}),
 }
 
@@ -141,13 +143,17 @@ def main() -> int:
     if "speed" in stages:
         from llmq.benchmark import bench, format_table
 
-        specs = ["demo@eager"] + [str(p) for p in paths.values()]
+        # fp32 eager first (every ratio's 1.0) and again last: its drift over the run is in the JSON
+        specs = ["demo@eager"] + [str(p) for p in paths.values()] + ["demo@eager"]
+        names = [*everything, "fp32 (again, last)"]
         brows = bench(specs, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                       batch_sizes=[int(b) for b in args.batch_sizes.split(",")], samples=args.samples)
         print(format_table(brows))
-        by_spec = dict(zip(specs, everything))
-        for br in brows:
-            rows[by_spec[br.model]].setdefault("speed", {})[f"batch{br.batch}"] = br.to_dict()
+        i = 0
+        for br in brows:  # rows come in spec order; the same spec twice (fp32) maps by position
+            while specs[i] != br.model:
+                i += 1
+            rows.setdefault(names[i], {}).setdefault("speed", {})[f"batch{br.batch}"] = br.to_dict()
         result["speed_table"] = format_table(brows)
     fp = rows.get("fp32", {})
     if "speed" in stages:
@@ -158,6 +164,8 @@ def main() -> int:
             r["dtasks_pts"] = {t: round(100 * (a - fp["tasks"][t]), 1) for t, a in r["tasks"].items()}
     import torch
 
+    from llmq.hardware import cpu_name
+
     cmd = "python " + " ".join(sys.argv)
     result.pop("command", None)
     for st in stages:  # each stage keeps the command (and conditions) that produced it
@@ -166,7 +174,7 @@ def main() -> int:
             result.setdefault("notes", {})[st] = args.note
     result.update({
         "model": "SmolLM2-135M-Instruct (fp32, dequantized from the demo GGUF)",
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU threads, "
+        "machine": f"{cpu_name()}, {platform.machine()}, {len(os.sched_getaffinity(0))} CPU threads, "
                    f"torch {torch.__version__}",
         "note": "speed: fp32 eager = 1.0, int8 folders compiled (llmq.fastpath); ratios from one run",
     })

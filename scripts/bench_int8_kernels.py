@@ -1,8 +1,9 @@
 """Why torchao int8 decodes slowly on CPU: per-call time of the matmuls one decode token runs.
 
-For SmolLM2's Linear shapes at one token (M=1): fp32 ``F.linear``, CPU ``torch._int_mm`` (the int8
-GEMM Inductor calls for int8-dynamic/int8-static), and the ``lm_head`` as torchao int8 weight-only
-(float activations: the int8-static default) eager, compiled, and compiled with Inductor freezing
+For SmolLM2's Linear shapes at one token (M=1): fp32 ``F.linear``, CPU ``torch._int_mm`` with int8 and
+with uint8 activations (s8s8 / u8s8: torchao picks u8s8 on CPUs with AVX512-VNNI and no AMX), and
+the ``lm_head`` as torchao int8 weight-only (float activations: the int8-static default) eager,
+compiled, and compiled with Inductor freezing
 (what :mod:`llmq.fastpath` does). Weights stay in cache in this loop, so it measures call cost,
 not memory bandwidth. One run; compare within it.
 
@@ -30,6 +31,14 @@ def per_call_us(fn, n: int) -> float:
     return (time.perf_counter() - t) / n * 1e6
 
 
+def torchao_int8_path() -> str:
+    """Which int8 GEMM torchao's CPU int8 matmul uses here: u8s8 (uint8 activations, AVX512-VNNI without
+    AMX) or s8s8 (``torchao.kernel.intmm._int_scaled_matmul_cpu``)."""
+    from torchao.utils import _cpu_is_amx_tile_supported, _cpu_is_vnni_supported
+
+    return "u8s8" if _cpu_is_vnni_supported() and not _cpu_is_amx_tile_supported() else "s8s8"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -49,9 +58,11 @@ def main() -> None:
         for k, n in SHAPES:
             w = torch.randint(-127, 127, (n, k), dtype=torch.int8)
             x8, xf, wf = torch.randint(-127, 127, (1, k), dtype=torch.int8), torch.randn(1, k), w.float()
+            u8 = (x8.to(torch.int32) + 128).to(torch.uint8)  # torchao's u8s8 form (VNNI, no AMX)
             rows.append({"op": f"M=1, K={k}, N={n}",
                          "fp32 F.linear us": per_call_us(lambda: torch.nn.functional.linear(xf, wf), a.calls),
-                         "int8 _int_mm us": per_call_us(lambda: torch._int_mm(x8, w.t()), a.calls)})
+                         "int8 _int_mm us": per_call_us(lambda: torch._int_mm(x8, w.t()), a.calls),
+                         "uint8 _int_mm us": per_call_us(lambda: torch._int_mm(u8, w.t()), a.calls)})
         head = torch.nn.Linear(576, 49152, bias=False)
         x = torch.randn(1, 1, 576)
         q = copy.deepcopy(head)
@@ -75,7 +86,10 @@ def main() -> None:
         rows.append(r)
     for r in rows:
         print(" | ".join(f"{k}: {v:.0f}" if isinstance(v, float) else str(v) for k, v in r.items()))
+    from llmq.hardware import cpu_name
+
     out = {"command": "python scripts/bench_int8_kernels.py", "threads": a.threads, "torch": torch.__version__,
+           "cpu": cpu_name(), "torchao_cpu_int8_path": torchao_int8_path(),
            "note": "per call, weights cache-resident; one run", "rows": rows}
     Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {a.json}")

@@ -102,6 +102,35 @@ def test_few_row_int8_gemms_take_the_cpp_gemm_template_and_stay_exact(tmp_path, 
         assert ("micro_gemm" in code) == few and ("extern_kernels._int_mm(" in code) != few, rows
 
 
+def test_uint8_activation_gemms_keep_onednn_int_mm_and_stay_exact(tmp_path, monkeypatch):
+    """On CPUs with AVX512-VNNI and no AMX torchao quantizes activations to uint8 (u8s8, its
+    ``_int_scaled_matmul_cpu``): those GEMMs keep oneDNN's VNNI ``_int_mm`` at every row count (the
+    template route is for s8s8), through llmq's restriding lowering, with the exact int32 result."""
+    import torch
+
+    from llmq.fastpath import patch_int_mm
+
+    assert patch_int_mm()
+    g = torch.Generator().manual_seed(0)
+    w = torch.randint(-128, 128, (96, 256), dtype=torch.int8, generator=g)
+
+    class U8Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", w)
+
+        def forward(self, x):  # torchao's u8s8 form: int8 values shifted by 128
+            q = torch.clamp(torch.round(x / 0.02), -128, 127).to(torch.int32).add(128).to(torch.uint8)
+            return torch._int_mm(q, self.w.t())
+
+    m = U8Linear().eval()
+    for rows in (1, 8):
+        x = torch.randn(rows, 256, generator=g)
+        out, code = _compile_frozen(m, x, tmp_path, monkeypatch)
+        assert torch.equal(out, m(x)), rows
+        assert "extern_kernels._int_mm(" in code and "micro_gemm" not in code, rows
+
+
 def test_few_rows_head_runs_the_int8_lm_head_on_the_template_and_leaves_other_heads_alone(tmp_path, monkeypatch):
     import copy
 

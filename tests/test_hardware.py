@@ -45,3 +45,12 @@ def test_detected_gpu_uses_free_memory(monkeypatch):
 def test_bad_flags(kw):
     with pytest.raises(ConfigError):
         hardware.detect(**kw)
+
+
+def test_cpu_name_reads_cpuinfo_and_falls_back(tmp_path):
+    from llmq.hardware import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654\nflags\t: avx512f\n")
+    assert cpu_name(str(info)) == "AMD EPYC 9654"
+    assert cpu_name(str(tmp_path / "missing")) not in ("", "AMD EPYC 9654")

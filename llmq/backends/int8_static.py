@@ -582,8 +582,9 @@ class Int8StaticBackend(Backend):
                     "print(tokenizer.decode(out[0], skip_special_tokens=True))"),
             tags=["torchao", "int8", "w8a8", "static-quantization"],
             rows=activation_rows(meta),
-            hardware=("x86 CPUs through torch.compile (llmq.fastpath): on SmolLM2 and a 2-core AVX-512 CPU, 1.7-2.8x "
-                      "fp32 prefill and 2.2-3.0x fp32 decode (llmq bench, batch 1); eagerly, int8 is slower than fp32."),
+            hardware=("x86 CPUs through torch.compile (llmq.fastpath): on SmolLM2 and a 2-core AVX-512 CPU, 3.8-4.5x "
+                      "fp32 decode and 2.1-2.6x prefill (AMD EPYC with VNNI; 2.3-2.8x decode on an Intel Xeon), llmq "
+                      "bench, batch 1; eagerly, int8 is slower than fp32."),
             note=(f"Made with torchao {version}. Activation scales are fixed by calibration: text unlike the "
                   "calibration data may clip. Plain transformers 5.24 drops the static activation scales on "
                   "load; llmq.load (or llmq.backends.torchao.enable_loading() before from_pretrained) keeps them."))
