@@ -6,7 +6,7 @@ tokens from the WikiText-2 *valid* split (small, to keep CI fast; the README's t
 
 Bounds, relative to the original's perplexity on the same slice:
 - fp16: +1% (a cast; rounding only);
-- 8-bit schemes: +5% (the issue's quality floor for 8-bit);
+- 8-bit schemes: +5% (the issue's quality floor for 8-bit); int8-static (calibrated): +3%;
 - 4-bit: the naive baseline computed here (asymmetric round-to-nearest, group 64, on the same
   weights) is the bar. GPTQ must stay within 10% of it with this tiny calibration set (it beats it
   outright with 64 x 512 tokens: see the README table); AWQ, bnb-nf4 likewise.
@@ -75,6 +75,14 @@ def test_baseline_is_sane(baseline):
 def test_16_and_8_bit(scheme, bound, baseline, tmp_path, smol_quantized):
     p = quantized_ppl(scheme, tmp_path, smol_quantized)
     assert math.isfinite(p) and p <= bound * baseline["orig"], (scheme, p, baseline)
+
+
+def test_int8_static_default_calibration_stays_close(baseline, tmp_path, smol_quantized):
+    """int8-static with its defaults (percentile, SmoothQuant, per-token fallback, float-activation
+    lm_head) on a small calibration set: +1.7% on this slice when written (16 x 1024 with 16 x 512
+    calibration: +1.32%, README "Static INT8"); without smoothing and the fallback it was +339%."""
+    p = quantized_ppl("int8-static", tmp_path, smol_quantized, calibration="wikitext2", n_samples=16, seqlen=256)
+    assert math.isfinite(p) and p <= 1.03 * baseline["orig"], (p, baseline)
 
 
 @pytest.mark.parametrize("scheme, kw", [("bnb-nf4", {}), ("gptq-int4", CALIB), ("awq-int4", CALIB)])
