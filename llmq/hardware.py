@@ -64,19 +64,27 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: CPU features that change int8/bf16 speed ratios: torchao's int8 matmul takes uint8 activations on
+#: CPUs with VNNI and no AMX (issue #11); native bf16 and AMX change what bf16 and int8 GEMMs cost
+SPEED_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere). Speed
-    ratios depend on it: torchao picks a different int8 kernel on CPUs with AVX512-VNNI (issue #11)."""
+    """The CPU's model name and which of :data:`SPEED_FLAGS` it has (``/proc/cpuinfo`` on Linux,
+    ``platform.processor()`` elsewhere), for benchmark records: the same code's speed ratios differ
+    between CPUs."""
     import platform
 
     try:
         with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            info = f.read()
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        return platform.processor() or platform.machine() or "unknown CPU"
+    lines = info.splitlines()
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
+    flags = next((set(ln.split(":", 1)[1].split()) for ln in lines if ln.startswith("flags")), set())
+    have = [f for f in SPEED_FLAGS if f in flags]
+    return f"{name} ({', '.join(have) or 'no AVX512-VNNI/BF16, no AMX'})"
 
 
 def ram_gb() -> tuple[float, float | None]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,18 +31,6 @@ SCHEMES = "bf16,int8-dynamic,int8-static,bnb-int8,bnb-nf4,gptq-int4,awq-int4,ggu
 #: options llmq's own benchmarks use for the demo (576-wide layers: AWQ and its CPU kernel need g | 576)
 #: 32 calibration samples: speed does not depend on them, and the quality figures come from bench_quantize.py
 OPTIONS = {"gptq-int4": {"group_size": 64, "n_samples": 32}, "awq-int4": {"group_size": 64, "n_samples": 32}}
-
-
-def cpu_name() -> str:
-    """The CPU model and whether it has native bf16 / AMX (both change the ratios)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                platform.machine())
-    flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_int8") if f" {f}" in info]
-    return f"{name} ({', '.join(flags) or 'no AVX512-BF16/AMX'})"
 
 
 def output_for(scheme: str, work: Path, create: bool = True) -> str:
@@ -81,6 +68,7 @@ def main() -> int:
 
     from llmq.benchmark import bench
     from llmq.errors import LlmqError
+    from llmq.hardware import cpu_name
 
     work = Path(args.work).expanduser()
     work.mkdir(parents=True, exist_ok=True)

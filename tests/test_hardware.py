@@ -51,6 +51,9 @@ def test_cpu_name_reads_cpuinfo_and_falls_back(tmp_path):
     from llmq.hardware import cpu_name
 
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654\nflags\t: avx512f\n")
-    assert cpu_name(str(info)) == "AMD EPYC 9654"
-    assert cpu_name(str(tmp_path / "missing")) not in ("", "AMD EPYC 9654")
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654\n"
+                    "flags\t\t: fpu avx512f avx512_vnni avx512_bf16 avx512_vnni_extra\n")
+    assert cpu_name(str(info)) == "AMD EPYC 9654 (avx512_vnni, avx512_bf16)"
+    info.write_text("model name\t: Old CPU\nflags\t\t: fpu sse2\n")
+    assert cpu_name(str(info)) == "Old CPU (no AVX512-VNNI/BF16, no AMX)"
+    assert cpu_name(str(tmp_path / "missing"))  # platform's answer, never empty
