@@ -19,8 +19,8 @@ Measured speed (``python scripts/bench_int8.py``, ``eval/bench_int8.json``, READ
 on a 2-core AMD EPYC VM (u8s8) int8-static decoded 3.8-4.5x and prefilled 2.1-2.6x fp32 eager at
 batch 1 (2.97-3.12x / 2.6-2.8x at batch 8), and 2.96x the decode of fp32 compiled this same way
 (``eval/bench_int8_reference.json``); on an earlier Intel Xeon VM (s8s8, the template) 2.25-2.84x
-decode (``eval/bench_int8_gqa.json``). The first call per input shape compiles (one to three minutes for SmolLM2 on 2 cores with
-an empty cache); Inductor's caches live under ``~/.cache/llmq/inductor-3``.
+decode (``eval/bench_int8_gqa.json``). The first call per input shape compiles (one to three minutes
+for SmolLM2 on 2 cores with an empty cache); Inductor's caches live under ``~/.cache/llmq/inductor-3``.
 """
 
 from __future__ import annotations
@@ -118,9 +118,9 @@ def _cpp_gemm_f32(mat1: Any, weight: Any, scale: Any = None, *, trans_w: bool = 
     template with bfloat16 activations and a float32 result, or return None where the template does
     not apply (weight not a frozen constant, no AVX2/AVX-512). Why: for a few rows oneDNN's s8s8
     ``_int_mm`` (torchao's form on CPUs without VNNI, or with AMX) costs about what fp32 ``F.linear``
-    does per call, while the template's small-M
-    int8-weight kernel streams the int8 weight with vector FMAs (SmolLM2's 210 decode GEMMs: 15.2 ->
-    10.7 ms per token in one stacked graph, issue #11's note). int8 activation values are exact in
+    does per call, while the template's small-M int8-weight kernel streams the int8 weight with vector
+    FMAs (SmolLM2's 210 decode GEMMs: 15.2 -> 10.7 ms per token in one stacked graph on the Xeon VM,
+    issue #11's note). int8 activation values are exact in
     bfloat16 and the products accumulate in float32, so an int8 x int8 GEMM stays exact while its
     partial sums stay below 2**24 (any K <= 1032; beyond, only if nearly every product is extreme)."""
     import torch

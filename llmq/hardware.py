@@ -7,6 +7,7 @@ the advice is often wanted for another machine (``--device cuda --gpu-memory 80`
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,8 +74,6 @@ def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's model name and which of :data:`SPEED_FLAGS` it has (``/proc/cpuinfo`` on Linux,
     ``platform.processor()`` elsewhere), for benchmark records: the same code's speed ratios differ
     between CPUs."""
-    import platform
-
     try:
         with open(cpuinfo) as f:
             info = f.read()

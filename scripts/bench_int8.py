@@ -36,6 +36,7 @@ EXTRA = {  # not in the default run; name them with --variants
                                                         "lm_head_activations": "int8"}),
     "int8-static-percentile-dyn30": ("int8-static", {"calibration_method": "percentile", "max_dynamic_fraction": 0.3}),
 }
+ALL = {**VARIANTS, **EXTRA}
 
 
 def build(work: Path, names: list[str], n_samples: int, create: bool = True) -> dict[str, Path]:
@@ -50,7 +51,7 @@ def build(work: Path, names: list[str], n_samples: int, create: bool = True) -> 
             print(f"skipping {name}: no folder at {path} (run --stages size,quality first)", flush=True)
             continue
         if not (path / "config.json").is_file():
-            scheme, kw = {**VARIANTS, **EXTRA}[name]
+            scheme, kw = ALL[name]
             if scheme == "int8-static":
                 kw = {**kw, "calibration": "wikitext2", "n_samples": n_samples}
             t0 = time.perf_counter()
@@ -116,6 +117,11 @@ def main() -> int:
     os.environ.setdefault("LLMQ_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     stages = set(args.stages.split(","))
     names = [v for v in args.variants.split(",") if v]
+    if stages - {"size", "quality", "speed"}:
+        ap.error(f"unknown stage(s) {sorted(stages - {'size', 'quality', 'speed'})}: choose from size, quality, speed")
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}: choose from {', '.join(ALL)}")
     work = Path(args.work)
     paths = build(work, names, args.n_samples, create=bool(stages & {"size", "quality"}))
 

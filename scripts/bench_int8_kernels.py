@@ -3,9 +3,8 @@
 For SmolLM2's Linear shapes at one token (M=1): fp32 ``F.linear``, CPU ``torch._int_mm`` with int8 and
 with uint8 activations (s8s8 / u8s8: torchao picks u8s8 on CPUs with AVX512-VNNI and no AMX), and
 the ``lm_head`` as torchao int8 weight-only (float activations: the int8-static default) eager,
-compiled, and compiled with Inductor freezing
-(what :mod:`llmq.fastpath` does). Weights stay in cache in this loop, so it measures call cost,
-not memory bandwidth. One run; compare within it.
+compiled, and compiled with Inductor freezing (what :mod:`llmq.fastpath` does). Weights stay in
+cache in this loop, so it measures call cost, not memory bandwidth. One run; compare within it.
 
     python scripts/bench_int8_kernels.py            # table + eval/bench_int8_kernels.json
 """
