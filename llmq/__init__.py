@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from llmq.registry import lazy_exports
 
-__version__ = "0.1.0"
+from llmq.version import __version__
 
 _LAZY = {
     "quantize": "llmq.core:quantize",
@@ -21,7 +21,7 @@ _LAZY = {
     "advise": "llmq.advisor:advise",
     "bench": "llmq.benchmark:bench",
     "push": "llmq.publish:push",
-    "qat": "llmq.quantization_aware:qat",
+    "qat": "llmq.pipeline.qat:qat",
     "LlmqError": "llmq.errors:LlmqError",
 }
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmq.data import check_hub, hub_error, local_file
+from llmq.data import check_hub, local_file
+from llmq.hub import hub_error
 from llmq.errors import CalibrationError, LlmqError
 
 NAMED = ("wikitext2", "c4", "pileval", "builtin")
@@ -79,7 +80,7 @@ def _hub_texts(name: str) -> tuple[list[str], str]:
     except LlmqError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise hub_error(f"calibration dataset {name!r}", e) from e
+        raise hub_error(e, f"calibration dataset {name!r}", data=True) from e
     raise AssertionError(name)  # pragma: no cover
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from llmq.errors import LlmqError
 from llmq.fmt import fmt_bytes, fmt_float, fmt_int
+from llmq.hub import check_repo_id
 from llmq.modelcard import (
     CARD_FILE, LLMQ_URL, card_facts, eval_results, eval_rows, gate_summary, gguf_file, hub_base_model, install_spec,
-    check_repo_id, license_text, limitations, original_label, read_folder, reproduce_command, source_text, tags_for, usage,
+    license_text, limitations, original_label, read_folder, reproduce_command, source_text, tags_for, usage,
     base_license, protocol_items,
 )
 

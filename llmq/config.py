@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from llmq.errors import ConfigError, UnknownNameError
-from llmq.registry import lazy_exports
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -21,6 +20,30 @@ DTYPES = ("float32", "float16", "bfloat16")
 def check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is invalid; choose one of {', '.join(map(repr, choices))}.")
+
+
+# -- thresholds (gate limits, the advisor's tolerance, QAT's early stop) --------------------------
+def parse_fraction(value: Any, what: str = "--max-ppl-increase") -> float | None:
+    """The one threshold rule (gate limits, the advisor's tolerance): ``"5%"`` -> 0.05; ``0.05`` /
+    ``"0.05"`` -> 0.05. A bare number of 1 or more is refused (is ``5`` five percent or 500%?): write
+    ``5%``. Percentages above 100% are allowed (perplexity can more than double); negatives are not."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    try:
+        x = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ConfigError(f"{what} expects a percentage like 5% or a fraction like 0.05, got {text!r}.") from None
+    if not text.endswith("%") and x >= 1:
+        raise ConfigError(f"{what} {text} is ambiguous: write {text}% or a fraction like {x / 100:g}.")
+    if x < 0:
+        raise ConfigError(f"{what} must not be negative, got {text}.")
+    return x
+
+
+def parse_increase(value: Any) -> float | None:
+    """``--max-ppl-increase``: ``parse_fraction``."""
+    return parse_fraction(value, "--max-ppl-increase")
 
 
 @dataclass(kw_only=True)
@@ -115,14 +138,3 @@ class CalibratedConfig(QuantConfigBase):
         if not isinstance(self.calibration, (str, type(None))):
             out["calibration"] = f"<{len(self.calibration)} strings>"
         return out
-
-
-#: the plugins' config classes under their old address (``from llmq.config import GPTQConfig``)
-__getattr__ = lazy_exports(__name__, {
-    "CastConfig": "llmq.backends.cast:CastConfig",
-    "Int8DynamicConfig": "llmq.backends.torchao:Int8DynamicConfig",
-    "BnbInt8Config": "llmq.backends.bnb:BnbInt8Config",
-    "Bnb4bitConfig": "llmq.backends.bnb:Bnb4bitConfig",
-    "GPTQConfig": "llmq.backends.gptqmodel:GPTQConfig",
-    "AWQConfig": "llmq.backends.gptqmodel:AWQConfig",
-}, globals())

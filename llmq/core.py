@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import llmq
 from llmq import calibration as calib_mod
 from llmq.backends.base import Backend, package_version
 from llmq.config import CalibratedConfig, SchemeConfig
 from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
 from llmq.io import atomic_dir, check_output, write_json
-from llmq.models import ModelSource, count_parameters, folder_size, read_json, resolve_model
+from llmq.meta import META_FILE
+from llmq.models import ModelSource, check_no_missing_weights, count_parameters, folder_size, resolve_model
 from llmq.schemes import Scheme, get_scheme
+from llmq.version import __version__
 
-META_FILE = "llmq.json"
 _CALIB_KEYS = ("calibration", "n_samples", "seqlen", "seed")
 
 
@@ -82,7 +82,7 @@ class QuantizedModel:
         import transformers
 
         return {
-            "llmq_version": llmq.__version__,
+            "llmq_version": __version__,
             "scheme": self.scheme.name,
             "backend": self.scheme.backend,
             "bits": self.scheme.bits,
@@ -101,7 +101,7 @@ class QuantizedModel:
             "wall_time_s": round(self.wall_time_s, 2),
             "device": self.device,
             "versions": {
-                "llmq": llmq.__version__,
+                "llmq": __version__,
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
@@ -184,7 +184,7 @@ def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None
     model_dir = source.local_dir()
     from llmq import safety
 
-    safety.check_no_missing_weights(model_dir, source.config(), trust_remote_code=source.trust_remote_code)
+    check_no_missing_weights(model_dir, source.config(), trust_remote_code=source.trust_remote_code)
     safety.check_finite_safetensors(model_dir, f"The source model {source.name}")
     size_before = folder_size(model_dir)
     t0 = time.perf_counter()
@@ -235,9 +235,5 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
     return plugin.load(path, device=device or default_device(), dtype=dtype, kernel=kernel, **kwargs)
 
 
-def read_meta(path: str | os.PathLike) -> dict | None:
-    f = Path(path) / META_FILE
-    return read_json(f) if f.is_file() else None
 
-
-__all__ = ["QuantizedModel", "quantize", "load", "prepare", "check_output", "read_meta", "package_version"]
+__all__ = ["QuantizedModel", "quantize", "load", "prepare", "check_output", "package_version"]

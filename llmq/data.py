@@ -37,14 +37,3 @@ def check_hub(what: str) -> None:
     from llmq.models import check_hub_reachable
 
     check_hub_reachable(what)
-
-
-def hub_error(what: str, e: Exception) -> LlmqError:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    low = f"{type(e).__name__} {msg}".lower()
-    if any(w in low for w in ("offline", "connect", "resolve", "network", "timed out", "couldn't reach", "localentrynotfound")):
-        return LlmqError(
-            f"Cannot download {what} from the Hugging Face Hub (offline or no network); pass a local file "
-            "or set LLMQ_DATA_DIR to a local copy."
-        )
-    return LlmqError(f"Cannot load {what}: {msg}")

@@ -1,11 +1,29 @@
-"""One translation of Hugging Face Hub errors into llmq's one-line errors, for reading a model
-(``resolve_model``, downloads) and for writing a repo (``push``)."""
+"""The Hugging Face Hub seen from llmq: what a repo id may be, and one translation of Hub errors
+into one-line errors, for reading a model (``resolve_model``, downloads), reading a dataset
+(calibration, perplexity and task text) and writing a repo (``push``)."""
 
 from __future__ import annotations
 
-from llmq.errors import LlmqError, ModelNotFoundError
+import re
 
-NETWORK_WORDS = ("connect", "resolve", "network", "timed out", "timeout", "offline")
+from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
+
+NETWORK_WORDS = ("connect", "resolve", "network", "timed out", "timeout", "offline", "couldn't reach",
+                 "localentrynotfound")
+#: ``owner/name`` in the Hub's alphabet
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def check_repo_id(repo_id: str | None) -> None:
+    """A repo id the Hub accepts (``owner/name``; letters, digits, ``-_.``; no ``..``; not ending in
+    ``.`` or ``-``; at most 96 characters), checked before anything is quantized or uploaded: a typo
+    must not cost a quantization. ``None`` (no push) passes."""
+    if repo_id is None:
+        return
+    if (not isinstance(repo_id, str) or not HUB_ID.match(repo_id) or ".." in repo_id
+            or repo_id.endswith((".", "-")) or len(repo_id) > 96):
+        raise ConfigError(f"Invalid Hub repo id {repo_id!r}: not a Hub repo id (owner/name, letters, digits, -_., "
+                          "no '..', not ending in '.' or '-', at most 96 characters), e.g. me/SmolLM2-135M-GPTQ-Int4.")
 
 
 def _chain(e: BaseException) -> list[BaseException]:
@@ -17,9 +35,11 @@ def _chain(e: BaseException) -> list[BaseException]:
     return chain
 
 
-def hub_error(e: BaseException, name: str, *, writing: str | None = None, token: str | None = None) -> LlmqError:
-    """``e`` as one line. ``name``: the model read, or the repo written; ``writing``: what a push was
-    doing (``"uploading"``, ...), None when reading. ``token`` is scrubbed from the message."""
+def hub_error(e: BaseException, name: str, *, writing: str | None = None, token: str | None = None,
+              data: bool = False) -> LlmqError:
+    """``e`` as one line. ``name``: the model read, the dataset read (``data=True``), or the repo
+    written; ``writing``: what a push was doing (``"uploading"``, ...), None when reading. ``token``
+    is scrubbed from the message."""
     from huggingface_hub.errors import (  # type: ignore[attr-defined]
         GatedRepoError,
         HfHubHTTPError,
@@ -51,6 +71,11 @@ def hub_error(e: BaseException, name: str, *, writing: str | None = None, token:
     network = any(w in f"{type(e).__name__} {msg}".lower() for w in NETWORK_WORDS)
     kind = kinds[0] if kinds else ("offline" if network else None)
 
+    if data:
+        if kind in ("offline", "offline mode"):
+            return LlmqError(f"Cannot download {name} from the Hugging Face Hub (offline or no network); pass a local "
+                             "file or set LLMQ_DATA_DIR to a local copy.")
+        return LlmqError(f"Cannot load {name}: {msg}")
     if writing is None:
         tip = "pass a local model folder or a .gguf file instead"
         if kind == "gated":

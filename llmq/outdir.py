@@ -40,6 +40,12 @@ def _real(p: str | os.PathLike) -> Path:
     return Path(os.path.realpath(Path(p).expanduser()))
 
 
+def default_output(model: str | os.PathLike | None, scheme: str) -> Path:
+    """``out/<model name>-<scheme>``: where ``llmq run`` writes when no ``-o`` is given (None: the demo)."""
+    name = "SmolLM2-135M-Instruct" if not model else Path(str(model).rstrip("/")).name.removesuffix(".gguf")
+    return Path("out") / f"{name}-{scheme}"
+
+
 def check_location(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
     """Refuse an output that is, contains, or is inside a local input (model folder or file)."""
     out = _real(output)

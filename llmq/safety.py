@@ -215,23 +215,6 @@ def missing_weights(expected: Iterable[str], present: Iterable[str], base_prefix
     return out
 
 
-def check_no_missing_weights(model_dir: str | os.PathLike, config: Any, *, trust_remote_code: bool = False) -> None:
-    """Before loading: the causal-LM class for ``config`` (built on the meta device) must find every
-    parameter in the folder's safetensors headers; a BERT-like or headless checkpoint fails here
-    instead of being saved with a freshly initialised head. Tied weights count once."""
-    from llmq.models import meta_model
-
-    model = meta_model(config, trust_remote_code=trust_remote_code)
-    expected = [n for n, _ in model.named_parameters()]  # remove_duplicate=True: tied weights once
-    present = check_safetensors_folder(model_dir)
-    missing = missing_weights(expected, present, getattr(model, "base_model_prefix", "") or "")
-    if missing:
-        arch = type(model).__name__
-        raise CorruptModelError(
-            f"{model_dir} lacks {len(missing)} weight(s) that {arch} needs ({', '.join(missing[:3])}"
-            f"{' ...' if len(missing) > 3 else ''}); they would be random. Is it a causal LM checkpoint?")
-
-
 def check_loading_info(info: Mapping[str, Any], what: str) -> None:
     """After ``from_pretrained(..., output_loading_info=True)``: refuse newly initialised weights."""
     missing = sorted(info.get("missing_keys") or [])
@@ -370,29 +353,3 @@ def check_model_output(model: Any, tokenizer: Any, what: str, text: str = "The q
     check_finite_logits(logits, what)
 
 
-# -- everything `run` will do after quantizing, checked before it loads a weight ----------------------------
-def check_repo_id(repo_id: str | None) -> None:
-    """``--push-to-hub``: ``owner/name`` in the Hub's alphabet (the push happens last; a typo must not
-    cost a quantization)."""
-    if repo_id is None:
-        return
-    from llmq.models import HUB_ID
-
-    if not HUB_ID.match(repo_id) or len(repo_id) > 96:
-        raise ConfigError(f"--push-to-hub {repo_id!r} is not a Hub repo id (owner/name, letters, digits, -_.).")
-
-
-def check_eval_request(*, tasks: Any = None, ppl: Any = None, max_ppl_increase: Any = None,
-                       max_accuracy_loss: Any = None, max_kld: Any = None) -> None:
-    """``run --eval``: gate thresholds, task names and files, the perplexity file, all without a model."""
-    from llmq.eval.api import split_tasks
-    from llmq.eval.gate import validate
-    from llmq.eval.tasks import resolve_task
-
-    validate(max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
-    for t in split_tasks(tasks):
-        if not (isinstance(t, str) and t.startswith("lm_eval:")):
-            resolve_task(t)
-    if ppl is not None and str(ppl).lower() != "none" and ("/" in str(ppl) or Path(str(ppl)).suffix):
-        if not Path(str(ppl)).expanduser().is_file():
-            raise ConfigError(f"--ppl file not found: {ppl}")

@@ -21,8 +21,8 @@ BACKENDS.register("cast", "llmq.backends.cast:CastBackend")
 BACKENDS.register("torchao", "llmq.backends.torchao:TorchAoBackend")
 BACKENDS.register("bitsandbytes", "llmq.backends.bnb:BitsAndBytesBackend")
 BACKENDS.register("gptqmodel", "llmq.backends.gptqmodel:GPTQModelBackend")
-BACKENDS.register("qat", "llmq.backends.qat:QATBackend")
-BACKENDS.register("gguf", "llmq.backends.gguf:GGUFBackend")
+BACKENDS.register("qat", "llmq.backends.qat.plugin:QATBackend")
+BACKENDS.register("gguf", "llmq.backends.gguf.plugin:GGUFBackend")
 BACKENDS.register("int8-static", "llmq.backends.int8_static:Int8StaticBackend")
 
 PLUGINS = BACKENDS

@@ -9,7 +9,7 @@ tiny random Gemma-3 as a second architecture:
 3. the same perplexity protocol on transformers (fp32) and on llama.cpp (F32 GGUF): agreement.
 4. speed, one run: ``llmq bench`` over fp32 transformers (eager) and the F32/Q8_0/Q4_K_M files on
    llama.cpp (batch 1, 512-token prompt, 128 new tokens), then ``llama-bench -p 512 -n 128`` on the
-   same files (with ``--tools``), and llmq's eval speed function (``llmq.eval.llamacpp.speed``).
+   same files (with ``--tools``), and llmq's eval speed function (``llmq.backends.gguf.runtime.speed``).
 5. every scheme's perplexity and file size vs ``estimate_size``.
 
 Perplexity: llmq's protocol (WikiText-2 test, non-overlapping windows), identical protocol strings on
@@ -61,7 +61,7 @@ def llama_bench(tools: Path, f: Path, threads: int, reps: int = 3) -> dict | Non
 
 
 def reference_quantize(tools: Path | None, src: Path, dst: Path, ftype: str, imatrix_file: Path | None = None) -> str:
-    from llmq.backends import gguf as G
+    from llmq.backends.gguf import quantizer as G
 
     exe = tools / "llama-quantize" if tools else None
     if exe is not None and exe.is_file():
@@ -78,7 +78,7 @@ def speed_section(args, f32, files) -> dict:
     on the same files (after 512 tokens and from an empty context), then llmq's eval speed function;
     ratios only within this run."""
     from llmq import benchmark as B
-    from llmq.eval import llamacpp
+    from llmq.backends.gguf import runtime as llamacpp
 
     specs = ["demo@eager", str(f32)] + [str(f) for _, f in files]
     sp = {}
@@ -130,7 +130,7 @@ def print_speed(sp: dict) -> None:
 
 def speed_only(args, src, tok, work) -> int:
     """Tool rows (llama-quantize types, llama-bench) added to an existing report, from one run."""
-    from llmq.backends import gguf as G
+    from llmq.backends.gguf import quantizer as G
 
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
     try:
@@ -184,9 +184,9 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from llmq.advisor.params import profile as make_profile
-    from llmq.backends import gguf as G
-    from llmq.eval import llamacpp
-    from llmq.eval.perplexity import tokenize
+    from llmq.backends.gguf import plugin as P
+    from llmq.backends.gguf import quantizer as G
+    from llmq.eval.perplexity import gguf_perplexity, tokenize
     from llmq.models import resolve_model
 
     import torch
@@ -206,7 +206,7 @@ def main() -> int:
     rows = []
 
     def ppl_gguf(f):
-        return llamacpp.perplexity(f, tok, "wikitext2", seqlen=args.seqlen, limit=args.windows, tokens=tokens,
+        return gguf_perplexity(f, tok, "wikitext2", seqlen=args.seqlen, limit=args.windows, tokens=tokens,
                                    threads=args.threads)
 
     if args.speed_only:
@@ -276,7 +276,7 @@ def main() -> int:
             else:
                 G.quantize_file(f32, f, ft, threads=args.threads)
                 p = ppl_gguf(f)
-            est = G.estimate_size(prof, scheme)
+            est = P.estimate_size(prof, scheme)
             report["schemes"][scheme] = {"ppl": p.value, "delta_vs_fp32_pct": 100 * (p.value / fp32.value - 1),
                                          "bytes": f.stat().st_size, "estimate_bytes": est.bytes,
                                          "estimate_error_pct": 100 * (est.bytes / f.stat().st_size - 1),
@@ -297,7 +297,7 @@ def main() -> int:
         G.convert(g_src, g_f32, "f32")
         g_tokens = tokens
         g_hf, _ = ppl_hf(g_src, tok, g_tokens, 256, 4)
-        g_ll = llamacpp.perplexity(g_f32, tok, "wikitext2", seqlen=256, limit=4, tokens=g_tokens, threads=args.threads)
+        g_ll = gguf_perplexity(g_f32, tok, "wikitext2", seqlen=256, limit=4, tokens=g_tokens, threads=args.threads)
         g = {"architecture": "Gemma3ForCausalLM (tiny random: hidden 256, 2 layers)",
              "protocol": g_hf.protocol, "transformers_fp32_ppl": g_hf.value, "llamacpp_f32_ppl": g_ll.value,
              "runtime_agreement_pct": 100 * (g_ll.value / g_hf.value - 1), "schemes": {}}
@@ -306,8 +306,8 @@ def main() -> int:
             ref = work / f"g-ref-{ft}.gguf"
             how = reference_quantize(args.tools, g_f32, ref, ft)
             res = G.quantize_model(g_src, work / f"g-llmq-{scheme}", G.config_for(scheme, threads=args.threads))
-            pr = llamacpp.perplexity(ref, tok, "wikitext2", seqlen=256, limit=4, tokens=g_tokens, threads=args.threads)
-            pl = llamacpp.perplexity(res.path, tok, "wikitext2", seqlen=256, limit=4, tokens=g_tokens,
+            pr = gguf_perplexity(ref, tok, "wikitext2", seqlen=256, limit=4, tokens=g_tokens, threads=args.threads)
+            pl = gguf_perplexity(res.path, tok, "wikitext2", seqlen=256, limit=4, tokens=g_tokens,
                                      threads=args.threads)
             g["schemes"][scheme] = {"reference": how,
                                     "same_tensor_types": G.tensor_types(ref) == G.tensor_types(res.path),

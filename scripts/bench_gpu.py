@@ -195,13 +195,13 @@ def with_ratios(rows: list) -> list[dict]:
 def qat_smoke(device: str, work: Path) -> dict:
     """Train a tiny random Llama with ``llmq.qat`` on ``device`` and check the CUDA settings took hold.
 
-    ``llmq.quantization_aware.train`` is wrapped to hook layer 0's MLP during training: each call
+    ``llmq.backends.qat.train.train`` is wrapped to hook layer 0's MLP during training: each call
     records the autocast state (and the MLP's output dtype). With gradient checkpointing the backward
     pass recomputes the layer, so the MLP is entered twice per step (once per step without)."""
     import torch
 
     import llmq
-    import llmq.quantization_aware as qa
+    from llmq.backends.qat import train as QT
     from llmq.testing import tiny_llama
 
     src = tiny_llama(work / "qat-src", hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, vocab_size=512)
@@ -213,7 +213,7 @@ def qat_smoke(device: str, work: Path) -> dict:
         runs.append(("qat-w8a8", {"gradient_checkpointing": True}))
     for scheme, opts in runs:
         rec: dict = {"scheme": scheme, "options": opts, "ok": False, "forward_calls": []}
-        orig = qa.train
+        orig = QT.train
 
         def wrapped(model, *a, _rec=rec, **kw):
             mlp = model.model.layers[0].mlp
@@ -239,7 +239,7 @@ def qat_smoke(device: str, work: Path) -> dict:
 
         t0 = time.perf_counter()
         try:
-            qa.train = wrapped
+            QT.train = wrapped
             name = f"qat-{len(out['runs'])}-{scheme}"
             qm = llmq.qat(src, scheme, data="builtin", steps=QAT_STEPS, batch_size=2, seqlen=64, warmup_steps=1,
                           lr=1e-4, output=work / name, device=device, progress=False, **opts)
@@ -272,7 +272,7 @@ def qat_smoke(device: str, work: Path) -> dict:
             rec["error"] = error_text(e)
             rec["traceback"] = traceback.format_exc()[-2500:]
         finally:
-            qa.train = orig
+            QT.train = orig
         rec["seconds"] = round(time.perf_counter() - t0, 1)
         rec["forward_calls"] = rec["forward_calls"][:4]  # a sample; the count is n_forward_calls
         out["runs"].append(rec)

@@ -66,7 +66,9 @@ def main() -> int:
 
     import torch
 
-    from llmq import quantization_aware as Q
+    from llmq.pipeline import qat as QP
+    from llmq.backends.qat import convert as QC
+    from llmq.backends.qat import train as QT
     from llmq.eval.perplexity import perplexity, tokenize
     from llmq.eval.tasks import resolve_task, run_task
     from llmq.models import resolve_model
@@ -76,11 +78,11 @@ def main() -> int:
     # without GPTQModel (e.g. a GPU image) qat-int4 cannot be packed: its fake-quantized model is
     # scored instead, whose weights are the ones the GPTQ export would pack, bit for bit
     can_pack = importlib.util.find_spec("gptqmodel") is not None and not args.no_pack
-    schemes = [Q.qat_scheme_name(s) for s in args.schemes.split(",") if s]
-    cfgs = {s: Q.qat_config(s) for s in schemes}
+    schemes = [QP.qat_scheme_name(s) for s in args.schemes.split(",") if s]
+    cfgs = {s: QP.qat_config(s) for s in schemes}
     tasks = [resolve_task(t) for t in args.tasks.split(",") if t] if args.task_limit > 0 else []
     def per_scheme(spec: str, cast) -> dict:
-        return {Q.qat_scheme_name(k): cast(v) for k, v in (kv.split("=", 1) for kv in spec.split(",") if kv)}
+        return {QP.qat_scheme_name(k): cast(v) for k, v in (kv.split("=", 1) for kv in spec.split(",") if kv)}
 
     scheme_steps, scheme_lr = per_scheme(args.scheme_steps, int), per_scheme(args.scheme_lr, float)
     if args.objective == "lm" and (scheme_steps or scheme_lr):
@@ -151,7 +153,7 @@ def main() -> int:
     base = measure("original", fresh())
 
     def rtn(s: str) -> None:
-        r = measure(f"ptq-rtn:{s}", Q.ptq(fresh(), cfgs[s]), with_tasks=False)
+        r = measure(f"ptq-rtn:{s}", QC.ptq(fresh(), cfgs[s]), with_tasks=False)
         r["gap_vs_original"] = r["ppl"] / base["ppl"] - 1
 
     for s in schemes:
@@ -180,7 +182,7 @@ def main() -> int:
 
     def cfg_of(s: str):
         kw = {k: v for k, v in train_kw.items() if k not in ("progress", "device")}
-        return Q.qat_config(s, **{**kw, **own(s)})
+        return QP.qat_config(s, **{**kw, **own(s)})
 
     def own(s: str) -> dict:
         steps = scheme_steps.get(s, args.steps)
@@ -195,11 +197,11 @@ def main() -> int:
                                       "tests/test_qat.py::test_distilled_fp32_twin_is_the_original)"}
     else:
         # the twin trains without fake quantization: no scheme's export (nor its dependencies) is involved
-        twin_model, twin_training = Q.train_model(source.local_dir(), cfg_of(schemes[0]), device, fake_quant=False)
+        twin_model, twin_training = QT.train_model(source.local_dir(), cfg_of(schemes[0]), device, fake_quant=False)
         tw = measure("fp32-twin", twin_model.eval(), {"training": twin_training})
 
         def rtn_twin(s: str) -> None:
-            r = measure(f"ptq-rtn-of-twin:{s}", Q.ptq(_copy(twin_model), cfgs[s]), with_tasks=False)
+            r = measure(f"ptq-rtn-of-twin:{s}", QC.ptq(_copy(twin_model), cfgs[s]), with_tasks=False)
             r["gap_vs_twin"] = r["ppl"] / tw["ppl"] - 1
 
         for s in schemes:
@@ -208,15 +210,15 @@ def main() -> int:
         gc.collect()
 
     def qat_one(s: str) -> None:
-        from llmq.backends.qat import exports_gptq
+        from llmq.backends.qat.config import exports_gptq
 
         if exports_gptq(cfgs[s]) and not can_pack:
-            model, training = Q.train_model(source.local_dir(), cfg_of(s), device, convert=False, progress=True)
+            model, training = QT.train_model(source.local_dir(), cfg_of(s), device, convert=False, progress=True)
             training["scored"] = "the fake-quantized model (GPTQModel absent: not packed; same weights)"
             r = measure(f"qat:{s}", model.eval(), {"training": training})
         else:
             save_to = Path(args.save_dir) / s if args.save_dir else None
-            res = Q.qat(args.model, s, output=save_to, overwrite=True, **{**train_kw, **own(s)})
+            res = QP.qat(args.model, s, output=save_to, overwrite=True, **{**train_kw, **own(s)})
             extra = {"training": res.backend.training}
             if save_to is not None:
                 extra["saved_to"] = str(res.saved_to)

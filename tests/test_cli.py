@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from llmq.cli import main, overrides_from_args, build_parser, parse_value
+from llmq.cli import main, build_parser
+from llmq.cli.run import overrides_from_args, parse_value
 
 
 def run_cli(*args, cwd=None):

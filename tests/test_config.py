@@ -1,6 +1,9 @@
 import pytest
 
-from llmq.config import AWQConfig, Bnb4bitConfig, BnbInt8Config, CastConfig, GPTQConfig, Int8DynamicConfig
+from llmq.backends.bnb import Bnb4bitConfig, BnbInt8Config
+from llmq.backends.cast import CastConfig
+from llmq.backends.gptqmodel import AWQConfig, GPTQConfig
+from llmq.backends.torchao import Int8DynamicConfig
 from llmq.errors import ConfigError, UnknownNameError
 
 
@@ -63,7 +66,7 @@ def test_config_validation_is_not_assert_based():
     import sys
 
     r = subprocess.run([sys.executable, "-O", "-c",
-                        "from llmq.config import GPTQConfig\ntry:\n GPTQConfig(bits=5)\nexcept ValueError:\n raise SystemExit(0)\nraise SystemExit(1)"])
+                        "from llmq.backends.gptqmodel import GPTQConfig\ntry:\n GPTQConfig(bits=5)\nexcept ValueError:\n raise SystemExit(0)\nraise SystemExit(1)"])
     assert r.returncode == 0
 
 

@@ -1,9 +1,7 @@
 import pytest
 
 from llmq.errors import ModelNotFoundError
-from llmq.models import (
-    count_parameters, demo_gguf_path, excluded_modules, linear_shapes, meta_model, resolve_model,
-)
+from llmq.models import count_parameters, demo_gguf_path, excluded_modules, linear_shapes, meta_model, resolve_model
 
 
 def test_resolve_local_folder(tiny_model_dir):
@@ -96,7 +94,7 @@ def test_gguf_cache_is_keyed_by_content_and_records_every_copy(tmp_path, monkeyp
     import json
     import shutil
 
-    from llmq.backends.gguf import convert
+    from llmq.backends.gguf.quantizer import convert
     from llmq.models import SOURCES_FILE, gguf_cache
     from llmq.testing_gguf import tiny_model
 

@@ -332,7 +332,8 @@ def test_rule_of_thumb_and_hardware_notes(folders, offline_hub):
 
 @pytest.mark.parametrize("scheme", ["bnb-nf4", "int8-dynamic", "fp16"])
 def test_reproduce_command_rebuilds_the_same_config(folders, scheme, offline_hub):
-    from llmq.cli import build_parser, overrides_from_args
+    from llmq.cli import build_parser
+    from llmq.cli.run import overrides_from_args
     from llmq.schemes import get_scheme
 
     meta = json.loads((folders[scheme] / "llmq.json").read_text())
@@ -349,7 +350,8 @@ def test_reproduce_command_rebuilds_the_same_config(folders, scheme, offline_hub
 
 def test_reproduce_command_for_calibrated_and_tuned_configs():
     """Non-default options and calibration survive the trip through the command line."""
-    from llmq.cli import build_parser, overrides_from_args
+    from llmq.cli import build_parser
+    from llmq.cli.run import overrides_from_args
     from llmq.schemes import get_scheme
 
     cfg = get_scheme("gptq-int4").config(group_size=64, damp_percent=0.1, sym=False, skip_modules=("mlp.down_proj",),

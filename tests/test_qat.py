@@ -9,7 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchao")
 
-from llmq import quantization_aware as Q  # noqa: E402
+from llmq.pipeline import qat as QP
+from llmq.backends.qat import convert as QC
+from llmq.backends.qat import train as QT  # noqa: E402
 from llmq.errors import CalibrationError, ConfigError, UnknownNameError  # noqa: E402
 
 
@@ -41,24 +43,24 @@ def test_prepare_inserts_torchao_fake_quantizers_in_decoder_linears_only(tiny):
 
     model = _load(tiny)
     n_linear = sum(isinstance(m, torch.nn.Linear) for n, m in model.named_modules() if ".layers." in f".{n}")
-    Q.prepare_fake_quant(model, Q.qat_config("qat-int4"))
-    assert Q.count_fake_quantized(model) == n_linear == 14
+    QC.prepare_fake_quant(model, QP.qat_config("qat-int4"))
+    assert QC.count_fake_quantized(model) == n_linear == 14
     assert not isinstance(model.lm_head, FakeQuantizedLinear)
     q = model.model.layers[0].self_attn.q_proj
     assert q.weight_fake_quantizer.config.group_size == 32
     assert q.activation_fake_quantizer is None  # weight-only
     m2 = _load(tiny)
-    Q.prepare_fake_quant(m2, Q.qat_config("qat-w8a8"))
+    QC.prepare_fake_quant(m2, QP.qat_config("qat-w8a8"))
     assert m2.model.layers[0].mlp.up_proj.activation_fake_quantizer is not None
     # the torchao exports also fake-quantize the (tied) embedding and lm_head: int8 per row, weight-only
     from torchao.quantization.qat import FakeQuantizedEmbedding
 
     assert isinstance(m2.model.embed_tokens, FakeQuantizedEmbedding) and isinstance(m2.lm_head, FakeQuantizedLinear)
     assert m2.lm_head.activation_fake_quantizer is None and m2.lm_head.weight is m2.model.embed_tokens.weight
-    assert Q.count_fake_quantized(m2) == n_linear + 2
+    assert QC.count_fake_quantized(m2) == n_linear + 2
     m3 = _load(tiny)
-    Q.prepare_fake_quant(m3, Q.qat_config("qat-w8a8", quantize_embeddings=False))
-    assert Q.count_fake_quantized(m3) == n_linear and not isinstance(m3.lm_head, FakeQuantizedLinear)
+    QC.prepare_fake_quant(m3, QP.qat_config("qat-w8a8", quantize_embeddings=False))
+    assert QC.count_fake_quantized(m3) == n_linear and not isinstance(m3.lm_head, FakeQuantizedLinear)
 
 
 @pytest.mark.parametrize("scheme", ["qat-8da4w", "qat-w8a8", "qat-int8"])
@@ -66,13 +68,13 @@ def test_convert_gives_real_quantized_weights_that_match_fake_quant(tiny, scheme
     from torchao.quantization import IntxUnpackedToInt8Tensor
 
     model = _load(tiny).eval()
-    sch = Q.qat_config(scheme)
-    Q.prepare_fake_quant(model, sch)
+    sch = QP.qat_config(scheme)
+    QC.prepare_fake_quant(model, sch)
     x = torch.randint(0, 400, (1, 24))
     with torch.no_grad():
         fake = model(x).logits
-    Q.convert_fake_quant(model, sch)
-    assert Q.count_fake_quantized(model) == 0
+    QC.convert_fake_quant(model, sch)
+    assert QC.count_fake_quantized(model) == 0
     w = model.model.layers[1].mlp.down_proj.weight
     assert isinstance(w, IntxUnpackedToInt8Tensor)
     with torch.no_grad():
@@ -84,12 +86,12 @@ def test_qat_torchao_scheme_saves_a_folder_that_reloads_with_from_pretrained(tin
     from torchao.quantization import IntxUnpackedToInt8Tensor
 
     out = tmp_path / "out"
-    res = Q.qat(str(tiny), "qat-8da4w", data=texts, steps=3, lr=1e-3, output=out, **SMALL)
+    res = QP.qat(str(tiny), "qat-8da4w", data=texts, steps=3, lr=1e-3, output=out, **SMALL)
     meta = json.loads((out / "llmq.json").read_text())
     assert meta["scheme"] == "qat-8da4w" and meta["training"]["steps_done"] == 3 and meta["backend"] == "qat"
     assert meta["training"]["tokens_trained"] == 3 * 2 * 32
     assert meta["training"]["data"].startswith("list:") and meta["config"]["data"].endswith("strings>")
-    assert not Q.default_checkpoint_dir(out).exists()  # the finished model replaced the checkpoint
+    assert not QP.default_checkpoint_dir(out).exists()  # the finished model replaced the checkpoint
     from llmq.advisor.estimate import estimate_scheme
     from llmq.advisor.params import profile
 
@@ -140,11 +142,11 @@ def test_qat_int4_export_is_exactly_the_trained_grid_and_reloads_through_llmq_lo
 
     import llmq
 
-    cfg = Q.qat_config("qat-int4", data=texts, steps=3, lr=1e-3, seqlen=32, batch_size=2, warmup_steps=1,
+    cfg = QP.qat_config("qat-int4", data=texts, steps=3, lr=1e-3, seqlen=32, batch_size=2, warmup_steps=1,
                        eval_windows=2)
     model = _load(tiny)
-    Q.prepare_fake_quant(model, cfg)
-    Q.train(model, Q.build_data(cfg, AutoTokenizer.from_pretrained(tiny)), cfg, device="cpu", progress=False,
+    QC.prepare_fake_quant(model, cfg)
+    QT.train(model, QT.build_data(cfg, AutoTokenizer.from_pretrained(tiny)), cfg, device="cpu", progress=False,
             teacher=_load(tiny).eval())
     _bf16_kept(model)
     fq = {n: m.weight_fake_quantizer(m.weight).detach().clone() for n, m in model.named_modules()
@@ -154,7 +156,7 @@ def test_qat_int4_export_is_exactly_the_trained_grid_and_reloads_through_llmq_lo
     x = torch.randint(0, 400, (2, 24))
     with torch.no_grad():
         fake = model(x).logits
-    Q.to_gptq(model, cfg)
+    QC.to_gptq(model, cfg)
     out = tmp_path / "gptq"
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny).save_pretrained(out)
@@ -181,7 +183,7 @@ def test_qat_int4_saves_a_small_gptq_folder_with_card_and_estimate(tiny, texts, 
     from llmq.cli import main
 
     out = tmp_path / "int4"
-    res = Q.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, output=out, **SMALL)
+    res = QP.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, output=out, **SMALL)
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert (qc["quant_method"], qc["checkpoint_format"], qc["bits"], qc["group_size"], qc["sym"], qc["desc_act"]) \
         == ("gptq", "gptq", 4, 32, True, False)
@@ -212,12 +214,12 @@ def test_qat_int4_export_refuses_non_finite_weights(tiny):
     from llmq.errors import CorruptModelError
 
     model = _load(tiny)
-    cfg = Q.qat_config("qat-int4")
-    Q.prepare_fake_quant(model, cfg)
+    cfg = QP.qat_config("qat-int4")
+    QC.prepare_fake_quant(model, cfg)
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight[3, 5] = float("inf")
     with pytest.raises(CorruptModelError, match="up_proj"):
-        Q.to_gptq(model, cfg)
+        QC.to_gptq(model, cfg)
 
 
 def test_qat_int4_refuses_a_group_size_that_does_not_divide_before_weights_load(tiny, texts, monkeypatch):
@@ -226,12 +228,12 @@ def test_qat_int4_refuses_a_group_size_that_does_not_divide_before_weights_load(
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("weights loaded")))
     with pytest.raises(ConfigError, match="group_size=512 does not divide"):
-        Q.qat(str(tiny), "qat-int4", data=texts, steps=2, group_size=512, **SMALL)
+        QP.qat(str(tiny), "qat-int4", data=texts, steps=2, group_size=512, **SMALL)
 
 
 def test_llmq_run_with_a_named_qat_scheme_trains_and_advise_never_recommends_it(tiny, texts, tmp_path):
     import llmq
-    from llmq.run import run
+    from llmq.pipeline.run import run
 
     opts = dict(data=texts, steps=2, seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
     res = run(str(tiny), "qat-w8a8", output=tmp_path / "run", overrides=opts, device="cpu")
@@ -250,8 +252,8 @@ def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts,
     writes no output; ``--resume`` continues from the saved step, and the checkpoint is removed once
     the model is saved. ``--resume`` with a scheme that does not train is a one-line error."""
     from llmq.errors import LlmqError
-    from llmq.quantization_aware import default_checkpoint_dir
-    from llmq.run import run
+    from llmq.pipeline.qat import default_checkpoint_dir
+    from llmq.pipeline.run import run
 
     out = tmp_path / "run"
     opts = dict(data=texts, steps=4, checkpoint_every=2, seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
@@ -269,7 +271,7 @@ def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts,
         run(str(tiny), "qat-int4", output=out, overrides=opts, device="cpu", sample=False)
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     ck = default_checkpoint_dir(out)
-    assert (ck / Q.CKPT_FILE).is_file() and not out.exists()
+    assert (ck / QT.CKPT_FILE).is_file() and not out.exists()
     res = run(str(tiny), "qat-int4", output=out, overrides=opts, device="cpu", sample=False, resume=True)
     t = res.meta["training"]
     assert res.code == 0 and t["resumed_from_step"] == 2 and t["steps_done"] == 4 and not ck.exists()
@@ -279,7 +281,7 @@ def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts,
 
 def test_training_changes_weights_and_fp32_twin_has_no_fake_quant(tiny, texts, tmp_path):
     before = _load(tiny).model.layers[0].mlp.up_proj.weight.detach().clone()
-    twin = Q.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, fake_quant=False, objective="lm", **SMALL)
+    twin = QP.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, fake_quant=False, objective="lm", **SMALL)
     w = twin.model.model.layers[0].mlp.up_proj.weight
     assert type(w) is torch.nn.Parameter and not torch.equal(w.detach(), before)
     assert twin.backend.training["method"].startswith("fine-tuning without fake quantization")
@@ -293,27 +295,27 @@ def test_distilled_fp32_twin_is_the_original(tiny, texts):
     size, walk the weights along rounding noise.)"""
     from transformers import AutoTokenizer
 
-    cfg = Q.qat_config("qat-int4", data=texts, steps=3, seqlen=32, batch_size=2, eval_windows=2)
+    cfg = QP.qat_config("qat-int4", data=texts, steps=3, seqlen=32, batch_size=2, eval_windows=2)
     assert cfg.objective == "distill"  # the default
-    x = Q.build_data(cfg, AutoTokenizer.from_pretrained(tiny)).train[:2]
+    x = QT.build_data(cfg, AutoTokenizer.from_pretrained(tiny)).train[:2]
     teacher = _load(tiny).eval()
     with torch.no_grad():
         target = teacher(input_ids=x).logits
 
     def loss_and_grad(model):
         model.train()
-        loss = Q.distill_loss(model(input_ids=x).logits, target)
+        loss = QT.distill_loss(model(input_ids=x).logits, target)
         loss.backward()
         return float(loss), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm()
 
     twin_loss, twin_grad = loss_and_grad(_load(tiny))
     student = _load(tiny)
-    Q.prepare_fake_quant(student, cfg)
+    QC.prepare_fake_quant(student, cfg)
     q_loss, q_grad = loss_and_grad(student)
     assert abs(twin_loss) < 1e-7 and q_loss > 1e-4, (twin_loss, q_loss)
     assert twin_grad < 1e-4 * q_grad, (twin_grad, q_grad)
     with pytest.raises(ConfigError, match="twin of a distilled QAT run is the original"):
-        Q.qat(str(tiny), "qat-int4", data=texts, steps=2, fake_quant=False, **SMALL)
+        QP.qat(str(tiny), "qat-int4", data=texts, steps=2, fake_quant=False, **SMALL)
 
 
 def test_distillation_loss_is_the_kl_to_the_original_and_lm_is_still_available(tiny, texts):
@@ -323,25 +325,25 @@ def test_distillation_loss_is_the_kl_to_the_original_and_lm_is_still_available(t
     import torch.nn.functional as F
     from transformers import AutoTokenizer
 
-    cfg = Q.qat_config("qat-int4", data=texts, steps=2, lr=1e-4, seqlen=32, batch_size=2, warmup_steps=1,
+    cfg = QP.qat_config("qat-int4", data=texts, steps=2, lr=1e-4, seqlen=32, batch_size=2, warmup_steps=1,
                        eval_windows=2)
-    data = Q.build_data(cfg, AutoTokenizer.from_pretrained(tiny))
+    data = QT.build_data(cfg, AutoTokenizer.from_pretrained(tiny))
     teacher, model = _load(tiny).eval(), _load(tiny)
-    Q.prepare_fake_quant(model, cfg)
-    x = data.train[Q.batch_order(len(data.train), cfg.steps, cfg.batch_size, cfg.seed)[0]]
+    QC.prepare_fake_quant(model, cfg)
+    x = data.train[QT.batch_order(len(data.train), cfg.steps, cfg.batch_size, cfg.seed)[0]]
     with torch.no_grad():
         p_t = F.softmax(teacher(input_ids=x).logits, -1)
         log_s = F.log_softmax(model(input_ids=x).logits, -1)
     expected = float((p_t * (p_t.log() - log_s)).sum(-1).mean())
-    hist = Q.train(model, data, cfg, device="cpu", progress=False, teacher=teacher)
+    hist = QT.train(model, data, cfg, device="cpu", progress=False, teacher=teacher)
     assert expected > 1e-4 and hist["loss"][0] == pytest.approx(expected, rel=1e-3, abs=1e-5)
     with pytest.raises(ConfigError, match="needs the original model as teacher"):
-        Q.train(_load(tiny), data, cfg, device="cpu", progress=False)
-    lm = Q.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, objective="lm", **SMALL)
+        QT.train(_load(tiny), data, cfg, device="cpu", progress=False)
+    lm = QP.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, objective="lm", **SMALL)
     assert lm.backend.training["objective"] == "lm" == lm.backend.config.objective
     assert lm.backend.training["loss_first"] > 1.0  # cross-entropy of a random model, not a divergence
     with pytest.raises(ConfigError, match="objective must be one of distill, lm"):
-        Q.qat_config("qat-int4", objective="mse")
+        QP.qat_config("qat-int4", objective="mse")
 
 
 def test_train_model_without_convert_returns_the_fake_quantized_model_training_saw(tiny, texts):
@@ -349,10 +351,10 @@ def test_train_model_without_convert_returns_the_fake_quantized_model_training_s
     quantizers, so the model it scores computes with the int4 grid, not fp32 weights."""
     from torchao.quantization.qat import FakeQuantizedLinear
 
-    cfg = Q.qat_config("qat-int4", data=texts, steps=2, lr=1e-3, seqlen=32, batch_size=2, warmup_steps=1,
+    cfg = QP.qat_config("qat-int4", data=texts, steps=2, lr=1e-3, seqlen=32, batch_size=2, warmup_steps=1,
                        eval_windows=2)
-    model, training = Q.train_model(tiny, cfg, "cpu", progress=False, convert=False)
-    assert Q.count_fake_quantized(model) == 14 and training["steps_done"] == 2
+    model, training = QT.train_model(tiny, cfg, "cpu", progress=False, convert=False)
+    assert QC.count_fake_quantized(model) == 14 and training["steps_done"] == 2
     lin = model.model.layers[0].mlp.up_proj
     assert isinstance(lin, FakeQuantizedLinear)
     x = torch.randn(3, lin.in_features)
@@ -367,17 +369,17 @@ def test_train_model_without_convert_returns_the_fake_quantized_model_training_s
 def _run_train(tiny, texts, tmp_path, steps, crash_at=None, resume=False, ckdir=None):
     from transformers import AutoTokenizer
 
-    cfg = Q.qat_config("qat-int4", data=texts, steps=steps, lr=1e-3, seed=3, checkpoint_every=2,
+    cfg = QP.qat_config("qat-int4", data=texts, steps=steps, lr=1e-3, seed=3, checkpoint_every=2,
                        seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
-    data = Q.build_data(cfg, AutoTokenizer.from_pretrained(tiny))
+    data = QT.build_data(cfg, AutoTokenizer.from_pretrained(tiny))
     model = _load(tiny)
-    Q.prepare_fake_quant(model, cfg)
+    QC.prepare_fake_quant(model, cfg)
 
     def on_step(step, loss):
         if step == crash_at:
             raise KeyboardInterrupt
 
-    hist = Q.train(model, data, cfg, device="cpu", checkpoint_dir=ckdir, resume=resume, progress=False,
+    hist = QT.train(model, data, cfg, device="cpu", checkpoint_dir=ckdir, resume=resume, progress=False,
                    on_step=on_step, teacher=_load(tiny).eval())
     return model, hist
 
@@ -388,7 +390,7 @@ def test_interrupt_then_resume_continues_from_saved_step_and_matches_uninterrupt
     ck = tmp_path / "ck"
     with pytest.raises(LlmqError, match="interrupted at step .*--resume"):
         _run_train(tiny, texts, tmp_path, 5, crash_at=3, ckdir=ck)  # checkpoint at step 2, step 3 lost
-    state = torch.load(ck / Q.CKPT_FILE, weights_only=False)
+    state = torch.load(ck / QT.CKPT_FILE, weights_only=False)
     assert state["step"] == 2
     resumed, hist = _run_train(tiny, texts, tmp_path, 5, resume=True, ckdir=ck)
     assert hist["start_step"] == 2 and hist["steps_done"] == 5 and len(hist["loss"]) == 5
@@ -406,7 +408,7 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tiny, texts, tmp_path):
 
 
 def test_early_stop_when_gate_holds(tiny, texts):
-    res = Q.qat(str(tiny), "qat-int4", data=texts, steps=6, lr=1e-4, max_ppl_increase="50%", eval_every=2, **SMALL)
+    res = QP.qat(str(tiny), "qat-int4", data=texts, steps=6, lr=1e-4, max_ppl_increase="50%", eval_every=2, **SMALL)
     t = res.backend.training
     assert t["early_stopped"] and t["steps_done"] == 2  # int4 on a random model is within 50% at the first check
     assert t["heldout_ppl"][0][1] <= t["baseline_heldout_ppl"] * 1.5
@@ -431,7 +433,7 @@ def test_bad_input_is_one_line_before_weights_load(tiny, texts, monkeypatch, kwa
     args.update(kwargs)
     scheme = args.pop("scheme")
     with pytest.raises(err, match=msg) as e:
-        Q.qat(str(tiny), scheme, **args, seqlen=32, batch_size=2, progress=False)
+        QP.qat(str(tiny), scheme, **args, seqlen=32, batch_size=2, progress=False)
     assert "\n" not in str(e.value)
 
 
@@ -474,16 +476,16 @@ def test_short_qat_on_demo_model_reduces_quantization_loss(data_dir, monkeypatch
     from llmq.models import resolve_model
 
     monkeypatch.setenv("LLMQ_DATA_DIR", str(data_dir))
-    qat = Q.qat(None, "qat-int4", objective=objective, **SLOW)
+    qat = QP.qat(None, "qat-int4", objective=objective, **SLOW)
     assert qat.backend.training["data"].endswith("wiki.valid.tokens")  # never the test split
     if objective == "lm":
-        twin = Q.qat(None, "qat-int4", fake_quant=False, objective="lm", **SLOW).model
+        twin = QP.qat(None, "qat-int4", fake_quant=False, objective="lm", **SLOW).model
     else:
         twin = AutoModelForCausalLM.from_pretrained(resolve_model(None).local_dir(), dtype=torch.float32)
     ev = dict(seqlen=256, limit=4, progress=False)
     tw = perplexity(twin, qat.tokenizer, "wikitext2", **ev).value
     q = perplexity(qat.hf_model, qat.tokenizer, "wikitext2", **ev).value  # its GPTQ folder, GPTQModel kernels
-    Q.ptq(twin, Q.qat_config("qat-int4"))  # the same torchao int4 g32 config, no training
+    QC.ptq(twin, QP.qat_config("qat-int4"))  # the same torchao int4 g32 config, no training
     rtn = perplexity(twin, qat.tokenizer, "wikitext2", **ev).value
     print(f"{objective}: fp32 twin {tw:.3f}, QAT int4 {q:.3f} ({q / tw - 1:+.2%}), RTN int4 of twin {rtn:.3f} "
           f"({rtn / tw - 1:+.2%})")
@@ -495,7 +497,7 @@ def test_model_card_says_it_was_trained_and_how_to_repeat_it(tiny, texts, tmp_pa
     from llmq.cli import main
 
     out = tmp_path / "card"
-    Q.qat(str(tiny), "qat-8da4w", data=texts, steps=2, lr=1e-4, output=out, **SMALL)
+    QP.qat(str(tiny), "qat-8da4w", data=texts, steps=2, lr=1e-4, output=out, **SMALL)
     assert main(["push", str(out), "--repo", "me/tiny-qat", "--dry-run", "--license", "apache-2.0"]) == 0
     card = (out / "README.md").read_text()
     assert "| Training | quantization-aware training (torchao QATConfig prepare/convert): 2 of 2 steps, 128 tokens, " in card
@@ -522,15 +524,15 @@ def test_qat_int4_gptq_folder_has_the_in_memory_qat_models_perplexity_on_demo_mo
     src = resolve_model(None)
     path = src.local_dir(progress=False)
     tok = src.tokenizer()
-    cfg = Q.qat_config("qat-int4", data="wikitext2", steps=2, lr=5e-5, seed=0, seqlen=128, batch_size=2,
+    cfg = QP.qat_config("qat-int4", data="wikitext2", steps=2, lr=5e-5, seed=0, seqlen=128, batch_size=2,
                        warmup_steps=1)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    Q.prepare_fake_quant(model, cfg)
-    Q.train(model, Q.build_data(cfg, tok), cfg, device="cpu", progress=False,
+    QC.prepare_fake_quant(model, cfg)
+    QT.train(model, QT.build_data(cfg, tok), cfg, device="cpu", progress=False,
             teacher=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval())
     ev = dict(seqlen=1024, limit=4, progress=False)
     fake = perplexity(model, tok, "wikitext2", **ev).value
-    Q.to_gptq(model, cfg)
+    QC.to_gptq(model, cfg)
     out = tmp_path / "smol-qat-int4"
     model.save_pretrained(out)
     tok.save_pretrained(out)

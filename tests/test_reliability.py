@@ -336,7 +336,7 @@ def test_second_run_fails_before_loading_a_weight(models, tmp_path, monkeypatch,
     """The run pipeline (API and CLI) holds the output's lock from its checks through the save: a
     second writer of the same output fails before quantizing, for a named scheme and for auto."""
     from llmq.errors import OutputLockedError
-    from llmq.run import run
+    from llmq.pipeline.run import run
 
     out = tmp_path / "o"
     out.mkdir()
@@ -496,7 +496,7 @@ def test_eval_accepts_a_gguf_like_run(tmp_path, models, capsys):
                          "--limit", "1", "--no-speed", "--json")
     assert code == 0, err
     assert json.loads(out)["model"]["perplexity"]["windows"] == 1
-    from llmq.backends.gguf import llama_cpp_installed  # the rule: llama.cpp scores a .gguf when installed
+    from llmq.backends.gguf.plugin import llama_cpp_installed  # the rule: llama.cpp scores a .gguf when installed
 
     assert json.loads(out)["model"]["runtime"] == ("llama.cpp" if llama_cpp_installed()
                                                    else "transformers (dequantized GGUF)")

@@ -1,4 +1,4 @@
-"""``llmq.run.run``: one pipeline for a named scheme and for ``auto`` (sample and push for both)."""
+"""``llmq.pipeline.run.run``: one pipeline for a named scheme and for ``auto`` (sample and push for both)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def pushed(monkeypatch):
 
 
 def test_named_scheme_saves_samples_and_pushes(tiny_model_dir, tmp_path, pushed):
-    from llmq.run import run
+    from llmq.pipeline.run import run
 
     seen = []
     res = run(str(tiny_model_dir), "bf16", output=tmp_path / "a", device="cpu", push_to_hub="me/a",
@@ -39,7 +39,7 @@ def test_named_scheme_saves_samples_and_pushes(tiny_model_dir, tmp_path, pushed)
 
 def test_auto_samples_and_pushes_its_winner(tiny_model_dir, tmp_path, pushed):
     """Before the one pipeline, ``--scheme auto`` ignored --push-to-hub and the sample."""
-    from llmq.run import run
+    from llmq.pipeline.run import run
 
     res = run(str(tiny_model_dir), "auto", output=tmp_path / "b", device="cpu", candidates=["bf16"],
               max_ppl_increase="1000%", limit=4, push_to_hub="me/b", private=True)
@@ -51,7 +51,7 @@ def test_auto_samples_and_pushes_its_winner(tiny_model_dir, tmp_path, pushed):
 
 def test_bad_gate_is_refused_before_any_weight_loads(tiny_model_dir, tmp_path):
     from llmq.errors import ConfigError
-    from llmq.run import run
+    from llmq.pipeline.run import run
 
     with pytest.raises(ConfigError, match="ambiguous"):
         run(str(tiny_model_dir), "bf16", output=tmp_path / "c", device="cpu", max_ppl_increase="5")

@@ -5,6 +5,9 @@ import struct
 import pytest
 
 from llmq import safety
+from llmq.eval.api import check_eval_request
+from llmq.hub import check_repo_id
+from llmq.models import check_no_missing_weights
 from llmq.errors import CalibrationError, ConfigError, CorruptModelError, RemoteCodeError
 
 
@@ -109,11 +112,11 @@ def test_check_no_missing_weights_on_a_headless_checkpoint(tmp_path):
     model = LlamaForCausalLM(cfg)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     _write_st(tmp_path / "model.safetensors", sd)
-    safety.check_no_missing_weights(tmp_path, cfg)
+    check_no_missing_weights(tmp_path, cfg)
     del sd["lm_head.weight"]
     _write_st(tmp_path / "model.safetensors", sd)
     with pytest.raises(CorruptModelError, match="lm_head.weight.*would be random"):
-        safety.check_no_missing_weights(tmp_path, cfg)
+        check_no_missing_weights(tmp_path, cfg)
     torch.manual_seed(0)
 
 
@@ -141,7 +144,8 @@ def test_skip_modules_must_match_and_errors_list_near_names():
 
 
 def test_field_types():
-    from llmq.config import BnbInt8Config, GPTQConfig
+    from llmq.backends.bnb import BnbInt8Config
+    from llmq.backends.gptqmodel import GPTQConfig
 
     safety.check_field_types(GPTQConfig, {"damp_percent": 0.1, "bits": 4, "sym": True, "skip_modules": ["a"]})
     safety.check_field_types(GPTQConfig, {"damp_percent": 1})  # an int is a valid float
@@ -175,16 +179,16 @@ def test_report_dir(tmp_path):
 def test_repo_id_and_eval_request(tmp_path):
     from llmq.errors import LlmqError
 
-    safety.check_repo_id(None)
-    safety.check_repo_id("me/tiny-llama-int8")
+    check_repo_id(None)
+    check_repo_id("me/tiny-llama-int8")
     for bad in ("not a repo", "a/b/c", "/x"):
         with pytest.raises(ConfigError, match="not a Hub repo id"):
-            safety.check_repo_id(bad)
-    safety.check_eval_request(tasks="arc_easy,lm_eval:piqa", ppl="wikitext2", max_ppl_increase="5%")
+            check_repo_id(bad)
+    check_eval_request(tasks="arc_easy,lm_eval:piqa", ppl="wikitext2", max_ppl_increase="5%")
     for kw in ({"tasks": "no_such_task"}, {"tasks": str(tmp_path / "x.jsonl")}, {"max_ppl_increase": "lots"},
                {"max_kld": -1.0}, {"ppl": str(tmp_path / "missing.txt")}):
         with pytest.raises(LlmqError):
-            safety.check_eval_request(**kw)
+            check_eval_request(**kw)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])

@@ -48,7 +48,8 @@ def test_every_registered_scheme_has_an_estimate_a_role_and_card_facts(name, tin
     """What a plugin must provide: a scheme missing any of these would silently vanish from
     ``advise`` or print an empty card section."""
     from llmq.advisor import rules
-    from llmq.advisor.estimate import SizeEstimate, estimate_scheme
+    from llmq.sizing import SizeEstimate
+    from llmq.advisor.estimate import estimate_scheme
     from llmq.advisor.params import profile
     from llmq.backends.base import CardFacts
 
@@ -81,7 +82,7 @@ def test_listing_schemes_imports_no_heavy_package():
     import subprocess
     import sys
 
-    code = ("import sys, llmq.cli; llmq.cli.scheme_rows(); from llmq.advisor import rules; rules.TREE; "
+    code = ("import sys, llmq.cli.schemes; llmq.cli.schemes.scheme_rows(); from llmq.advisor import rules; rules.TREE; "
             "bad=[m for m in ('torch','transformers','gptqmodel','bitsandbytes','torchao') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

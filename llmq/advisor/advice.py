@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmq.advisor import rules
-from llmq.advisor.estimate import MemoryEstimate, SizeEstimate, estimate_scheme, memory, original
-from llmq.advisor.params import ModelProfile, human_count, profile as make_profile
+from llmq.advisor.estimate import MemoryEstimate, estimate_scheme, memory, original
+from llmq.sizing import SizeEstimate
+from llmq.sizing import ModelProfile
+from llmq.advisor.params import human_count, profile as make_profile
 from llmq.errors import ConfigError
 from llmq.fmt import gb, gib
 from llmq.hardware import GB, Hardware, detect
@@ -200,7 +202,7 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         raise ConfigError(f"context must be a positive number of tokens, got {context!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    from llmq.eval.gate import parse_fraction
+    from llmq.config import parse_fraction
 
     tol = parse_fraction(tolerance, "tolerance")
     hw = hardware or detect(device, gpu_memory_gb, ram_gb)

@@ -13,73 +13,10 @@ Linears inside the decoder blocks; bitsandbytes and torchao quantize every other
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from llmq.advisor.params import Linear, ModelProfile
-
-BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-#: safetensors header bytes per tensor (name + dtype + shape + offsets JSON; torchao adds metadata)
-HEADER_PER_TENSOR = {"default": 115, "torchao": 300}
-
-
-@dataclass
-class SizeEstimate:
-    scheme: str
-    label: str  # fp32, fp16, bf16, int8, nf4, fp4, int4, int3
-    bytes: int
-    quantized_params: int  # weights stored in low precision
-    kept_params: int  # weights stored at kept_dtype
-    kept_dtype: str
-    bits_per_weight: float | None  # of the quantized weights, scales/zeros included
-    breakdown: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def gb(self) -> float:
-        return self.bytes / 1e9
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def selected_linears(profile: ModelProfile, layers_only: bool, skip: tuple[str, ...]) -> tuple[list[Linear], int]:
-    """(quantized linears, params of the linears kept in full precision)."""
-    from llmq.models import excluded_modules
-
-    cand = [l for l in profile.linears if l.in_layers or not layers_only]
-    if skip:
-        keep = set(excluded_modules(None, [l.name for l in cand], skip))
-        cand = [l for l in cand if l.name not in keep]
-    q = sum(l.numel for l in cand)
-    return cand, profile.linear_params - q
-
-
-def kept_params(profile: ModelProfile, q_params: int) -> int:
-    return profile.parameters - q_params
-
-
-def header_bytes(n_tensors: int, kind: str = "default") -> int:
-    return 8 + n_tensors * HEADER_PER_TENSOR[kind]
-
-
-def base_tensors(profile: ModelProfile) -> int:
-    """Tensors that are not Linear weights: norms (two per layer + final), embeddings, lm_head."""
-    return 2 * profile.layers + 1 + 1 + (0 if profile.tied else 1)
-
-
-def int8_rowwise(profile: ModelProfile, scheme: str, kept_dtype: str, *, zero_point: bool, skip=()) -> SizeEstimate:
-    """int8 weights with one fp32 scale per output row: torchao adds an int8 zero point per row
-    (``zero_point``), bitsandbytes a 1-byte ``weight_format`` per layer; the rest at ``kept_dtype``."""
-    lins, _ = selected_linears(profile, False, skip)
-    q = sum(l.numel for l in lins)
-    rows = sum(l.out_features for l in lins)
-    scales = rows * 4 + (rows if zero_point else 0) + (0 if zero_point else len(lins))  # bnb: weight_format byte
-    kept = kept_params(profile, q) * BYTES[kept_dtype]
-    n = base_tensors(profile) + len(profile.linears) + 2 * len(lins)
-    hdr = header_bytes(n, "torchao" if zero_point else "default")
-    return SizeEstimate(scheme, "int8", q + scales + kept + hdr, q, kept_params(profile, q), kept_dtype,
-                        8 * (q + scales) / q if q else None,
-                        {"int8 weights": q, "scales/zeros": scales, f"kept ({kept_dtype})": kept, "header": hdr})
+from llmq.sizing import BYTES, ModelProfile, SizeEstimate
 
 
 def estimate_scheme(profile: ModelProfile, scheme: str, *, device: str = "cuda", **overrides: Any) -> SizeEstimate:

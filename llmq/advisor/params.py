@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
+from llmq.sizing import Linear, ModelProfile
 
 #: bytes per element of safetensors / torch dtypes
 DTYPE_BYTES = {
@@ -24,71 +24,6 @@ DTYPE_BYTES = {
     "F8_E4M3": 1, "F8_E5M2": 1,
     "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8,
 }
-
-SOURCES = {
-    "headers": "safetensors headers of the local folder",
-    "hub": "Hub safetensors metadata (no weights downloaded)",
-    "gguf": "GGUF tensor table (no dequantization)",
-    "config": "config.json on the meta device (no weights)",
-    "given": "parameter count given by the caller",
-}
-
-
-@dataclass(frozen=True)
-class Linear:
-    """A Linear weight llmq may quantize. ``in_layers``: inside the decoder blocks (GPTQ/AWQ only
-    quantize those; bitsandbytes and torchao quantize every Linear but ``lm_head``)."""
-
-    name: str
-    in_features: int
-    out_features: int
-    in_layers: bool = True
-
-    @property
-    def numel(self) -> int:
-        return self.in_features * self.out_features
-
-
-@dataclass
-class ModelProfile:
-    """Everything the estimates and the advice need; no weights."""
-
-    name: str
-    parameters: int  # unique parameters, tied embeddings once
-    source: str  # a key of SOURCES
-    linears: list[Linear] = field(default_factory=list)
-    embedding_params: int = 0  # input (and positional) embeddings
-    lm_head_params: int = 0  # 0 when tied to the input embedding
-    tied: bool = False
-    layers: int = 0
-    hidden: int = 0
-    kv_heads: int = 0
-    head_dim: int = 0
-    vocab: int = 0
-    intermediate: int = 0
-    checkpoint_dtype: str = "float32"  # the dtype of the original weights, for "size before"
-    layout_source: str = "config (meta device)"
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def linear_params(self) -> int:
-        return sum(l.numel for l in self.linears)
-
-    @property
-    def other_params(self) -> int:
-        """Norms, biases and anything else that is never quantized."""
-        return max(0, self.parameters - self.linear_params - self.embedding_params - self.lm_head_params)
-
-    @property
-    def source_text(self) -> str:
-        return SOURCES.get(self.source, self.source)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("linears")
-        d.update(linear_count=len(self.linears), linear_params=self.linear_params, other_params=self.other_params,
-                 source_text=self.source_text)
-        return d
 
 
 # -- parameter counting -------------------------------------------------------------------------

@@ -65,9 +65,11 @@ class Scheme:
         return self.config_cls(**dict(self.defaults)).with_overrides(**overrides)
 
     def backend_cls(self) -> type["Backend"]:
-        from llmq.schemes import BACKENDS
-
-        return BACKENDS.get(self.backend)
+        """The plugin class that declared this scheme (bound by ``Backend.__init_subclass__``)."""
+        plugin = self.__dict__.get("_plugin")
+        if plugin is None:
+            raise ConfigError(f"Scheme {self.name!r} is not declared in any plugin's ``schemes``.")
+        return plugin
 
 
 @dataclass
@@ -124,6 +126,16 @@ class Backend:
     runs_in_memory: ClassVar[bool] = True
     #: the files that hold the weights in a saved output (its "size after" in ``llmq.json``)
     weight_patterns: ClassVar[tuple[str, ...]] = ("*.safetensors",)
+    #: the context the evaluators use for an output without a config.json (its runtime's, e.g. a
+    #: .gguf on llama.cpp); None: read from config.json
+    eval_context: ClassVar[int | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Bind each scheme a plugin declares to the plugin class, so ``Scheme.backend_cls`` needs no
+        registry lookup (the registry, ``llmq.schemes``, sits above the plugins and imports them)."""
+        super().__init_subclass__(**kwargs)
+        for s in cls.__dict__.get("schemes", ()):
+            object.__setattr__(s, "_plugin", cls)
 
     def __init__(self, scheme: Scheme, config: Any, options: Mapping[str, Any] | None = None):
         self.scheme = scheme
@@ -222,6 +234,14 @@ class Backend:
         """The dtype ``load`` passes to ``from_pretrained``: ``dtype`` as asked, unless the
         plugin's kernels need another one for ``"auto"``."""
         return dtype
+
+    @classmethod
+    def load_tokenizer(cls, path: Path, *, trust_remote_code: bool = False) -> Any:
+        """The tokenizer of an output of this plugin (what the evaluators tokenize with); default:
+        transformers ``AutoTokenizer`` from the folder."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
     @classmethod
     def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,

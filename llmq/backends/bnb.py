@@ -56,7 +56,7 @@ def bnb4_size(profile: Any, scheme: str, label: str, *, double_quant: bool = Tru
     """4-bit codes packed two per byte + one absmax per 64-block; with double quant the absmax is
     8-bit with one fp32 absmax per 256 blocks, plus the 256-entry fp32 nested code book, the 16-entry
     fp32 code book and a ~170-byte JSON quant state per layer; the rest at ``kept_dtype``."""
-    from llmq.advisor.estimate import BYTES, SizeEstimate, base_tensors, header_bytes, kept_params, selected_linears
+    from llmq.sizing import BYTES, SizeEstimate, base_tensors, header_bytes, kept_params, selected_linears
 
     lins, _ = selected_linears(profile, False, skip)
     q = sum(l.numel for l in lins)
@@ -128,7 +128,7 @@ class BitsAndBytesBackend(Backend):
         4-bit: ``bnb4_size``."""
         skip = tuple(config.skip_modules)
         if isinstance(config, BnbInt8Config):
-            from llmq.advisor.estimate import int8_rowwise
+            from llmq.sizing import int8_rowwise
 
             return int8_rowwise(profile, scheme.name, config.dtype, zero_point=False, skip=skip)
         return bnb4_size(profile, scheme.name, config.quant_type, double_quant=config.double_quant,

@@ -23,7 +23,7 @@ class CastConfig(SchemeConfig):
 
 def cast_size(profile: Any, scheme: str = "fp16", dtype: str = "float16", label: str | None = None) -> Any:
     """Every parameter at ``dtype``."""
-    from llmq.advisor.estimate import BYTES, SizeEstimate, base_tensors, header_bytes
+    from llmq.sizing import BYTES, SizeEstimate, base_tensors, header_bytes
 
     b = BYTES[dtype]
     n = len(profile.linears) + base_tensors(profile)

@@ -55,7 +55,7 @@ def grouped_size(profile: Any, scheme: str, bits: int, group_size: int, *, g_idx
     """GPTQ (``g_idx=True``) and AWQ GEMM packing: ``qweight`` int32 words of ``32/bits`` codes, per
     group fp16 ``scales`` and packed int32 ``qzeros``, GPTQ's int32 ``g_idx`` per input feature; only
     Linears inside the decoder blocks are quantized, the rest is kept at ``kept_dtype``."""
-    from llmq.advisor.estimate import BYTES, SizeEstimate, base_tensors, header_bytes, kept_params, selected_linears
+    from llmq.sizing import BYTES, SizeEstimate, base_tensors, header_bytes, kept_params, selected_linears
 
     lins, _ = selected_linears(profile, True, skip)
     q = sum(l.numel for l in lins)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, torch_dtype, transformers_snippet
 from llmq.config import DTYPES, QuantConfigBase, check_choice
@@ -77,7 +77,7 @@ class TorchAoBackend(Backend):
         """``_weight_qdata`` int8 + per-row fp32 ``_weight_scale`` + int8 ``_weight_zero_point``;
         embeddings/lm_head int8 per row too unless ``quantize_embeddings=False``; everything else at
         the config's ``dtype`` (float32 by default)."""
-        from llmq.advisor.estimate import int8_rowwise
+        from llmq.sizing import int8_rowwise
 
         if config.quantize_embeddings:
             return torchao_int8_estimate(profile, config, scheme.name)
@@ -184,7 +184,7 @@ def torchao_int8_estimate(profile: Any, cfg: Any, scheme: str) -> Any:
     ``act_quant_scale`` (+ int8 ``act_quant_zero_point`` when asymmetric, + fp32 ``act_pre_scale``
     per input channel when smoothing). Embeddings and a separate lm_head: int8 per row with the same
     three tensors (or kept at ``cfg.dtype``). The rest stays at ``cfg.dtype``."""
-    from llmq.advisor.estimate import BYTES, SizeEstimate, header_bytes, selected_linears
+    from llmq.sizing import BYTES, SizeEstimate, header_bytes, selected_linears
 
     static = hasattr(cfg, "calibration_method")
     lins, _ = selected_linears(profile, False, tuple(cfg.skip_modules))
@@ -194,7 +194,7 @@ def torchao_int8_estimate(profile: Any, cfg: Any, scheme: str) -> Any:
     scales, n_q_tensors = 0, 0
     smoothed: set[str] = set()
     if static:
-        from llmq.backends.int8_static import alphas_for
+        pass
 
         smoothed = set(alphas_for([l.name for l in lins], cfg.smooth_alpha))
     for l in lins:
@@ -214,3 +214,22 @@ def torchao_int8_estimate(profile: Any, cfg: Any, scheme: str) -> Any:
                         8 * (q + scales + emb_q + emb_scales) / (q + emb_q) if q + emb_q else None,
                         {"int8 weights": q + emb_q, "scales/zeros": scales + emb_scales,
                          f"kept ({cfg.dtype})": kept, "header": hdr})
+
+
+def alphas_for(names: Sequence[str], spec: Any) -> dict[str, float]:
+    """Each Linear's SmoothQuant alpha from ``smooth_alpha`` (a number, or {pattern: alpha} where
+    the longest matching pattern wins and "off" means none); Linears without one are left out."""
+    from llmq.models import excluded_modules
+
+    if spec is None or spec == "off":
+        return {}
+    if not isinstance(spec, dict):
+        return {n: float(spec) for n in names}
+    out: dict[str, float] = {}
+    for n in names:
+        hits = [p for p in spec if excluded_modules(None, [n], (p,)) == [n]]
+        if hits:
+            a = spec[max(hits, key=len)]
+            if a is not None and a != "off":
+                out[n] = float(a)
+    return out

@@ -1,7 +1,7 @@
 """Evaluation: what quantization cost, measured the way the field measures it.
 
 ``evaluate`` (one model, optionally against a reference) and ``compare`` (original vs quantized,
-writing report.json/.md/.png) are imported lazily so that ``llmq.eval.cli`` stays torch-free."""
+writing report.json/.md/.png) are imported lazily so that ``llmq.cli.eval`` stays torch-free."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from llmq.errors import LlmqError, ModelNotFoundError
+from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
 
 DEFAULT_SEQLEN = 2048
 #: tasks evaluated when an accuracy gate is set but no --tasks were named
@@ -54,12 +54,7 @@ class _Handle:
     def tokenizer(self) -> Any:
         if self.pair is not None:
             return self.pair[1]
-        plugin = self.plugin()
-        if hasattr(plugin, "load_tokenizer"):  # a non-transformers output (a .gguf)
-            return plugin.load_tokenizer(self.path)
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        return self.plugin().load_tokenizer(self.path, trust_remote_code=self.trust_remote_code)
 
     def plugin(self) -> Any:
         from llmq.schemes import plugin_of_folder
@@ -74,7 +69,7 @@ class _Handle:
         from llmq.models import read_json
 
         if not (self.path / "config.json").is_file():  # a plugin's output (a .gguf): its runtime's context
-            return getattr(self.plugin(), "eval_context", None)
+            return self.plugin().eval_context
         cfg = read_json(self.path / "config.json")
         cfg = cfg.get("text_config", cfg)
         v = cfg.get("max_position_embeddings") or cfg.get("n_positions")
@@ -230,12 +225,12 @@ def _fit_seqlen(seqlen: int, handles: list[_Handle]) -> int:
 def _load(h: _Handle, device: str) -> tuple[Any, Any, float | None]:
     if h.pair is not None:
         return h.pair[0], h.pair[1], None
-    import llmq
+    from llmq.core import load
 
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, tok = llmq.load(h.path, device=device, trust_remote_code=h.trust_remote_code)
+        model, tok = load(h.path, device=device, trust_remote_code=h.trust_remote_code)
     return model, tok, time.perf_counter() - t0
 
 
@@ -350,7 +345,7 @@ def compare(original: Any, quantized: Any, *, ppl: str | os.PathLike | None = "w
 
 def original_of(path: str | os.PathLike) -> str:
     """The local folder of the model an llmq folder was quantized from (read from its ``llmq.json``)."""
-    from llmq.core import read_meta
+    from llmq.meta import read_meta
     from llmq.models import resolve_model
 
     path = Path(path)
@@ -362,3 +357,19 @@ def original_of(path: str | os.PathLike) -> str:
     if not src:
         raise LlmqError(f"{path} has no llmq.json: cannot tell which model it was quantized from.")
     return str(resolve_model(name).local_dir())
+
+
+# -- everything `run` will do after quantizing, checked before it loads a weight ----------------------------
+def check_eval_request(*, tasks: Any = None, ppl: Any = None, max_ppl_increase: Any = None,
+                       max_accuracy_loss: Any = None, max_kld: Any = None) -> None:
+    """``run --eval``: gate thresholds, task names and files, the perplexity file, all without a model."""
+    from llmq.eval.gate import validate
+    from llmq.eval.tasks import resolve_task
+
+    validate(max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
+    for t in split_tasks(tasks):
+        if not (isinstance(t, str) and t.startswith("lm_eval:")):
+            resolve_task(t)
+    if ppl is not None and str(ppl).lower() != "none" and ("/" in str(ppl) or Path(str(ppl)).suffix):
+        if not Path(str(ppl)).expanduser().is_file():
+            raise ConfigError(f"--ppl file not found: {ppl}")

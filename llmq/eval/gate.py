@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from llmq.config import parse_increase
 from llmq.errors import ConfigError
 
 
@@ -22,29 +23,6 @@ class GateResult:
 
 def gate_set(max_ppl_increase: Any = None, max_accuracy_loss: Any = None, max_kld: Any = None) -> bool:
     return max_ppl_increase not in (None, "") or max_accuracy_loss is not None or max_kld is not None
-
-
-def parse_fraction(value: Any, what: str = "--max-ppl-increase") -> float | None:
-    """The one threshold rule (gate limits, the advisor's tolerance): ``"5%"`` -> 0.05; ``0.05`` /
-    ``"0.05"`` -> 0.05. A bare number of 1 or more is refused (is ``5`` five percent or 500%?): write
-    ``5%``. Percentages above 100% are allowed (perplexity can more than double); negatives are not."""
-    if value is None or value == "":
-        return None
-    text = str(value).strip()
-    try:
-        x = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise ConfigError(f"{what} expects a percentage like 5% or a fraction like 0.05, got {text!r}.") from None
-    if not text.endswith("%") and x >= 1:
-        raise ConfigError(f"{what} {text} is ambiguous: write {text}% or a fraction like {x / 100:g}.")
-    if x < 0:
-        raise ConfigError(f"{what} must not be negative, got {text}.")
-    return x
-
-
-def parse_increase(value: Any) -> float | None:
-    """``--max-ppl-increase``: ``parse_fraction``."""
-    return parse_fraction(value, "--max-ppl-increase")
 
 
 def validate(max_ppl_increase: Any = None, max_accuracy_loss: Any = None, max_kld: Any = None) -> None:

@@ -58,9 +58,9 @@ def run(model: Any, tokenizer: Any, tasks: list[str | dict], *, limit: int | Non
     except LlmqError:
         raise
     except Exception as e:  # noqa: BLE001 - the harness failing (e.g. offline Hub) is one line for the user
-        from llmq.data import hub_error
+        from llmq.hub import hub_error
 
-        raise hub_error(f"lm-eval tasks {', '.join(map(str, names))}", e) from e
+        raise hub_error(e, f"lm-eval tasks {', '.join(map(str, names))}", data=True) from e
     out = {}
     for name, metrics in res["results"].items():
         if name not in {n if isinstance(n, str) else n.get("task") for n in names}:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from llmq.data import check_hub, hub_error, local_file
+from llmq.data import check_hub, local_file
+from llmq.hub import hub_error
 from llmq.errors import LlmqError
 
 SOURCES = ("wikitext2", "c4")
@@ -49,7 +50,7 @@ def load_text(source: str | Path) -> tuple[str, str]:
 
             ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
         except Exception as e:  # noqa: BLE001
-            raise hub_error("wikitext2", e) from e
+            raise hub_error(e, "wikitext2", data=True) from e
         return "\n\n".join(ds["text"]), "wikitext2 (wikitext-2-raw-v1 test, Hub)"
     if src == "c4":
         check_hub("c4")
@@ -60,7 +61,7 @@ def load_text(source: str | Path) -> tuple[str, str]:
                 "allenai/c4", data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"}, split="validation"
             )
         except Exception as e:  # noqa: BLE001
-            raise hub_error("c4", e) from e
+            raise hub_error(e, "c4", data=True) from e
         return "\n\n".join(ds["text"][:1100]), "c4 (en validation shard 0, first 1100 documents)"
     path = Path(src).expanduser()
     if not path.is_file():
@@ -151,3 +152,18 @@ def perplexity(model: Any, tokenizer: Any, source: str | Path = "wikitext2", *, 
                 on_window(i, logits, targets)
     value = math.exp(nll_sum / n_tok)
     return PerplexityResult(value, n_tok, len(wins), nll_sum, protocol_string(desc, seqlen, stride, len(wins), n_tok))
+
+
+def gguf_perplexity(path: str | Path, tokenizer: Any, source: str = "wikitext2", *, seqlen: int = 2048,
+                    stride: int | None = None, limit: int | None = None, threads: int | None = None,
+                    tokens: Any = None, on_window: Any = None, progress: bool = False) -> Any:
+    """llmq's perplexity protocol (``perplexity`` above) with llama.cpp computing the logits of the
+    ``.gguf`` at ``path``."""
+    from llmq.backends.gguf.runtime import LlamaCppLM
+
+    lm = LlamaCppLM(path, n_ctx=seqlen, threads=threads)
+    try:
+        return perplexity(lm, tokenizer, source, seqlen=seqlen, stride=stride, limit=limit,
+                          progress=progress, on_window=on_window, tokens=tokens)
+    finally:
+        lm.close()

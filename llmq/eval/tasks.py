@@ -274,7 +274,8 @@ def canonical(raw: Any, spec: TaskSpec, where: str) -> dict:
 def _hub_rows(spec: TaskSpec, limit: int | None) -> tuple[list[dict], int, str]:
     if spec.hub is None:
         raise LlmqError(f"Task {spec.name} has no local file and no Hub dataset.")
-    from llmq.data import check_hub, hub_error
+    from llmq.data import check_hub
+    from llmq.hub import hub_error
 
     dataset, config, split = spec.hub
     check_hub(dataset)
@@ -283,7 +284,7 @@ def _hub_rows(spec: TaskSpec, limit: int | None) -> tuple[list[dict], int, str]:
 
         ds = datasets.load_dataset(dataset, config, split=split)
     except Exception as e:  # noqa: BLE001
-        raise hub_error(f"task {spec.name} ({dataset})", e) from e
+        raise hub_error(e, f"task {spec.name} ({dataset})", data=True) from e
     total = len(ds)
     n = total if limit is None else min(limit, total)
     conv = spec.hub_rows or (lambda r: r)

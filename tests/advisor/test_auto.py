@@ -11,7 +11,8 @@ import json
 import pytest
 
 import llmq
-from llmq.advisor import auto
+from llmq.pipeline.auto import run_auto
+from llmq.pipeline import auto
 from llmq.errors import ConfigError
 
 CANDIDATES = ["bnb-fp4", "bf16"]  # most compressed first: fp4 is ~4x smaller than bf16
@@ -51,7 +52,7 @@ def test_auto_keeps_the_first_candidate_that_passes(tiny_model_dir, tmp_path, th
     bf16, fp4 = thresholds
     gate = (bf16 + fp4) / 2  # between the two measured changes: fp4 must fail, bf16 must pass
     out = tmp_path / "auto"
-    code = llmq.advisor.run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(gate)),
+    code = run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(gate)),
                                  candidates=CANDIDATES)
     assert code == 0
     rep = json.loads((out / "auto_report.json").read_text())
@@ -71,7 +72,7 @@ def test_auto_keeps_the_first_candidate_that_passes(tiny_model_dir, tmp_path, th
 def test_auto_exits_1_and_names_the_closest(tiny_model_dir, tmp_path, thresholds):
     _, fp4 = thresholds
     out = tmp_path / "auto-none"
-    code = llmq.advisor.run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(fp4 / 2)),
+    code = run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(fp4 / 2)),
                                  candidates=["bnb-fp4"])
     assert code == 1
     rep = json.loads((out / "auto_report.json").read_text())
@@ -99,7 +100,7 @@ def test_default_candidates_follow_the_advice():
 
 def test_auto_needs_a_gate(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="needs a gate"):
-        llmq.advisor.run_auto(**run_args(tiny_model_dir, tmp_path / "x"))
+        run_auto(**run_args(tiny_model_dir, tmp_path / "x"))
 
 
 def test_scheme_overrides_are_filtered_per_scheme():
@@ -139,7 +140,7 @@ QAT_STEPS = {"steps": 2, "batch_size": 2, "seqlen": 64, "warmup_steps": 1, "lr":
 def test_auto_without_allow_training_never_trains_and_says_it_could(tiny_model_dir, tmp_path, thresholds):
     _, fp4 = thresholds
     out = tmp_path / "auto-no-train"
-    code = llmq.advisor.run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(fp4 / 2)),
+    code = run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(fp4 / 2)),
                                  candidates=["bnb-fp4"], overrides=QAT_STEPS)
     assert code == 1
     rep = json.loads((out / "auto_report.json").read_text())
@@ -153,7 +154,7 @@ def test_auto_escalates_to_qat_when_every_post_training_candidate_fails(tiny_mod
     the 8-bit ones), and the first that passes is saved, trained, loadable and explained."""
     _, fp4 = thresholds
     out = tmp_path / "auto-train"
-    code = llmq.advisor.run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(fp4 / 2)),
+    code = run_auto(**run_args(tiny_model_dir, out, max_ppl_increase=repr(fp4 / 2)),
                                  candidates=["bnb-fp4"], overrides=QAT_STEPS, allow_training=True)
     rep = json.loads((out / "auto_report.json").read_text())
     tried = rep["tried"]

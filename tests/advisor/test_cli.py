@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llmq.advisor.cli import parse_model
+from llmq.cli.advise import parse_model
 from llmq.cli import main
 
 

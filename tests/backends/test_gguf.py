@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from llmq.backends import gguf as G
+from llmq.backends.gguf import plugin as P
+from llmq.backends.gguf import quantizer as G
 from llmq.errors import ConfigError, MissingDependencyError
 
 #: relative logit error (||q - fp32|| / ||fp32||) each type must stay under on the tiny random model
@@ -46,7 +47,7 @@ def test_every_scheme_loads_in_llama_cpp_and_transformers(scheme, tiny, ref_logi
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmq.eval.llamacpp import LlamaCppLM
+    from llmq.backends.gguf.runtime import LlamaCppLM
 
     ids, ref = ref_logits
     res = G.quantize_model(tiny, tmp_path / "out", G.config_for(scheme), name="tiny")
@@ -139,7 +140,7 @@ def test_gemma3_converts_and_matches(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmq.eval.llamacpp import LlamaCppLM
+    from llmq.backends.gguf.runtime import LlamaCppLM
     from llmq.testing_gguf import tiny_model
 
     src = tiny_model(tmp_path / "g3", "gemma3")
@@ -206,8 +207,7 @@ def test_llama_cpp_perplexity_matches_transformers(tiny, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmq.eval import llamacpp
-    from llmq.eval.perplexity import perplexity
+    from llmq.eval.perplexity import gguf_perplexity, perplexity
 
     text = tmp_path / "t.txt"
     text.write_text(" ".join(f"Sentence number {i} talks about apples, rivers and {i * 7} stones." for i in range(300)))
@@ -216,7 +216,7 @@ def test_llama_cpp_perplexity_matches_transformers(tiny, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny)
     m = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
     a = perplexity(m, tok, str(text), seqlen=128, limit=4, progress=False)
-    b = llamacpp.perplexity(f32, tok, str(text), seqlen=128, limit=4)
+    b = gguf_perplexity(f32, tok, str(text), seqlen=128, limit=4)
     assert a.protocol == b.protocol
     assert abs(b.value / a.value - 1) < 0.005
 
@@ -226,7 +226,7 @@ def test_size_estimate_close_to_file(tiny, tmp_path):
 
     prof = profile(str(tiny))
     for scheme in ("gguf-q8_0", "gguf-q4_k_m"):
-        est = G.estimate_size(prof, scheme)
+        est = P.estimate_size(prof, scheme)
         real = G.quantize_model(tiny, tmp_path / scheme, G.config_for(scheme)).path.stat().st_size
         # tiny model: weights ~1/3 of the file, the 49k-token vocabulary metadata the rest
         assert abs(est.bytes / real - 1) < 0.25, (scheme, est.bytes, real)
@@ -262,11 +262,11 @@ def test_load_runs_the_output_on_llama_cpp_and_falls_back_to_transformers(q8_out
     import torch
 
     import llmq
-    from llmq.eval.llamacpp import LlamaCppLM
+    from llmq.backends.gguf.runtime import LlamaCppLM
     from llmq.schemes import plugin_of_folder
 
     _, out = q8_out
-    assert plugin_of_folder(out) is G.GGUFBackend and plugin_of_folder(out / "llama-Q8_0.gguf") is G.GGUFBackend
+    assert plugin_of_folder(out) is P.GGUFBackend and plugin_of_folder(out / "llama-Q8_0.gguf") is P.GGUFBackend
     ids, ref = ref_logits
     m, tok = llmq.load(out)
     assert isinstance(m, LlamaCppLM) and m.llmq_runtime == "llama.cpp" and tok.get_vocab()
@@ -325,7 +325,7 @@ def test_card_and_push_dry_run(q8_out, monkeypatch):
 
 def test_advisor_and_auto_candidates_include_gguf_on_cpu(tiny):
     from llmq.advisor.advice import advise
-    from llmq.advisor.auto import pick_candidates
+    from llmq.pipeline.auto import pick_candidates
 
     adv = advise(str(tiny), device="cpu", ram_gb=16)
     by = {c.scheme: c for c in adv.candidates}

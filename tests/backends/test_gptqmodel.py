@@ -3,7 +3,7 @@ import os
 import pytest
 
 from llmq.backends.gptqmodel import GPTQModelBackend, ensure_cpu_workers, fitting_group_sizes
-from llmq.config import AWQConfig, GPTQConfig
+from llmq.backends.gptqmodel import AWQConfig, GPTQConfig
 from llmq.schemes import get_scheme
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from llmq.backends import int8_calibration as C
 from llmq.backends import int8_static as S
 from llmq.errors import ConfigError
 
@@ -16,7 +17,7 @@ TEXT = ["The quick brown fox jumps over the lazy dog. " * 40, "Python is a progr
 def _observed(values, sym=True):
     import torch
 
-    obs = S._observer(sym)
+    obs = C._observer(sym)
     obs(torch.as_tensor(values, dtype=torch.float32).reshape(-1, 64))
     return obs
 
@@ -33,7 +34,7 @@ def outlier_obs():
 
 
 def test_entropy_and_percentile_clip_an_outlier_minmax_does_not(outlier_obs):
-    s = {m: S.activation_qparams(outlier_obs, m, percentile=99.99)[0].item() for m in S.METHODS}
+    s = {m: C.activation_qparams(outlier_obs, m, percentile=99.99)[0].item() for m in S.METHODS}
     assert s["minmax"] == pytest.approx(80 / 127.5, rel=1e-3)  # keeps the outlier
     assert s["percentile"] < s["minmax"] / 4  # 99.99 % of |x| lies well below 80
     assert s["entropy"] < s["minmax"] / 4
@@ -42,10 +43,10 @@ def test_entropy_and_percentile_clip_an_outlier_minmax_does_not(outlier_obs):
 
 
 def test_percentile_100_is_minmax_and_lower_percentiles_clip_more(outlier_obs):
-    full = S.activation_range(outlier_obs, "percentile", percentile=100.0)
+    full = C.activation_range(outlier_obs, "percentile", percentile=100.0)
     assert full[1] == pytest.approx(80.0, rel=1e-3)
-    t999 = S.activation_range(outlier_obs, "percentile", percentile=99.9)[1]
-    t9999 = S.activation_range(outlier_obs, "percentile", percentile=99.99)[1]
+    t999 = C.activation_range(outlier_obs, "percentile", percentile=99.9)[1]
+    t9999 = C.activation_range(outlier_obs, "percentile", percentile=99.99)[1]
     assert 2.5 < t999 < t9999 < 80
 
 
@@ -53,11 +54,11 @@ def test_entropy_threshold_keeps_a_dense_range_and_cuts_a_sparse_tail():
     import numpy as np
 
     flat = np.ones(2048)
-    assert S.entropy_threshold(flat, 1.0) == pytest.approx(1.0, abs=1e-3)  # nothing to gain by clipping
+    assert C.entropy_threshold(flat, 1.0) == pytest.approx(1.0, abs=1e-3)  # nothing to gain by clipping
     tail = np.zeros(2048)
     tail[:400] = 1e6 * np.exp(-np.arange(400) / 40)  # a peaked bulk ...
     tail[2040] = 1.0  # ... and one far outlier
-    assert 0.05 < S.entropy_threshold(tail, 1.0) < 0.25  # the bulk ends at 400/2048 = 0.195
+    assert 0.05 < C.entropy_threshold(tail, 1.0) < 0.25  # the bulk ends at 400/2048 = 0.195
 
 
 def test_asymmetric_gives_zero_points_symmetric_does_not():
@@ -65,9 +66,9 @@ def test_asymmetric_gives_zero_points_symmetric_does_not():
 
     x = torch.rand(64 * 100) * 5 - 0.5  # [-0.5, 4.5): a SiLU-like range
     for m in S.METHODS:
-        _, zp = S.activation_qparams(_observed(x, sym=False), m, sym=False)
+        _, zp = C.activation_qparams(_observed(x, sym=False), m, sym=False)
         assert zp.item() != 0 and zp.dtype == torch.int8 and zp.shape == (1, 1, 1)
-        scale, zp = S.activation_qparams(_observed(x, sym=True), m, sym=True)
+        scale, zp = C.activation_qparams(_observed(x, sym=True), m, sym=True)
         assert zp.item() == 0 and scale.shape == (1, 1, 1)
 
 
@@ -230,7 +231,7 @@ def test_cli_flags_reach_the_config(tiny_model_dir, tmp_path):
 def test_accuracy_gate_runs_on_int8_static(tiny_model_dir, tmp_path):
     """--max-accuracy-loss (the seeds' target_accuracy_loss) evaluates an int8-static output against
     its original and records the verdict (plumbing: the tiny random model sits at chance)."""
-    from llmq.run import run
+    from llmq.pipeline.run import run
 
     res = run(str(tiny_model_dir), "int8-static", output=tmp_path / "g", device="cpu", sample=False,
               overrides={"calibration": TEXT, "n_samples": 2, "seqlen": 32}, tasks="arc_easy", limit=4,

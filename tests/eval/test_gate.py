@@ -1,7 +1,8 @@
 import pytest
 
 from llmq.errors import ConfigError
-from llmq.eval.gate import check_gate, parse_increase
+from llmq.eval.gate import check_gate
+from llmq.config import parse_increase
 
 
 def report(ppl=(20.0, 21.0), acc=(0.60, 0.585), kld=0.02):

@@ -14,7 +14,7 @@ FAST = {"ppl": "wikitext2", "limit": 4, "seqlen": 128, "speed": False, "progress
 @pytest.fixture(scope="module")
 def ggufs(tmp_path_factory):
     """A tiny random Llama (SmolLM2's tokenizer), its F32 GGUF and its Q4_0 GGUF output folder."""
-    from llmq.backends import gguf as G
+    from llmq.backends.gguf import quantizer as G
     from llmq.testing_gguf import tiny_model
 
     d = tmp_path_factory.mktemp("llamacpp")
@@ -48,7 +48,7 @@ def test_compare_gguf_to_gguf_on_llama_cpp(ggufs, tmp_path):
 
 
 def test_gguf_without_llama_cpp_python_is_scored_on_transformers(ggufs, monkeypatch):
-    from llmq.backends import gguf as G
+    from llmq.backends.gguf import quantizer as G
     from llmq.eval import evaluate
 
     _, _, q4 = ggufs
@@ -77,7 +77,7 @@ def test_bench_runs_a_gguf_on_llama_cpp_batch_1(ggufs):
 def test_llama_cpp_runner_generates_what_llama_cpp_generates(ggufs):
     """The runner's greedy loop (decode + argmax in place) continues a prompt exactly like
     llama-cpp-python's own greedy completion, so the timed work is real generation."""
-    from llmq.eval.llamacpp import LlamaCppRunner
+    from llmq.backends.gguf.runtime import LlamaCppRunner
 
     _, f32, _ = ggufs
     r = LlamaCppRunner(str(f32), threads=1)
@@ -104,7 +104,7 @@ def test_llama_cpp_runner_generates_what_llama_cpp_generates(ggufs):
 
 def test_bench_gguf_without_llama_cpp_python_names_the_fix(ggufs, monkeypatch):
     from llmq import benchmark as B
-    from llmq.backends import gguf as G
+    from llmq.backends.gguf import quantizer as G
     from llmq.errors import MissingDependencyError
 
     monkeypatch.setattr(G, "llama_cpp_installed", lambda: False)
@@ -147,7 +147,7 @@ def test_llama_cpp_uses_amx_where_the_cpu_has_it_and_a_quantized_prompt_runs(ggu
     _, _, q4 = ggufs
     code = (
         "import sys, numpy as np\n"
-        "from llmq.eval.llamacpp import LlamaCppLM, _Decoder\n"
+        "from llmq.backends.gguf.runtime import LlamaCppLM, _Decoder\n"
         "toks = list(range(5, 69))\n"
         "batched = LlamaCppLM(sys.argv[1], n_ctx=128, threads=2).row_logits(toks)\n"
         "d = _Decoder(__import__('pathlib').Path(sys.argv[1]), n_ctx=128, n_batch=64, threads=2)\n"
@@ -173,7 +173,7 @@ def test_llama_cpp_amx_kernels_survive_torch_using_the_tiles_on_the_same_thread(
     _, _, q4 = ggufs
     code = (
         "import sys, numpy as np, torch\n"
-        "from llmq.eval.llamacpp import LlamaCppLM\n"
+        "from llmq.backends.gguf.runtime import LlamaCppLM\n"
         "lm = LlamaCppLM(sys.argv[1], n_ctx=128, threads=2)\n"
         "toks = list(range(5, 69))\n"
         "a, b = torch.randn(256, 256), torch.randn(256, 256)\n"

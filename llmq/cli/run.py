@@ -1,47 +1,13 @@
-"""``python -m llmq``: subcommands over the public API.
-
-Each subcommand lives in the module that owns its feature and registers itself through an
-``add_parser(subparsers)`` function, listed lazily below; those modules import torch only inside
-the command's function, so ``--help`` stays fast. Every ``LlmqError`` becomes one line on stderr
-and exit code 2; a failed accuracy gate is exit code 1.
-"""
+"""``llmq run``: flags -> ``llmq.pipeline.run.run``; prints the summary and the report as each step ends."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from llmq.errors import LlmqError
-from llmq.registry import import_target
-
-#: subcommand -> "module:function" that adds its parser (lazy, like the backend registry)
-COMMANDS = {
-    "schemes": "llmq.cli:add_schemes",
-    "run": "llmq.cli:add_run",
-    "eval": "llmq.eval.cli:add_eval",
-    "compare": "llmq.eval.cli:add_compare",
-    "advise": "llmq.advisor:add_advise",
-    "estimate": "llmq.advisor:add_estimate",
-    "push": "llmq.publish:add_push",
-    "qat": "llmq.qat_cli:add_qat",
-    "bench": "llmq.benchmark:add_bench",
-}
-
-def _quiet_libraries() -> None:
-    """Library chatter (torch pytree notices, Hub retry logs) would bury llmq's one-line errors."""
-    import logging
-    import warnings
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*register_constant.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-
 
 def parse_value(text: str) -> Any:
     """``--set key=value``: JSON literals (numbers, true/false, lists), else the string."""
@@ -54,52 +20,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
-# -- schemes ------------------------------------------------------------------------------------
-def add_schemes(sub: Any) -> None:
-    p = sub.add_parser("schemes", help="list the quantization schemes")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_schemes)
-
-
-def scheme_rows() -> list[dict[str, Any]]:
-    from llmq.schemes import SCHEMES
-
-    rows = []
-    for name in SCHEMES:
-        s = SCHEMES.get(name)
-        b = s.backend_cls()
-        rows.append({
-            "name": name, "backend": s.backend, "bits": s.bits, "calibration": b.needs_calibration,
-            "runtime": b.runtime, "installed": not b.missing_packages(), "extra": b.extra,
-            "description": s.description,
-        })
-    return rows
-
-
-def cmd_schemes(args: argparse.Namespace) -> int:
-    rows = scheme_rows()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    yn = {True: "yes", False: "no"}
-    t = Table(title="llmq schemes")
-    for col in ("name", "backend", "bits", "calibration?", "runtime", "installed?", "description"):
-        t.add_column(col)
-    for r in rows:
-        inst = "yes" if r["installed"] else f"no: pip install 'llmq[{r['extra']}]'"
-        t.add_row(r["name"], r["backend"], str(r["bits"]), yn[r["calibration"]], r["runtime"], inst, r["description"])
-    from llmq.fmt import term_width
-
-    Console(width=max(140, term_width())).print(t)
-    return 0
-
-
 # -- run ----------------------------------------------------------------------------------------
 def add_run(sub: Any) -> None:
-    from llmq.run import DEMO
+    from llmq.pipeline.run import DEMO
 
     p = sub.add_parser(
         "run", help="quantize a model, save it, and optionally evaluate and publish it",
@@ -171,8 +94,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from llmq.eval.cli import finish, one_line_warnings
-    from llmq.run import run
+    from llmq.cli.eval import finish, one_line_warnings
+    from llmq.pipeline.run import run
 
     with one_line_warnings():
         res = run(args.model, args.scheme, output=args.output, overwrite=args.overwrite, device=args.device,
@@ -203,58 +126,6 @@ def print_summary(meta: dict, path: Path, sample: str | None) -> None:
     con = Console(width=max(140, term_width()))
     con.print(t)
     if sample is not None:
-        from llmq.run import SAMPLE_PROMPT
+        from llmq.pipeline.run import SAMPLE_PROMPT
 
         con.print(f"sample: {SAMPLE_PROMPT!r} -> {sample!r}", highlight=False)
-
-
-# -- entry point --------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    import llmq
-
-    parser = argparse.ArgumentParser(prog="llmq", description="Quantize, evaluate and publish causal LMs.")
-    parser.add_argument("--version", action="version", version=f"llmq {llmq.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, target in COMMANDS.items():
-        try:
-            import_target(target)(sub)
-        except (ImportError, AttributeError):
-            # A feature module that is not there yet must not break the others.
-            p = sub.add_parser(name, help="(unavailable in this build)")
-            p.set_defaults(func=lambda a, n=name: _unavailable(n))
-    return parser
-
-
-def _unavailable(name: str) -> int:
-    raise LlmqError(f"The {name!r} command is not available in this build.")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_libraries()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    from llmq.outdir import terminate_as_interrupt
-
-    previous = terminate_as_interrupt()
-    try:
-        return int(args.func(args) or 0)
-    except LlmqError as e:
-        print(f"llmq: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        from llmq.outdir import interrupt_message
-
-        print(interrupt_message(), file=sys.stderr)
-        return 130
-    finally:
-        if previous is not None:  # main() called in-process (tests, notebooks): leave SIGTERM as it was
-            import signal
-
-            signal.signal(signal.SIGTERM, previous)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

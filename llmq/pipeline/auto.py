@@ -149,13 +149,13 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
     ``allow_training``: when every post-training candidate fails, escalate to quantization-aware
     training (the ``qat-*`` schemes that fit, most compressed first; their ``steps``/``data``/``lr``
     come from ``overrides``). Its training data is checked before the first candidate runs."""
-    import llmq
+    from llmq.core import quantize
     from llmq.advisor.advice import advise
     from llmq.eval import compare
     from llmq.eval.gate import check_gate, gate_set, validate
     from llmq.io import atomic_dir, check_output
     from llmq.models import folder_size, resolve_model
-    from llmq.run import default_output
+    from llmq.outdir import default_output
 
     if not gate_set(max_ppl_increase, max_accuracy_loss, max_kld):
         raise ConfigError("--scheme auto needs a gate to choose by: --max-ppl-increase, --max-accuracy-loss "
@@ -190,7 +190,7 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
             trials.append(t)
             t0 = time.perf_counter()
             try:
-                qm = llmq.quantize(model, c.scheme, device=device, revision=revision,
+                qm = quantize(model, c.scheme, device=device, revision=revision,
                                    trust_remote_code=trust_remote_code, **scheme_overrides(c.scheme, overrides))
                 path = qm.save(work / c.scheme)
                 qm_weights = qm.backend.weight_patterns
@@ -343,7 +343,7 @@ def plot(path: Path, trials: list[Trial], front: set[str], limit: Any) -> None:
         ax.plot([t.size_bytes / 1e6 for t in fr], [t.ppl_increase * 100 for t in fr], "--", color="grey",
                 label="Pareto front")
     if limit:
-        from llmq.eval.gate import parse_fraction
+        from llmq.config import parse_fraction
 
         try:
             ax.axhline(parse_fraction(limit, "--max-ppl-increase") * 100, color="tab:orange", ls=":",

@@ -16,8 +16,9 @@ Why these pieces:
   forward hooks on the fp32 transformers model (the GGUF was converted from the same weights) and
   handed to ``llama_model_quantize`` as its C array of ``llama_model_imatrix_data``.
 
-Everything scheme-specific (config, quantize/save, size estimate, advisor text, card facts) lives in
-this module so a scheme plugin can wrap it; evaluation/speed on llama.cpp is in ``llmq.eval.llamacpp``.
+This module holds the config and the file pipeline (convert, importance matrix, quantize, Modelfile);
+the scheme plugin (size estimate, advisor text, card facts, loading) is ``llmq.backends.gguf.plugin``
+and llama.cpp as a runtime (scoring and speed) is ``llmq.backends.gguf.runtime``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import ctypes
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from llmq.backends.base import Backend as _Backend
 from llmq.config import SchemeConfig, check_choice as _check_choice
 from llmq.errors import ConfigError, LlmqError, MissingDependencyError
+from llmq.meta import META_FILE
 
 #: llmq scheme name -> llama.cpp file type (``llama_ftype`` / ``llama-quantize`` name)
 SCHEMES: dict[str, str] = {
@@ -395,7 +395,7 @@ def quantize_model(model_dir: Path, out_dir: Path, config: GGUFConfig, *, name: 
                             progress=progress)
         shutil.move(str(dst), tmp / dst.name)
         write_modelfile(tmp, dst.name)
-        write_json(tmp / "llmq.json", record)
+        write_json(tmp / META_FILE, record)
     return GGUFResult(out_dir / dst.name, record)
 
 
@@ -421,284 +421,3 @@ def write_modelfile(folder: Path, gguf_name: str, **kw: Any) -> Path:
     p = Path(folder) / "Modelfile"
     p.write_text(modelfile_text(gguf_name, **kw))
     return p
-
-
-# ---------------------------------------------------------------------------------------------
-# size estimate from a parameter profile
-# ---------------------------------------------------------------------------------------------
-#: (block elements, block bytes) of ggml types (ggml-common.h)
-BLOCKS = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18), "Q5_0": (32, 22),
-          "Q5_1": (32, 24), "Q4_1": (32, 20), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210)}
-_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}  # llama.cpp's fallback for ne[0] % 256 != 0
-_BASE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K", "Q4_0": "Q4_0"}
-
-
-def _tensor_bytes(t: str, rows: int, cols: int) -> tuple[int, str]:
-    if t in _FALLBACK and cols % 256:
-        t = _FALLBACK[t]
-    n, b = BLOCKS[t]
-    return rows * ((cols + n - 1) // n) * b, t
-
-
-def _use_more_bits(i: int, n: int) -> bool:
-    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
-
-
-def estimate_size(profile: Any, scheme: str) -> Any:
-    """Bytes of the GGUF ``scheme`` writes, from the profile alone: llama.cpp's main per-tensor rules
-    (output/tied embedding in Q6_K for K-quants and Q8_0 stays Q8_0; Q4_K_M/Q5_K_M give half the
-    ``attn_v``/``ffn_down`` layers Q6_K; fallbacks for rows not divisible by 256; norms F32). An
-    estimate: ``scripts/bench_gguf.py`` checks it against real files."""
-    from llmq.advisor.estimate import SizeEstimate
-
-    ftype = SCHEMES[scheme]
-    base = _BASE[ftype]
-    total = 0
-    q_params = 0
-    bd: dict[str, int] = {}
-
-    def add(t: str, rows: int, cols: int) -> None:
-        nonlocal total
-        b, used = _tensor_bytes(t, rows, cols)
-        total += b
-        bd[used] = bd.get(used, 0) + b
-
-    n = max(profile.layers, 1)
-    for lin in profile.linears:
-        if not lin.in_layers:
-            continue
-        t = base
-        try:
-            layer = int(lin.name.split(".layers.")[1].split(".")[0]) if ".layers." in lin.name else 0
-        except ValueError:
-            layer = 0
-        short = lin.name.rsplit(".", 1)[-1]
-        if ftype in ("Q4_K_M", "Q5_K_M") and short in ("v_proj", "down_proj") and _use_more_bits(layer, n):
-            t = "Q6_K"
-        add(t, lin.out_features, lin.in_features)
-        q_params += lin.numel
-    hidden = profile.hidden or 1
-    # output (or the tied embedding that doubles as output): Q8_0 when rows do not fit the base
-    # type's blocks or the base is Q8_0, else Q6_K; an untied token_embd keeps the base type
-    out_type = "Q8_0" if base == "Q8_0" or hidden % BLOCKS[base][0] else "Q6_K"
-    add(out_type, profile.vocab, hidden)
-    if not profile.tied:
-        add(base, profile.vocab, hidden)
-    other = max(profile.parameters - q_params - profile.embedding_params - profile.lm_head_params, 0)
-    total += other * 4
-    bd["F32 (norms)"] = other * 4
-    # metadata: token strings, scores/types and BPE merges (measured 36 bytes per token on SmolLM2's 49k vocab)
-    header = 36 * profile.vocab + 16384
-    total += header
-    bd["metadata (approx.)"] = header
-    return SizeEstimate(scheme, ftype, int(total), q_params, other, "float32",
-                        8 * total / max(profile.parameters, 1), bd)
-
-
-# ---------------------------------------------------------------------------------------------
-# the scheme plugin
-# ---------------------------------------------------------------------------------------------
-_ROLE = ("llama.cpp file for CPU/edge runtimes (llama.cpp, Ollama, LM Studio); scored on llama.cpp; "
-         "not a transformers/vLLM GPU serving format")
-#: advisor ranks: on CPU each GGUF type sits right after the transformers scheme of its precision
-#: (int8-dynamic 0, bf16 1, bnb-int8 2, bnb-nf4 6, bnb-fp4 7); with a GPU, after every GPU format
-#: (llmq[gguf] builds llama.cpp for CPU). Which one wins on CPU is measured by ``--scheme auto``.
-_GPU_LAST = {"gpu_fits": 20, "gpu_8bit": 20, "gpu_4bit": 20}
-
-
-def _scheme(name: str, bits: float, precision: str, cpu: float, what: str) -> Any:
-    from llmq.backends.base import Scheme
-
-    ftype = SCHEMES[name]
-    return Scheme(name, "gguf", GGUFConfig, {"ftype": ftype}, bits,
-                  f"llama.cpp {ftype} GGUF ({what}); optional importance matrix from calibration",
-                  precision=precision, role=f"{what}: {_ROLE}", gpu_only_kernels=False,
-                  tree_rank={"cpu": cpu, **{k: v + cpu / 10 for k, v in _GPU_LAST.items()}})
-
-
-def _gguf_in(path: Path) -> Path | None:
-    """The .gguf ``path`` is, or the one .gguf of an output folder without config.json."""
-    path = Path(path)
-    if path.is_file():
-        return path if path.suffix == ".gguf" else None
-    if path.is_dir() and not (path / "config.json").is_file():
-        files = sorted(path.glob("*.gguf"))
-        if len(files) == 1:
-            return files[0]
-    return None
-
-
-def llama_cpp_installed() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
-@dataclass
-class GGUFArtifact:
-    """What ``GGUFBackend.quantize`` returns: the quantized file in a scratch folder, and its record."""
-
-    path: Path
-    record: dict[str, Any]
-
-
-def output_name(model_dir: Path) -> str:
-    """The model's name for ``<name>-<FTYPE>.gguf``: a Hub snapshot's repo name, a dequantized GGUF
-    cache folder's source stem (without llmq's cache hash and the source's own type), else the folder name."""
-    model_dir = Path(model_dir)
-    if model_dir.parent.name == "snapshots":
-        return model_dir.parent.parent.name.split("--")[-1]
-    from llmq.models import cache_dir
-
-    if model_dir.parent == cache_dir() / "gguf":
-        stem = model_dir.name.rsplit("-", 1)[0]
-        return stem.split(".")[0] or stem
-    return model_dir.name
-
-
-class GGUFBackend(_Backend):
-    """llama.cpp's formats: the converter + ``llama_model_quantize`` write one ``.gguf``; llama.cpp
-    (llama-cpp-python) runs and scores it. The loader falls back to transformers (dequantized) only
-    when llama-cpp-python is not installed, and the model it returns says which runtime it is."""
-
-    name = "gguf"
-    requires = REQUIRES
-    extra = EXTRA
-    needs_calibration = False  # optional: an importance matrix when calibration= is given
-    quant_methods = ("gguf",)
-    runtime = "llama.cpp"
-    runs_in_memory = False
-    weight_patterns = ("*.gguf",)
-    #: the evaluator's longest window on this runtime (``LlamaCppLM``'s context)
-    eval_context = 2048
-    schemes = (
-        _scheme("gguf-q8_0", 8, "8", 0.6, "8-bit Q8_0"),
-        _scheme("gguf-q6_k", 6, "8", 1.5, "6-bit K-quant Q6_K"),
-        _scheme("gguf-q5_k_m", 5, "4", 5.5, "5-bit K-quant mix Q5_K_M"),
-        _scheme("gguf-q4_k_m", 4, "4", 5.6, "4-bit K-quant mix Q4_K_M"),
-        _scheme("gguf-q4_0", 4, "4", 7.5, "4-bit scale-only Q4_0"),
-    )
-
-    def validate_model(self, source: Any) -> None:
-        """The converter must know the architecture: checked on the config alone, before weights load."""
-        with tempfile.TemporaryDirectory(prefix="llmq-gguf-cfg-") as d:
-            source.config().to_json_file(str(Path(d) / "config.json"))
-            check_model(Path(d), self.scheme.name)
-
-    def quantize(self, model_dir: Path, calibration: Any, device: str) -> GGUFArtifact:
-        """Convert + (imatrix on the fp32 transformers model, CPU) + quantize into a scratch folder
-        removed at exit; ``save`` copies the file out."""
-        import atexit
-
-        work = Path(tempfile.mkdtemp(prefix="llmq-gguf-"))
-        atexit.register(shutil.rmtree, work, True)
-        name = f"{output_name(model_dir)}-{self.config.ftype}"
-        path, record = build(model_dir, work, self.config, scheme=self.scheme.name, name=name,
-                             calibration=calibration)
-        return GGUFArtifact(path, record)
-
-    def save(self, model: GGUFArtifact, tokenizer: Any, out: Path) -> None:
-        shutil.copyfile(model.path, Path(out) / model.path.name)
-        write_modelfile(out, model.path.name)
-
-    def quantization_config(self, model: GGUFArtifact) -> dict | None:
-        return model.record
-
-    @classmethod
-    def missing_files(cls, folder: Path) -> list[str]:
-        files = list(Path(folder).glob("*.gguf"))
-        missing = [] if len(files) == 1 else [f"one .gguf file (found {len(files)})"]
-        if not (Path(folder) / "Modelfile").is_file():
-            missing.append("Modelfile")
-        return missing
-
-    @classmethod
-    def verify_output(cls, folder: Path, what: str) -> None:
-        """The file parses as GGUF and its float tensors (norms, F32/F16 overrides) are finite."""
-        import numpy as np
-        import gguf
-
-        for f in Path(folder).glob("*.gguf"):
-            r = gguf.GGUFReader(str(f))
-            for t in r.tensors:
-                if t.tensor_type.name in ("F32", "F16") and not np.isfinite(np.asarray(t.data)).all():
-                    raise LlmqError(f"{what}: tensor {t.name} of {f.name} has NaN/Inf values.")
-
-    @classmethod
-    def recognises(cls, path: Path) -> bool:
-        return _gguf_in(path) is not None
-
-    @classmethod
-    def load_tokenizer(cls, path: Path) -> Any:
-        from transformers import AutoTokenizer
-
-        f = _gguf_in(path)
-        return AutoTokenizer.from_pretrained(f.parent, gguf_file=f.name)
-
-    @classmethod
-    def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None) -> tuple[Any, Any]:
-        """``(LlamaCppLM, tokenizer)`` when llama-cpp-python is installed (the file runs on llama.cpp);
-        otherwise transformers' GGUF loader dequantizes it (``runtime`` says which)."""
-        f = _gguf_in(path)
-        if f is None:
-            raise LlmqError(f"{path} is not a .gguf file or a folder holding one.")
-        if kernel is not None:
-            raise ConfigError(f"kernel= applies to GPTQ/AWQ folders; {path} is a GGUF file.")
-        tok = cls.load_tokenizer(f)
-        if llama_cpp_installed():
-            from llmq.eval.llamacpp import LlamaCppLM
-
-            return LlamaCppLM(f), tok
-        from transformers import AutoModelForCausalLM
-
-        from llmq.models import strip_quantization_config
-
-        model = AutoModelForCausalLM.from_pretrained(f.parent, gguf_file=f.name, dtype="auto").eval()
-        strip_quantization_config(model)
-        model.llmq_runtime = "transformers (dequantized GGUF)"
-        return model, tok
-
-    @classmethod
-    def generate(cls, model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 24) -> str:
-        if hasattr(model, "complete"):
-            return model.complete(prompt, max_new_tokens)
-        return super().generate(model, tokenizer, prompt, max_new_tokens)
-
-    @classmethod
-    def bench_runner(cls, path: Path, *, device: str, threads: int | None) -> Any:
-        """llama.cpp itself (``LlamaCppRunner``): benching a dequantized GGUF on transformers would
-        measure the wrong runtime, so a missing llama-cpp-python is an error here, not a fallback."""
-        if not llama_cpp_installed():
-            raise MissingDependencyError("Benchmarking a .gguf on llama.cpp", ["llama-cpp-python"], EXTRA)
-        from llmq.eval.llamacpp import LlamaCppRunner
-
-        return LlamaCppRunner(str(_gguf_in(Path(path))), device=device, threads=threads)
-
-    @classmethod
-    def estimate(cls, profile: Any, scheme: Any, config: Any, device: str) -> Any:
-        return estimate_size(profile, scheme.name)
-
-    @classmethod
-    def card_facts(cls, meta: dict, repo: str) -> Any:
-        from llmq.backends.base import CardFacts
-
-        qc = meta.get("quantization_config") or {}
-        f = qc.get("file") or "model.gguf"
-        ftype = qc.get("ftype") or ""
-        types = qc.get("tensor_types") or {}
-        python = ("from llama_cpp import Llama\n\n"
-                  f'llm = Llama.from_pretrained("{repo}", filename="{f}", n_ctx=4096)  # or Llama(model_path="{f}")\n'
-                  'print(llm("The capital of France is", max_tokens=20)["choices"][0]["text"])')
-        note = (f"llama.cpp CLI: `llama-cli -hf {repo} -p \"The capital of France is\" -n 20` (or `llama-cli -m {f}`). "
-                f"transformers can read it too (`from_pretrained(\"{repo}\", gguf_file=\"{f}\")`), dequantized to "
-                "full precision, losing the size and speed benefit.")
-        hardware = ("llama.cpp's kernels: CPU (x86 AVX2/AVX-512, ARM NEON) and, in GPU builds of llama.cpp, CUDA/Metal/"
-                    "Vulkan. Tensor types follow llama.cpp's per-tensor rules, so the file mixes types"
-                    + (f" ({', '.join(f'{k}: {v}' for k, v in types.items())} tensors)" if types else "")
-                    + "; K-quants need rows divisible by 256 and fall back to other types where they are not.")
-        return CardFacts(
-            packages="llama-cpp-python", python=python,
-            tags=["gguf", "llama.cpp", ftype.lower()] + (["imatrix"] if qc.get("imatrix") else []),
-            hardware=hardware, note=note,
-            serve=f"ollama create my-model -f Modelfile && ollama run my-model\n# or: llama-server -m {f}",
-            serve_note=f"The `Modelfile` next to `{f}` is Ollama's (`FROM ./{f}`); Ollama reads the chat template "
-                       "from the GGUF. llmq's own tests run llama-cpp-python, not Ollama.",
-            library_name="gguf", usage_title="llama.cpp / llama-cpp-python", serve_title="Ollama / llama-server")

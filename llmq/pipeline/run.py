@@ -20,11 +20,6 @@ DEMO = {"scheme": "int8-dynamic", "group_size": 64, "calibration": "builtin"}
 SAMPLE_PROMPT = "The capital of France is"
 
 
-def default_output(model: str | os.PathLike | None, scheme: str) -> Path:
-    name = "SmolLM2-135M-Instruct" if not model else Path(str(model).rstrip("/")).name.removesuffix(".gguf")
-    return Path("out") / f"{name}-{scheme}"
-
-
 @dataclass
 class RunResult:
     #: the saved model folder; None when ``--scheme auto`` found no candidate that passes (the output
@@ -58,22 +53,24 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
     A named ``qat-*`` scheme checkpoints its training next to ``output`` (``.<name>.qat-checkpoint``,
     every ``checkpoint_every`` steps, removed once the model is saved); ``resume`` continues from it."""
     from llmq import safety
+    from llmq.eval.api import check_eval_request
     from llmq.eval.gate import gate_set
-    from llmq.outdir import reserve_output
+    from llmq.hub import check_repo_id
+    from llmq.outdir import default_output, reserve_output
 
     overrides = dict(overrides or {})
     gated = gate_set(max_ppl_increase, max_accuracy_loss, max_kld)
     demo = not model
     # What runs after quantizing (push, evaluation, gate) is checked before the first weight loads.
-    safety.check_repo_id(push_to_hub)
+    check_repo_id(push_to_hub)
     if evaluate or gated:
-        safety.check_eval_request(tasks=tasks, ppl=ppl, max_ppl_increase=max_ppl_increase,
-                                  max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
+        check_eval_request(tasks=tasks, ppl=ppl, max_ppl_increase=max_ppl_increase,
+                           max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
         safety.check_eval_options(limit=limit, seqlen=eval_seqlen)
     if scheme == "auto":
         if resume:
             raise ConfigError("--resume continues a named qat-* scheme's training; --scheme auto does not checkpoint.")
-        from llmq.advisor.auto import run_auto
+        from llmq.pipeline.auto import run_auto
 
         out = Path(output) if output else default_output(model, "auto")
         # The output is checked and locked from here until the winner is saved: a second writer of
@@ -84,7 +81,7 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
                             limit=limit, eval_seqlen=eval_seqlen, max_ppl_increase=max_ppl_increase,
                             max_accuracy_loss=max_accuracy_loss, max_kld=max_kld, budget_gb=budget_gb,
                             candidates=candidates, allow_training=allow_training)
-        from llmq.core import read_meta
+        from llmq.meta import read_meta
 
         meta = read_meta(out) if code == 0 else None
         res = RunResult(out if meta else None, out, meta["scheme"] if meta else None, code, meta)
@@ -113,7 +110,7 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
 
         ckdir = None
         if get_scheme(scheme).backend_cls().needs_training:
-            from llmq.quantization_aware import default_checkpoint_dir
+            from llmq.pipeline.qat import default_checkpoint_dir
 
             ckdir = default_checkpoint_dir(out)
         elif resume:

@@ -137,20 +137,6 @@ def load_tokenizer(path: str | Path, fallback: str | Path | None = None) -> Any:
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
-def perplexity(path: str | Path, tokenizer: Any, source: str = "wikitext2", *, seqlen: int = 2048,
-               stride: int | None = None, limit: int | None = None, threads: int | None = None,
-               tokens: Any = None, on_window: Any = None, progress: bool = False) -> Any:
-    """llmq's perplexity protocol (``llmq.eval.perplexity``) with llama.cpp computing the logits."""
-    from llmq.eval import perplexity as ppl
-
-    lm = LlamaCppLM(path, n_ctx=seqlen, threads=threads)
-    try:
-        return ppl.perplexity(lm, tokenizer, source, seqlen=seqlen, stride=stride, limit=limit,
-                              progress=progress, on_window=on_window, tokens=tokens)
-    finally:
-        lm.close()
-
-
 # ---------------------------------------------------------------------------------------------
 # speed
 # ---------------------------------------------------------------------------------------------

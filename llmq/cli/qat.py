@@ -1,4 +1,4 @@
-"""``python -m llmq qat``: quantization-aware fine-tuning from the command line (see llmq.quantization_aware)."""
+"""``python -m llmq qat``: quantization-aware fine-tuning from the command line (``llmq.pipeline.qat``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 
 def add_qat(sub: Any) -> None:
-    from llmq.quantization_aware import ALIASES
+    from llmq.pipeline.qat import ALIASES
 
     p = sub.add_parser("qat", help="fine-tune with fake quantization (torchao QAT), then save a quantized model",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -42,7 +42,7 @@ def add_qat(sub: Any) -> None:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from llmq.quantization_aware import qat
+    from llmq.pipeline.qat import qat
 
     res = qat(a.model, a.scheme, data=a.data, steps=a.steps, lr=a.lr, seed=a.seed, output=a.output,
               overwrite=a.overwrite, resume=a.resume, checkpoint_dir=a.checkpoint_dir, batch_size=a.batch_size,

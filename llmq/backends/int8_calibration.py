@@ -1,0 +1,259 @@
+"""Calibration for ``int8-static`` (``llmq.backends.int8_static``): activation statistics through
+torchao's ``HistogramObserver`` (one per Linear input), the three ways to read a clipping range off
+it (``minmax``, ``percentile``, ``entropy``: TensorRT's KL-divergence threshold), SmoothQuant's
+per-channel scales, and each Linear's measured output error under static and per-token dynamic
+activations (which layers fall back to dynamic). torch/torchao ship no percentile or KL reader and
+onnxruntime (which has one) is not a dependency, so those two short readers are written here; the
+observer, the qparam formula and the kernels are torchao's."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from llmq.errors import ConfigError
+
+METHODS = ("minmax", "percentile", "entropy")
+
+
+HIST_BINS = 2048
+
+
+KL_TARGET_BINS = 128
+
+
+# -- reading a clipping range off a histogram ---------------------------------------------------
+def _hist(obs: Any):
+    import numpy as np
+
+    h = obs.histogram.detach().double().cpu().numpy()
+    lo, hi = float(obs.min_val), float(obs.max_val)
+    edges = np.linspace(lo, hi, len(h) + 1)
+    cdf = np.concatenate([[0.0], np.cumsum(h)])
+    return h, edges, cdf
+
+
+def _abs_hist(obs: Any, bins: int = HIST_BINS):
+    """The |x| histogram on [0, max|x|], folded from the signed one by interpolating its CDF."""
+    import numpy as np
+
+    _, edges, cdf = _hist(obs)
+    amax = max(abs(edges[0]), abs(edges[-1]))
+    a = np.linspace(0.0, amax, bins + 1)
+    inside = np.interp(a, edges, cdf) - np.interp(-a, edges, cdf)
+    return np.diff(inside).clip(min=0), amax
+
+
+def percentile_range(obs: Any, percentile: float, sym: bool) -> tuple[float, float]:
+    """Symmetric: the smallest t with ``percentile`` % of |x| inside [-t, t]. Asymmetric: the
+    ``100-p`` and ``p`` percentiles of x (each tail loses ``100-p`` %)."""
+    import numpy as np
+
+    if sym:
+        h, amax = _abs_hist(obs)
+        c = np.concatenate([[0.0], np.cumsum(h)])
+        edges = np.linspace(0.0, amax, len(h) + 1)
+        t = float(np.interp(percentile / 100 * c[-1], c, edges))
+        return -t, t
+    _, edges, cdf = _hist(obs)
+    n = cdf[-1]
+    lo = float(np.interp((100 - percentile) / 100 * n, cdf, edges))
+    hi = float(np.interp(percentile / 100 * n, cdf, edges))
+    return lo, hi
+
+
+def entropy_threshold(hist: Any, amax: float, target_bins: int = KL_TARGET_BINS) -> float:
+    """TensorRT's calibration: the threshold on a |x| histogram whose clipped-and-requantized
+    distribution Q is closest (KL(P||Q)) to the clipped reference P (outliers folded into the
+    last bin). Same recipe as ONNX Runtime's ``get_entropy_threshold`` and MXNet's."""
+    import numpy as np
+
+    hist = np.asarray(hist, dtype=np.float64)
+    nbins = len(hist)
+    width = amax / nbins
+    if hist.sum() == 0 or amax == 0:
+        return amax
+    best_i, best_kl = nbins, np.inf
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = hist[i:].sum()
+    for i in range(target_bins, nbins + 1):
+        ref = hist[:i].copy()
+        ref[-1] += tail[i]
+        nonzero = hist[:i] != 0
+        per = i // target_bins
+        head = hist[: per * target_bins].reshape(target_bins, per)
+        merged = head.sum(1)
+        merged[-1] += hist[per * target_bins:i].sum()
+        counts = nonzero[: per * target_bins].reshape(target_bins, per).sum(1)
+        counts[-1] += nonzero[per * target_bins:i].sum()
+        avg = np.divide(merged, counts, out=np.zeros_like(merged), where=counts > 0)
+        q = np.repeat(avg, per)
+        if len(q) < i:
+            q = np.concatenate([q, np.full(i - len(q), avg[-1])])
+        q = np.where(nonzero, q, 0.0)
+        p_sum, q_sum = ref.sum(), q.sum()
+        if q_sum == 0:
+            continue
+        p, qn = ref / p_sum, q / q_sum
+        mask = p > 0
+        qm = np.where(qn[mask] > 0, qn[mask], 1e-12)
+        kl = float(np.sum(p[mask] * np.log(p[mask] / qm)))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return (best_i + 0.5) * width if best_i < nbins else amax
+
+
+def activation_range(obs: Any, method: str, *, percentile: float = 99.99, sym: bool = True) -> tuple[float, float]:
+    """The (min, max) clipping range ``method`` reads from a ``HistogramObserver``."""
+    lo, hi = float(obs.min_val), float(obs.max_val)
+    if method == "minmax":
+        return lo, hi
+    if method == "percentile":
+        return percentile_range(obs, percentile, sym)
+    if method == "entropy":
+        h, amax = _abs_hist(obs)
+        t = entropy_threshold(h, amax)
+        return max(lo, -t), min(hi, t)
+    raise ConfigError(f"calibration_method={method!r} is invalid; choose one of {', '.join(map(repr, METHODS))}.")
+
+
+def activation_qparams(obs: Any, method: str, *, percentile: float = 99.99, sym: bool = True):
+    """``(scale, zero_point)`` (float32 and int8 tensors of shape (1, 1, 1)) for one activation,
+    with torchao's own qparam formula."""
+    import torch
+
+    lo, hi = activation_range(obs, method, percentile=percentile, sym=sym)
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if sym:
+        t = max(-lo, hi)
+        lo, hi = -t, t
+    q = _observer(sym)
+    scale, zp = q._calculate_qparams(torch.tensor([lo]), torch.tensor([hi]))
+    if sym:
+        zp = torch.zeros_like(zp)
+    return scale.float().reshape(1, 1, 1), zp.to(torch.int8).reshape(1, 1, 1)
+
+
+def _observer(sym: bool, bins: int = HIST_BINS):
+    import torch
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    return HistogramObserver(bins=bins, dtype=torch.qint8,
+                             qscheme=torch.per_tensor_symmetric if sym else torch.per_tensor_affine)
+
+
+# -- calibration --------------------------------------------------------------------------------
+def target_linears(model: Any, skip: Sequence[str] = ()) -> list[str]:
+    """The decoder Linears int8-static converts: every ``nn.Linear`` but the output head and the
+    ``skip`` names/patterns (the head is handled by the embedding option)."""
+    import torch
+
+    from llmq.models import excluded_modules
+
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out_emb]
+    keep = set(excluded_modules(None, names, tuple(skip))) if skip else set()
+    return [n for n in names if n not in keep]
+
+
+def calibrate(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str], *, sym: bool = True,
+              pre_scales: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``samples`` (token id lists) through ``model`` and return one ``HistogramObserver`` per
+    Linear in ``names`` that has seen its inputs (divided by ``pre_scales`` when smoothing)."""
+    obs = {n: _observer(sym) for n in names}
+
+    def see(n: str, x: Any, out: Any) -> None:
+        x = x.detach().float()
+        if pre_scales is not None and n in pre_scales:
+            x = x / pre_scales[n]
+        obs[n](x.reshape(-1, x.shape[-1]))
+
+    _run(model, samples, names, see)
+    return obs
+
+
+def channel_absmax(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str]) -> dict[str, Any]:
+    """Per input channel max|x| of each Linear in ``names`` (SmoothQuant's statistic)."""
+    import torch
+
+    amax: dict[str, Any] = {}
+
+    def see(n: str, x: Any, out: Any) -> None:
+        a = x.detach().float().abs().reshape(-1, x.shape[-1]).amax(0)
+        amax[n] = a if n not in amax else torch.maximum(amax[n], a)
+
+    _run(model, samples, names, see)
+    return amax
+
+
+def _run(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str], see: Any) -> None:
+    """Run ``samples`` through ``model`` with ``see(name, input, output)`` called after each Linear
+    in ``names`` (the one hook loop calibration, smoothing and the fallback's error measure share)."""
+    import torch
+
+    mods = dict(model.named_modules())
+    hooks = [mods[n].register_forward_hook(lambda mod, args, out, _n=n: see(_n, args[0], out)) for n in names]
+    dev = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for s in samples:
+                model(torch.tensor([list(s)], device=dev), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def smooth_scales(model: Any, amax: dict[str, Any], alpha: float | dict[str, float]) -> dict[str, Any]:
+    """SmoothQuant: s_j = max|X_j|^a / max|W_j|^(1-a), per input channel (clamped to >= 1e-5);
+    ``alpha`` one number or one per Linear name (those without one are not smoothed)."""
+    mods = dict(model.named_modules())
+    out = {}
+    for n, a in amax.items():
+        al = alpha.get(n) if isinstance(alpha, dict) else alpha
+        if al is None:
+            continue
+        w = mods[n].weight.detach().float().abs().amax(0)
+        s = (a.clamp(min=1e-5) ** al) / (w.clamp(min=1e-5) ** (1 - al))
+        out[n] = s.clamp(min=1e-5)
+    return out
+
+
+def layer_errors(model: Any, samples: Sequence[Sequence[int]], configs: dict[str, Sequence[Any]],
+                 pre_scales: dict[str, Any] | None = None) -> dict[str, list[tuple[float, float]]]:
+    """Each Linear's output error when quantized with each of its torchao configs in ``configs``
+    (weight smoothed by ``pre_scales`` when given), as two relative errors: per token (the mean
+    over the tokens of ``samples`` of ||y_q - y||^2 / ||y||^2, where every token counts) and in
+    total (sum ||y_q - y||^2 / sum ||y||^2, which the rare massive-activation tokens dominate:
+    clipping them breaks the attention sinks although few tokens suffer). Measured layer by layer
+    on the float model's own inputs with torchao's kernels: the cost of one layer's quantization,
+    free of the others'."""
+    import copy
+
+    import torch
+    from torchao.quantization import quantize_
+
+    mods = dict(model.named_modules())
+    qlin, num, den = {}, {}, {}
+    for n, cs in configs.items():
+        qlin[n] = []
+        for c in cs:
+            lin = copy.deepcopy(mods[n])
+            if pre_scales is not None and n in pre_scales:
+                with torch.no_grad():
+                    lin.weight.mul_(pre_scales[n].to(lin.weight.dtype))
+            quantize_(lin, c, filter_fn=None)
+            if pre_scales is not None and n in pre_scales:
+                lin.weight.act_pre_scale = (1.0 / pre_scales[n]).to(lin.weight.dtype)
+            qlin[n].append(lin)
+        num[n], den[n] = [[0.0, 0.0] for _ in cs], [0, 0.0]
+
+    def see(n: str, x: Any, out: Any) -> None:
+        y = out.detach().float().reshape(-1, out.shape[-1])
+        norm = (y ** 2).sum(-1)
+        den[n][0] += y.shape[0]
+        den[n][1] += float(norm.sum())
+        for i, lin in enumerate(qlin[n]):
+            err = ((lin(x.detach()).float().reshape(y.shape) - y) ** 2).sum(-1)
+            num[n][i][0] += float((err / norm.clamp(min=1e-12)).sum())
+            num[n][i][1] += float(err.sum())
+
+    _run(model, samples, list(configs), see)
+    return {n: [(t / max(den[n][0], 1), e / max(den[n][1], 1e-30)) for t, e in num[n]] for n in configs}
