@@ -5,7 +5,7 @@ model is compared with its **fp32 twin**: the same model trained on the same dat
 seed with the same objective, without fake quantization. With ``--objective lm`` (cross-entropy)
 the twin is fine-tuned for real; with ``--objective distill`` (llmq's default: KL divergence to the
 original model's outputs) the twin is the original itself (the original is that objective's
-minimum: loss 0, gradient 0 up to rounding, ``tests/test_qat.py::test_distilled_fp32_twin_is_the_original``),
+minimum: loss 0, gradient 0 up to rounding, ``tests/pipeline/test_qat.py::test_distilled_fp32_twin_is_the_original``),
 so it is not trained and every gap is measured against the untrained original. The no-training baseline is the same
 torchao base config applied directly (round-to-nearest PTQ); ``--llmq-ptq`` adds llmq's calibrated
 schemes (``awq-int4``, ``gptq-int4``: quantized in this run; ``awq-int4=DIR``: an ``llmq run``
@@ -194,7 +194,7 @@ def main() -> int:
         tw = base
         out["models"]["fp32-twin"] = {"same_as": "original", "why": "objective distill: the original is the "
                                       "objective's minimum (loss 0, gradient 0 up to rounding; "
-                                      "tests/test_qat.py::test_distilled_fp32_twin_is_the_original)"}
+                                      "tests/pipeline/test_qat.py::test_distilled_fp32_twin_is_the_original)"}
     else:
         # the twin trains without fake quantization: no scheme's export (nor its dependencies) is involved
         twin_model, twin_training = QT.train_model(source.local_dir(), cfg_of(schemes[0]), device, fake_quant=False)

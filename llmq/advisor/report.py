@@ -69,6 +69,6 @@ def which_scheme_markdown() -> str:
                   "size: rerun the command on yours.", ""]
     lines += ["Size estimates (`python -m llmq estimate`) match the folders llmq writes for SmolLM2-135M within "
               "0.2% for fp16, int8-dynamic, bnb-int8 and bnb-nf4 (`tests/advisor/test_estimate.py`), and within "
-              "5% for gptq-int4 and awq-int4 at group size 64 (`tests/test_e2e_smollm2.py`); every scheme on a "
+              "5% for gptq-int4 and awq-int4 at group size 64 (`tests/acceptance/test_e2e_smollm2.py`); every scheme on a "
               "tiny model within 5%.", ""]
     return "\n".join(lines)

@@ -125,7 +125,7 @@ def quantizes_embeddings(cfg: QATConfig) -> bool:
 def embedding_fake_quant_config() -> Any:
     """Symmetric int8, one scale per row (vocabulary entry): the grid of torchao's
     ``Int8WeightOnlyConfig(PerRow())``, which ``llmq.backends.torchao.quantize_embeddings`` applies at
-    export (the dequantized tables are equal; ``tests/test_qat.py`` checks the logits)."""
+    export (the dequantized tables are equal; ``tests/pipeline/test_qat.py`` checks the logits)."""
     import torch
     from torchao.quantization import MappingType, PerAxis
     from torchao.quantization.qat import IntxFakeQuantizeConfig

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "llmq"
+ROOT = Path(__file__).resolve().parents[2] / "llmq"
 
 #: layer of each module or package prefix (the longest matching prefix wins); lower never imports higher
 LAYERS = {
@@ -82,7 +82,7 @@ GRAPH = {mod: imports(path) for mod, path in MODULES.items()}
 
 def test_every_module_has_a_layer():
     missing = [m for m in MODULES if not any(m == k or m.startswith(k + ".") for k in LAYERS)]
-    assert missing == [], f"give these modules a layer in tests/test_layers.py and docs/architecture.md: {missing}"
+    assert missing == [], f"give these modules a layer in tests/acceptance/test_layers.py and docs/architecture.md: {missing}"
 
 
 def test_no_import_points_up():
@@ -148,3 +148,20 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     found = [m for m, _ in imports(f)]
     assert found == ["llmq.schemes", "llmq.cli.run"]
     assert layer("llmq.backends.torchao") < layer(found[0]) < layer(found[1])
+
+
+def test_tests_mirror_the_package():
+    """``tests/`` mirrors ``llmq/`` path for path: ``tests/a/test_b.py`` tests ``llmq/a/b.py`` (or the
+    package ``llmq/a/b/``; ``tests/a/test_a.py`` tests ``llmq/a/__init__.py``). Whole-product suites
+    live in ``tests/acceptance/``, the benchmark scripts' helpers in ``tests/scripts/``."""
+    tests = ROOT.parent / "tests"
+    stray = []
+    for t in sorted(tests.rglob("test_*.py")):
+        rel = t.relative_to(tests)
+        if rel.parts[0] in ("acceptance", "scripts"):
+            continue
+        folder, name = ROOT.joinpath(*rel.parts[:-1]), rel.stem.removeprefix("test_")
+        if not ((folder / f"{name}.py").is_file() or (folder / name).is_dir()
+                or (folder.name == name and (folder / "__init__.py").is_file())):
+            stray.append(str(rel))
+    assert stray == [], f"tests without a module of the same path in llmq/: {stray}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["01_quickstart.ipynb", "02_compare_schemes.ipynb"]
 COLAB = "https://colab.research.google.com/github/{org}/llmq/blob/main/notebooks/{name}"
