@@ -3,7 +3,7 @@ and ``--scheme auto``, which measures instead of assuming.
 
 Submodules: ``params`` (parameter counts without weights), ``estimate`` (bytes per scheme),
 ``rules`` (rule of thumb and decision tree), ``advice`` (``advise``), ``auto`` (``run_auto``),
-``report`` (the README's "Which scheme?" section), ``cli`` (``llmq advise`` / ``llmq estimate``).
+``report`` (the "Which scheme?" section of docs/advisor.md), ``cli`` (``llmq advise`` / ``llmq estimate``).
 Everything heavy is imported inside functions.
 """
 
