@@ -3,7 +3,8 @@ and ``--scheme auto``, which measures instead of assuming.
 
 Submodules: ``params`` (parameter counts without weights), ``estimate`` (bytes per scheme),
 ``rules`` (rule of thumb and decision tree), ``advice`` (``advise``), ``report`` (the "Which
-scheme?" page). ``--scheme auto``, which runs the candidates, is a pipeline (``llmq.pipeline.auto``)
+scheme?" section of docs/advisor.md). ``--scheme auto``, which runs the candidates, is a
+pipeline (``llmq.pipeline.auto``)
 and ``llmq advise`` / ``llmq estimate`` are CLI subcommands (``llmq.cli.advise``): the advisor
 reasons about schemes and never imports the pipeline, the core or the evaluator. Everything heavy is
 imported inside functions.

@@ -1,4 +1,4 @@
-"""The README's "Which scheme?" section, rendered from the advisor's own tables
+"""docs/advisor.md's "Which scheme?" section, rendered from the advisor's own tables
 (``python -m llmq advise --markdown-table``), so the docs cannot drift from the code."""
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def add_advise(sub: Any) -> None:
     p.add_argument("--tolerance", help="acceptable quality loss, e.g. 3%% or 0.03")
     p.add_argument("--markdown", action="store_true", help="print the advice as a markdown table")
     p.add_argument("--markdown-table", action="store_true",
-                   help="print the README's 'Which scheme?' section (rule of thumb + measured figures) and exit")
+                   help="print the 'Which scheme?' section of docs/advisor.md (rule of thumb + measured figures) and exit")
     p.set_defaults(func=cmd_advise)
 
 

@@ -1,4 +1,4 @@
-"""The README section is rendered from the advisor's tables and measured numbers."""
+"""The docs' "Which scheme?" section (docs/advisor.md) is rendered from the advisor's tables and measured numbers."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ def test_measured_rows_appear_with_their_command(monkeypatch):
     assert "`python scripts/x.py`" in md and measured.CPU_SPEED["command"] in md
 
 
-def test_readme_section_is_the_generated_one():
-    """The README's "Which scheme?" section is `python -m llmq advise --markdown-table`, verbatim."""
+def test_docs_section_is_the_generated_one():
+    """docs/advisor.md's "Which scheme?" section is `python -m llmq advise --markdown-table`, verbatim."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert report.which_scheme_markdown().strip() in readme, "regenerate it: python -m llmq advise --markdown-table"
+    page = (Path(__file__).resolve().parents[2] / "docs" / "advisor.md").read_text()
+    assert report.which_scheme_markdown().strip() in page, "regenerate it: python -m llmq advise --markdown-table"
