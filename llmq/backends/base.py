@@ -284,7 +284,7 @@ class Backend:
     # -- what the advisor and the card need ---------------------------------------------------
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
-        """The ``llmq.advisor.estimate.SizeEstimate`` of what ``save`` writes for ``profile``."""
+        """The ``llmq.sizing.SizeEstimate`` of what ``save`` writes for ``profile``."""
         raise NotImplementedError(f"plugin {cls.name!r} has no size estimate")
 
     @classmethod

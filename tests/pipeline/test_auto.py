@@ -11,6 +11,7 @@ import json
 import pytest
 
 import llmq
+from llmq.meta import read_meta
 from llmq.pipeline.auto import run_auto
 from llmq.pipeline import auto
 from llmq.errors import ConfigError
@@ -64,7 +65,7 @@ def test_auto_keeps_the_first_candidate_that_passes(tiny_model_dir, tmp_path, th
     assert (out / "auto_report.md").read_text().count("| bnb-fp4 |") == 1
     assert (out / "auto_report.png").stat().st_size > 1000
     # The winner is a complete llmq folder.
-    assert llmq.core.read_meta(out)["scheme"] == "bf16"
+    assert read_meta(out)["scheme"] == "bf16"
     assert list(out.glob("*.safetensors"))
     assert not list(tmp_path.glob(".auto.auto-*"))  # work folder cleaned up
 
@@ -166,7 +167,7 @@ def test_auto_escalates_to_qat_when_every_post_training_candidate_fails(tiny_mod
     # int8 weights+activations change the random model's perplexity far less than fp4 does
     assert code == 0 and rep["winner"] is not None
     assert rep["winner"] == tried[-1]["scheme"] and "after escalating to quantization-aware training" in rep["why"]
-    meta = llmq.core.read_meta(out)
+    meta = read_meta(out)
     assert meta["backend"] == "qat" and meta["training"]["steps_done"] == 2
     model, _ = llmq.load(out, device="cpu")  # the torchao plugin loads it (quant_method "torchao")
     from torchao.quantization import IntxUnpackedToInt8Tensor
