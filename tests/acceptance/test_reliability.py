@@ -423,7 +423,7 @@ def test_killed_save_leaves_debris_that_the_next_run_removes_and_reports(models,
 
 
 def test_interrupt_after_complete_save_tells_the_truth(models, tmp_path, capsys, monkeypatch):
-    import llmq.cli as cli_mod
+    import llmq.cli.run as cli_mod
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
