@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from llmq.errors import OutputExistsError
+from llmq.outdir import umask
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -41,7 +42,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,9 +58,3 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON through a temp file in the same folder, then rename."""
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

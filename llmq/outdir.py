@@ -283,7 +283,7 @@ def atomic_output(output: str | os.PathLike, overwrite: bool = False,
             clean_debris(output)
         tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.{os.getpid()}-", suffix=".incomplete",
                                     dir=output.absolute().parent))
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~umask())
         IN_PROGRESS.append(output)
         try:
             yield tmp
@@ -342,7 +342,9 @@ def interrupt_message() -> str:
     return "llmq: interrupted; nothing was written to the output folder."
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process umask (read without changing it), for files and folders written through a temporary
+    name: ``mkstemp``/``mkdtemp`` create them private, the final name gets ordinary permissions."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

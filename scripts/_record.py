@@ -111,9 +111,9 @@ def _mode(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o7777
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        from llmq.outdir import umask
+
+        return 0o666 & ~umask()
 
 
 def write_json(path: str | os.PathLike, data: Any, *, indent: int = 2) -> Path:
