@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -40,6 +39,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the QAT runs: a few steps on a small text, a checkpoint after every step
@@ -174,7 +176,7 @@ def main() -> int:
     ap.add_argument("--schemes", default="int8-dynamic,gptq-int4")
     ap.add_argument("--signals", default="KILL,KILL,TERM,INT", help="drawn at random per trial (repeat to weight)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=str(ROOT / "eval" / "fault_injection.json"))
+    add_json_arg(ap, ROOT / "eval" / "fault_injection.json")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--llmq-tree", help="run `python -m llmq` from this checkout (default: this one)")
     args = ap.parse_args()
@@ -314,20 +316,16 @@ def main() -> int:
         "runs_finished_before_kill": sum(t["finished_before_kill"] for t in trials),
     }
     result = {
-        "command": "python scripts/bench_fault_injection.py " + " ".join(sys.argv[1:]),
         "llmq_tree": LLMQ_PATH,
         "summary": summary,
         "baseline_run_seconds": {k: round(v, 2) for k, v in durations.items()},
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared with other jobs), Python {platform.python_version()}",
         "trials": trials,
     }
     print()
     print(f"{'metric':42s} value")
     for k, v in summary.items():
         print(f"{k:42s} {v}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_record(args.json, result)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
