@@ -221,10 +221,9 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
     plugin = plugin_of_folder(path)
     if plugin is Backend and not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
-    if path.is_dir():
-        from llmq import safety
+    from llmq import safety
 
-        safety.refuse_remote_code(path, trust_remote_code)
+    safety.refuse_remote_code(path, trust_remote_code)  # a folder, or the folder beside a .gguf file
     kwargs: dict[str, Any] = {}
     if trust_remote_code:  # only plugins whose runtime can run a folder's own Python take the flag
         import inspect

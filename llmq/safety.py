@@ -22,12 +22,20 @@ _CODE_GLOBS = ("modeling_*.py", "configuration_*.py", "tokenization_*.py", "proc
 
 
 # -- foreign code -----------------------------------------------------------------------------------
+def code_folder(path: str | os.PathLike) -> Path:
+    """The folder transformers would read beside ``path``: the path itself, or a file's folder (a
+    ``.gguf``: transformers looks for ``tokenizer_config.json`` next to it)."""
+    path = Path(path).expanduser()
+    return path if path.is_dir() or not path.exists() else path.parent
+
+
 def remote_code_reason(path: str | os.PathLike) -> str | None:
-    """Why ``path`` (a local model folder) would run its own Python under transformers, or None.
-    ``auto_map`` in config.json / tokenizer_config.json is what makes transformers import it."""
-    path = Path(path)
+    """Why ``path`` (a local model folder, or a file in one) would run its own Python under
+    transformers, or None. ``auto_map`` in config.json / tokenizer_config.json is what makes
+    transformers import it; shipped ``modeling_*.py``-style files are refused too."""
+    path = code_folder(path)
     reasons = []
-    for name in ("config.json", "tokenizer_config.json", "preprocessor_config.json"):
+    for name in ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json"):
         f = path / name
         if f.is_file():
             try:
@@ -42,15 +50,16 @@ def remote_code_reason(path: str | os.PathLike) -> str | None:
     return "; ".join(reasons) or None
 
 
-def refuse_remote_code(path: str | os.PathLike, trust_remote_code: bool) -> None:
-    """Raise unless the folder carries no custom code or the user opted in. Called on every local
-    model path before any transformers ``from_pretrained`` (which would otherwise prompt or import)."""
+def refuse_remote_code(path: str | os.PathLike, trust_remote_code: bool, what: str | None = None) -> None:
+    """The one foreign-code guard: raise unless the folder (a file's folder for a ``.gguf``) carries
+    no custom code or the user opted in. Every source kind passes it before transformers reads it
+    (``llmq.models``: a folder, a ``.gguf``'s folder, a Hub repo's configs; ``llmq.core.load``)."""
     if trust_remote_code:
         return
     reason = remote_code_reason(path)
     if reason:
         raise RemoteCodeError(
-            f"{path} contains custom model code ({reason}); llmq does not run it unless you pass "
+            f"{what or path} contains custom model code ({reason}); llmq does not run it unless you pass "
             "--trust-remote-code (trust_remote_code=True) after reading that code.")
 
 

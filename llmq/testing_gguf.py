@@ -57,3 +57,59 @@ def tiny_model(path: str | Path, arch: str = "llama", *, hidden: int = 256, inte
     model.eval().save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path
+
+
+def write_tiny_gguf(path: str | Path, *, hidden: int = 64, intermediate: int = 128, layers: int = 1, heads: int = 4,
+                    kv_heads: int = 2, seed: int = 0) -> Path:
+    """A random F32 Llama written straight with ``gguf.GGUFWriter`` (under a second, no tokenizer to
+    load): a byte-level BPE vocabulary of 256 bytes, two merges and ``<|endoftext|>``. transformers
+    reads it (``from_pretrained(folder, gguf_file=...)``); llama.cpp's converter is not involved."""
+    import numpy as np
+    import gguf
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tokens = list(bytes_to_unicode().values()) + ["he", "ll", "<|endoftext|>"]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(layers)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(intermediate)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (len(tokens) - 1) + [3])
+    w.add_token_merges(["h e", "l l"])
+    w.add_bos_token_id(len(tokens) - 1)
+    w.add_eos_token_id(len(tokens) - 1)
+
+    def rand(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    head_dim = hidden // heads
+    rand("token_embd.weight", len(tokens), hidden)
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        rand(f"blk.{i}.attn_q.weight", hidden, hidden)
+        rand(f"blk.{i}.attn_k.weight", kv_heads * head_dim, hidden)
+        rand(f"blk.{i}.attn_v.weight", kv_heads * head_dim, hidden)
+        rand(f"blk.{i}.attn_output.weight", hidden, hidden)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        rand(f"blk.{i}.ffn_gate.weight", intermediate, hidden)
+        rand(f"blk.{i}.ffn_up.weight", intermediate, hidden)
+        rand(f"blk.{i}.ffn_down.weight", hidden, intermediate)
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    rand("output.weight", len(tokens), hidden)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -36,6 +36,10 @@ def test_overwrite_replaces_only_after_success(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    with pytest.raises(OutputExistsError, match="not an llmq output"):
+        check_output(out, overwrite=True)  # --overwrite replaces only a folder llmq wrote
+    (out / "llmq.json").write_text("{}")
+    assert check_output(out, overwrite=True) == out
     with pytest.raises(RuntimeError):
         with atomic_dir(out, overwrite=True):
             raise RuntimeError("crash")

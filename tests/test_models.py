@@ -149,3 +149,34 @@ def test_prune_gguf_cache_removes_entries_whose_sources_are_gone(tmp_path, monke
     removed = prune_gguf_cache(keep, "m")
     assert sorted(removed) == sorted([gone, changed, legacy_same])
     assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in (keep, alive, legacy_other, in_progress))
+
+
+def test_hub_source_passes_the_foreign_code_guard_before_transformers(tmp_path, monkeypatch):
+    """A Hub id goes through the same guard as a folder: its config.json is fetched alone (here from an
+    offline Hub cache) and an ``auto_map`` is refused before transformers reads the repo."""
+    import json
+
+    import huggingface_hub.constants as hc
+    import transformers
+
+    from llmq.errors import RemoteCodeError
+
+    snap = tmp_path / "hub" / "models--acme--custom" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("abc123")
+    (snap / "config.json").write_text(json.dumps({"model_type": "llama",
+                                                  "auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no(*a, **k):
+        raise AssertionError("transformers read the repo before the guard")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no)
+    src = resolve_model("acme/custom")
+    for call in (src.config, src.tokenizer, src.local_dir):
+        with pytest.raises(RemoteCodeError, match="acme/custom contains custom model code .*config.json has auto_map"):
+            call()
+

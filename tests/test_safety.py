@@ -209,3 +209,16 @@ def test_finite_safetensors_bit_check_per_dtype(tmp_path, dtype):
                 safety.check_finite_safetensors(tmp_path, "m")
         else:
             safety.check_finite_safetensors(tmp_path, "m")
+
+
+def test_file_source_guard_checks_the_folder_beside_it(tmp_path):
+    from llmq import safety
+    from llmq.errors import RemoteCodeError
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+    assert safety.code_folder(f) == tmp_path and safety.remote_code_reason(f) is None
+    (tmp_path / "config.json").write_text('{"auto_map": {"AutoConfig": "configuration_x.X"}}')
+    with pytest.raises(RemoteCodeError, match="config.json has auto_map"):
+        safety.refuse_remote_code(f, False)
+    safety.refuse_remote_code(f, True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +154,7 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
     from llmq.eval.gate import check_gate, gate_set, validate
     from llmq.io import atomic_dir, check_output
     from llmq.models import folder_size, resolve_model
-    from llmq.outdir import default_output
+    from llmq.outdir import default_output, sibling_temp
 
     if not gate_set(max_ppl_increase, max_accuracy_loss, max_kld):
         raise ConfigError("--scheme auto needs a gate to choose by: --max-ppl-increase, --max-accuracy-loss "
@@ -178,9 +177,8 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
 
     src = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     original = src.local_dir()
-    out.parent.mkdir(parents=True, exist_ok=True)
     # named like the save's temp folder, so a killed search's leftovers are removed by the next write
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-auto-", suffix=".incomplete", dir=out.parent))
+    work = sibling_temp(out)
     print(f"llmq auto: {len(pool)} candidates, most compressed first: {', '.join(c.scheme for c in pool)}", flush=True)
     trials: list[Trial] = []
     winner = None

@@ -4,6 +4,7 @@ parses its flags and calls ``run``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -108,22 +109,29 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
         from llmq.core import prepare, quantize
         from llmq.schemes import get_scheme
 
-        ckdir = None
+        ckdir = training = None
         if get_scheme(scheme).backend_cls().needs_training:
-            from llmq.pipeline.qat import default_checkpoint_dir
+            from llmq.backends.qat.train import fingerprint
+            from llmq.pipeline.qat import default_checkpoint_dir, reserve_training
 
             ckdir = default_checkpoint_dir(out)
+            cfg = get_scheme(scheme).config(**{k: v for k, v in overrides.items() if v is not None})
+            # output and checkpoint checked and locked, the checkpoint matched with --resume, before training
+            training = reserve_training(model, None, overwrite, ckdir, resume=resume,
+                                        settings=fingerprint(cfg, True))
         elif resume:
             raise ConfigError(f"--resume continues quantization-aware training (qat-* schemes); {scheme!r} does not train.")
 
         # The output is checked (exists, is/contains/is inside the source, writable) and locked from
         # here through the save: a second `run` to the same output fails before it loads a weight.
-        with reserve_output(out, overwrite=overwrite, inputs=[model]):
+        with reserve_output(out, overwrite=overwrite, inputs=[model]), training or contextlib.nullcontext():
             # Every cheap check first (scheme, options, packages, model config, group sizes, calibration file).
             prepare(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
                     **overrides)
             qm = quantize(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
-                          plugin_options={"checkpoint_dir": ckdir, "resume": resume} if ckdir else None, **overrides)
+                          plugin_options={"checkpoint_dir": ckdir, "resume": resume,
+                                          "source_name": str(model) if model else None} if ckdir else None,
+                          **overrides)
             path = qm.save(out, overwrite=overwrite)
             if ckdir is not None:
                 shutil.rmtree(ckdir, ignore_errors=True)  # the saved model replaces the checkpoint

@@ -312,6 +312,7 @@ def test_second_writer_fails_and_deletes_nothing(models, tmp_path, capsys):
     out = tmp_path / "o"
     out.mkdir()
     (out / "result.txt").write_text("finished result")
+    (out / "llmq.json").write_text("{}")  # an earlier llmq result, which --overwrite may replace
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from llmq.outdir import output_lock
@@ -341,6 +342,7 @@ def test_second_run_fails_before_loading_a_weight(models, tmp_path, monkeypatch,
     out = tmp_path / "o"
     out.mkdir()
     (out / "result.txt").write_text("finished result")
+    (out / "llmq.json").write_text("{}")
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from llmq.outdir import reserve_output
@@ -415,6 +417,7 @@ def test_killed_save_leaves_debris_that_the_next_run_removes_and_reports(models,
     (tmp_path / f".o.old-{int(dead.stdout)}" / "x").write_text("x")
     out.mkdir()  # ... while the previous result survived (killed while deleting the old copy)
     (out / "previous").write_text("x")
+    (out / "llmq.json").write_text("{}")
     code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
                        "--no-sample", "--overwrite")
     assert code == 0, err
@@ -549,3 +552,137 @@ def test_int8_dynamic_files_are_byte_identical_across_runs(models, tmp_path):
     for name in ("a", "b"):
         llmq.quantize(models["good"], "int8-dynamic", device="cpu").save(tmp_path / name)
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+# == Round two: code execution and data loss ==============================================================
+def _user_home(root: Path) -> Path:
+    home = root / "home"
+    for f, text in {".bashrc": "alias ll='ls -l'", ".ssh/id_ed25519": "secret", "Documents/thesis.tex": "chapter 1"}.items():
+        (home / f).parent.mkdir(parents=True, exist_ok=True)
+        (home / f).write_text(text)
+    return home
+
+
+def test_overwrite_never_replaces_a_folder_llmq_did_not_write(models, tmp_path, capsys, monkeypatch):
+    """`run -o '~' --overwrite` replaced a home folder with model files. Now only an llmq output (or an
+    empty folder) is replaced; anything else is one line and nothing is touched."""
+    home = _user_home(tmp_path)
+    before = tree_hash(home)
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", home, "--overwrite")
+    assert code == 2
+    one_line_error(err, "not an llmq output", "Nothing was touched")
+    assert tree_hash(home) == before and sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    monkeypatch.undo()
+    prev = tmp_path / "prev"
+    assert cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", prev, "--no-sample")[0] == 0
+    (prev / "notes.txt").write_text("added later")  # still an llmq output: --overwrite replaces it
+    assert cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", prev, "--no-sample",
+               "--overwrite")[0] == 0
+    assert not (prev / "notes.txt").exists() and (prev / "llmq.json").is_file() and debris_of(prev) == []
+
+
+@pytest.mark.parametrize("out", [".", "sub/..", "./"])
+def test_output_naming_the_current_folder_is_refused(models, tmp_path, capsys, monkeypatch, out):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "llmq.json").write_text("{}")  # even a folder llmq wrote: it is where the user stands
+    before = tree_hash(work)
+    monkeypatch.chdir(work)
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out, "--overwrite")
+    assert code == 2
+    one_line_error(err, "-o")
+    assert tree_hash(work) == before and sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_qat_resume_into_a_user_folder_and_qat_into_the_source_are_refused_before_training(models, tmp_path, capsys,
+                                                                                          monkeypatch):
+    """`qat --resume -o <folder with user files>` replaced it; `qat -o <inside the source>` trained and
+    wrote a checkpoint into the source before refusing. Both are now one line before a weight loads."""
+    home = _user_home(tmp_path)
+    src = copy_model(models["good"], tmp_path / "src")
+    before = tree_hash(home), tree_hash(src)
+    _no_weights(monkeypatch)
+    args = ["qat", "--model", src, "--scheme", "qat-w8a8", "--data", models["ppl_txt"], "--steps", "2", "--seqlen",
+            "16", "--batch-size", "1"]
+    code, _, err = cli(capsys, *args, "--resume", "-o", home)
+    assert code == 2
+    one_line_error(err, "exists and is not empty")
+    code, _, err = cli(capsys, *args, "--resume", "-o", home, "--overwrite")
+    assert code == 2
+    one_line_error(err, "not an llmq output")
+    code, _, err = cli(capsys, *args, "-o", src / "qat")
+    assert code == 2
+    one_line_error(err, "inside the input model folder")
+    assert (tree_hash(home), tree_hash(src)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "src"]  # no checkpoint, lock or temp folder
+
+
+def test_a_live_run_beside_is_never_taken_for_a_killed_ones_debris(models, tmp_path, capsys):
+    """Outputs `o.v2` and `o` in one parent: the run writing `o` deleted the live temp folder of the
+    run writing `o.v2` as "left by a killed run". Now cleanup matches exact names and live owners stay."""
+    parent = tmp_path / "p"
+    release = tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from llmq.outdir import atomic_output
+        with atomic_output({str(parent / "o.v2")!r}) as tmp:
+            (tmp / "llmq.json").write_text("{{}}")
+            print(tmp, flush=True)
+            while not Path({str(release)!r}).exists():
+                time.sleep(0.05)
+        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        live_tmp = Path(holder.stdout.readline().strip())
+        assert live_tmp.is_dir() and live_tmp.name.startswith(".o.v2.")
+        code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", parent / "o",
+                           "--no-sample")
+        assert code == 0, err
+        assert "left by a killed run" not in err and (live_tmp / "llmq.json").is_file()
+        release.touch()
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (parent / "o.v2" / "llmq.json").is_file() and (parent / "o" / "llmq.json").is_file()
+    assert sorted(p.name for p in parent.iterdir()) == ["o", "o.v2"]
+
+
+def test_gguf_beside_custom_code_is_refused_and_its_code_never_runs_or_spreads(tmp_path, capsys, monkeypatch):
+    """A `.gguf` with a `tokenizer_config.json` (auto_map) and its Python beside it: transformers asked
+    "run the custom code? [y/N]", a pipe answered y, and the GGUF cache kept the code for a clean copy
+    of the same file elsewhere. Now: refused in one line (the answer is never asked), and with
+    --trust-remote-code the file is read alone, so the code never runs and no output or cache entry holds it."""
+    import io
+
+    from llmq.testing_gguf import write_tiny_gguf
+
+    monkeypatch.setenv("LLMQ_CACHE", str(tmp_path / "cache"))
+    clean = write_tiny_gguf(tmp_path / "clean" / "m.gguf")
+    evil = tmp_path / "evil" / "m.gguf"
+    evil.parent.mkdir()
+    shutil.copyfile(clean, evil)
+    marker = tmp_path / "EVIL_RAN"
+    (evil.parent / "tokenizer_config.json").write_text(json.dumps(
+        {"auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}, "tokenizer_class": "EvilTokenizer"}))
+    (evil.parent / "tokenization_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PreTrainedTokenizerFast\n\n\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 10))  # a pipe that says yes to every prompt
+    for args in (["run", "--model", evil, "--scheme", "int8-dynamic", "-o", tmp_path / "o1"],
+                 ["eval", "--model", evil, "--ppl", "none", "--no-speed"]):
+        code, _, err = cli(capsys, *args)
+        assert code == 2
+        one_line_error(err, "--trust-remote-code", "auto_map")
+    code, _, err = cli(capsys, "run", "--model", evil, "--scheme", "int8-dynamic", "-o", tmp_path / "o2",
+                       "--no-sample", "--trust-remote-code")
+    assert code == 0, err
+    code, _, err = cli(capsys, "run", "--model", clean, "--scheme", "int8-dynamic", "-o", tmp_path / "o3", "--no-sample")
+    assert code == 0, err
+    assert not marker.exists() and not (tmp_path / "o1").exists()
+    for folder in (tmp_path / "o2", tmp_path / "o3", tmp_path / "cache"):
+        assert not list(folder.rglob("*.py")) and "auto_map" not in "".join(
+            f.read_text() for f in folder.rglob("*.json")), folder
+    assert len(list((tmp_path / "cache" / "gguf").iterdir())) == 1  # one entry for the byte-identical files

@@ -271,7 +271,7 @@ def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts,
         run(str(tiny), "qat-int4", output=out, overrides=opts, device="cpu", sample=False)
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     ck = default_checkpoint_dir(out)
-    assert (ck / QT.CKPT_FILE).is_file() and not out.exists()
+    assert (ck / QT.CKPT_META).is_file() and not out.exists()
     res = run(str(tiny), "qat-int4", output=out, overrides=opts, device="cpu", sample=False, resume=True)
     t = res.meta["training"]
     assert res.code == 0 and t["resumed_from_step"] == 2 and t["steps_done"] == 4 and not ck.exists()
@@ -390,7 +390,7 @@ def test_interrupt_then_resume_continues_from_saved_step_and_matches_uninterrupt
     ck = tmp_path / "ck"
     with pytest.raises(LlmqError, match="interrupted at step .*--resume"):
         _run_train(tiny, texts, tmp_path, 5, crash_at=3, ckdir=ck)  # checkpoint at step 2, step 3 lost
-    state = torch.load(ck / QT.CKPT_FILE, weights_only=False)
+    state = json.loads((ck / QT.CKPT_META).read_text())
     assert state["step"] == 2
     resumed, hist = _run_train(tiny, texts, tmp_path, 5, resume=True, ckdir=ck)
     assert hist["start_step"] == 2 and hist["steps_done"] == 5 and len(hist["loss"]) == 5
@@ -544,3 +544,121 @@ def test_qat_int4_gptq_folder_has_the_in_memory_qat_models_perplexity_on_demo_mo
     print(f"fake-quantized fp32 {fake:.4f}, GPTQ folder {real:.4f} ({real / fake - 1:+.3%}), {size} bytes (est. {est})")
     assert abs(real / fake - 1) < 0.005, (fake, real)
     assert abs(size / est - 1) < 0.02 and size < 0.25 * sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+# -- where training writes: checked (and the output locked) before a weight loads ------------------
+def _tree(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    import transformers
+
+    def boom(*a, **k):
+        raise AssertionError("weights loaded before the request was validated")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
+
+
+def _user_folder(tmp_path):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".bashrc").write_text("x")
+    (home / ".ssh" / "id").write_text("secret")
+    return home
+
+
+@pytest.mark.parametrize("case", ["inside-source", "unwritable", "resume-user-folder", "overwrite-user-folder",
+                                  "checkpoint-in-output", "checkpoint-user-folder"])
+def test_qat_checks_where_it_writes_before_training(tiny, texts, tmp_path, no_weights, case):
+    """``qat -o <inside the source>`` used to train, write a checkpoint into the source, then refuse;
+    ``qat --resume -o <user folder>`` replaced it. Each is now one line before a weight loads."""
+    from llmq.errors import OutputExistsError
+
+    src_before = _tree(tiny)
+    home = _user_folder(tmp_path)
+    kw = dict(output=tmp_path / "o")
+    expect = (ConfigError, "inside the input model folder")
+    if case == "inside-source":
+        kw = dict(output=tiny / "qat-out")
+    elif case == "unwritable":
+        kw, expect = dict(output="/proc/llmq-qat-out"), (ConfigError, "Cannot write")
+    elif case == "resume-user-folder":
+        kw, expect = dict(output=home, resume=True), (OutputExistsError, "exists and is not empty")
+    elif case == "overwrite-user-folder":
+        kw, expect = dict(output=home, overwrite=True), (OutputExistsError, "not an llmq output")
+    elif case == "checkpoint-in-output":
+        kw, expect = dict(output=tmp_path / "o", checkpoint_dir=tmp_path / "o" / "ck"), (ConfigError, "inside one another")
+    elif case == "checkpoint-user-folder":
+        kw, expect = dict(output=tmp_path / "o", checkpoint_dir=home), (OutputExistsError, "not an llmq output")
+    with pytest.raises(expect[0], match=expect[1]) as e:
+        QP.qat(str(tiny), "qat-w8a8", data=texts, steps=2, **kw, **SMALL)
+    assert "\n" not in str(e.value)
+    assert _tree(tiny) == src_before and _tree(home) == [".bashrc", ".ssh", ".ssh/id"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]  # no output, checkpoint, lock or temp folder
+
+
+def test_second_qat_to_one_output_fails_at_once(tiny, texts, tmp_path, no_weights):
+    """The output lock is taken before training: a second ``qat -o`` to an output another process is
+    writing fails before it loads a weight (it used to train, then fail at save)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    from llmq.errors import OutputLockedError
+
+    out = tmp_path / "o"
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from llmq.outdir import reserve_output
+        with reserve_output({str(out)!r}):
+            print("locked", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
+            QP.qat(str(tiny), "qat-w8a8", data=texts, steps=2, output=out, **SMALL)
+        assert not out.exists() and not QP.default_checkpoint_dir(out).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_run_resume_with_another_model_is_refused_before_weights_load(tiny, texts, tmp_path, monkeypatch):
+    """``run --scheme qat-* --resume`` with a different model folder (same shape) is refused by the
+    pipeline's early check, before a weight loads, instead of continuing the first model's training."""
+    from llmq.pipeline.run import run
+    from llmq.testing import tiny_llama
+
+    other = tiny_llama(tmp_path / "other", layers=2, seed=7)
+    out = tmp_path / "run"
+    opts = dict(data=texts, steps=4, checkpoint_every=2, seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
+    calls = {"n": 0}
+    step = torch.optim.AdamW.step
+
+    def interrupt_third(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt_third)
+    from llmq.errors import LlmqError
+
+    with pytest.raises(LlmqError, match="interrupted at step 2"):
+        run(str(tiny), "qat-w8a8", output=out, overrides=opts, device="cpu", sample=False)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("weights loaded")))
+    with pytest.raises(ConfigError, match="trained from another model"):
+        run(str(other), "qat-w8a8", output=out, overrides=opts, device="cpu", sample=False, resume=True)
+    with pytest.raises(ConfigError, match=r"other settings \(steps differ\)"):
+        run(str(tiny), "qat-w8a8", output=out, overrides={**opts, "steps": 6}, device="cpu", sample=False, resume=True)
+    assert (QP.default_checkpoint_dir(out) / QT.CKPT_META).is_file() and not out.exists()

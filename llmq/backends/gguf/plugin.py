@@ -180,11 +180,14 @@ class GGUFBackend(_Backend):
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> GGUFArtifact:
         """Convert + (imatrix on the fp32 transformers model, CPU) + quantize into a scratch folder
-        removed at exit; ``save`` copies the file out."""
+        removed at exit (after a ``kill -9``, by the next llmq run that makes one: ``llmq.owners``);
+        ``save`` copies the file out."""
         import atexit
 
-        work = Path(tempfile.mkdtemp(prefix="llmq-gguf-"))
-        atexit.register(shutil.rmtree, work, True)
+        from llmq.owners import make_scratch, remove_entry
+
+        work = make_scratch("gguf")
+        atexit.register(remove_entry, work)
         name = f"{output_name(model_dir)}-{self.config.ftype}"
         path, record = build(model_dir, work, self.config, scheme=self.scheme.name, name=name,
                              calibration=calibration)
@@ -223,10 +226,14 @@ class GGUFBackend(_Backend):
 
     @classmethod
     def load_tokenizer(cls, path: Path, *, trust_remote_code: bool = False) -> Any:
-        from transformers import AutoTokenizer
+        """The tokenizer stored in the file, read from the file alone (``llmq.models.gguf_view``); a
+        ``.gguf`` beside custom code is refused like a model folder that ships it."""
+        from llmq import safety
+        from llmq.backends.gguf.runtime import load_tokenizer
 
         f = _gguf_in(path)
-        return AutoTokenizer.from_pretrained(f.parent, gguf_file=f.name)
+        safety.refuse_remote_code(f, trust_remote_code)
+        return load_tokenizer(f)
 
     @classmethod
     def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None) -> tuple[Any, Any]:
@@ -244,9 +251,10 @@ class GGUFBackend(_Backend):
             return LlamaCppLM(f), tok
         from transformers import AutoModelForCausalLM
 
-        from llmq.models import strip_quantization_config
+        from llmq.models import gguf_view, strip_quantization_config
 
-        model = AutoModelForCausalLM.from_pretrained(f.parent, gguf_file=f.name, dtype="auto").eval()
+        with gguf_view(f) as (d, name):
+            model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype="auto", trust_remote_code=False).eval()
         strip_quantization_config(model)
         model.llmq_runtime = "transformers (dequantized GGUF)"
         return model, tok

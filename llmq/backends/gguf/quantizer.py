@@ -28,7 +28,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,7 +389,9 @@ def quantize_model(model_dir: Path, out_dir: Path, config: GGUFConfig, *, name: 
 
         cal.validate_source(config.calibration)
     name = name or f"{model_dir.name}-{config.ftype}"
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory(prefix="llmq-gguf-") as work:
+    from llmq.owners import scratch_dir
+
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, scratch_dir("gguf") as work:
         dst, record = build(model_dir, Path(work), config, scheme=scheme, name=name, imatrix=imatrix,
                             progress=progress)
         shutil.move(str(dst), tmp / dst.name)
