@@ -62,11 +62,11 @@ class QuantizedModel:
         if self._reloaded is None:
             if self.saved_to is None:
                 import atexit
-                import shutil
-                import tempfile
 
-                tmp = Path(tempfile.mkdtemp(prefix="llmq-"))
-                atexit.register(shutil.rmtree, tmp, True)
+                from llmq.owners import make_scratch, remove_entry
+
+                tmp = make_scratch("unsaved-model")  # removed at exit; after a kill -9, by the next llmq run
+                atexit.register(remove_entry, tmp)
                 self.backend.save(self.model, self.tokenizer, tmp)
                 path = tmp
             else:

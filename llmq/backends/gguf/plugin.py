@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,7 +173,9 @@ class GGUFBackend(_Backend):
 
     def validate_model(self, source: Any) -> None:
         """The converter must know the architecture: checked on the config alone, before weights load."""
-        with tempfile.TemporaryDirectory(prefix="llmq-gguf-cfg-") as d:
+        from llmq.owners import scratch_dir
+
+        with scratch_dir("gguf-cfg") as d:
             source.config().to_json_file(str(Path(d) / "config.json"))
             check_model(Path(d), self.scheme.name)
 
