@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from llmq.errors import ConfigError, OutputExistsError, OutputLockedError
+from llmq.errors import ConfigError, OutputExistsError, OutputLockedError, note_path, resource_error
 
 #: outputs this process completed (for a truthful message on Ctrl-C)
 COMMITTED: list[Path] = []
@@ -47,7 +47,9 @@ def default_output(model: str | os.PathLike | None, scheme: str) -> Path:
 
 
 def check_location(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
-    """Refuse an output that is, contains, or is inside a local input (model folder or file)."""
+    """Refuse an output that is, contains, or is inside a local input. A model folder is the input
+    as a whole; a single file (a ``.gguf``) is only itself, so its neighbours in the same folder, and
+    subfolders there, are fair outputs as long as they do not contain it."""
     out = _real(output)
     for src in inputs:
         if src is None:
@@ -56,12 +58,11 @@ def check_location(output: str | os.PathLike, inputs: Iterable[str | os.PathLike
         if not s.exists():
             continue
         s = _real(s)
-        src_dir = s if s.is_dir() else s.parent
-        if out == src_dir or out == s:
+        if out == s:
             raise ConfigError(f"The output {output} is the input model {src}; choose another folder "
                               "(llmq never writes over its source).")
-        if src_dir in out.parents:
-            raise ConfigError(f"The output {output} is inside the input model folder {src_dir}; choose a "
+        if s.is_dir() and s in out.parents:
+            raise ConfigError(f"The output {output} is inside the input model folder {s}; choose a "
                               "folder outside it.")
         if out in s.parents:
             raise ConfigError(f"The output {output} contains the input model {src}; replacing it would "
@@ -79,12 +80,20 @@ def check_writable(output: str | os.PathLike) -> None:
         anc = anc.parent
     if not anc.is_dir():
         raise ConfigError(f"Cannot write {output}: {anc} is a file, not a folder.")
+    if p.is_symlink() and not p.exists():
+        raise ConfigError(f"The output {output} is a symlink to {os.readlink(p)}, which does not exist; "
+                          "choose another folder or fix the link.")
     probe_dir = p.parent if p.parent.exists() else anc
     try:
+        # the longest name llmq creates for this output: its temp folder ``.NAME.<pid>-<random>.incomplete``
+        longest = f".{p.name}.{os.getpid()}-xxxxxxxx.incomplete"
+        if len(os.fsencode(longest)) > os.pathconf(anc, "PC_NAME_MAX"):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(p))
         d = tempfile.mkdtemp(prefix=".llmq-write-test-", dir=probe_dir)
         os.rmdir(d)
     except OSError as e:
-        raise ConfigError(f"Cannot write {output}: {probe_dir} is not writable ({e.strerror}).") from None
+        raise resource_error(e, output) or ConfigError(
+            f"Cannot write {output}: {probe_dir} is not writable ({e.strerror}).") from None
 
 
 # -- lock ---------------------------------------------------------------------------------------------
@@ -289,8 +298,9 @@ def atomic_output(output: str | os.PathLike, overwrite: bool = False,
             yield tmp
             _check_existing(output, overwrite)
             commit(tmp, output)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            note_path(e, output)  # a full disk's OSError names no file: say which output it was
             raise
         finally:
             IN_PROGRESS.remove(output)

@@ -78,7 +78,8 @@ def debris(out: Path) -> list[str]:
 def complete(out: Path) -> tuple[bool, str]:
     """A complete llmq folder: config.json, llmq.json, tokenizer, valid finite safetensors."""
     sys.path.insert(0, str(ROOT))
-    from llmq.safety import check_finite_safetensors, check_safetensors_folder
+    from llmq.safety import check_finite_safetensors
+    from llmq.weightfiles import check_safetensors_folder
 
     try:
         for f in ("config.json", "llmq.json"):
