@@ -423,12 +423,12 @@ def test_killed_save_leaves_debris_that_the_next_run_removes_and_reports(models,
 
 
 def test_interrupt_after_complete_save_tells_the_truth(models, tmp_path, capsys, monkeypatch):
-    import llmq.cli as cli_mod
+    import llmq.cli.run as cli_run  # the summary printer moved there with the one-file-per-subcommand CLI
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_mod, "print_summary", interrupted)
+    monkeypatch.setattr(cli_run, "print_summary", interrupted)
     out = tmp_path / "o"
     code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
                        "--no-sample")
