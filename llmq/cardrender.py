@@ -137,10 +137,35 @@ def render_card(folder: str | os.PathLike, *, repo_id: str | None = None, licens
     data, ctx = card_parts(path, meta, report, repo_id=repo_id, license=license, quantized_by=quantized_by,
                            lookup_license=lookup_license, token=token)
     tpl = Path(template) if template else template_path()
+    text = load_template(tpl)
+    try:
+        card = ModelCard.from_template(data, template_str=text, **ctx)
+    except Exception as e:  # noqa: BLE001 - jinja2 errors raised while rendering (undefined filters, ...)
+        import jinja2
+
+        if not isinstance(e, jinja2.TemplateError):
+            raise
+        raise LlmqError(f"Model card template {tpl} failed to render: {e}.") from None
+    return str(card)
+
+
+def load_template(template: str | os.PathLike) -> str:
+    """A card template's text after Jinja has parsed it: a syntax error is one line naming the file
+    and line, checked before a push touches the network or the folder."""
+    import jinja2
+
+    tpl = Path(template).expanduser()
     if not tpl.is_file():
         raise LlmqError(f"Model card template not found: {tpl}")
-    card = ModelCard.from_template(data, template_str=tpl.read_text(encoding="utf-8"), **ctx)
-    return str(card)
+    try:
+        text = tpl.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LlmqError(f"Model card template {tpl} is not UTF-8 text.") from None
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise LlmqError(f"Model card template {tpl} line {e.lineno}: {e.message} (Jinja syntax).") from None
+    return text
 
 
 def write_card(folder: str | os.PathLike, text: str) -> Path:

@@ -179,11 +179,12 @@ def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None
     backend = backend_cls(sch, cfg, plugin_options)
     calib = None
     tokenizer = source.tokenizer()
+    from llmq import safety
+
+    safety.check_vocab(tokenizer, source.config(), f"The model {source.name}")
     if _takes_calibration(type(cfg)) and cfg.calibration is not None:
         calib = calib_mod.build(cfg.calibration, tokenizer, n_samples=cfg.n_samples, seqlen=cfg.seqlen, seed=cfg.seed)
     model_dir = source.local_dir()
-    from llmq import safety
-
     check_no_missing_weights(model_dir, source.config(), trust_remote_code=source.trust_remote_code)
     safety.check_finite_safetensors(model_dir, f"The source model {source.name}")
     size_before = folder_size(model_dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from llmq.outdir import umask
+from llmq.errors import OutputExistsError, note_path
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -42,8 +43,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        note_path(e, path)
         raise
 
 

@@ -73,6 +73,7 @@ class ModelSource:
                     self._config.quantization_config = None
                     if hasattr(self._config, "quantization_config"):
                         del self._config.quantization_config
+                    _name_architecture(self._config)
                 else:
                     self._config = AutoConfig.from_pretrained(
                         str(self.path) if self.kind == "local" else self.name,
@@ -136,6 +137,16 @@ class ModelSource:
         self._checked = True
 
 
+def _name_architecture(config: Any) -> None:
+    """transformers' GGUF reader leaves ``architectures`` unset, while the dequantized folder's
+    config.json (written by ``save_pretrained`` of the causal-LM class) names it: set it to that
+    class, so a GGUF source's config is the same on a cold cache as on a warm one."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LMS
+
+    if not getattr(config, "architectures", None) and getattr(config, "model_type", None) in CAUSAL_LMS:
+        config.architectures = [CAUSAL_LMS[config.model_type]]
+
+
 def resolve_model(model: str | os.PathLike | None, *, revision: str | None = None,
                   trust_remote_code: bool = False, weights: bool = True) -> ModelSource:
     """Classify ``model`` and fail fast with a one-line error when it cannot be used. ``weights=False``
@@ -143,33 +154,28 @@ def resolve_model(model: str | os.PathLike | None, *, revision: str | None = Non
     holds just ``config.json``."""
     if model is None or model == "" or model == "demo":
         path = demo_gguf_path()
-        return ModelSource("HuggingFaceTB/SmolLM2-135M-Instruct", "gguf", path)
+        return _gguf_source("HuggingFaceTB/SmolLM2-135M-Instruct", path)
     text = str(model)
     path = Path(text).expanduser()
     if text.endswith(".gguf"):
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF file not found: {path}")
-        src = ModelSource(text, "gguf", path.resolve(), trust_remote_code=trust_remote_code)
-        src.check_code()
-        return src
+        return _gguf_source(text, path.resolve(), trust_remote_code)
     if path.is_dir():
         if not (path / "config.json").is_file():
             ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) > 1:
+                raise ModelNotFoundError(
+                    f"{path} holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs[:3])}"
+                    f"{' ...' if len(ggufs) > 3 else ''}) and no config.json; pass the one you mean.")
             if ggufs:
-                src = ModelSource(str(ggufs[0]), "gguf", ggufs[0].resolve(), trust_remote_code=trust_remote_code)
-                src.check_code()
-                return src
+                return _gguf_source(str(ggufs[0]), ggufs[0].resolve(), trust_remote_code)
             raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
-        if weights and not list(path.glob("*.safetensors")):
-            raise ModelNotFoundError(
-                f"{path} has no .safetensors weights; llmq loads safetensors only "
-                "(convert with transformers: model.save_pretrained(dir, safe_serialization=True))."
-            )
-        from llmq import safety
+        from llmq import weightfiles
 
         src = ModelSource(text, "local", path.resolve(), trust_remote_code=trust_remote_code)
         src.check_code()
-        safety.check_safetensors_folder(path)
+        weightfiles.check_safetensors_folder(path, required=weights)
         return src
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither a model folder nor a .gguf file.")
@@ -179,6 +185,18 @@ def resolve_model(model: str | os.PathLike | None, *, revision: str | None = Non
             "file, or a Hub id such as HuggingFaceTB/SmolLM2-135M."
         )
     return ModelSource(text, "hub", None, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def _gguf_source(name: str, path: Path, trust_remote_code: bool | None = None) -> ModelSource:
+    """A ``.gguf`` source, after checking the file is complete (a cut download is one line here) and,
+    unless it is the packaged demo (``trust_remote_code=None``), the foreign-code guard."""
+    from llmq.weightfiles import check_gguf_file
+
+    check_gguf_file(path)
+    src = ModelSource(name, "gguf", path, trust_remote_code=bool(trust_remote_code))
+    if trust_remote_code is not None:
+        src.check_code()
+    return src
 
 
 def check_hub_reachable(what: str, timeout: float = 3.0) -> None:
@@ -318,16 +336,53 @@ def read_json(path: Path) -> dict:
 
 def check_no_missing_weights(model_dir: str | os.PathLike, config: Any, *, trust_remote_code: bool = False) -> None:
     """Before loading: the causal-LM class for ``config`` (built on the meta device) must find every
-    parameter in the folder's safetensors headers; a BERT-like or headless checkpoint fails here
-    instead of being saved with a freshly initialised head. Tied weights count once."""
-    model = meta_model(config, trust_remote_code=trust_remote_code)
-    expected = [n for n, _ in model.named_parameters()]  # remove_duplicate=True: tied weights once
-    from llmq.safety import check_safetensors_folder, missing_weights
+    parameter in the folder's safetensors headers, in the shape the config implies. A BERT-like or
+    headless checkpoint fails here instead of being saved with a freshly initialised head, and a
+    config.json that contradicts its tensors (a wrong ``intermediate_size``) instead of being
+    quantized and written out as it is. Tied weights count once."""
+    from llmq.weightfiles import check_safetensors_folder, missing_weights, safetensors_tensors
 
-    present = check_safetensors_folder(model_dir)
-    missing = missing_weights(expected, present, getattr(model, "base_model_prefix", "") or "")
+    model = meta_model(config, trust_remote_code=trust_remote_code)
+    check_safetensors_folder(model_dir)  # every file complete, the shard index consistent
+    present = safetensors_tensors(model_dir)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    missing = missing_weights(dict(model.named_parameters()), present, prefix)  # named_parameters: tied once
     if missing:
-        arch = type(model).__name__
         raise CorruptModelError(
-            f"{model_dir} lacks {len(missing)} weight(s) that {arch} needs ({', '.join(missing[:3])}"
+            f"{model_dir} lacks {len(missing)} weight(s) that {type(model).__name__} needs ({', '.join(missing[:3])}"
             f"{' ...' if len(missing) > 3 else ''}); they would be random. Is it a causal LM checkpoint?")
+    wrong = _wrong_shapes(model, present, prefix)
+    if wrong:
+        name, want, got = wrong[0]
+        raise CorruptModelError(
+            f"{model_dir}: config.json disagrees with the weights: {name} is {list(got)} in the safetensors, but "
+            f"the config implies {list(want)}{_entry_behind(config, want, got, present, prefix, trust_remote_code)}"
+            f"{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}; fix config.json to match the weights.")
+
+
+def _wrong_shapes(model: Any, present: dict, prefix: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    from llmq.weightfiles import mismatched_shapes
+    return mismatched_shapes({n: tuple(p.shape) for n, p in model.named_parameters()}, present, prefix)
+
+
+def _entry_behind(config: Any, want: tuple[int, ...], got: tuple[int, ...], present: dict, prefix: str,
+                  trust_remote_code: bool) -> str:
+    """`` (intermediate_size=512; the weights say 256)``: the config entry which, set to the weights'
+    value, makes every shape agree (tried on the meta device for the few entries that hold the
+    disagreeing number); empty when no single entry explains it."""
+    import copy
+
+    diff = [(w, g) for w, g in zip(want, got) if w != g]
+    if len(want) != len(got) or not diff:
+        return ""
+    (w, g), text = diff[0], (config.get_text_config() if hasattr(config, "get_text_config") else config) if hasattr(config, "get_text_config") else config
+    keys = [k for k, v in vars(text).items() if isinstance(v, int) and not isinstance(v, bool) and v == w][:4]
+    for k in keys:
+        trial = copy.deepcopy(config)
+        setattr(trial.get_text_config() if hasattr(trial, "get_text_config") else trial, k, g)
+        try:
+            if not _wrong_shapes(meta_model(trial, trust_remote_code=trust_remote_code), present, prefix):
+                return f" ({k}={w}; the weights say {g})"
+        except Exception:  # noqa: BLE001 - a value the config class refuses is not the answer
+            continue
+    return ""

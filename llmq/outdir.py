@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from llmq.errors import ConfigError, OutputExistsError, OutputLockedError
 from llmq.owners import TOKEN, owner_alive, owner_token, remove_entry, start_ticks, token_alive
+from llmq.errors import ConfigError, OutputExistsError, OutputLockedError, note_path, resource_error
 
 #: outputs this process completed (for a truthful message on Ctrl-C)
 COMMITTED: list[Path] = []
@@ -76,7 +77,9 @@ def resolve_output(output: str | os.PathLike) -> Path:
 
 
 def check_location(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
-    """Refuse an output that is, contains, or is inside a local input (model folder or file)."""
+    """Refuse an output that is, contains, or is inside a local input. A model folder is the input
+    as a whole; a single file (a ``.gguf``) is only itself, so its neighbours in the same folder, and
+    subfolders there, are fair outputs as long as they do not contain it."""
     out = _real(output)
     for src in inputs:
         if src is None:
@@ -85,12 +88,11 @@ def check_location(output: str | os.PathLike, inputs: Iterable[str | os.PathLike
         if not s.exists():
             continue
         s = _real(s)
-        src_dir = s if s.is_dir() else s.parent
-        if out == src_dir or out == s:
+        if out == s:
             raise ConfigError(f"The output {output} is the input model {src}; choose another folder "
                               "(llmq never writes over its source).")
-        if src_dir in out.parents:
-            raise ConfigError(f"The output {output} is inside the input model folder {src_dir}; choose a "
+        if s.is_dir() and s in out.parents:
+            raise ConfigError(f"The output {output} is inside the input model folder {s}; choose a "
                               "folder outside it.")
         if out in s.parents:
             raise ConfigError(f"The output {output} contains the input model {src}; replacing it would "
@@ -108,13 +110,21 @@ def check_writable(output: str | os.PathLike) -> None:
         anc = anc.parent
     if not anc.is_dir():
         raise ConfigError(f"Cannot write {output}: {anc} is a file, not a folder.")
+    if p.is_symlink() and not p.exists():
+        raise ConfigError(f"The output {output} is a symlink to {os.readlink(p)}, which does not exist; "
+                          "choose another folder or fix the link.")
     probe_dir = p.parent if p.parent.exists() else anc
     try:
+        # the longest name llmq creates for this output: its temp folder ``.NAME.<owner>.incomplete``
+        longest = f".{p.name}.{owner_token()}.incomplete"
+        if len(os.fsencode(longest)) > os.pathconf(anc, "PC_NAME_MAX"):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(p))
         d = probe_dir / f".llmq-write-test.{owner_token()}"
         d.mkdir()
         os.rmdir(d)
     except OSError as e:
-        raise ConfigError(f"Cannot write {output}: {probe_dir} is not writable ({e.strerror}).") from None
+        raise resource_error(e, output) or ConfigError(
+            f"Cannot write {output}: {probe_dir} is not writable ({e.strerror}).") from None
 
 
 def is_llmq_folder(folder: str | os.PathLike) -> bool:
@@ -368,6 +378,9 @@ def atomic_output(output: str | os.PathLike, overwrite: bool = False,
             commit(tmp, output)
         except BaseException:
             remove_entry(tmp)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            note_path(e, output)  # a full disk's OSError names no file: say which output it was
             raise
         finally:
             IN_PROGRESS.remove(output)

@@ -118,7 +118,8 @@ def complete(out: Path) -> tuple[bool, str]:
     """A complete llmq folder: config.json, llmq.json, tokenizer, valid finite safetensors; a GGUF
     output: llmq.json, one .gguf that gguf's reader parses, and its Modelfile."""
     sys.path.insert(0, str(ROOT))
-    from llmq.safety import check_finite_safetensors, check_safetensors_folder
+    from llmq.safety import check_finite_safetensors
+    from llmq.weightfiles import check_safetensors_folder
 
     try:
         json.loads((out / "llmq.json").read_text())

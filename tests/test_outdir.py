@@ -45,6 +45,48 @@ def test_writable(tmp_path):
     assert not list(tmp_path.glob(".llmq-write-test-*"))
 
 
+def test_a_gguf_file_protects_itself_not_its_folder(tmp_path):
+    """A .gguf source is one file: a subfolder beside it is a fair output; its folder (which
+    contains it) and the file itself are not."""
+    g = tmp_path / "models" / "x.gguf"
+    g.parent.mkdir()
+    g.write_bytes(b"GGUF")
+    outdir.check_location(g.parent / "x-q8", [g])
+    outdir.check_location(g.parent / "out" / "x-q8", [g])
+    for bad in (g, g.parent, tmp_path):
+        with pytest.raises(ConfigError, match="input model"):
+            outdir.check_location(bad, [g])
+
+
+def test_dangling_symlink_and_overlong_name_are_refused_before_work(tmp_path):
+    from llmq.errors import ResourceError
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere" / "x")
+    with pytest.raises(ConfigError, match="symlink to .*nowhere/x, which does not exist"):
+        outdir.check_writable(link)
+    # 240 characters fit a file system's 255, the temp folder ``.NAME.<pid>-<random>.incomplete`` does not
+    with pytest.raises(ResourceError, match="File name too long: .*x{240}; choose a shorter name"):
+        outdir.check_writable(tmp_path / ("x" * 240))
+    outdir.check_writable(tmp_path / ("x" * 200))
+
+
+def test_a_failed_write_names_the_output_it_was_writing(tmp_path):
+    """``write`` on a full disk raises an OSError naming no file; the atomic writer records which
+    output it was, so the CLI's one line can name it, and nothing is left behind."""
+    import errno
+
+    from llmq.errors import resource_error
+
+    out = tmp_path / "o"
+    with pytest.raises(OSError) as e:
+        with outdir.atomic_output(out) as tmp:
+            (tmp / "part").write_text("x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert f"No space left on the device: {out};" in str(resource_error(e.value))
+    assert not out.exists() and outdir.debris(out) == [] and not list(tmp_path.iterdir())
+
+
 def test_lock_exclusive_and_stale(tmp_path):
     out = tmp_path / "o"
     with outdir.output_lock(out) as lock:

@@ -544,6 +544,42 @@ def test_push_errors_are_one_line_and_touch_nothing(case, nf4, tiny_model_dir, m
     assert main(["push", str(folder), "--repo", repo]) == 2
 
 
+@pytest.mark.parametrize("repo", ["me/x..y", "me/x-", "me/.x.", "no-owner", "me/" + "x" * 100, "me/a b"])
+def test_push_dry_run_and_run_push_to_hub_refuse_the_same_ids(repo, nf4, tiny_model_dir, tmp_path, monkeypatch):
+    """``push --dry-run`` accepted ids that ``run --push-to-hub`` refused: both now call the one
+    ``llmq.hub.check_repo_id``, the run before any weight loads."""
+    from llmq import hub
+    from llmq.pipeline.run import run
+
+    assert publish.check_repo_id is hub.check_repo_id
+    before = snapshot(nf4)
+    with pytest.raises(LlmqError, match="Invalid Hub repo id"):
+        publish.push(nf4, repo, dry_run=True)
+    assert snapshot(nf4) == before  # no card written
+    monkeypatch.setattr(llmq.core, "quantize", lambda *a, **k: pytest.fail("quantized before the repo id check"))
+    with pytest.raises(LlmqError, match="Invalid Hub repo id"):
+        run(str(tiny_model_dir), "fp16", output=tmp_path / "o", device="cpu", push_to_hub=repo)
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_accepts_what_run_accepts(nf4, offline_hub):
+    for repo in ("me/SmolLM2-135M-GPTQ-Int4", "org.name/model_v1.5"):
+        hub_ok = publish.push(nf4, repo, dry_run=True)
+        assert hub_ok.url.endswith(repo)
+
+
+def test_broken_card_template_is_one_line_before_anything_is_written(nf4, tmp_path):
+    from llmq.cli import main
+
+    tpl = tmp_path / "card.md"
+    tpl.write_text("# {{ title }}\n{% if x %}oops {{ y }\n")
+    before = snapshot(nf4)
+    with pytest.raises(LlmqError, match="card.md line 2: unexpected '}'") as e:
+        publish.push(nf4, "me/x", dry_run=True, template=tpl)
+    assert "\n" not in str(e.value) and snapshot(nf4) == before
+    assert main(["push", str(nf4), "--repo", "me/x", "--dry-run", "--template", str(tpl)]) == 2
+
+
 # -- packaging ----------------------------------------------------------------------------------
 def test_template_ships_with_the_package_and_model_cards_points_to_it():
     tpl = publish.template_path()

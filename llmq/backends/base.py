@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from llmq.errors import ConfigError, MissingDependencyError
+from llmq.errors import ConfigError, MissingDependencyError, ModelNotFoundError
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -238,10 +238,17 @@ class Backend:
     @classmethod
     def load_tokenizer(cls, path: Path, *, trust_remote_code: bool = False) -> Any:
         """The tokenizer of an output of this plugin (what the evaluators tokenize with); default:
-        transformers ``AutoTokenizer`` from the folder."""
+        transformers ``AutoTokenizer`` from the folder (a folder without a usable one is one line)."""
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        try:
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # the file system's error (permission, ...): the CLI says it in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelNotFoundError(f"{path} has no usable tokenizer ({first}); copy the original model's "
+                                     "tokenizer files into it.") from None
 
     @classmethod
     def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
@@ -253,9 +260,9 @@ class Backend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from llmq.models import read_json
-        from llmq.safety import check_safetensors_folder
+        from llmq.weightfiles import check_safetensors_folder
 
-        check_safetensors_folder(path)
+        check_safetensors_folder(path, required=True)  # never torch.load a pytorch_model.bin
         qc = read_json(path / "config.json").get("quantization_config") or {}
         kwargs = cls.load_kwargs(path, qc, device, kernel)
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=cls.load_dtype(qc, device, dtype),

@@ -67,6 +67,7 @@ SMOOTH_ALPHA = {"*": 0.75, "*.down_proj": "off"}
 FALLBACK_RATIO: float | None = 2.0
 MAX_DYNAMIC_FRACTION = 0.3
 ERROR_SAMPLES = 8  # calibration samples the fallback's error measurement uses
+DEFAULT_PERCENTILE = 99.99  # calibration_method="percentile": the share of |x| the range holds
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -83,7 +84,9 @@ class Int8StaticConfig(CalibratedConfig):
     group_size: int = -1
     sym: bool = True
     calibration_method: str = "percentile"
-    percentile: float = 99.99
+    #: ``calibration_method="percentile"`` only (None: 99.99); refused with the other methods, which
+    #: would ignore it while llmq.json recorded it
+    percentile: float | None = None
     weight_granularity: str = "per_channel"
     #: a number for every Linear, or {pattern: alpha} (the longest matching pattern wins; "off"
     #: for none); "off" (or None) turns smoothing off
@@ -111,8 +114,12 @@ class Int8StaticConfig(CalibratedConfig):
                               "strings) to fix its activation scales; use int8-dynamic to quantize without it.")
         super().validate()
         check_choice("calibration_method", self.calibration_method, METHODS)
-        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
-                or not (0 < self.percentile <= 100):
+        if self.percentile is not None and self.calibration_method != "percentile":
+            raise ConfigError(f"percentile applies to calibration_method='percentile' only; "
+                              f"{self.calibration_method!r} ignores it: drop --percentile or use "
+                              "--calibration-method percentile.")
+        if self.percentile is not None and (isinstance(self.percentile, bool) or not isinstance(
+                self.percentile, (int, float)) or not (0 < self.percentile <= 100)):
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile!r}.")
         check_choice("weight_granularity", self.weight_granularity, ("per_channel", "per_tensor"))
         check_choice("dtype", self.dtype, DTYPES)
@@ -132,6 +139,19 @@ class Int8StaticConfig(CalibratedConfig):
         m = self.max_dynamic_fraction
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not (0 <= m <= 1):
             raise ConfigError(f"max_dynamic_fraction must be in [0, 1], got {m!r}.")
+
+    @property
+    def effective_percentile(self) -> float | None:
+        """The percentile the ``percentile`` method clips at; None for the methods that use none."""
+        if self.calibration_method != "percentile":
+            return None
+        return DEFAULT_PERCENTILE if self.percentile is None else float(self.percentile)
+
+    def to_dict(self) -> dict[str, Any]:
+        """llmq.json records the percentile used, and none for methods that use none."""
+        out = super().to_dict()
+        out["percentile"] = self.effective_percentile
+        return out
 
 
 # -- quantization -------------------------------------------------------------------------------
@@ -164,8 +184,9 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
     mapping = MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC
     configs: dict[str, Any] = {n: dynamic() for n in listed}
     qparams: dict[str, Any] = {n: {"dynamic": "dynamic_modules"} for n in listed}
+    pct = cfg.effective_percentile or DEFAULT_PERCENTILE  # minmax and entropy use none
     for n in static:
-        scale, zp = activation_qparams(obs[n], cfg.calibration_method, percentile=cfg.percentile, sym=cfg.sym)
+        scale, zp = activation_qparams(obs[n], cfg.calibration_method, percentile=pct, sym=cfg.sym)
         dt = model.get_submodule(n).weight.dtype
         configs[n] = Int8StaticActivationInt8WeightConfig(
             act_quant_scale=scale.to(dt), act_quant_zero_point=None if cfg.sym else zp,

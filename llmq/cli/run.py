@@ -111,7 +111,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_summary(meta: dict, path: Path, sample: str | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     sb = meta["size_bytes"]
@@ -119,11 +118,11 @@ def print_summary(meta: dict, path: Path, sample: str | None) -> None:
     for col in ("scheme", "size before", "size after", "compression", "time", "saved to"):
         t.add_column(col)
     ratio = meta.get("compression_ratio")
-    from llmq.fmt import human_bytes, term_width
+    from llmq.fmt import console, human_bytes, term_width
 
     t.add_row(meta["scheme"], human_bytes(sb["before"]), human_bytes(sb["after"]),
               f"{ratio:.2f}x" if ratio else "n/a", f"{meta['wall_time_s']:.1f} s", str(path))
-    con = Console(width=max(140, term_width()))
+    con = console(max(140, term_width()))
     con.print(t)
     if sample is not None:
         from llmq.pipeline.run import SAMPLE_PROMPT

@@ -33,7 +33,6 @@ def cmd_schemes(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     yn = {True: "yes", False: "no"}
@@ -43,7 +42,7 @@ def cmd_schemes(args: argparse.Namespace) -> int:
     for r in rows:
         inst = "yes" if r["installed"] else f"no: pip install 'llmq[{r['extra']}]'"
         t.add_row(r["name"], r["backend"], str(r["bits"]), yn[r["calibration"]], r["runtime"], inst, r["description"])
-    from llmq.fmt import term_width
+    from llmq.fmt import console, term_width
 
-    Console(width=max(140, term_width())).print(t)
+    console(max(140, term_width())).print(t)
     return 0

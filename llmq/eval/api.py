@@ -91,6 +91,9 @@ def _handle(model: Any, label: str, trust_remote_code: bool = False) -> _Handle:
         p = Path(str(model)).expanduser() if model is not None else None
         if p is not None and p.is_dir() and (p / "config.json").is_file():
             safety.refuse_remote_code(p, trust_remote_code)  # before the tokenizer or weights load
+            from llmq.weightfiles import check_safetensors_folder
+
+            check_safetensors_folder(p, required=True)  # a config-only or pytorch_model.bin folder: one line
             return _Handle(label, path=p, trust_remote_code=trust_remote_code)
         if p is not None and p.exists():
             from llmq.backends.base import Backend
@@ -149,6 +152,8 @@ def evaluate(model: Any, *, ppl: str | os.PathLike | None = "wikitext2", tasks: 
     ours = [t for t in task_list if not (isinstance(t, str) and t.startswith("lm_eval:"))]
     harness = [t for t in task_list if isinstance(t, str) and t.startswith("lm_eval:")]
     specs = task_mod.resolve_tasks(ours, fields=task_fields)  # unknown task: one line, before any model loads
+    for spec in specs:
+        task_mod.check_rows(spec, limit)
     if harness:
         from llmq.eval import lm_eval_bridge
 
@@ -364,12 +369,15 @@ def check_eval_request(*, tasks: Any = None, ppl: Any = None, max_ppl_increase: 
                        max_accuracy_loss: Any = None, max_kld: Any = None) -> None:
     """``run --eval``: gate thresholds, task names and files, the perplexity file, all without a model."""
     from llmq.eval.gate import validate
-    from llmq.eval.tasks import resolve_task
+    from llmq.eval.tasks import check_rows, resolve_task
 
     validate(max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
     for t in split_tasks(tasks):
         if not (isinstance(t, str) and t.startswith("lm_eval:")):
-            resolve_task(t)
+            check_rows(resolve_task(t))
     if ppl is not None and str(ppl).lower() != "none" and ("/" in str(ppl) or Path(str(ppl)).suffix):
         if not Path(str(ppl)).expanduser().is_file():
             raise ConfigError(f"--ppl file not found: {ppl}")
+        from llmq.safety import check_text_file
+
+        check_text_file(Path(str(ppl)).expanduser())

@@ -15,9 +15,11 @@ from typing import Any, Callable, Sequence
 from llmq.errors import ConfigError, LlmqError
 
 #: With no model: the demo model, and the scheme the advisor picks for a CPU (int8-dynamic, seconds).
-#: A calibrated scheme on the demo model calibrates on Python's bundled docs (offline) with groups of
-#: 64 (SmolLM2's 576-wide layers do not split into 128s).
+#: A scheme that calibrates or trains on text gets Python's bundled docs (offline), and one whose
+#: default groups do not split SmolLM2's 576-wide layers (GPTQ/AWQ's 128) gets groups of 64; each
+#: only where the scheme's config has that field (``demo_overrides``).
 DEMO = {"scheme": "int8-dynamic", "group_size": 64, "calibration": "builtin"}
+DEMO_WIDTH = 576  # SmolLM2-135M's hidden size: the in_features a group size must divide
 SAMPLE_PROMPT = "The capital of France is"
 
 
@@ -98,11 +100,8 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
     else:
         if demo:
             scheme = scheme or DEMO["scheme"]
-            from llmq.schemes import get_scheme
-
-            if get_scheme(scheme).backend_cls().needs_calibration:
-                for k in ("group_size", "calibration"):
-                    overrides.setdefault(k, DEMO[k])
+            for k, v in demo_overrides(scheme).items():
+                overrides.setdefault(k, v)
         if not scheme:
             raise LlmqError("--scheme is required with --model (see `python -m llmq schemes`, or use --scheme auto).")
         out = Path(output) if output else default_output(model, scheme)
@@ -157,6 +156,27 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
 
         res.push = push(res.path, repo_id=push_to_hub, private=private)
     return res
+
+
+def demo_overrides(scheme: str) -> dict[str, Any]:
+    """The offline demo's settings for ``scheme``, per field its config has: text for the fields a
+    calibrating or training scheme reads (``calibration``, QAT's ``data``), and ``group_size=64``
+    where the default group does not divide the demo's layers. Nothing for the others: int8-static's
+    per-channel ``group_size=-1`` and GGUF's optional importance matrix stay as they are."""
+    from llmq.schemes import get_scheme
+
+    sch = get_scheme(scheme)
+    plugin = sch.backend_cls()
+    cfg = sch.config()
+    out: dict[str, Any] = {}
+    if plugin.needs_calibration and hasattr(cfg, "calibration"):
+        out["calibration"] = DEMO["calibration"]
+    if plugin.needs_training and hasattr(cfg, "data"):
+        out["data"] = DEMO["calibration"]
+    gs = getattr(cfg, "group_size", None)
+    if isinstance(gs, int) and gs > 0 and DEMO_WIDTH % gs:
+        out["group_size"] = DEMO["group_size"]
+    return out
 
 
 def _one_line(text: str) -> str:

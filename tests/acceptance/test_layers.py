@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2] / "llmq"
 LAYERS = {
     # L0 foundations: errors, the registry, formatting, the machine, the Hub, files and output folders, checks
     "llmq.errors": 0, "llmq.registry": 0, "llmq.fmt": 0, "llmq.hardware": 0, "llmq.hub": 0, "llmq.io": 0,
-    "llmq.outdir": 0, "llmq.owners": 0, "llmq.safety": 0, "llmq.version": 0,
+    "llmq.outdir": 0, "llmq.owners": 0, "llmq.safety": 0, "llmq.version": 0, "llmq.weightfiles": 0,
     # L1 model and data plumbing
     "llmq.config": 1, "llmq.data": 1, "llmq.calibration": 1, "llmq.models": 1, "llmq.gguf_cache": 1, "llmq.sizing": 1, "llmq.meta": 1,
     "llmq.testing": 1, "llmq.testing_gguf": 1,

@@ -1,6 +1,6 @@
-"""Issue #13's probes, one test each, on tiny random models: foreign code, silent garbage, lost
-output, tracebacks, evaluator generality. Each asserts the exit code, a one-line error and an
-untouched filesystem."""
+"""Issue #13's probes and round two's, one test each, on tiny random models: foreign code, silent
+garbage, lost output, tracebacks, evaluator generality, resource errors, interrupts. Each asserts
+the exit code, a one-line error and an untouched filesystem."""
 
 from __future__ import annotations
 
@@ -431,7 +431,7 @@ def test_interrupt_after_complete_save_tells_the_truth(models, tmp_path, capsys,
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_mod, "print_summary", interrupted)
+    monkeypatch.setattr(cli_run, "print_summary", interrupted)
     out = tmp_path / "o"
     code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
                        "--no-sample")
@@ -686,3 +686,117 @@ def test_gguf_beside_custom_code_is_refused_and_its_code_never_runs_or_spreads(t
         assert not list(folder.rglob("*.py")) and "auto_map" not in "".join(
             f.read_text() for f in folder.rglob("*.json")), folder
     assert len(list((tmp_path / "cache" / "gguf").iterdir())) == 1  # one entry for the byte-identical files
+# == Round two: silent wrong results, messages, resource errors ============================================
+def test_config_contradicting_its_weights_is_refused_before_quantizing(models, tmp_path, capsys):
+    """It quantized and saved a config.json that contradicts the tensors (exit 0)."""
+    src = copy_model(models["good"], tmp_path / "src")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["intermediate_size"] *= 2
+    (src / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "o"
+    code, _, err = cli(capsys, "run", "--model", src, "--scheme", "int8-dynamic", "-o", out, "--no-sample")
+    assert code == 2
+    one_line_error(err, "config.json disagrees with the weights", "intermediate_size=512; the weights say 256")
+    assert not out.exists() and debris_of(out) == []
+
+
+def test_disk_full_while_saving_is_one_line_and_leaves_nothing(models, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import transformers.modeling_utils as mu
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 1000)  # a part written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mu, "safe_save_file", full_disk)
+    out = tmp_path / "o"
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "fp16", "-o", out, "--no-sample")
+    assert code == 2
+    one_line_error(err, f"No space left on the device: {out};", "-o")
+    assert not out.exists() and debris_of(out) == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["long-name", "dangling-symlink", "read-only"])
+def test_outputs_the_file_system_refuses_are_one_line_before_loading_weights(models, tmp_path, capsys, monkeypatch,
+                                                                           case):
+    _no_weights(monkeypatch)
+    if case == "long-name":
+        out, words = tmp_path / ("n" * 250), ("File name too long", "choose a shorter name")
+    elif case == "dangling-symlink":
+        out, words = tmp_path / "link", ("is a symlink to", "which does not exist")
+        out.symlink_to(tmp_path / "gone" / "x")
+    else:
+        import errno
+        import tempfile
+
+        def read_only(*a, **k):
+            raise OSError(errno.EROFS, "Read-only file system", k.get("dir"))
+
+        monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+        out, words = tmp_path / "o", ("Read-only file system", "choose a writable folder")
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out)
+    assert code == 2
+    one_line_error(err, str(out), *words)
+
+
+def test_eval_data_that_is_not_what_it_claims_is_one_line(models, tmp_path, capsys):
+    """Random bytes as --ppl reported a perplexity; an empty continuation was scored; a binary task
+    file was a UnicodeDecodeError; a cut .gguf a reshape error."""
+    code, out, err = cli(capsys, "eval", "--model", models["good"], "--ppl", models["random_txt"], "--seqlen", "32",
+                         "--no-speed", "--json")
+    assert code == 2 and '"perplexity"' not in out
+    one_line_error(err, "random.txt does not look like text")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"context": "The answer is", "continuation": " yes"}) + "\n"
+                     + json.dumps({"context": "The answer is", "continuation": ""}) + "\n")
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(os.urandom(3000))
+    cut = tmp_path / "cut.gguf"
+    from llmq.models import demo_gguf_path
+
+    with open(demo_gguf_path(), "rb") as f:
+        cut.write_bytes(f.read(20_000_000))
+    for args, words in (([models["good"], "--tasks", empty], ("empty.jsonl line 2", "non-empty text")),
+                        ([models["good"], "--tasks", binary], ("binary.jsonl does not look like text",)),
+                        ([cut], ("cut.gguf is not a valid GGUF file", "truncated"))):
+        code, out, err = cli(capsys, "eval", "--model", *args, "--ppl", "none", "--no-speed")
+        assert code == 2
+        one_line_error(err, *words)
+        assert "Loading weights" not in err  # refused before any model loaded
+
+
+def test_folder_with_two_ggufs_is_ambiguous_not_guessed(tmp_path, capsys, monkeypatch):
+    _no_weights(monkeypatch)
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / "m").mkdir(exist_ok=True)
+        (tmp_path / "m" / name).write_bytes(b"GGUF")
+    code, _, err = cli(capsys, "run", "--model", tmp_path / "m", "--scheme", "int8-dynamic", "-o", tmp_path / "o")
+    assert code == 2
+    one_line_error(err, "holds 2 .gguf files (a.gguf, b.gguf)", "pass the one you mean")
+
+
+def test_sigterm_during_gptq_ends_quietly_and_promptly(models, tmp_path):
+    """The interrupt message came, then a 17-30 s wait for GPTQModel's worker threads and, at
+    times, a C++ ``terminate`` with a backtrace."""
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-m", "llmq", "run", "--model", str(models["good"]), "--scheme",
+                          "gptq-int4", "--calibration", "builtin", "--n-samples", "64", "--seqlen", "256",
+                          "-o", str(out), "--no-sample"],
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    err = ""
+    deadline = time.time() + 300
+    while "layer 1/2" not in err and time.time() < deadline and p.poll() is None:
+        err += p.stderr.readline()
+    assert p.poll() is None, "the run ended before it could be interrupted"
+    time.sleep(1)
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    rest = p.communicate(timeout=120)[1]
+    assert p.returncode == 130, rest[-2000:]
+    assert time.time() - t0 < 5, f"took {time.time() - t0:.1f} s to exit"  # 8-9 s before, 0.8 s now
+    assert "llmq: interrupted; nothing was written" in rest
+    assert "terminate" not in rest and "Traceback" not in rest
+    assert not out.exists() and debris_of(out) == []

@@ -161,3 +161,25 @@ def test_unregister_removes_the_scheme(toy):
 
     register_plugin(ToyBackend)  # the fixture unregisters it again
     assert "toy-fp16" in SCHEMES
+
+
+def test_load_refuses_folders_without_safetensors_or_tokenizer(tiny_model_dir, tmp_path):
+    """A pytorch_model.bin folder was unpickled by torch (or failed with torch's traceback); a folder
+    without tokenizer files ended in transformers' multi-line message."""
+    import shutil
+
+    from llmq.errors import ModelNotFoundError
+
+    binonly = tmp_path / "bin"
+    binonly.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", binonly)
+    (binonly / "pytorch_model.bin").write_bytes(b"never unpickled")
+    with pytest.raises(ModelNotFoundError, match="holds pytorch_model.bin, and llmq loads safetensors only"):
+        llmq.load(binonly, device="cpu")
+    notok = tmp_path / "notok"
+    notok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / f, notok)
+    with pytest.raises(ModelNotFoundError, match="has no usable tokenizer") as e:
+        Backend.load_tokenizer(notok)
+    assert "\n" not in str(e.value)

@@ -172,6 +172,8 @@ def test_size_estimate_matches_the_folder(tiny_model_dir, tmp_path):
     ({"calibration_method": "kl"}, "calibration_method='kl' is invalid"),
     ({"percentile": 0}, "percentile must be in (0, 100]"),
     ({"percentile": 100.5}, "percentile must be in (0, 100]"),
+    ({"calibration_method": "entropy", "percentile": 99.9}, "percentile applies to calibration_method='percentile'"),
+    ({"calibration_method": "minmax", "percentile": 99.99}, "'minmax' ignores it"),
     ({"calibration": []}, "int8-static needs calibration data"),
     ({"smooth_alpha": 1.5}, "smooth_alpha must be in [0, 1]"),
 ])
@@ -185,6 +187,16 @@ def test_one_line_errors_before_any_weights_load(kw, msg, tiny_model_dir, monkey
     with pytest.raises(ConfigError) as e:
         core.quantize(str(tiny_model_dir), "int8-static", device="cpu", **kw)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_percentile_recorded_is_the_one_used():
+    """llmq.json recorded percentile 99.99 for entropy and minmax runs, which use none."""
+    cfg = S.Int8StaticConfig(calibration="builtin")
+    assert cfg.effective_percentile == 99.99 and cfg.to_dict()["percentile"] == 99.99
+    assert cfg.with_overrides(percentile=99.9).to_dict()["percentile"] == 99.9
+    for method in ("entropy", "minmax"):
+        c = cfg.with_overrides(calibration_method=method)
+        assert c.effective_percentile is None and c.to_dict()["percentile"] is None
 
 
 def test_static_without_calibration_data_is_refused():

@@ -72,3 +72,48 @@ def test_overrides_from_args_parses_set_and_skip_modules():
     assert parse_value("[1,2]") == [1, 2] and parse_value("abc") == "abc"
     with pytest.raises(Exception, match="KEY=VALUE"):
         overrides_from_args(build_parser().parse_args(["run", "--set", "novalue"]))
+
+
+def test_resource_errors_from_any_command_are_one_line_other_oserrors_are_not(monkeypatch, capsys):
+    """Disk full, read-only, name too long, permission: translated once, in ``main``, whatever
+    command raised them (here wrapped by a library, as safetensors and torch do)."""
+    import errno
+
+    import llmq.cli.schemes as schemes_cli
+
+    def full(args):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/out/model.safetensors")
+        except OSError as e:
+            raise RuntimeError("serializing failed") from e
+
+    monkeypatch.setattr(schemes_cli, "cmd_schemes", full)
+    assert main(["schemes"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("llmq: error: No space left on the device: /data/out/model")
+    monkeypatch.setattr(schemes_cli, "cmd_schemes", lambda args: open("/definitely/missing/file"))
+    with pytest.raises(FileNotFoundError):  # not a resource problem: a bug, shown as one
+        main(["schemes"])
+
+
+def test_an_interrupted_run_exits_at_once_despite_busy_worker_threads(tmp_path):
+    """GPTQModel leaves worker threads computing after Ctrl-C/SIGTERM; the interpreter's exit joined
+    them (17 s on the demo) and could abort in C++ (``terminate called``). ``entry`` runs the atexit
+    callbacks (temporary folders) and ends the process."""
+    import textwrap
+    import time
+
+    marker = tmp_path / "atexit-ran"
+    code = textwrap.dedent(f"""
+        import atexit, threading, time
+        import llmq.cli as cli
+        threading.Thread(target=time.sleep, args=(60,)).start()  # a non-daemon worker, busy for a minute
+        atexit.register(lambda: open({str(marker)!r}, "w").write("x"))
+        cli.main = lambda argv=None: 130
+        cli.entry()
+    """)
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert time.perf_counter() - t < 30 and marker.exists()
+    assert "terminate" not in r.stderr and "Traceback" not in r.stderr

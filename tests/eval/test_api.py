@@ -63,6 +63,36 @@ def test_refuses_mismatched_tokenizers_and_non_models(tiny_model_dir, tmp_path):
         llmq.evaluate(str(tiny_model_dir), tasks=["nope"], **FAST)
 
 
+def test_folders_without_weights_are_one_line_before_the_tokenizer(tiny_model_dir, tmp_path):
+    """A config-only folder ended in transformers' tokenizer message; a pytorch_model.bin-only one
+    was unpickled (llmq loads safetensors only)."""
+    import shutil
+
+    for name, extra in (("config-only", None), ("bin-only", "pytorch_model.bin")):
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(tiny_model_dir / "config.json", d)
+        if extra:
+            (d / extra).write_bytes(b"not unpickled")
+        with pytest.raises(ModelNotFoundError, match="no .safetensors weights") as e:
+            llmq.evaluate(str(d), **FAST)
+        assert (extra or "safetensors only") in str(e.value)
+
+
+def test_run_eval_request_checks_data_files_before_quantizing(tmp_path):
+    from llmq.errors import DataError
+    from llmq.eval.api import check_eval_request
+    from llmq.eval.tasks import TaskDataError
+
+    (tmp_path / "r.txt").write_bytes(bytes(range(256)) * 80)
+    with pytest.raises(DataError, match="does not look like text"):
+        check_eval_request(ppl=str(tmp_path / "r.txt"))
+    (tmp_path / "t.jsonl").write_text(json.dumps({"context": "a", "continuation": " b"}) + "\n"
+                                      + json.dumps({"context": "a", "continuation": ""}) + "\n")
+    with pytest.raises(TaskDataError, match="line 2"):
+        check_eval_request(tasks=str(tmp_path / "t.jsonl"))
+
+
 def test_cli_compare_gate_exit_codes(tiny_model_dir, tiny_fp4_dir, tmp_path, capsys):
     from llmq.cli import main
 

@@ -56,3 +56,32 @@ def test_bad_gate_is_refused_before_any_weight_loads(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="ambiguous"):
         run(str(tiny_model_dir), "bf16", output=tmp_path / "c", device="cpu", max_ppl_increase="5")
     assert not (tmp_path / "c").exists()
+
+
+def test_demo_settings_are_per_scheme():
+    """The demo passed group_size=64 to every calibrated scheme, which int8-static (per channel,
+    group_size -1) refused: each setting now goes only to schemes whose config has that field."""
+    from llmq.pipeline.run import demo_overrides
+
+    assert demo_overrides("int8-dynamic") == {}
+    assert demo_overrides("gptq-int4") == {"calibration": "builtin", "group_size": 64}  # 128 does not divide 576
+    assert demo_overrides("awq-int4") == {"calibration": "builtin", "group_size": 64}
+    assert demo_overrides("int8-static") == {"calibration": "builtin"}
+    assert demo_overrides("qat-int4") == {"data": "builtin"}  # its groups of 32 divide 576; offline text
+    assert demo_overrides("gguf-q4_k_m") == {}  # an importance matrix stays optional
+
+
+def test_every_scheme_passes_every_check_on_the_demo_with_its_demo_settings():
+    """What `python -m llmq run --scheme S` checks before the first weight loads (options, packages,
+    the demo's shapes, the calibration source), on CPU, for one scheme of every plugin (schemes of a
+    plugin share their checks)."""
+    from llmq.core import prepare
+    from llmq.pipeline.run import demo_overrides
+    from llmq.schemes import SCHEMES
+
+    first = {}
+    for name in SCHEMES:
+        first.setdefault(SCHEMES.get(name).backend, name)
+    first["awq"] = "awq-int4"  # AWQ shares GPTQModel's plugin but not its constraints
+    for name in first.values():
+        prepare(None, name, device="cpu", **demo_overrides(name))

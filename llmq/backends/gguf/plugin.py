@@ -110,6 +110,17 @@ def _scheme(name: str, bits: float, precision: str, cpu: float, what: str) -> An
                   tree_rank={"cpu": cpu, **{k: v + cpu / 10 for k, v in _GPU_LAST.items()}})
 
 
+def _checked_gguf(path: Path) -> Path:
+    """The .gguf of ``path`` (a file or an output folder), checked complete before anything reads it."""
+    from llmq.weightfiles import check_gguf_file
+
+    f = _gguf_in(path)
+    if f is None:
+        raise LlmqError(f"{path} is not a .gguf file or a folder holding one.")
+    check_gguf_file(f)
+    return f
+
+
 def _gguf_in(path: Path) -> Path | None:
     """The .gguf ``path`` is, or the one .gguf of an output folder without config.json."""
     path = Path(path)
@@ -232,7 +243,7 @@ class GGUFBackend(_Backend):
         from llmq import safety
         from llmq.backends.gguf.runtime import load_tokenizer
 
-        f = _gguf_in(path)
+        f = _checked_gguf(path)
         safety.refuse_remote_code(f, trust_remote_code)
         return load_tokenizer(f)
 
@@ -240,9 +251,7 @@ class GGUFBackend(_Backend):
     def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None) -> tuple[Any, Any]:
         """``(LlamaCppLM, tokenizer)`` when llama-cpp-python is installed (the file runs on llama.cpp);
         otherwise transformers' GGUF loader dequantizes it (``runtime`` says which)."""
-        f = _gguf_in(path)
-        if f is None:
-            raise LlmqError(f"{path} is not a .gguf file or a folder holding one.")
+        f = _checked_gguf(path)
         if kernel is not None:
             raise ConfigError(f"kernel= applies to GPTQ/AWQ folders; {path} is a GGUF file.")
         tok = cls.load_tokenizer(f)
@@ -274,7 +283,7 @@ class GGUFBackend(_Backend):
             raise MissingDependencyError("Benchmarking a .gguf on llama.cpp", ["llama-cpp-python"], EXTRA)
         from llmq.backends.gguf.runtime import LlamaCppRunner
 
-        return LlamaCppRunner(str(_gguf_in(Path(path))), device=device, threads=threads)
+        return LlamaCppRunner(str(_checked_gguf(Path(path))), device=device, threads=threads)
 
     @classmethod
     def estimate(cls, profile: Any, scheme: Any, config: Any, device: str) -> Any:

@@ -211,7 +211,7 @@ def _tensor_name_map(model_dir: Path) -> tuple[Any, int]:
 
 
 def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, seqlen: int = 512, seed: int = 0,
-                    include_output: bool = False, progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                    include_output: bool = False, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """``({gguf tensor name: float32 array}, fingerprint)``: llama-imatrix's statistic (mean over
     calibration tokens of each input column's squared activation) for every Linear inside the
     decoder blocks (llama-imatrix skips the output tensor unless ``--process-output``)."""
@@ -254,12 +254,12 @@ def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, 
         hooks.append(m.register_forward_hook(hook(gname)))
     if not targets:
         raise LlmqError(f"No Linear of {model_dir.name} maps to a llama.cpp tensor name; cannot build an imatrix.")
+    from tqdm.auto import tqdm
+
     try:
         with torch.inference_mode():
-            for i, s in enumerate(calib.samples):
+            for s in tqdm(calib.samples, desc="imatrix", unit="window", disable=not progress):
                 model(torch.tensor([s]))
-                if progress:
-                    print(f"imatrix {i + 1}/{len(calib.samples)}", end="\r", flush=True)
     finally:
         for h in hooks:
             h.remove()
@@ -335,7 +335,7 @@ class GGUFResult:
 
 def build(model_dir: Path, work: Path, config: GGUFConfig, *, scheme: str, name: str,
           calibration: Any = None, imatrix: dict[str, Any] | None = None,
-          progress: bool = False) -> tuple[Path, dict[str, Any]]:
+          progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Convert ``model_dir`` with llama.cpp's converter into ``work``, quantize to ``config.ftype``
     (with an importance matrix from ``calibration`` (a ``Calibration`` or a source), else from
     ``config.calibration``, or the ``imatrix`` given) into ``work/<name>.gguf``; returns the file and

@@ -264,6 +264,7 @@ class LlamaCppRunner:
     and what ``llama-bench``'s ``tg`` measures; ``bench`` skips larger batch sizes for it."""
 
     max_batch = 1
+    max_context = RUNNER_CTX
 
     def __init__(self, spec: str, *, device: str = "cpu", threads: int | None = None):
         if device != "cpu":

@@ -282,7 +282,7 @@ def test_load_runs_the_output_on_llama_cpp_and_falls_back_to_transformers(q8_out
         assert _rel(m(ids).logits[0].numpy(), ref) < TOL["gguf-q8_0"]
 
 
-def test_run_with_calibration_records_it(tiny, tmp_path):
+def test_run_with_calibration_records_it(tiny, tmp_path, capsys):
     from llmq.cli import main
 
     txt = tmp_path / "calib.txt"
@@ -291,6 +291,8 @@ def test_run_with_calibration_records_it(tiny, tmp_path):
     rc = main(["run", "--model", str(tiny), "--scheme", "gguf-q4_k_m", "--calibration", str(txt),
                "--n-samples", "2", "--seqlen", "32", "-o", str(out)])
     assert rc == 0
+    err = capsys.readouterr().err  # computing the importance matrix shows its progress (it was silent for minutes)
+    assert "imatrix" in err and "2/2" in err
     meta = json.loads((out / "llmq.json").read_text())
     assert meta["config"]["calibration"] == str(txt) and meta["config"]["n_samples"] == 2
     assert meta["calibration"]["n_samples"] == 2 and len(meta["calibration"]["sha256"]) == 64
