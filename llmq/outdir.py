@@ -376,10 +376,8 @@ def atomic_output(output: str | os.PathLike, overwrite: bool = False,
             yield tmp
             check_existing(output, overwrite)
             commit(tmp, output)
-        except BaseException:
-            remove_entry(tmp)
         except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_entry(tmp)
             note_path(e, output)  # a full disk's OSError names no file: say which output it was
             raise
         finally:
