@@ -75,6 +75,7 @@ class ModelSource:
                     self._config.quantization_config = None
                     if hasattr(self._config, "quantization_config"):
                         del self._config.quantization_config
+                    name_architecture(self._config)  # as the dequantized folder's config.json does
                 else:
                     self._config = AutoConfig.from_pretrained(
                         str(self.path) if self.kind == "local" else self.name,
@@ -96,7 +97,7 @@ class ModelSource:
             if cached is not None:
                 return AutoTokenizer.from_pretrained(cached)
             if self.kind == "gguf":
-                return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+                return gguf_tokenizer(self.path)
             return AutoTokenizer.from_pretrained(
                 str(self.path) if self.kind == "local" else self.name,
                 revision=self.revision, trust_remote_code=self.trust_remote_code,
@@ -294,12 +295,12 @@ def _dequantize_gguf(path: Path) -> Path:
     out = gguf_cache(path)
     if _cached_gguf_dir(path):
         return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from llmq.io import atomic_dir
 
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="auto")
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tok = gguf_tokenizer(path)
     strip_quantization_config(model)
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -308,6 +309,45 @@ def _dequantize_gguf(path: Path) -> Path:
     for gone in prune_gguf_cache(out, path.stem):
         log.info("removed %s: its GGUF file is gone or changed", gone)
     return out
+
+
+def name_architecture(config: Any) -> None:
+    """Set ``config.architectures`` to the causal-LM class transformers builds for it, where unset: a
+    config read from a GGUF names none (the file does not say), while the dequantized folder's
+    ``config.json`` does (``save_pretrained`` writes it), and checks such as llama.cpp's converter read it."""
+    if getattr(config, "architectures", None):
+        return
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", None))
+    if name:
+        config.architectures = [name]
+
+
+#: transformers' class for a SentencePiece vocabulary (``tokenizer.ggml.model`` "llama") per GGUF
+#: architecture: the class the original model's tokenizer had (checked: a reload tokenizes as the file
+#: does). Other files stay with transformers' generic ``TokenizersBackend``, which keeps the
+#: pre-tokenizer the file implies (a byte-level class would replace it with its own).
+GGUF_SENTENCEPIECE_CLASS = {"llama": "LlamaTokenizer"}
+
+
+def gguf_tokenizer(path: Path) -> Any:
+    """The tokenizer a GGUF file stores, as transformers reads it, in the class its vocabulary has
+    (``LlamaTokenizer`` for a Llama SentencePiece vocabulary), so that a dequantized folder, and a
+    folder quantized from it, names that class in ``tokenizer_config.json``."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    cls = None
+    try:  # transformers' own header reader (a tenth of a second; gguf-py's reads every array)
+        from transformers.integrations.gguf import read_gguf_metadata
+
+        meta, _ = read_gguf_metadata(str(path))
+    except (ImportError, ValueError, OSError):
+        meta = {}
+    if meta.get("tokenizer.ggml.model") == "llama":
+        cls = getattr(transformers, GGUF_SENTENCEPIECE_CLASS.get(meta.get("general.architecture"), ""), None)
+    return (cls or AutoTokenizer).from_pretrained(path.parent, gguf_file=path.name)
 
 
 def strip_quantization_config(model: Any) -> None:

@@ -275,7 +275,7 @@ def test_load_runs_the_output_on_llama_cpp_and_falls_back_to_transformers(q8_out
     finally:
         m.close()
     # the rule: without llama-cpp-python, transformers dequantizes the file, and says so
-    monkeypatch.setattr(G, "llama_cpp_installed", lambda: False)
+    monkeypatch.setattr(P, "llama_cpp_installed", lambda: False)
     m, _ = llmq.load(out / "llama-Q8_0.gguf")
     assert m.llmq_runtime == "transformers (dequantized GGUF)"
     with torch.no_grad():
