@@ -47,8 +47,16 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
     bits = meta.get("bits")
     summary = f"{base_md} quantized with the **{meta['scheme']}** scheme of [llmq]({LLMQ_URL}): {sch.description}."
     gguf = gguf_file(meta)
+    qc = meta.get("quantization_config") or {}
+    requantized = bool(gguf) and qc.get("source_format") == "gguf"  # llama.cpp read the .gguf itself
     gguf_note = None
-    if gguf:
+    if requantized:
+        gguf_note = (f"llama.cpp requantized the GGUF file `{gguf}` ({qc.get('source_ftype') or 'type not recorded'}) "
+                     f"to {qc.get('ftype')} directly, keeping its metadata and tokenizer. \"Original\" on this card "
+                     "means that file." + (" Its tensors were already quantized, so this file carries both rounding "
+                                           "errors; converting from an F32/F16 or safetensors release of the model "
+                                           "gives better quality." if qc.get("requantized") else ""))
+    elif gguf:
         gguf_note = (f"llmq started from weights dequantized from the GGUF file `{gguf}`, not from "
                      f"{base_md}'s original safetensors release. \"Original\" on this card means those dequantized "
                      "weights, which already carry the GGUF quantization's error.")
@@ -74,7 +82,7 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
         ("Created", str(meta.get("created", "not recorded"))),
     ]
     sb = meta.get("size_bytes") or {}
-    orig_label = "Original" + (" (dequantized from GGUF)" if gguf else "")
+    orig_label = "Original" + (" (the GGUF file)" if requantized else " (dequantized from GGUF)" if gguf else "")
     size_rows = [(orig_label, fmt_bytes(sb.get("before"))), ("Quantized", fmt_bytes(sb.get("after"))),
                  ("Compression ratio", f"{meta['compression_ratio']}x" if meta.get("compression_ratio") else "not measured")]
 

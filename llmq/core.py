@@ -184,10 +184,14 @@ def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None
     safety.check_vocab(tokenizer, source.config(), f"The model {source.name}")
     if _takes_calibration(type(cfg)) and cfg.calibration is not None:
         calib = calib_mod.build(cfg.calibration, tokenizer, n_samples=cfg.n_samples, seqlen=cfg.seqlen, seed=cfg.seed)
-    model_dir = source.local_dir()
-    check_no_missing_weights(model_dir, source.config(), trust_remote_code=source.trust_remote_code)
-    safety.check_finite_safetensors(model_dir, f"The source model {source.name}")
-    size_before = folder_size(model_dir)
+    model_dir = backend.source_file(source)  # e.g. a .gguf that llama.cpp requantizes as it is
+    if model_dir is not None:
+        size_before = model_dir.stat().st_size
+    else:
+        model_dir = source.local_dir()
+        check_no_missing_weights(model_dir, source.config(), trust_remote_code=source.trust_remote_code)
+        safety.check_finite_safetensors(model_dir, f"The source model {source.name}")
+        size_before = folder_size(model_dir)
     t0 = time.perf_counter()
     qmodel = backend.quantize(model_dir, calib, device)
     wall = time.perf_counter() - t0

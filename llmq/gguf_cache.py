@@ -174,11 +174,11 @@ def _dequantize_gguf(path: Path) -> Path:
     with reserve_output(out, overwrite=True, wait=CACHE_WAIT_S, note=note):
         if _cached_gguf_dir(path):  # the process we waited for wrote it
             return out
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         with gguf_view(path) as (d, name):
             model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype="auto", trust_remote_code=False)
-            tok = AutoTokenizer.from_pretrained(d, gguf_file=name, trust_remote_code=False)
+        tok = gguf_tokenizer(path)
         strip_quantization_config(model)
         with atomic_output(out, overwrite=True, track=False) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -202,3 +202,30 @@ def strip_quantization_config(model: Any) -> None:
             model.is_quantized = False
         except AttributeError:
             pass
+
+
+#: transformers' class for a SentencePiece vocabulary (``tokenizer.ggml.model`` "llama") per GGUF
+#: architecture: the class the original model's tokenizer had (checked: a reload tokenizes as the file
+#: does). Other files stay with transformers' generic ``TokenizersBackend``, which keeps the
+#: pre-tokenizer the file implies (a byte-level class would replace it with its own).
+GGUF_SENTENCEPIECE_CLASS = {"llama": "LlamaTokenizer"}
+
+
+def gguf_tokenizer(path: Path) -> Any:
+    """The tokenizer a GGUF file stores, as transformers reads it, in the class its vocabulary has
+    (``LlamaTokenizer`` for a Llama SentencePiece vocabulary), so that a dequantized folder, and a
+    folder quantized from it, names that class in ``tokenizer_config.json``."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    cls = None
+    try:  # transformers' own header reader (a tenth of a second; gguf-py's reads every array)
+        from transformers.integrations.gguf import read_gguf_metadata
+
+        meta, _ = read_gguf_metadata(str(path))
+    except (ImportError, ValueError, OSError):
+        meta = {}
+    if meta.get("tokenizer.ggml.model") == "llama":
+        cls = getattr(transformers, GGUF_SENTENCEPIECE_CLASS.get(meta.get("general.architecture"), ""), None)
+    with gguf_view(path) as (d, name):  # the file alone: nothing beside it is read
+        return (cls or AutoTokenizer).from_pretrained(d, gguf_file=name, trust_remote_code=False)

@@ -352,6 +352,8 @@ def original_label(path: str | None, gguf: str | None) -> str:
     p = Path(path)
     if gguf and cache_dir().resolve() in p.resolve().parents:
         return f"the original weights (dequantized from `{gguf}`)"
+    if p.suffix == ".gguf":
+        return f"the original GGUF file `{p.name}`"
     if p.is_absolute() or p.exists() or path.startswith((".", "~")):
         return f"the original weights (a local folder, `{p.name}`)"
     return f"the original weights (`{path}`)"

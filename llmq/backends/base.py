@@ -162,11 +162,18 @@ class Backend:
     def validate_model(self, source: Any) -> None:
         """Shape checks from the config alone; overridden where kernels have constraints."""
 
+    def source_file(self, source: Any) -> Path | None:
+        """A source file this plugin quantizes as it is, handed to ``quantize`` instead of the
+        safetensors folder (a ``.gguf`` that llama.cpp requantizes, keeping its metadata and tokenizer);
+        None (the default): the folder, dequantized or downloaded as needed."""
+        return None
+
     def versions(self) -> dict[str, str | None]:
         return {dist: package_version(dist) for _, dist in self.requires}
 
     # -- quantize and save ------------------------------------------------------------------
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+        """Quantize ``model_dir`` (a safetensors folder, or what ``source_file`` named)."""
         raise NotImplementedError
 
     def save(self, model: Any, tokenizer: Any, out: Path) -> None:
@@ -269,6 +276,19 @@ class Backend:
                                                      trust_remote_code=trust_remote_code, **kwargs)
         model.eval()
         return model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+    @classmethod
+    def eval_runtimes(cls) -> tuple[str, ...]:
+        """The runtimes an output of this plugin can be scored on, preferred first (``load`` uses the
+        first); a comparison scores both models on one runtime they share."""
+        return (cls.runtime,)
+
+    @classmethod
+    def load_on(cls, path: Path, runtime: str, *, device: str) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` on one of ``eval_runtimes`` (``load`` takes the first; a .gguf can also
+        be dequantized into transformers); the model's ``llmq_runtime`` says which. Default: none but
+        ``load``'s."""
+        raise ConfigError(f"{cls.name} outputs run on {' or '.join(cls.eval_runtimes())}, not {runtime}.")
 
     @classmethod
     def generate(cls, model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 24) -> str:

@@ -145,10 +145,24 @@ class GGUFArtifact:
     record: dict[str, Any]
 
 
+def _source_rows(qc: dict) -> list[tuple[str, str]]:
+    """The card's row for a file llama.cpp requantized from a ``.gguf`` source."""
+    if qc.get("source_format") != "gguf":
+        return []
+    src = f"`{qc.get('source_file')}` ({qc.get('source_ftype') or 'type not recorded'})"
+    if qc.get("requantized"):
+        return [("Requantized from", f"{src} by llama.cpp (`allow_requantize`): the source's tensors were already "
+                                     "quantized, so both rounding errors add up; an F32/F16 source gives better quality")]
+    return [("Quantized from", f"{src} by llama.cpp, metadata and tokenizer kept")]
+
+
 def output_name(model_dir: Path) -> str:
-    """The model's name for ``<name>-<FTYPE>.gguf``: a Hub snapshot's repo name, a dequantized GGUF
-    cache folder's source stem (without llmq's cache hash and the source's own type), else the folder name."""
+    """The model's name for ``<name>-<FTYPE>.gguf``: a ``.gguf`` source's or a dequantized GGUF cache
+    folder's source stem (without llmq's cache hash and the source's own type), a Hub snapshot's repo
+    name, else the folder name."""
     model_dir = Path(model_dir)
+    if model_dir.suffix == ".gguf":  # a .gguf source: its stem, without the source's own type
+        return model_dir.stem.split(".")[0] or model_dir.stem
     if model_dir.parent.name == "snapshots":
         return model_dir.parent.parent.name.split("--")[-1]
     from llmq.models import cache_dir
@@ -183,17 +197,26 @@ class GGUFBackend(_Backend):
     )
 
     def validate_model(self, source: Any) -> None:
-        """The converter must know the architecture: checked on the config alone, before weights load."""
+        """The converter must know the architecture: checked on the config alone, before weights load.
+        A ``.gguf`` source needs no converter (llama.cpp requantizes it), unless an importance matrix
+        is asked for (it maps transformers' module names to the file's through the converter)."""
+        if self.source_file(source) is not None and getattr(self.config, "calibration", None) is None:
+            return
         from llmq.owners import scratch_dir
 
         with scratch_dir("gguf-cfg") as d:
             source.config().to_json_file(str(Path(d) / "config.json"))
             check_model(Path(d), self.scheme.name)
 
+    def source_file(self, source: Any) -> Path | None:
+        """A ``.gguf`` source stays GGUF: llama.cpp requantizes the file itself, its metadata and
+        tokenizer kept (``llmq.backends.gguf.requantize``)."""
+        return Path(source.path) if source.kind == "gguf" and source.path is not None else None
+
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> GGUFArtifact:
         """Convert + (imatrix on the fp32 transformers model, CPU) + quantize into a scratch folder
-        removed at exit (after a ``kill -9``, by the next llmq run that makes one: ``llmq.owners``);
-        ``save`` copies the file out."""
+        removed at exit (after a ``kill -9``, by the next llmq run that makes one: ``llmq.owners``), or
+        requantize a ``.gguf`` source; ``save`` copies the file out."""
         import atexit
 
         from llmq.owners import make_scratch, remove_entry
@@ -201,8 +224,14 @@ class GGUFBackend(_Backend):
         work = make_scratch("gguf")
         atexit.register(remove_entry, work)
         name = f"{output_name(model_dir)}-{self.config.ftype}"
-        path, record = build(model_dir, work, self.config, scheme=self.scheme.name, name=name,
-                             calibration=calibration)
+        if Path(model_dir).suffix == ".gguf" and Path(model_dir).is_file():
+            from llmq.backends.gguf.requantize import requantize
+
+            path, record = requantize(Path(model_dir), work, self.config, scheme=self.scheme.name, name=name,
+                                      calibration=calibration)
+        else:
+            path, record = build(model_dir, work, self.config, scheme=self.scheme.name, name=name,
+                                 calibration=calibration)
         return GGUFArtifact(path, record)
 
     def save(self, model: GGUFArtifact, tokenizer: Any, out: Path) -> None:
@@ -223,14 +252,10 @@ class GGUFBackend(_Backend):
     @classmethod
     def verify_output(cls, folder: Path, what: str) -> None:
         """The file parses as GGUF and its float tensors (norms, F32/F16 overrides) are finite."""
-        import numpy as np
-        import gguf
+        from llmq.backends.gguf.requantize import check_finite_floats
 
         for f in Path(folder).glob("*.gguf"):
-            r = gguf.GGUFReader(str(f))
-            for t in r.tensors:
-                if t.tensor_type.name in ("F32", "F16") and not np.isfinite(np.asarray(t.data)).all():
-                    raise LlmqError(f"{what}: tensor {t.name} of {f.name} has NaN/Inf values.")
+            check_finite_floats(f, what)
 
     @classmethod
     def recognises(cls, path: Path) -> bool:
@@ -238,14 +263,15 @@ class GGUFBackend(_Backend):
 
     @classmethod
     def load_tokenizer(cls, path: Path, *, trust_remote_code: bool = False) -> Any:
-        """The tokenizer stored in the file, read from the file alone (``llmq.models.gguf_view``); a
-        ``.gguf`` beside custom code is refused like a model folder that ships it."""
+        """The tokenizer stored in the file, read from the file alone (``llmq.gguf_cache.gguf_view``), in
+        the class its vocabulary has (``llmq.gguf_cache.gguf_tokenizer``); a ``.gguf`` beside custom code is
+        refused like a model folder that ships it."""
         from llmq import safety
-        from llmq.backends.gguf.runtime import load_tokenizer
+        from llmq.models import gguf_tokenizer
 
         f = _checked_gguf(path)
         safety.refuse_remote_code(f, trust_remote_code)
-        return load_tokenizer(f)
+        return gguf_tokenizer(f)
 
     @classmethod
     def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None) -> tuple[Any, Any]:
@@ -254,8 +280,20 @@ class GGUFBackend(_Backend):
         f = _checked_gguf(path)
         if kernel is not None:
             raise ConfigError(f"kernel= applies to GPTQ/AWQ folders; {path} is a GGUF file.")
+        return cls.load_on(f, cls.eval_runtimes()[0], device=device)
+
+    @classmethod
+    def eval_runtimes(cls) -> tuple[str, ...]:
+        """llama.cpp where llama-cpp-python is installed; transformers (dequantized) always."""
+        return ("llama.cpp", "transformers") if llama_cpp_installed() else ("transformers",)
+
+    @classmethod
+    def load_on(cls, path: Path, runtime: str, *, device: str) -> tuple[Any, Any]:
+        f = _checked_gguf(path)
+        if runtime not in cls.eval_runtimes():
+            return super().load_on(f, runtime, device=device)
         tok = cls.load_tokenizer(f)
-        if llama_cpp_installed():
+        if runtime == "llama.cpp":
             from llmq.backends.gguf.runtime import LlamaCppLM
 
             return LlamaCppLM(f), tok
@@ -310,7 +348,7 @@ class GGUFBackend(_Backend):
         return CardFacts(
             packages="llama-cpp-python", python=python,
             tags=["gguf", "llama.cpp", ftype.lower()] + (["imatrix"] if qc.get("imatrix") else []),
-            hardware=hardware, note=note,
+            hardware=hardware, note=note, rows=_source_rows(qc),
             serve=f"ollama create my-model -f Modelfile && ollama run my-model\n# or: llama-server -m {f}",
             serve_note=f"The `Modelfile` next to `{f}` is Ollama's (`FROM ./{f}`); Ollama reads the chat template "
                        "from the GGUF. llmq's own tests run llama-cpp-python, not Ollama.",

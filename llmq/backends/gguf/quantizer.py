@@ -17,6 +17,7 @@ Why these pieces:
   handed to ``llama_model_quantize`` as its C array of ``llama_model_imatrix_data``.
 
 This module holds the config and the file pipeline (convert, importance matrix, quantize, Modelfile);
+a ``.gguf`` source skips the converter (``llmq.backends.gguf.requantize``);
 the scheme plugin (size estimate, advisor text, card facts, loading) is ``llmq.backends.gguf.plugin``
 and llama.cpp as a runtime (scoring and speed) is ``llmq.backends.gguf.runtime``.
 """
@@ -275,9 +276,10 @@ def _ggml_type(name: str | None) -> int:
 
 def quantize_file(src: Path, dst: Path, ftype: str, *, imatrix: dict[str, Any] | None = None,
                   output_tensor_type: str | None = None, token_embedding_type: str | None = None,
-                  threads: int = 0, dry_run: bool = False) -> None:
+                  threads: int = 0, dry_run: bool = False, allow_requantize: bool = False) -> None:
     """``llama_model_quantize`` (what ``llama-quantize`` runs) with llama.cpp's default params, plus
-    the importance matrix and overrides given."""
+    the importance matrix and overrides given; ``allow_requantize`` lets it read already quantized
+    tensors (``llama-quantize --allow-requantize``)."""
     import llama_cpp
     import numpy as np
 
@@ -285,6 +287,7 @@ def quantize_file(src: Path, dst: Path, ftype: str, *, imatrix: dict[str, Any] |
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     params.nthread = threads
     params.dry_run = dry_run
+    params.allow_requantize = allow_requantize
     if output_tensor_type is not None:
         params.output_tensor_type = _ggml_type(output_tensor_type)
     if token_embedding_type is not None:
