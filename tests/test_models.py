@@ -124,14 +124,14 @@ def test_gguf_config_names_its_architecture_like_the_cached_folder():
     converter check failed on a cold cache ("config.json names no architecture")."""
     from transformers import LlamaConfig
 
-    from llmq.models import _name_architecture
+    from llmq.models import name_architecture
 
     cfg = LlamaConfig()
     cfg.architectures = None
-    _name_architecture(cfg)
+    name_architecture(cfg)
     assert cfg.architectures == ["LlamaForCausalLM"]
     cfg.architectures = ["Custom"]
-    _name_architecture(cfg)
+    name_architecture(cfg)
     assert cfg.architectures == ["Custom"]
 
 
