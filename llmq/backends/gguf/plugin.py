@@ -172,11 +172,24 @@ class GGUFBackend(_Backend):
         _scheme("gguf-q4_0", 4, "4", 7.5, "4-bit scale-only Q4_0"),
     )
 
-    def validate_model(self, source: Any) -> None:
+    #: llama.cpp's converter maps each architecture's tensors itself (Conv1D included)
+    layer_types = None
+
+    def unsupported(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
         """The converter must know the architecture: checked on the config alone, before weights load."""
+        try:
+            self.check_config(config)
+        except ConfigError as e:
+            return str(e)
+        return None
+
+    def validate_model(self, source: Any) -> None:
+        self.check_config(source.config())  # environment errors (an old gguf-py) as they are
+
+    def check_config(self, config: Any) -> str:
         with tempfile.TemporaryDirectory(prefix="llmq-gguf-cfg-") as d:
-            source.config().to_json_file(str(Path(d) / "config.json"))
-            check_model(Path(d), self.scheme.name)
+            config.to_json_file(str(Path(d) / "config.json"))
+            return check_model(Path(d), self.scheme.name)
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> GGUFArtifact:
         """Convert + (imatrix on the fp32 transformers model, CPU) + quantize into a scratch folder
