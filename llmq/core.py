@@ -16,7 +16,7 @@ from typing import Any
 from llmq import calibration as calib_mod
 from llmq.backends.base import Backend, package_version
 from llmq.config import CalibratedConfig, SchemeConfig
-from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
+from llmq.errors import ConfigError, LlmqError, ModelNotFoundError, UnsupportedModelError
 from llmq.io import atomic_dir, check_output, write_json
 from llmq.meta import META_FILE
 from llmq.models import ModelSource, check_no_missing_weights, count_parameters, folder_size, resolve_model
@@ -154,7 +154,13 @@ def prepare(model: str | None, scheme: str, *, device: str | None = None, revisi
     backend_cls.validate_environment(sch.name, device)
     source = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     source.config()
-    backend_cls(sch, cfg).validate_model(source)
+    try:
+        backend_cls(sch, cfg).validate_model(source)
+    except UnsupportedModelError as e:
+        from llmq.schemes import alternatives
+
+        alt = alternatives(sch, source.config(), trust_remote_code=source.trust_remote_code)
+        raise UnsupportedModelError(f"{str(e).rstrip('.')}; {alt} (llmq schemes --model {source.name}).") from None
     if getattr(cfg, "skip_modules", None):
         from llmq.models import linear_shapes
 

@@ -39,6 +39,11 @@ class ConfigError(LlmqError, ValueError):
     """An invalid configuration value (bits, group size, overrides, ...)."""
 
 
+class UnsupportedModelError(ConfigError):
+    """A scheme that cannot quantize this model's architecture or layers (refused before any weight
+    loads, never a silent no-op); the message names the model type and what works instead."""
+
+
 class ModelNotFoundError(LlmqError, FileNotFoundError):
     """A model id or path that cannot be resolved, or a Hub that cannot be reached."""
 

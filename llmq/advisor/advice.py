@@ -14,7 +14,8 @@ from llmq.errors import ConfigError
 from llmq.fmt import gb, gib
 from llmq.hardware import GB, Hardware, detect
 
-STATUS_ORDER = {"recommended": 0, "ok": 1, "warn": 2, "avoid": 3, "exceeds tolerance": 4, "does not fit": 5}
+STATUS_ORDER = {"recommended": 0, "ok": 1, "warn": 2, "avoid": 3, "exceeds tolerance": 4, "does not fit": 5,
+                "unsupported": 6}
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Advice:
         for col in ("#", "scheme", "status", "size", "memory @ctx", "expected loss", "why", "command"):
             t.add_column(col, overflow="fold")
         style = {"recommended": "bold green", "ok": "", "warn": "yellow", "avoid": "red",
-                 "exceeds tolerance": "red", "does not fit": "dim"}
+                 "exceeds tolerance": "red", "does not fit": "dim", "unsupported": "dim"}
         for c in self.candidates:
             t.add_row(str(c.rank), c.scheme, c.status, gb(c.size.bytes), gib(c.memory.total), c.loss_text,
                       "\n".join(c.reasons), c.command, style=style.get(c.status, ""))
@@ -231,6 +232,7 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
     order = cpu_order(tree["cpu"]) if situation == "cpu" else tree[situation]
     cpu_pick = tree["cpu"][0]  # int8-dynamic: the tree's CPU scheme
 
+    why_not = model_support(prof, trust_remote_code)
     cands = []
     model_arg = "" if model is None else (f" --model {prof.name}" if not isinstance(model, (int, float))
                                           else " --model <your-model>")
@@ -303,6 +305,9 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
                 c.reasons.append(f"expected loss {c.loss_text} may exceed tolerance {tol * 100:g}%")
         if not c.installed:
             c.reasons.append(f"not installed: pip install 'llmq[{extra}]'")
+        if why_not.get(s):
+            c.status = "unsupported"
+            c.reasons.insert(0, f"cannot quantize this model: {why_not[s]}")
         cands.append(c)
 
     cands.sort(key=lambda c: (STATUS_ORDER[c.status] >= STATUS_ORDER["avoid"], STATUS_ORDER[c.status] > 1,
@@ -340,6 +345,17 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
     if hw.device == "cuda":
         notes += measured_gpu_notes()
     return Advice(prof, hw, context, batch_size, tol, situation, band, cands, original(prof).bytes, notes)
+
+
+def model_support(prof: ModelProfile, trust_remote_code: bool = False) -> dict[str, str]:
+    """``{scheme: why it cannot quantize this architecture}`` from the profile's config (each plugin's
+    ``unsupported``: layer types, converters, kernel shapes); empty without a config (a bare count)."""
+    if prof.config is None:
+        return {}
+    from llmq.schemes import NOT_INSTALLED, support
+
+    return {s: why for s, why in support(prof.config, trust_remote_code=trust_remote_code).items()
+            if why and not why.startswith(NOT_INSTALLED)}
 
 
 def measured_gpu_notes() -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -104,6 +105,62 @@ def transformers_snippet(repo: str) -> str:
 VLLM_NOTE = "vLLM needs a GPU. llmq's own tests do not run vLLM."
 
 
+def model_type(config: Any) -> str:
+    """The model's class name as users see it (``GPT2LMHeadModel``), else its ``model_type``."""
+    archs = getattr(config, "architectures", None) or []
+    return archs[0] if archs else str(getattr(config, "model_type", "this model"))
+
+
+_SHAPES: dict[str, dict[str, tuple[str, int, int]]] = {}
+#: a module inside a decoder block: ``model.layers.3.``, ``transformer.h.0.``, ``model.decoder.layers.1.``
+BLOCK = re.compile(r"(^|\.)(layers|h|blocks)\.\d+\.")
+
+
+def weight_shapes(config: Any, *, trust_remote_code: bool = False) -> dict[str, tuple[str, int, int]]:
+    """``{module name: (layer class, in_features, out_features)}`` for every module holding one of
+    the model's weight matrices, the embeddings and the output head aside ("Linear" for
+    ``torch.nn.Linear`` and its subclasses; transformers' ``Conv1D`` stores its weight transposed),
+    from the config alone (meta device, no weights); cached per config."""
+    key = config.to_json_string(use_diff=False)
+    if key not in _SHAPES:
+        from torch import nn
+
+        from llmq.models import meta_model
+
+        model = meta_model(config, trust_remote_code=trust_remote_code)
+        head = model.get_output_embeddings()
+        found: dict[str, tuple[str, int, int]] = {}
+        for name, mod in model.named_modules():
+            w = mod._parameters.get("weight")
+            if w is None or w.dim() != 2 or isinstance(mod, nn.Embedding) or mod is head:
+                continue
+            kind = "Linear" if isinstance(mod, nn.Linear) else type(mod).__name__
+            o, i = w.shape if kind != "Conv1D" else w.shape[::-1]
+            found[name] = (kind, int(i), int(o))
+        _SHAPES[key] = found
+    return _SHAPES[key]
+
+
+def weight_layer_types(config: Any, *, trust_remote_code: bool = False) -> dict[str, list[str]]:
+    """``{layer class: [module names]}`` of ``weight_shapes``."""
+    out: dict[str, list[str]] = {}
+    for name, (kind, _, _) in weight_shapes(config, trust_remote_code=trust_remote_code).items():
+        out.setdefault(kind, []).append(name)
+    return out
+
+
+def block_shapes(config: Any, skip: tuple[str, ...] = (), *, trust_remote_code: bool = False
+                 ) -> dict[str, tuple[int, int]]:
+    """``{name: (in_features, out_features)}`` of the weight layers inside the decoder blocks (what
+    GPTQ, AWQ and QAT quantize), less ``skip`` (names or patterns, as ``skip_modules``)."""
+    from llmq.models import excluded_modules
+
+    shapes = {n: (i, o) for n, (_, i, o) in weight_shapes(config, trust_remote_code=trust_remote_code).items()
+              if BLOCK.search(n)}
+    kept = set(excluded_modules(config, list(shapes), tuple(skip))) if skip else set()
+    return {n: s for n, s in shapes.items() if n not in kept}
+
+
 class Backend:
     """A scheme plugin. Subclasses override the class attributes and whichever methods differ."""
 
@@ -129,6 +186,14 @@ class Backend:
     #: the context the evaluators use for an output without a config.json (its runtime's, e.g. a
     #: .gguf on llama.cpp); None: read from config.json
     eval_context: ClassVar[int | None] = None
+    #: the layer classes whose weight matrices ``quantize`` converts ("Linear": ``torch.nn.Linear``
+    #: and its subclasses; "Conv1D": transformers' GPT-2-style ``Conv1D``); None: every weight (a
+    #: dtype cast, a converter that maps each architecture itself). A model whose decoder holds its
+    #: matrices in other layers is refused before any weight loads (``unsupported``), instead of
+    #: being saved with those layers silently left in full precision
+    layer_types: ClassVar[tuple[str, ...] | None] = ("Linear",)
+    #: why other layer types are refused, when there is more to say than ``layer_types``
+    layer_types_note: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Bind each scheme a plugin declares to the plugin class, so ``Scheme.backend_cls`` needs no
@@ -159,8 +224,40 @@ class Backend:
             if not torch.cuda.is_available():
                 raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu.")
 
+    def unsupported(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
+        """Why this scheme (with its config) cannot quantize a model of ``config``, in one line naming
+        the model type; None when it can. Config alone, no weights: ``validate_model`` raises it and
+        ``llmq schemes --model`` lists it. Default: the decoder's weight layers must be ``layer_types``;
+        plugins add their own limits (architectures a converter knows, versions that crash on one)."""
+        if self.layer_types is None:
+            return None
+        found = weight_layer_types(config, trust_remote_code=trust_remote_code)
+        other = {t: names for t, names in found.items() if t not in self.layer_types}
+        if not other:
+            return None
+        kinds = ", ".join(f"{t} layers ({names[0]}{', ...' if len(names) > 1 else ''})" for t, names in other.items())
+        why = f" ({self.layer_types_note})" if self.layer_types_note else ", so they would stay in full precision"
+        return (f"{self.scheme.name} cannot quantize {model_type(config)}'s {kinds}: it converts "
+                f"{'/'.join(self.layer_types)} layers only{why}")
+
+    def misfit(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
+        """Why this scheme's settings do not fit a model of ``config`` although the scheme could
+        quantize it (e.g. a group size that does not divide its layers: the fix is an option, not
+        another scheme); None when they fit. Config alone, like ``unsupported``."""
+        return None
+
     def validate_model(self, source: Any) -> None:
-        """Shape checks from the config alone; overridden where kernels have constraints."""
+        """Config-only checks before any weight loads, each one line: ``unsupported`` (layer types,
+        architectures) as ``UnsupportedModelError``, then ``misfit`` (settings) as ``ConfigError``."""
+        from llmq.errors import UnsupportedModelError
+
+        cfg, trc = source.config(), source.trust_remote_code
+        reason = self.unsupported(cfg, trust_remote_code=trc)
+        if reason:
+            raise UnsupportedModelError(reason)
+        problem = self.misfit(cfg, trust_remote_code=trc)
+        if problem:
+            raise ConfigError(problem)
 
     def source_file(self, source: Any) -> Path | None:
         """A source file this plugin quantizes as it is, handed to ``quantize`` instead of the

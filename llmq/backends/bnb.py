@@ -82,6 +82,8 @@ class BitsAndBytesBackend(Backend):
     requires = (("bitsandbytes", "bitsandbytes"),)
     extra = "bnb"
     quant_methods = ("bitsandbytes",)
+    #: transformers' bitsandbytes integration transposes GPT-2-style Conv1D weights and quantizes them too
+    layer_types = ("Linear", "Conv1D")
     schemes = (
         Scheme("bnb-int8", "bitsandbytes", BnbInt8Config, {}, 8, "bitsandbytes LLM.int8() with outlier threshold",
                "8", "8-bit for max accuracy (bitsandbytes LLM.int8())", True,

@@ -35,6 +35,7 @@ def cast_size(profile: Any, scheme: str = "fp16", dtype: str = "float16", label:
 
 class CastBackend(Backend):
     name = "cast"
+    layer_types = None  # casts every weight, whatever layer holds it
     schemes = (
         Scheme("fp16", "cast", CastConfig, {"dtype": "float16"}, 16, "cast weights to float16", "16",
                "no quantization: the baseline when it fits (fp16 on pre-Ampere GPUs)",

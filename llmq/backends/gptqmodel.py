@@ -13,7 +13,8 @@ from typing import Any
 from dataclasses import dataclass
 from typing import ClassVar
 
-from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, transformers_snippet
+from llmq.backends.base import (VLLM_NOTE, Backend, CardFacts, Scheme, block_shapes, model_type, package_version,
+                                transformers_snippet)
 from llmq.config import CalibratedConfig, check_choice
 from llmq.errors import ConfigError, MissingDependencyError
 from llmq.models import excluded_modules, linear_shapes
@@ -128,12 +129,28 @@ def kept_to_bf16(hf: Any) -> None:
         hf.config.dtype = torch.bfloat16
 
 
+_GEMMA3_AWQ = ("GPTQModel 7.7's AWQ scale search calls Gemma-3's rotary embedding without its layer_type "
+               "(Gemma-3 has one RoPE per attention type) and crashes")
+#: (GPTQModel version prefix, method, model_type) -> why GPTQModel cannot quantize it: crashes found by
+#: the architecture matrix (tests/acceptance/test_architectures.py), refused before any weight loads
+BROKEN = {
+    ("7.7.", "awq", "gemma3_text"): _GEMMA3_AWQ,
+    ("7.7.", "awq", "gemma3"): _GEMMA3_AWQ,
+    ("7.7.", "awq", "phi3"): "GPTQModel 7.7's AWQ kills the process packing Phi-3's fused qkv_proj/gate_up_proj "
+                             "(KeyError 'q_zeros')",
+    ("7.7.", "gptq", "phi3"): "the folder GPTQModel 7.7 writes for Phi-3 (fused qkv_proj/gate_up_proj) crashes "
+                              "its CPU kernel at the first forward (IndexError on g_idx)",
+}
+
+
 class GPTQModelBackend(Backend):
     name = "gptqmodel"
     requires = (("gptqmodel", "gptqmodel"), ("optimum", "optimum"))
     extra = "gptq"
     needs_calibration = True
     quant_methods = ("gptq", "awq")
+    layer_types_note = ("GPTQModel 7.7 on GPT-2's Conv1D layers: AWQ crashes the process and GPTQ writes a "
+                        "folder transformers cannot load")
     #: GPTQModel's in-memory model right after ``quantize`` is not in an inference state on CPU (it
     #: generated garbage where the saved folder, reloaded, answers correctly)
     runs_in_memory = False
@@ -151,29 +168,36 @@ class GPTQModelBackend(Backend):
     def method(self) -> str:
         return "awq" if isinstance(self.config, AWQConfig) else "gptq"
 
-    def quantized_linears(self, config: Any) -> dict[str, tuple[int, int]]:
-        shapes = linear_shapes(config)
-        skip = set(excluded_modules(config, list(shapes), self.config.skip_modules))
-        return {n: s for n, s in shapes.items() if n not in skip and ".layers." in f".{n}"}
+    def quantized_linears(self, config: Any, *, trust_remote_code: bool = False) -> dict[str, tuple[int, int]]:
+        return block_shapes(config, tuple(self.config.skip_modules), trust_remote_code=trust_remote_code)
 
-    def validate_model(self, source: Any) -> None:
-        """Kernels (and AWQ's packing) need ``in_features % group_size == 0``: fail now, not after
+    def unsupported(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
+        """Beyond the layer types: the architectures this GPTQModel version crashes on (``BROKEN``)."""
+        reason = super().unsupported(config, trust_remote_code=trust_remote_code)
+        if reason:
+            return reason
+        version = package_version("gptqmodel") or ""
+        for (prefix, method, mtype), why in BROKEN.items():
+            if version.startswith(prefix) and method == self.method and getattr(config, "model_type", None) == mtype:
+                return f"{self.scheme.name} on {model_type(config)}: {why}"
+        return None
+
+    def misfit(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
+        """Kernels (and AWQ's packing) need ``in_features % group_size == 0``: refused now, not after
         minutes of calibration, naming the layers and the group sizes that fit."""
         gs = self.config.group_size
         if gs == -1:
-            return
-        shapes = self.quantized_linears(source.config())
+            return None
+        shapes = self.quantized_linears(config, trust_remote_code=trust_remote_code)
         bad = {n: s[0] for n, s in shapes.items() if s[0] % gs}
         if not bad:
-            return
+            return None
         widths = sorted(set(bad.values()))
         example = next(iter(bad))
         fits = fitting_group_sizes([s[0] for s in shapes.values()])
         hint = f"group sizes that fit this model: {', '.join(map(str, fits))}" if fits else "use group_size=-1"
-        raise ConfigError(
-            f"group_size={gs} does not divide in_features {widths} of {len(bad)} layers "
-            f"(e.g. {example}); {hint} (--group-size)."
-        )
+        return (f"group_size={gs} does not divide in_features {widths} of {len(bad)} layers "
+                f"(e.g. {example}); {hint} (--group-size).")
 
     def gptqmodel_config(self, config: Any) -> Any:
         from gptqmodel import QuantizeConfig

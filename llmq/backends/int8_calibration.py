@@ -116,8 +116,9 @@ def activation_range(obs: Any, method: str, *, percentile: float = 99.99, sym: b
 
 
 def activation_qparams(obs: Any, method: str, *, percentile: float = 99.99, sym: bool = True):
-    """``(scale, zero_point)`` (float32 and int8 tensors of shape (1, 1, 1)) for one activation,
-    with torchao's own qparam formula."""
+    """``(scale, zero_point)`` for one activation, with torchao's own qparam formula: float32 and
+    int8 tensors of one element with as many dimensions as the Linear's inputs (``calibrate``
+    records them; torchao's static kernel asserts they match: OPT feeds its MLP 2-D inputs)."""
     import torch
 
     lo, hi = activation_range(obs, method, percentile=percentile, sym=sym)
@@ -129,7 +130,8 @@ def activation_qparams(obs: Any, method: str, *, percentile: float = 99.99, sym:
     scale, zp = q._calculate_qparams(torch.tensor([lo]), torch.tensor([hi]))
     if sym:
         zp = torch.zeros_like(zp)
-    return scale.float().reshape(1, 1, 1), zp.to(torch.int8).reshape(1, 1, 1)
+    shape = (1,) * getattr(obs, "input_ndim", 3)
+    return scale.float().reshape(shape), zp.to(torch.int8).reshape(shape)
 
 
 def _observer(sym: bool, bins: int = HIST_BINS):
@@ -161,6 +163,7 @@ def calibrate(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str]
     obs = {n: _observer(sym) for n in names}
 
     def see(n: str, x: Any, out: Any) -> None:
+        obs[n].input_ndim = x.dim()
         x = x.detach().float()
         if pre_scales is not None and n in pre_scales:
             x = x / pre_scales[n]

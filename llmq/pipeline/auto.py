@@ -116,7 +116,7 @@ def pick_candidates(advice: Any, budget_gb: float | None, names: list[str] | Non
         pool = [known[n] for n in names]
     else:
         pool = [c for c in advice.candidates
-                if c.fits and c.status not in ("avoid", "exceeds tolerance") and c.scheme not in NOT_BY_DEFAULT
+                if c.fits and c.status not in ("avoid", "exceeds tolerance", "unsupported") and c.scheme not in NOT_BY_DEFAULT
                 and needs_training(c.scheme) == training]
     pool = [c for c in pool if c.installed]
     if budget_gb is not None:

@@ -117,3 +117,38 @@ def test_an_interrupted_run_exits_at_once_despite_busy_worker_threads(tmp_path):
     assert r.returncode == 130, r.stderr[-2000:]
     assert time.perf_counter() - t < 30 and marker.exists()
     assert "terminate" not in r.stderr and "Traceback" not in r.stderr
+def _gpt2(path, weights=False):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=128, bos_token_id=0, eos_token_id=0)
+    cfg.architectures = ["GPT2LMHeadModel"]
+    if weights:
+        GPT2LMHeadModel(cfg).save_pretrained(path)
+    else:
+        cfg.save_pretrained(path)
+    return path
+
+
+def test_schemes_model_says_per_scheme_whether_it_works_from_the_config_alone(tmp_path, capsys):
+    """GPT-2 keeps its weights in Conv1D layers: the Linear-only schemes say so; casts, bitsandbytes
+    (which transposes Conv1D) and llama.cpp's converter take it. Only config.json is in the folder."""
+    assert main(["schemes", "--model", str(_gpt2(tmp_path / "g")), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    works = {n for n, r in rows.items() if r["works"]}
+    assert works == {"fp16", "bf16", "bnb-int8", "bnb-nf4", "bnb-fp4", "gguf-q8_0", "gguf-q6_k", "gguf-q5_k_m",
+                     "gguf-q4_k_m", "gguf-q4_0"}
+    assert rows["fp16"]["why_not"] is None
+    assert "GPT2LMHeadModel's Conv1D layers" in rows["int8-dynamic"]["why_not"]
+    assert main(["schemes", "--model", str(tmp_path / "g")]) == 0
+    assert "works for this model?" in capsys.readouterr().out
+
+
+def test_a_scheme_that_cannot_quantize_the_model_is_one_line_naming_what_can(tmp_path, capsys):
+    model = _gpt2(tmp_path / "g", weights=True)
+    capsys.readouterr()
+    code = main(["run", "--model", str(model), "--scheme", "int8-dynamic", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert "int8-dynamic cannot quantize GPT2LMHeadModel's Conv1D layers" in err
+    assert "schemes at its precision that can: bnb-int8, gguf-q8_0, gguf-q6_k" in err
+    assert not (tmp_path / "o").exists()

@@ -196,17 +196,31 @@ class GGUFBackend(_Backend):
         _scheme("gguf-q4_0", 4, "4", 7.5, "4-bit scale-only Q4_0"),
     )
 
+    #: llama.cpp's converter maps each architecture's tensors itself (Conv1D included)
+    layer_types = None
+
+    def unsupported(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
+        """The converter must know the architecture: checked on the config alone, before weights load."""
+        try:
+            self.check_config(config)
+        except ConfigError as e:
+            return str(e)
+        return None
+
     def validate_model(self, source: Any) -> None:
         """The converter must know the architecture: checked on the config alone, before weights load.
         A ``.gguf`` source needs no converter (llama.cpp requantizes it), unless an importance matrix
         is asked for (it maps transformers' module names to the file's through the converter)."""
         if self.source_file(source) is not None and getattr(self.config, "calibration", None) is None:
             return
+        self.check_config(source.config())  # environment errors (an old gguf-py) as they are
+
+    def check_config(self, config: Any) -> str:
         from llmq.owners import scratch_dir
 
         with scratch_dir("gguf-cfg") as d:
-            source.config().to_json_file(str(Path(d) / "config.json"))
-            check_model(Path(d), self.scheme.name)
+            config.to_json_file(str(Path(d) / "config.json"))
+            return check_model(Path(d), self.scheme.name)
 
     def source_file(self, source: Any) -> Path | None:
         """A ``.gguf`` source stays GGUF: llama.cpp requantizes the file itself, its metadata and

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from llmq.config import SchemeConfig, check_choice as _check_choice
-from llmq.errors import ConfigError, LlmqError, MissingDependencyError
+from llmq.errors import ConfigError, LlmqError, MissingDependencyError, UnsupportedModelError
 from llmq.meta import META_FILE
 
 #: llmq scheme name -> llama.cpp file type (``llama_ftype`` / ``llama-quantize`` name)
@@ -163,7 +163,7 @@ def check_model(model_dir: Path, scheme: str = "gguf") -> str:
                 "vendor/llama.cpp/gguf-py from the llama-cpp-python sdist (pip download --no-binary :all: "
                 "--no-deps llama-cpp-python)."
             ) from e
-        raise ConfigError(
+        raise UnsupportedModelError(
             f"Scheme {scheme!r}: llama.cpp's converter does not support architecture {arch}; use a non-GGUF "
             "scheme, or point LLAMA_CPP_ROOT at a newer llama.cpp checkout that supports it."
         ) from e
@@ -173,6 +173,11 @@ def check_model(model_dir: Path, scheme: str = "gguf") -> str:
 # ---------------------------------------------------------------------------------------------
 # conversion, importance matrix, quantization
 # ---------------------------------------------------------------------------------------------
+#: config.json keys llama.cpp's converters read under names transformers no longer writes: architecture ->
+#: {the converter's name: transformers' name} (GPT-2 saved by transformers 5 has no ``n_ctx``: KeyError)
+LEGACY_HPARAMS = {"GPT2LMHeadModel": {"n_ctx": "n_positions"}}
+
+
 def convert(model_dir: Path, out_file: Path, outtype: str = "f32") -> dict[str, Any]:
     """HF folder -> unquantized GGUF with llama.cpp's converter. Returns ``{arch, gguf_arch, converter}``."""
     import gguf
@@ -184,6 +189,9 @@ def convert(model_dir: Path, out_file: Path, outtype: str = "f32") -> dict[str, 
     hparams = mod.ModelBase.load_hparams(model_dir, False)
     arch = mod.get_model_architecture(hparams, mod.ModelType.TEXT)
     cls = ctx.get_model_class(arch)
+    for old, new in LEGACY_HPARAMS.get(arch, {}).items():
+        if old not in hparams and new in hparams:
+            hparams[old] = hparams[new]
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
              "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
     conv_log = logging.getLogger("hf-to-gguf")
@@ -191,7 +199,7 @@ def convert(model_dir: Path, out_file: Path, outtype: str = "f32") -> dict[str, 
     conv_log.setLevel(logging.WARNING)
     try:
         with torch.inference_mode():
-            inst = cls(model_dir, ftype, out_file)
+            inst = cls(model_dir, ftype, out_file, hparams=hparams)
             inst.write()
     finally:
         conv_log.setLevel(level)
