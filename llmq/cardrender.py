@@ -14,7 +14,7 @@ from llmq.hub import check_repo_id
 from llmq.modelcard import (
     CARD_FILE, LLMQ_URL, card_facts, eval_results, eval_rows, gate_summary, gguf_file, hub_base_model, install_spec,
     license_text, limitations, original_label, read_folder, reproduce_command, source_text, tags_for, usage,
-    base_license, protocol_items,
+    base_license, protocol_items, verification_text,
 )
 
 TEMPLATE = "modelcard.md"
@@ -75,6 +75,7 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
         ("Source", source_text(meta)),
         ("Parameters", fmt_int(meta.get("parameters"))),
         ("Calibration", cal),
+        ("Verified", verification_text(meta)),
         *card_facts(meta).rows,  # the plugin's own rows (QAT: trained on what, how many steps)
         ("Quantized on", f"`{meta.get('device')}`"),
         ("Wall time (s)", fmt_float(meta.get("wall_time_s"), 2)),

@@ -49,6 +49,8 @@ class QuantizedModel:
     calibration: dict | None = None
     saved_to: Path | None = None
     meta: dict = field(default_factory=dict)
+    #: ``llmq.verify``'s result for the saved folder (``{"skipped": True, ...}`` with ``verify=False``)
+    verification: dict | None = None
 
     _reloaded: Any = field(default=None, repr=False)
 
@@ -108,21 +110,66 @@ class QuantizedModel:
                 **self.backend.versions(),
             },
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "verification": self.verification,
             **self.backend.extra_metadata(),
         }
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the plugin's output and ``llmq.json`` to a temp folder, then rename."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False, verify: bool = True) -> Path:
+        """Write the plugin's output and ``llmq.json`` to a temp folder, check that folder against the
+        original (``llmq.verify``: KL divergence and top-1 agreement on fixed text, bound by the
+        scheme's ``Backend.verify_bound``; ``verify=False`` skips it and says so in ``llmq.json``),
+        then rename. An output beyond its bound is not saved to ``path``: it is moved to
+        ``<path>.rejected`` (its ``llmq.json`` says why) and ``VerificationError`` is raised."""
+        from llmq.verify import VerificationError, summary
+
+        out = Path(path).expanduser()
         with atomic_dir(path, overwrite=overwrite, inputs=(self.source.path,)) as tmp:
             self.backend.save(self.model, self.tokenizer, tmp)
             missing = self.backend.missing_files(tmp)
             if missing:
                 raise LlmqError(f"The {self.scheme.backend} backend wrote no {' and no '.join(missing)}.")
             self.backend.verify_output(tmp, f"The {self.scheme.name} result")  # e.g. fp16 scales = inf
+            self.verification = self._verify(tmp) if verify else {"skipped": True, "reason": "verify=False, --no-verify"}
             self.meta = self.metadata(folder_size(tmp, self.backend.weight_patterns))
             write_json(tmp / META_FILE, self.meta)
-        self.saved_to = Path(path).expanduser()
+            if not self.verification.get("skipped") and not self.verification["passed"]:
+                kept = _keep_aside(tmp, out)
+                raise VerificationError(f"{summary(self.verification)}. The output was kept at {kept}, not saved "
+                                        f"to {out} (--no-verify skips the check).",
+                                        self.verification, kept, self.meta)
+        self.saved_to = out
         return self.saved_to
+
+    def _verify(self, folder: Path) -> dict:
+        from llmq.verify import verify
+
+        return verify(self.source.local_dir(), folder, scheme=self.scheme.name,
+                      bound=self.backend.verify_bound(self.scheme), device=self.device, tokenizer=self.tokenizer,
+                      trust_remote_code=self.source.trust_remote_code)
+
+
+def _keep_aside(tmp: Path, out: Path) -> Path:
+    """Move a rejected output to ``<out>.rejected``, replacing only an earlier rejection of llmq's
+    (a folder whose ``llmq.json`` records a failed verification); anything else there is kept and a
+    numbered name is used instead."""
+    import json
+    import shutil
+
+    dest = out.with_name(out.name + ".rejected")
+    n = 1
+    while dest.exists():
+        try:
+            old = json.loads((dest / META_FILE).read_text())
+            ours = (old.get("verification") or {}).get("passed") is False
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if ours:
+            shutil.rmtree(dest)
+            break
+        n += 1
+        dest = out.with_name(f"{out.name}.rejected-{n}")
+    os.replace(tmp, dest)
+    return dest
 
 
 def _jsonable(x: Any) -> Any:

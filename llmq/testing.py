@@ -28,8 +28,10 @@ def tiny_tokenizer(vocab_size: int = 512) -> Any:
 
 def tiny_llama(path: str | Path, *, hidden: int = 128, intermediate: int = 256, layers: int = 2,
                heads: int = 4, kv_heads: int = 2, vocab_size: int = 512, seed: int = 0,
-               tie_word_embeddings: bool = True) -> Path:
-    """Save a random Llama (fp32, safetensors) with a working tokenizer to ``path``."""
+               tie_word_embeddings: bool = True, initializer_range: float = 0.02) -> Path:
+    """Save a random Llama (fp32, safetensors) with a working tokenizer to ``path``. At the default
+    ``initializer_range`` its next-token distributions are nearly uniform; 0.1 makes them peaked
+    (entropy ~4 of 6.2 nats), so that a broken output is far from it in KL divergence."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -39,10 +41,38 @@ def tiny_llama(path: str | Path, *, hidden: int = 128, intermediate: int = 256, 
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
         tie_word_embeddings=tie_word_embeddings, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id, initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_gemma(path: str | Path, *, version: int = 3, hidden: int = 128, intermediate: int = 256, layers: int = 2,
+               heads: int = 4, kv_heads: int = 2, head_dim: int = 32, vocab_size: int = 512, seed: int = 0,
+               initializer_range: float = 0.1) -> Path:
+    """Save a random Gemma-3 (``Gemma3ForCausalLM``, text only) or Gemma-2 with tied embeddings (fp32,
+    safetensors) and a working tokenizer to ``path``. What makes them Gemma: the input embedding is
+    multiplied by sqrt(hidden) (``embed_scale``, a non-persistent buffer), RMSNorm scales by
+    (1 + weight), sliding-window layers, and (Gemma-2) soft-capped logits. Peaked by default
+    (``initializer_range`` 0.1, see ``tiny_llama``)."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
+
+    path = Path(path)
+    tok = tiny_tokenizer(vocab_size)
+    kw = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+              num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+              max_position_embeddings=1024, sliding_window=64, tie_word_embeddings=True,
+              initializer_range=initializer_range, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+              pad_token_id=tok.pad_token_id)
+    if version not in (2, 3):
+        raise ValueError(f"version must be 2 or 3, got {version!r}")
+    cfg, cls = (Gemma3TextConfig(**kw), Gemma3ForCausalLM) if version == 3 else (Gemma2Config(**kw), Gemma2ForCausalLM)
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path

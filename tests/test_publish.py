@@ -302,7 +302,8 @@ def test_unevaluated_folder_says_not_measured_and_has_no_model_index(folders, of
     ev = sections(text)["Evaluation"]
     assert "Not measured" in ev and "|" not in ev
     assert "Quality after quantization was not measured" in text
-    assert not re.search(r"\d+\.\d+%", text.split("## Limitations")[0])  # no accuracy-like number anywhere above
+    above = [l for l in text.split("## Limitations")[0].splitlines() if not l.startswith("| Verified |")]
+    assert not re.search(r"\d+\.\d+%", "\n".join(above))  # no accuracy-like number above, but the save's check
 
 
 def test_missing_measurements_say_not_measured(nf4, offline_hub):
@@ -640,3 +641,29 @@ def test_card_never_shows_a_local_path_for_the_original(tmp_path, monkeypatch):
     local = original_label(str(tmp_path / "my-model"), None)
     assert str(tmp_path) not in local and "`my-model`" in local
     assert original_label("HuggingFaceTB/SmolLM2-135M", None) == "the original weights (`HuggingFaceTB/SmolLM2-135M`)"
+
+
+def test_card_shows_the_verification_from_llmq_json(nf4, tmp_path, offline_hub):
+    meta = json.loads((nf4 / "llmq.json").read_text())
+    v = meta["verification"]
+    row = dict(table(sections(publish.render_card(nf4))["Quantization"]))["Verified"]
+    assert row.startswith("passed: mean KL divergence ") and number(row) == float(f"{v['kld']:.3g}")
+    assert f"(bound {v['bound']:g})" in row and f"{100 * v['top1']:.1f}%" in row and f"{v['tokens']:,} tokens" in row
+    for record, text in (({"skipped": True, "reason": "verify=False, --no-verify"}, "no: skipped (verify=False"),
+                         (None, "not recorded")):
+        meta["verification"] = record
+        (nf4 / "llmq.json").write_text(json.dumps(meta))
+        assert dict(table(sections(publish.render_card(nf4))["Quantization"]))["Verified"].startswith(text)
+
+
+def test_a_folder_that_failed_verification_is_never_published(nf4, fake_hub):
+    meta = json.loads((nf4 / "llmq.json").read_text())
+    meta["verification"] = {**meta["verification"], "passed": False, "kld": 6.2}
+    (nf4 / "llmq.json").write_text(json.dumps(meta))
+    before = snapshot(nf4)
+    for dry in (True, False):
+        with pytest.raises(LlmqError, match="failed its verification, so llmq does not publish it: verification "
+                                            "failed: mean KL divergence 6.2"):
+            publish.push(nf4, "me/tiny", dry_run=dry)
+    calls, _ = fake_hub
+    assert snapshot(nf4) == before and not called(calls, "upload_folder") and not called(calls, "create_repo")

@@ -104,6 +104,10 @@ def transformers_snippet(repo: str) -> str:
 
 VLLM_NOTE = "vLLM needs a GPU. llmq's own tests do not run vLLM."
 
+#: ``llmq.verify``'s KL bound (nats/token) per scheme precision band, for plugins that declare none
+#: (``Backend.verify_kld``); scripts/bench_verify.py measured every CPU scheme (eval/bench_verify.json)
+VERIFY_KLD = {"16": 0.01, "8": 0.1, "4": 1.0, "3": 2.0}
+
 
 def model_type(config: Any) -> str:
     """The model's class name as users see it (``GPT2LMHeadModel``), else its ``model_type``."""
@@ -194,6 +198,10 @@ class Backend:
     layer_types: ClassVar[tuple[str, ...] | None] = ("Linear",)
     #: why other layer types are refused, when there is more to say than ``layer_types``
     layer_types_note: ClassVar[str] = ""
+    #: the largest mean KL divergence (nats/token, original || output, ``llmq.verify``'s text) an
+    #: output of this plugin may show before ``save`` rejects it: a number, {scheme name: number},
+    #: or None for the default of the scheme's precision band (``VERIFY_KLD``); see ``verify_bound``
+    verify_kld: ClassVar[float | Mapping[str, float] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Bind each scheme a plugin declares to the plugin class, so ``Scheme.backend_cls`` needs no
@@ -302,6 +310,38 @@ class Backend:
 
         check_finite_safetensors(folder, what)
         canonicalize_folder(folder)
+
+    @classmethod
+    def verify_bound(cls, scheme: Scheme) -> float:
+        """The KL bound ``llmq.verify`` holds an output of ``scheme`` to: the plugin's ``verify_kld``,
+        else ``VERIFY_KLD`` of the scheme's precision band."""
+        v = cls.verify_kld
+        if isinstance(v, Mapping):
+            v = v.get(scheme.name)
+        return float(v) if v is not None else VERIFY_KLD[scheme.precision or "4"]
+
+    @classmethod
+    def verify_reference(cls, source_dir: Path, device: str, *, trust_remote_code: bool = False
+                         ) -> tuple[Any, str, Any]:
+        """``(model, runtime name, cleanup or None)``: the original at ``source_dir`` for ``llmq.verify``
+        to compare this plugin's outputs with. Default: transformers, in the checkpoint's dtype, except
+        float32 for float16 checkpoints on CPU (slow and overflow-prone there). The GGUF plugin keeps
+        this default: its outputs run on llama.cpp, their original on transformers, which on the demo
+        gives the logits an f32 GGUF of the original gives on llama.cpp within KL 1e-6
+        (scripts/bench_verify.py), and checks llama.cpp's implementation of the architecture too."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from llmq.models import read_json
+
+        dtype: Any = "auto"
+        if device == "cpu":
+            cfg = read_json(source_dir / "config.json")
+            saved = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("dtype")
+            dtype = torch.bfloat16 if saved == "bfloat16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=dtype, device_map=device,
+                                                     trust_remote_code=trust_remote_code).eval()
+        return model, f"transformers ({str(model.dtype).removeprefix('torch.')})", None
 
     def extra_metadata(self) -> dict[str, Any]:
         """Entries ``quantize`` recorded for ``llmq.json`` beyond the common ones (e.g. QAT's

@@ -56,7 +56,8 @@ from typing import Any, ClassVar, Sequence
 from llmq.backends.base import Backend, CardFacts, Scheme, torch_dtype
 from llmq.backends.int8_calibration import (METHODS, activation_qparams, calibrate, channel_absmax, layer_errors,
                                            smooth_scales, target_linears)
-from llmq.backends.torchao import (HEAD_ACTIVATIONS, alphas_for, attach_torchao_saver, enable_loading, quantize_embeddings,
+from llmq.backends.torchao import (HEAD_ACTIVATIONS, alphas_for, attach_torchao_saver, buffers_note, buffers_record,
+                                   enable_loading, quantize_embeddings, restore_buffers,
                                    torchao_int8_estimate)
 from llmq.config import DTYPES, CalibratedConfig, check_choice
 from llmq.errors import ConfigError
@@ -303,11 +304,13 @@ class Int8StaticBackend(Backend):
         model.eval()
         self.qparams = quantize_model(model, calibration.samples, self.config)
         attach_quantizer(model, self.config)
+        self._model = model
         return model
 
     def extra_metadata(self) -> dict[str, Any]:
         qp = getattr(self, "qparams", None)
-        return {"activations": activation_summary(qp, self.config)} if qp is not None else {}
+        return {**({"activations": activation_summary(qp, self.config)} if qp is not None else {}),
+                **buffers_record(getattr(self, "_model", None))}
 
     @classmethod
     def recognises(cls, path: Path) -> bool:
@@ -327,6 +330,13 @@ class Int8StaticBackend(Backend):
         out = super().load_kwargs(path, quantization_config, device, kernel)
         enable_loading()  # transformers 5.24 drops _weight_act_quant_scale/_zero_point otherwise
         return out
+
+    @classmethod
+    def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
+             trust_remote_code: bool = False) -> tuple[Any, Any]:
+        model, tok = super().load(path, device=device, dtype=dtype, kernel=kernel, trust_remote_code=trust_remote_code)
+        restore_buffers(model)  # e.g. Gemma's embed_scale (see torchao.restore_buffers)
+        return model, tok
 
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
@@ -351,4 +361,5 @@ class Int8StaticBackend(Backend):
                       "bench, batch 1; eagerly, int8 is slower than fp32."),
             note=(f"Made with torchao {version}. Activation scales are fixed by calibration: text unlike the "
                   "calibration data may clip. Plain transformers 5.24 drops the static activation scales on "
-                  "load; llmq.load (or llmq.backends.torchao.enable_loading() before from_pretrained) keeps them."))
+                  "load; llmq.load (or llmq.backends.torchao.enable_loading() before from_pretrained) keeps them."
+                  + buffers_note(meta)))

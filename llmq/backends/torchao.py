@@ -64,6 +64,7 @@ class TorchAoBackend(Backend):
             quantize_embeddings(model, self.config.lm_head_activations)
             qc.include_input_output_embeddings = True
             attach_torchao_saver(model, qc)
+        self._model = model
         return model
 
     @classmethod
@@ -71,6 +72,16 @@ class TorchAoBackend(Backend):
         out = super().load_kwargs(path, quantization_config, device, kernel)
         enable_loading()  # static activation scales (int8-static folders written by torchao elsewhere too)
         return out
+
+    @classmethod
+    def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
+             trust_remote_code: bool = False) -> tuple[Any, Any]:
+        model, tok = super().load(path, device=device, dtype=dtype, kernel=kernel, trust_remote_code=trust_remote_code)
+        restore_buffers(model)  # e.g. Gemma's embed_scale, left as uninitialized memory by transformers
+        return model, tok
+
+    def extra_metadata(self) -> dict[str, Any]:
+        return buffers_record(getattr(self, "_model", None))
 
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
@@ -86,16 +97,27 @@ class TorchAoBackend(Backend):
     @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:
         version = (meta.get("versions") or {}).get("torchao")
+        restored = bool(meta.get("restored_on_load"))  # plain from_pretrained would leave a buffer uninitialized
         return CardFacts(
-            packages="transformers accelerate torchao", python=transformers_snippet(repo), tags=["torchao"],
+            packages="transformers accelerate torchao" + (" llmq" if restored else ""),
+            python=llmq_snippet(repo) if restored else transformers_snippet(repo), tags=["torchao"],
             hardware="torchao int8 dynamic quantization runs on CPU and GPU; its speed depends on torch.compile and "
                      "the int8 matmul kernels of your hardware.",
             note=(f"Made with torchao {version}: torchao checkpoints are tied to torchao's "
-                  "serialization format, so load them with the same (or a compatible) torchao version."),
+                  "serialization format, so load them with the same (or a compatible) torchao version."
+                  + buffers_note(meta)),
             serve=f"vllm serve {repo}",
             serve_note=("vLLM reads torchao checkpoints saved by transformers (see torchao's serving guide, "
                         "docs.pytorch.org/ao/stable/serving.html) when its torchao version matches; "
                         "llmq has not tested this path. " + VLLM_NOTE))
+
+
+def llmq_snippet(repo: str) -> str:
+    return ("import llmq\n\n"
+            f'model, tokenizer = llmq.load("{repo}", device="cpu")\n'
+            'inputs = tokenizer("The capital of France is", return_tensors="pt")\n'
+            "out = model.generate(**inputs, max_new_tokens=20)\n"
+            "print(tokenizer.decode(out[0], skip_special_tokens=True))")
 
 
 # -- shared by the torchao int8 schemes (int8-dynamic here, int8-static in int8_static.py) ------
@@ -139,6 +161,66 @@ def attach_torchao_saver(model: Any, qc: Any) -> None:
 
     model.config.quantization_config = qc
     model.hf_quantizer = _TiedAwareTorchAoQuantizer(qc)
+
+
+def restore_buffers(model: Any) -> list[str]:
+    """Re-initialize the non-persistent buffers of the modules transformers' torchao loader rebuilt;
+    returns their names. Why: ``TorchAoDeserialize`` marks each module whose weight it rebuilds as
+    initialized (transformers 5.24-5.25), so ``_init_weights`` skips it, and a non-persistent buffer
+    of that module (never saved, allocated with ``torch.empty`` on load) keeps whatever memory it
+    got. Gemma-2/3's ``ScaledWordEmbedding.embed_scale`` (sqrt(hidden)) is one: with int8 embeddings
+    it read ~1e-44 or ~1e25, so every token embedding was ~0 or huge and the outputs garbage
+    (perplexity = the vocabulary size, or 1e207). The model's own ``_init_weights`` is run again on
+    those modules only; their loaded weights are flagged initialized, so it sets just the buffers."""
+    import torch
+    from torchao.utils import TorchAOBaseTensor
+    from transformers import PreTrainedModel
+
+    restored = []
+    owners = {"": model}
+    for name, mod in model.named_modules():
+        if isinstance(mod, PreTrainedModel):
+            owners[name] = mod
+        if not mod._non_persistent_buffers_set:
+            continue
+        params = list(mod.parameters(recurse=False))
+        if not any(isinstance(p, TorchAOBaseTensor) for p in params):
+            continue
+        owner = owners[max((k for k in owners if not k or name.startswith(k + ".")), key=len)]
+        for p in params:
+            p._is_hf_initialized = True
+        for b in mod._non_persistent_buffers_set:
+            buf = getattr(mod, b, None)
+            if buf is not None:
+                buf._is_hf_initialized = False
+        mod._is_hf_initialized = False
+        with torch.no_grad():
+            owner._initialize_weights(mod)
+        restored += [f"{name}.{b}" if name else b for b in sorted(mod._non_persistent_buffers_set)]
+    return restored
+
+
+def buffers_record(model: Any) -> dict[str, Any]:
+    """``llmq.json``'s note of the non-persistent buffers living in int8 modules of ``model`` (the
+    ones plain transformers leaves uninitialized on load, see :func:`restore_buffers`); {} if none."""
+    if model is None:
+        return {}
+    from torchao.utils import TorchAOBaseTensor
+
+    names = [f"{n}.{b}" if n else b for n, m in model.named_modules() if m._non_persistent_buffers_set
+             and any(isinstance(p, TorchAOBaseTensor) for p in m.parameters(recurse=False))
+             for b in sorted(m._non_persistent_buffers_set)]
+    return {"restored_on_load": names} if names else {}
+
+
+def buffers_note(meta: dict) -> str:
+    """The card's warning for a folder with :func:`buffers_record` entries."""
+    names = meta.get("restored_on_load") or []
+    if not names:
+        return ""
+    return (f" This model keeps {', '.join(f'`{n}`' for n in names)} in an int8 module: plain transformers "
+            "(5.24-5.25) leaves such a non-persistent buffer uninitialized on load (garbage outputs); "
+            "`llmq.load` restores it (`llmq.backends.torchao.restore_buffers(model)` after `from_pretrained`).")
 
 
 _PATCHED = False

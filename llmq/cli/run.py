@@ -73,6 +73,9 @@ def add_run(sub: Any) -> None:
     h.add_argument("--push-to-hub", metavar="REPO_ID", help="push the result to this Hub repo")
     h.add_argument("--private", action="store_true", help="create the Hub repo private")
     p.add_argument("--no-sample", action="store_true", help="skip the sample generation")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the check of the saved output against the original (KL divergence on fixed text, "
+                        "bound per scheme); without it an output beyond the bound is kept at OUTPUT.rejected, exit 1")
     p.set_defaults(func=cmd_run)
 
 
@@ -104,7 +107,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                   limit=args.limit, max_ppl_increase=args.max_ppl_increase, max_accuracy_loss=args.max_accuracy_loss,
                   max_kld=args.max_kld, budget_gb=args.budget_gb, allow_training=args.allow_training,
                   resume=args.resume, push_to_hub=args.push_to_hub, private=args.private,
-                  sample=not args.no_sample, on_saved=print_summary, on_report=lambda report, path: finish(report, path))
+                  sample=not args.no_sample, verify=not args.no_verify, on_saved=print_summary,
+                  on_report=lambda report, path: finish(report, path))
+    if res.rejected is not None:
+        import sys
+
+        print(f"llmq: {res.notes[0]}", file=sys.stderr)
     if res.push is not None:
         print(f"Pushed to {res.push.url}")
     return res.code
@@ -124,6 +132,10 @@ def print_summary(meta: dict, path: Path, sample: str | None) -> None:
               f"{ratio:.2f}x" if ratio else "n/a", f"{meta['wall_time_s']:.1f} s", str(path))
     con = console(max(140, term_width()))
     con.print(t)
+    if meta.get("verification"):
+        from llmq.verify import summary
+
+        con.print(summary(meta["verification"]), highlight=False)
     if sample is not None:
         from llmq.pipeline.run import SAMPLE_PROMPT
 

@@ -141,9 +141,10 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
              tasks: str | Sequence[str] | None = None, ppl: str | None = None, limit: int | None = None,
              eval_seqlen: int | None = None, max_ppl_increase: Any = None, max_accuracy_loss: float | None = None,
              max_kld: float | None = None, budget_gb: float | None = None,
-             candidates: Sequence[str] | None = None, allow_training: bool = False) -> int:
+             candidates: Sequence[str] | None = None, allow_training: bool = False, verify: bool = True) -> int:
     """Quantize, evaluate and gate each candidate (``candidates``, or the advisor's); 0 when one passes
-    (its folder becomes ``output``), 1 when none does (``output`` holds only the reports).
+    (its folder becomes ``output``), 1 when none does (``output`` holds only the reports). A candidate
+    whose save fails its verification (``llmq.verify``; ``verify=False`` skips it) fails with that line.
 
     ``allow_training``: when every post-training candidate fails, escalate to quantization-aware
     training (the ``qat-*`` schemes that fit, most compressed first; their ``steps``/``data``/``lr``
@@ -190,7 +191,7 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
             try:
                 qm = quantize(model, c.scheme, device=device, revision=revision,
                                    trust_remote_code=trust_remote_code, **scheme_overrides(c.scheme, overrides))
-                path = qm.save(work / c.scheme)
+                path = qm.save(work / c.scheme, verify=verify)
                 qm_weights = qm.backend.weight_patterns
                 del qm
                 t.size_bytes = folder_size(path, qm_weights)

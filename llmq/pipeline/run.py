@@ -36,6 +36,10 @@ class RunResult:
     report: dict | None = None  # the evaluation report, when evaluated
     push: Any = None  # llmq.publish.PushResult, when pushed
     notes: list[str] = field(default_factory=list)
+    #: ``llmq.verify``'s result for the saved output (``llmq.json``'s ``verification``)
+    verification: dict | None = None
+    #: where a rejected output was kept (its verification failed: code 1, nothing saved to ``output``, no push)
+    rejected: Path | None = None
 
 
 def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, output: str | os.PathLike | None = None,
@@ -45,7 +49,7 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
         eval_seqlen: int | None = None, max_ppl_increase: Any = None, max_accuracy_loss: float | None = None,
         max_kld: float | None = None, budget_gb: float | None = None, candidates: Sequence[str] | None = None,
         push_to_hub: str | None = None, private: bool = False, sample: bool = True, allow_training: bool = False,
-        resume: bool = False, on_saved: Callable[[dict, Path, str | None], None] | None = None,
+        resume: bool = False, verify: bool = True, on_saved: Callable[[dict, Path, str | None], None] | None = None,
         on_report: Callable[[dict, Path], None] | None = None) -> RunResult:
     """Quantize ``model`` (None: the offline demo) with ``scheme`` (a name from ``llmq schemes``, or
     ``"auto"``), save it to ``output``, generate a sample, evaluate it against the original when
@@ -54,7 +58,10 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
     called as soon as each step is done (the CLI prints there). ``allow_training``: with ``"auto"``,
     escalate to quantization-aware training (``qat-*``) when every post-training candidate fails.
     A named ``qat-*`` scheme checkpoints its training next to ``output`` (``.<name>.qat-checkpoint``,
-    every ``checkpoint_every`` steps, removed once the model is saved); ``resume`` continues from it."""
+    every ``checkpoint_every`` steps, removed once the model is saved); ``resume`` continues from it.
+    ``verify``: check the saved output against the original (``llmq.verify``) before anything else;
+    beyond its scheme's bound the output is kept at ``<output>.rejected`` and the result has code 1,
+    no path, no sample, no evaluation and no push (``verify=False``: ``--no-verify``)."""
     from llmq import safety
     from llmq.eval.api import check_eval_request
     from llmq.eval.gate import gate_set
@@ -83,11 +90,12 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
                             trust_remote_code=trust_remote_code, overrides=overrides, tasks=tasks, ppl=ppl,
                             limit=limit, eval_seqlen=eval_seqlen, max_ppl_increase=max_ppl_increase,
                             max_accuracy_loss=max_accuracy_loss, max_kld=max_kld, budget_gb=budget_gb,
-                            candidates=candidates, allow_training=allow_training)
+                            candidates=candidates, allow_training=allow_training, verify=verify)
         from llmq.meta import read_meta
 
         meta = read_meta(out) if code == 0 else None
-        res = RunResult(out if meta else None, out, meta["scheme"] if meta else None, code, meta)
+        res = RunResult(out if meta else None, out, meta["scheme"] if meta else None, code, meta,
+                        verification=(meta or {}).get("verification"))
         if meta and sample:
             from llmq.core import load
             from llmq.schemes import plugin_of_folder
@@ -131,11 +139,17 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
                           plugin_options={"checkpoint_dir": ckdir, "resume": resume,
                                           "source_name": str(model) if model else None} if ckdir else None,
                           **overrides)
-            path = qm.save(out, overwrite=overwrite)
+            from llmq.verify import VerificationError
+
+            try:
+                path = qm.save(out, overwrite=overwrite, verify=verify)
+            except VerificationError as e:  # kept aside (the QAT checkpoint too): nothing saved, nothing pushed
+                return RunResult(None, out, qm.scheme.name, 1, e.meta, notes=[str(e)], verification=e.result,
+                                 rejected=e.path)
             if ckdir is not None:
                 shutil.rmtree(ckdir, ignore_errors=True)  # the saved model replaces the checkpoint
         text = _one_line(qm.generate(SAMPLE_PROMPT, max_new_tokens=16)) if sample else None
-        res = RunResult(path, out, qm.scheme.name, 0, qm.meta, text)
+        res = RunResult(path, out, qm.scheme.name, 0, qm.meta, text, verification=qm.verification)
         del qm
         if on_saved:
             on_saved(res.meta, path, text)

@@ -30,7 +30,7 @@ LAYERS = {
     # L3 the registry of plugins
     "llmq.schemes": 3,
     # L4 the library's verbs
-    "llmq.core": 4, "llmq.eval": 4, "llmq.advisor": 4, "llmq.benchmark": 4, "llmq.publish": 4,
+    "llmq.core": 4, "llmq.verify": 4, "llmq.eval": 4, "llmq.advisor": 4, "llmq.benchmark": 4, "llmq.publish": 4,
     "llmq.modelcard": 4, "llmq.cardrender": 4, "llmq.testing_archs": 4,
     # L5 pipelines
     "llmq.pipeline": 5,

@@ -376,3 +376,33 @@ def test_per_pattern_smoothing_reaches_the_weights(tiny_model_dir):
     assert m.model.layers[0].mlp.down_proj.weight.act_pre_scale is None and "smooth" not in \
         qp["model.layers.0.mlp.down_proj"]
     assert m.model.layers[0].mlp.up_proj.weight.act_pre_scale is not None
+
+
+def test_gemma3_int8_static_reproduces_and_fixes_the_embed_scale_garbage(tmp_path, monkeypatch):
+    """int8-static on a tiny Gemma-3: the int8 embedding's ``embed_scale`` buffer is left uninitialized
+    by transformers' torchao loader (NaN in deterministic mode): without ``restore_buffers`` the
+    verification fails (non-finite logits), with it the output is within the int8 bound."""
+    import math
+
+    import torch
+
+    import llmq
+    from llmq.testing import tiny_gemma
+    from llmq.verify import verify
+
+    src = tiny_gemma(tmp_path / "gemma3")
+    out = llmq.quantize(str(src), "int8-static", device="cpu", calibration="builtin", n_samples=4,
+                        seqlen=64).save(tmp_path / "g-static")
+    good = json.loads((out / "llmq.json").read_text())["verification"]
+    assert good["passed"] and good["kld"] < 0.01
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        monkeypatch.setattr(S, "restore_buffers", lambda model: [])  # the loader as it was before the fix
+        broken = verify(src, out)
+        monkeypatch.undo()
+        fixed = verify(src, out)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert not broken["passed"] and math.isinf(broken["kld"])
+    assert fixed["passed"] and fixed["kld"] == pytest.approx(good["kld"], rel=1e-6)

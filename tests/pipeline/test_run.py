@@ -85,3 +85,55 @@ def test_every_scheme_passes_every_check_on_the_demo_with_its_demo_settings():
     first["awq"] = "awq-int4"  # AWQ shares GPTQModel's plugin but not its constraints
     for name in first.values():
         prepare(None, name, device="cpu", **demo_overrides(name))
+@pytest.fixture
+def zeroing_bf16(monkeypatch):
+    """bf16 whose model comes out with zero embeddings (tied: lm_head too): finite weights, uniform
+    logits, what a lost ``embed_scale`` gave. Only verification can tell."""
+    from llmq.backends.cast import CastBackend
+
+    real = CastBackend.quantize
+
+    def broken(self, model_dir, calibration, device):
+        model = real(self, model_dir, calibration, device)
+        model.get_input_embeddings().weight.data.zero_()
+        return model
+
+    monkeypatch.setattr(CastBackend, "quantize", broken)
+
+
+@pytest.fixture(scope="module")
+def peaked_dir(tmp_path_factory):
+    from llmq.testing import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("peaked") / "tiny-llama", initializer_range=0.1)
+
+
+def test_failed_verification_is_code_1_kept_aside_and_not_pushed(peaked_dir, tmp_path, pushed, zeroing_bf16):
+    from llmq.pipeline.run import run
+
+    seen = []
+    res = run(str(peaked_dir), "bf16", output=tmp_path / "a", device="cpu", push_to_hub="me/a", evaluate=True,
+              ppl="builtin", limit=1, on_saved=lambda *a: seen.append(a), on_report=lambda *a: seen.append(a))
+    assert res.code == 1 and res.path is None and res.rejected == tmp_path / "a.rejected"
+    assert not (tmp_path / "a").exists() and (res.rejected / "llmq.json").is_file()
+    assert pushed == [] and seen == [] and res.sample is None and res.report is None
+    assert res.verification["passed"] is False and res.meta["verification"] == res.verification
+    assert res.notes[0].startswith("verification failed: mean KL divergence") and "a.rejected" in res.notes[0]
+
+
+def test_no_verify_saves_and_records_that_it_was_skipped(peaked_dir, tmp_path, pushed, zeroing_bf16):
+    from llmq.pipeline.run import run
+
+    res = run(str(peaked_dir), "bf16", output=tmp_path / "b", device="cpu", verify=False, sample=False)
+    assert res.code == 0 and res.path == tmp_path / "b"
+    assert json.loads((tmp_path / "b" / "llmq.json").read_text())["verification"]["skipped"] is True
+
+
+def test_auto_fails_a_candidate_whose_verification_fails(peaked_dir, tmp_path, zeroing_bf16):
+    from llmq.pipeline.run import run
+
+    res = run(str(peaked_dir), "auto", output=tmp_path / "c", device="cpu", candidates=["bf16"],
+              max_ppl_increase="1000%", limit=1, ppl="builtin", sample=False)
+    assert res.code == 1 and res.path is None
+    trial = json.loads((tmp_path / "c" / "auto_report.json").read_text())["tried"][0]
+    assert "verification failed" in trial["verdict"]
