@@ -171,7 +171,15 @@ class Backend:
 
     def save(self, model: Any, tokenizer: Any, out: Path) -> None:
         """Write the complete output into ``out`` (an empty temporary folder; ``llmq.json`` is added
-        after). Default: transformers ``save_pretrained`` as safetensors, plus the tokenizer."""
+        after). Default: the files of an output written while quantizing
+        (``llmq.streaming.WrittenOutput``, hard-linked), or transformers ``save_pretrained`` as
+        safetensors; plus the tokenizer."""
+        from llmq.streaming import WrittenOutput
+
+        if isinstance(model, WrittenOutput):
+            model.place(out)
+            tokenizer.save_pretrained(out)
+            return
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         for f in out.glob("*.bin"):
@@ -205,6 +213,10 @@ class Backend:
         return {}
 
     def quantization_config(self, model: Any) -> dict | None:
+        from llmq.streaming import WrittenOutput
+
+        if isinstance(model, WrittenOutput):
+            return model.quantization_config
         qc = getattr(model.config, "quantization_config", None)
         if qc is None:
             return None

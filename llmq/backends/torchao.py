@@ -46,17 +46,47 @@ class TorchAoBackend(Backend):
                tree_rank={"cpu": 0, "gpu_fits": 8, "gpu_8bit": 7, "gpu_4bit": 7}),
     )
 
-    def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+    def torchao_config(self, model_dir: Path) -> tuple[Any, Any]:
+        """``(torchao config of the Linears, transformers TorchAoConfig recorded in config.json)``."""
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, PerTensor
-        from transformers import AutoConfig, AutoModelForCausalLM, TorchAoConfig
+        from transformers import AutoConfig, TorchAoConfig
 
         gran = PerRow() if self.config.weight_granularity == "per_channel" else PerTensor()
         cfg = AutoConfig.from_pretrained(model_dir)
         skip = excluded_modules(cfg, list(linear_shapes(cfg)), self.config.skip_modules)
-        qc = TorchAoConfig(
-            Int8DynamicActivationInt8WeightConfig(granularity=gran, set_inductor_config=False),
-            modules_to_not_convert=skip or None,
-        )
+        lin = Int8DynamicActivationInt8WeightConfig(granularity=gran, set_inductor_config=False)
+        return lin, TorchAoConfig(lin, modules_to_not_convert=skip or None)
+
+    def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+        """Block by block from the checkpoint's shards (``llmq.streaming``): each decoder layer's
+        Linears quantized with torchao's ``quantize_`` and written, then freed, so memory is bounded
+        by a layer; a checkpoint that cannot be streamed loads whole through transformers."""
+        import torch
+
+        from llmq.streaming import BlockModel, NotStreamable
+
+        lin, qc = self.torchao_config(model_dir)
+        try:
+            bm = BlockModel(model_dir, torch_dtype(self.config.dtype))
+        except NotStreamable:
+            return self._quantize_whole(model_dir, device, qc)
+
+        def convert(block: str, module: Any) -> None:
+            from torchao.quantization import quantize_
+            from transformers.quantizers.quantizers_utils import should_convert_module
+
+            quantize_(module, lin, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear)
+                      and should_convert_module(f"{block}.{fqn}", qc.modules_to_not_convert))
+
+        qe = self.config.quantize_embeddings
+        if qe:
+            qc.include_input_output_embeddings = True
+        return stream_torchao(bm, convert, qc, self.config.dtype, qe and self.config.lm_head_activations,
+                              device=device, work_dir=self.options.get("work_dir"))
+
+    def _quantize_whole(self, model_dir: Path, device: str, qc: Any) -> Any:
+        from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch_dtype(self.config.dtype), device_map=device, quantization_config=qc
         )
@@ -139,6 +169,42 @@ def attach_torchao_saver(model: Any, qc: Any) -> None:
 
     model.config.quantization_config = qc
     model.hf_quantizer = _TiedAwareTorchAoQuantizer(qc)
+
+
+def stream_torchao(bm: Any, convert: Any, qc: Any, dtype: str, embeddings: str | bool, *, device: str = "cpu",
+                   work_dir: Any = None) -> Any:
+    """Write a torchao folder block by block (``llmq.streaming``): ``convert(block, module)``
+    quantizes a decoder layer in place; the embeddings block goes through
+    :func:`quantize_embeddings` when ``embeddings`` names lm_head's activations (False: kept
+    float). Each block's state is flattened with torchao's own ``flatten_tensor_state_dict`` (as
+    transformers' torchao saver does); every shard carries the full ``tensor_names`` list and the
+    entries of its own tensors, so transformers' loader (which merges the shards' metadata) reads it."""
+    import json
+
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    from llmq.streaming import ShardWriter, WrittenOutput, block_state, scratch_dir, write_config
+
+    work = scratch_dir(work_dir)
+    out = WrittenOutput(work, None)
+    writer = ShardWriter(work, common_metadata={"tensor_names": json.dumps(bm.names), "format": "pt"})
+    for block, names in bm.blocks():
+        bm.load(names, device)
+        if block == "embeddings":
+            if embeddings:
+                quantize_embeddings(bm.model, embeddings)
+        elif block.startswith(bm.layers_name + "."):
+            convert(block, bm.module(block))
+        tensors, meta = flatten_tensor_state_dict(block_state(bm, names))
+        meta.pop("tensor_names", None)
+        writer.add(tensors, meta)
+        del tensors
+        bm.unload_names(names)
+    writer.close(total_parameters=None)
+    write_config(work, bm.model_dir, bm.config, dtype=dtype, quantization_config=qc,
+                 architectures=[type(bm.model).__name__])
+    out.quantization_config = qc.to_dict()
+    return out
 
 
 _PATCHED = False
