@@ -8,14 +8,13 @@ shard, not by the model.
   ``model.safetensors.index.json``.
 - :class:`BlockModel`: a transformers model built on the meta device whose blocks are materialized
   from the shards on demand and dropped after use (tied weights stay tied).
-- :func:`stream_blocks`: every block materialized, transformed by the caller, written, freed.
+- :func:`stream_folder`: every block materialized, converted by the caller, written, freed.
 - :class:`LayerRunner`: calibration samples run through the decoder one layer at a time (the
   inputs of layer 0 are caught the way GPTQ does it, then each layer's outputs feed the next), so
   statistics of a 7B model are gathered with one layer in memory.
 
 A model whose checkpoint names differ from its parameters (transformers renames them on load for
-some architectures) or that ships its own code is not streamable (:func:`streamable` says why);
-callers then load it whole.
+some architectures) raises :class:`NotStreamable` (saying why); callers then load it whole.
 """
 
 from __future__ import annotations
@@ -64,15 +63,6 @@ class ShardReader:
     def get(self, name: str) -> Any:
         return self._open[self._where[name]].get_tensor(name)
 
-    def dtypes(self) -> set[str]:
-        """The dtypes of the floating-point tensors (``"bfloat16"``, ...)."""
-        out = set()
-        for name in self._where:
-            sl = self._open[self._where[name]].get_slice(name)
-            out.add(str(sl.get_dtype()))
-        return out
-
-
 # -- writing -----------------------------------------------------------------------------------
 class ShardWriter:
     """Tensors in (a block at a time), shards out: a block never straddles two shards and one shard
@@ -114,7 +104,7 @@ class ShardWriter:
         self._parts.append((part, list(self._tensors)))
         self._tensors, self._meta, self._bytes = {}, {}, 0
 
-    def close(self, *, total_parameters: int | None = None) -> list[Path]:
+    def close(self) -> list[Path]:
         """Write the last shard, name the shards and the index; returns the shard files."""
         if self._tensors or not self._parts:
             self._flush()
@@ -128,8 +118,6 @@ class ShardWriter:
             weight_map.update({k: name for k in keys})
         if n > 1:
             meta: dict[str, Any] = {"total_size": self.total_bytes}
-            if total_parameters is not None:
-                meta["total_parameters"] = total_parameters
             (self.folder / INDEX_FILE).write_text(
                 json.dumps({"metadata": meta, "weight_map": dict(sorted(weight_map.items()))}, indent=2,
                            sort_keys=True) + "\n", encoding="utf-8")
@@ -145,10 +133,11 @@ class BlockModel:
     """A transformers causal LM on the meta device over ``model_dir``'s shards. ``load(block)``
     materializes a block's parameters (floating ones cast to ``dtype``), ``unload(block)`` puts
     them back on the meta device. ``prepare(model)`` runs on the empty model first (e.g.
-    bitsandbytes' Linear replacement)."""
+    bitsandbytes' Linear replacement); ``convert_param(model, name, tensor)`` may return the
+    parameter to hold instead of the tensor (e.g. transformers' quantize-on-load op), None to keep it."""
 
     def __init__(self, model_dir: str | os.PathLike, dtype: Any, *, prepare: Callable[[Any], None] | None = None,
-                 trust_remote_code: bool = False):
+                 convert_param: Callable[[Any, str, Any], Any] | None = None, trust_remote_code: bool = False):
         import torch
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -161,8 +150,10 @@ class BlockModel:
         model.tie_weights()
         model.eval()
         if prepare is not None:
-            prepare(model)
+            with init_empty_weights():
+                prepare(model)
         self.model = model
+        self.convert_param = convert_param
         self.reader = ShardReader(self.model_dir)
         # parameter name -> every (module, attribute) holding it (tied weights: several)
         self._holders: dict[str, list[tuple[Any, str]]] = {}
@@ -220,14 +211,10 @@ class BlockModel:
             if _is_float(t) and self.dtype is not None:
                 t = t.to(self.dtype)
             t = t.to(device)
+            new = self.convert_param(self.model, n, t) if self.convert_param is not None else None
             for mod, attr in self._holders[n]:
                 if attr in mod._parameters:
-                    old = mod._parameters[attr]
-                    cls = type(old) if type(old) is not torch.nn.Parameter and hasattr(old, "__dict__") else None
-                    if cls is not None and cls.__module__.startswith("bitsandbytes"):
-                        mod._parameters[attr] = cls(t, requires_grad=False, **old.__dict__)
-                    else:
-                        mod._parameters[attr] = torch.nn.Parameter(t, requires_grad=False)
+                    mod._parameters[attr] = new if new is not None else torch.nn.Parameter(t, requires_grad=False)
                 else:
                     mod._buffers[attr] = t
             self._retie(n)
@@ -244,23 +231,8 @@ class BlockModel:
             else:
                 mod._buffers[attr] = p
 
-    def unload(self, module: Any) -> None:
-        """Every parameter and buffer under ``module`` back on the meta device (its memory freed)."""
-        import torch
-
-        for mod in module.modules():
-            for attr, p in list(mod._parameters.items()):
-                if p is not None:
-                    mod._parameters[attr] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"),
-                                                               requires_grad=False)
-        self._retie_all()
-
-    def _retie_all(self) -> None:
-        for n, holders in self._holders.items():
-            if len(holders) > 1:
-                self._retie(n)
-
     def unload_names(self, names: Iterable[str]) -> None:
+        """Those parameters back on the meta device (their memory freed), tied copies with them."""
         import torch
 
         for n in names:
@@ -287,33 +259,6 @@ def _decoder_layers(model: Any, config: Any) -> tuple[str, Any]:
     raise NotStreamable("no ModuleList of num_hidden_layers decoder layers")
 
 
-def streamable(model_dir: str | os.PathLike, *, trust_remote_code: bool = False) -> str | None:
-    """None when ``model_dir`` can be processed block by block, else why not (one line)."""
-    import torch
-
-    try:
-        BlockModel(model_dir, torch.float32, trust_remote_code=trust_remote_code)
-    except NotStreamable as e:
-        return str(e)
-    return None
-
-
-def stream_blocks(bm: BlockModel, writer: ShardWriter, transform: Callable[[str, list[str]], tuple[dict, dict]],
-                  device: str = "cpu", progress: Callable[[int, int, str], None] | None = None) -> None:
-    """For each block of ``bm``: materialize it, ``transform(block, names)`` -> ``(tensors,
-    metadata)`` to write (the caller quantizes the block's modules in place and flattens their
-    state), write, free."""
-    blocks = bm.blocks()
-    for i, (block, names) in enumerate(blocks):
-        bm.load(names, device)
-        tensors, meta = transform(block, names)
-        writer.add(tensors, meta)
-        del tensors
-        bm.unload_names(names)
-        if progress:
-            progress(i + 1, len(blocks), block)
-
-
 def block_state(bm: BlockModel, names: list[str]) -> dict[str, Any]:
     """The current tensors of the modules owning ``names`` (after the caller's in-place
     transform), as each module saves itself (``_save_to_state_dict``: a bitsandbytes weight adds its
@@ -325,19 +270,25 @@ def block_state(bm: BlockModel, names: list[str]) -> dict[str, Any]:
 
 
 def stream_folder(bm: BlockModel, *, dtype: str, convert: Callable[[str, list[str]], None] | None = None,
-                  quantization_config: Any = None, work_dir: str | os.PathLike | None = None,
-                  device: str = "cpu") -> "WrittenOutput":
+                  serialize: Callable[[dict], tuple[dict, dict]] | None = None,
+                  common_metadata: dict[str, str] | None = None, quantization_config: Any = None,
+                  work_dir: str | os.PathLike | None = None, device: str = "cpu") -> "WrittenOutput":
     """A transformers folder written block by block: each block materialized (cast to ``bm``'s
-    dtype), ``convert(block, names)`` applied in place (None: the cast alone), its state written,
-    freed; then config.json with ``dtype`` and ``quantization_config``."""
+    dtype), ``convert(block, names)`` applied in place (None: the cast alone), its state
+    (``serialize``-d into tensors and header metadata, e.g. torchao's flattening) written, freed;
+    then config.json with ``dtype`` and ``quantization_config``."""
     work = scratch_dir(work_dir)
     out = WrittenOutput(work)
-    writer = ShardWriter(work)
+    writer = ShardWriter(work, common_metadata=common_metadata)
     for block, names in bm.blocks():
         bm.load(names, device)
         if convert is not None:
             convert(block, names)
-        writer.add(block_state(bm, names))
+        state = block_state(bm, names)
+        tensors, meta = serialize(state) if serialize is not None else (state, {})
+        del state
+        writer.add(tensors, meta)
+        del tensors
         bm.unload_names(names)
     writer.close()
     write_config(work, bm.model_dir, bm.config, dtype=dtype, quantization_config=quantization_config,
@@ -454,7 +405,7 @@ class LayerRunner:
         try:
             yield bm.layers[i]
         finally:
-            bm.unload(bm.layers[i])
+            bm.unload_names(names)
 
     def forward(self, layer: Any, *, keep: bool = True) -> None:
         """Run every sample through ``layer``; ``keep``: its outputs become the next layer's inputs."""

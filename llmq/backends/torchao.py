@@ -183,28 +183,23 @@ def stream_torchao(bm: Any, convert: Any, qc: Any, dtype: str, embeddings: str |
 
     from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
-    from llmq.streaming import ShardWriter, WrittenOutput, block_state, scratch_dir, write_config
+    from llmq.streaming import stream_folder
 
-    work = scratch_dir(work_dir)
-    out = WrittenOutput(work, None)
-    writer = ShardWriter(work, common_metadata={"tensor_names": json.dumps(bm.names), "format": "pt"})
-    for block, names in bm.blocks():
-        bm.load(names, device)
+    def conv(block: str, names: list[str]) -> None:
         if block == "embeddings":
             if embeddings:
                 quantize_embeddings(bm.model, embeddings)
         elif block.startswith(bm.layers_name + "."):
             convert(block, bm.module(block))
-        tensors, meta = flatten_tensor_state_dict(block_state(bm, names))
+
+    def serialize(state: dict) -> tuple[dict, dict]:
+        tensors, meta = flatten_tensor_state_dict(state)
         meta.pop("tensor_names", None)
-        writer.add(tensors, meta)
-        del tensors
-        bm.unload_names(names)
-    writer.close(total_parameters=None)
-    write_config(work, bm.model_dir, bm.config, dtype=dtype, quantization_config=qc,
-                 architectures=[type(bm.model).__name__])
-    out.quantization_config = qc.to_dict()
-    return out
+        return tensors, meta
+
+    return stream_folder(bm, dtype=dtype, convert=conv, serialize=serialize, quantization_config=qc,
+                         common_metadata={"tensor_names": json.dumps(bm.names), "format": "pt"},
+                         work_dir=work_dir, device=device)
 
 
 _PATCHED = False
