@@ -13,8 +13,9 @@ Why these pieces:
   Q4_K_M, fallbacks for rows not divisible by 256, ...). Overrides go through the same params.
 - **Importance matrix**: llama.cpp's semantics (``llama-imatrix``): per weight tensor, the mean of
   the squared input activation per input column over the calibration tokens. It is collected with
-  forward hooks on the fp32 transformers model (the GGUF was converted from the same weights) and
-  handed to ``llama_model_quantize`` as its C array of ``llama_model_imatrix_data``.
+  forward hooks on the fp32 transformers model run one decoder layer at a time (``llmq.streaming``;
+  the GGUF was converted from the same weights) and handed to ``llama_model_quantize`` as its C
+  array of ``llama_model_imatrix_data``.
 
 This module holds the config and the file pipeline (convert, importance matrix, quantize, Modelfile);
 the scheme plugin (size estimate, advisor text, card facts, loading) is ``llmq.backends.gguf.plugin``
@@ -212,15 +213,18 @@ def _tensor_name_map(model_dir: Path) -> tuple[Any, int]:
 
 
 def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, seqlen: int = 512, seed: int = 0,
-                    include_output: bool = False, progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                    progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """``({gguf tensor name: float32 array}, fingerprint)``: llama-imatrix's statistic (mean over
     calibration tokens of each input column's squared activation) for every Linear inside the
-    decoder blocks (llama-imatrix skips the output tensor unless ``--process-output``)."""
+    decoder blocks (llama-imatrix skips the output tensor by default). The fp32 model runs one
+    decoder layer at a time from the checkpoint's shards (``llmq.streaming.LayerRunner``), so a 7B
+    model needs one layer in memory, not 27 GB."""
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from llmq import calibration as cal
+    from llmq.streaming import BlockModel, LayerRunner
 
     model_dir = Path(model_dir)
     if isinstance(calibration, cal.Calibration):  # windows already cut (llmq.quantize builds them)
@@ -229,10 +233,9 @@ def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, 
         tok = AutoTokenizer.from_pretrained(model_dir)
         calib = cal.build(calibration, tok, n_samples=n_samples, seqlen=seqlen, seed=seed)
     name_map, _ = _tensor_name_map(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    bm = BlockModel(model_dir, torch.float32)
     sums: dict[str, Any] = {}
     counts: dict[str, int] = {}
-    hooks = []
 
     def hook(name: str):
         def fn(_mod, args, _out):
@@ -242,28 +245,29 @@ def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, 
             counts[name] = counts.get(name, 0) + x.shape[0]
         return fn
 
-    targets = {}
-    for name, m in model.named_modules():
-        if not isinstance(m, torch.nn.Linear):
-            continue
-        gname = name_map.get_name(name + ".weight", try_suffixes=(".weight",))
-        if gname is None:
-            continue
-        if not gname.startswith("blk.") and not include_output:
-            continue
-        targets[name] = gname
-        hooks.append(m.register_forward_hook(hook(gname)))
-    if not targets:
+    runner = LayerRunner(bm)
+    runner.start(calib.samples)
+    found = 0
+    for i in range(len(bm.layers)):
+        with runner.layer(i) as layer:
+            hooks = []
+            for name, m in layer.named_modules():
+                if not isinstance(m, torch.nn.Linear):
+                    continue
+                gname = name_map.get_name(f"{bm.layers_name}.{i}.{name}.weight", try_suffixes=(".weight",))
+                if gname is None or not gname.startswith("blk."):
+                    continue
+                hooks.append(m.register_forward_hook(hook(gname)))
+            found += len(hooks)
+            try:
+                runner.forward(layer)
+            finally:
+                for h in hooks:
+                    h.remove()
+        if progress:
+            print(f"imatrix: layer {i + 1}/{len(bm.layers)}", end="\r", flush=True)
+    if not found:
         raise LlmqError(f"No Linear of {model_dir.name} maps to a llama.cpp tensor name; cannot build an imatrix.")
-    try:
-        with torch.inference_mode():
-            for i, s in enumerate(calib.samples):
-                model(torch.tensor([s]))
-                if progress:
-                    print(f"imatrix {i + 1}/{len(calib.samples)}", end="\r", flush=True)
-    finally:
-        for h in hooks:
-            h.remove()
     out = {g: (sums[g] / counts[g]).float().numpy().astype(np.float32) for g in sums}
     return out, {**calib.fingerprint, "tensors": len(out), "statistic": "mean squared input activation per column"}
 
