@@ -40,19 +40,19 @@ class NotStreamable(Exception):
 
 # -- reading -----------------------------------------------------------------------------------
 class ShardReader:
-    """Tensors of a folder's ``*.safetensors`` by name, read one at a time through ``safe_open``."""
+    """Tensors of a folder's ``*.safetensors`` by name, read one at a time through ``safe_open``
+    (opened per read: the file's pages are unmapped again, so the process holds the tensors it
+    copied, not the checkpoint's mapping)."""
 
     def __init__(self, folder: str | os.PathLike):
         from safetensors import safe_open
 
         self.folder = Path(folder)
         self._where: dict[str, Path] = {}
-        self._open: dict[Path, Any] = {}
         for f in sorted(self.folder.glob("*.safetensors")):
-            h = safe_open(str(f), framework="pt")
-            self._open[f] = h
-            for k in h.keys():
-                self._where[k] = f
+            with safe_open(str(f), framework="pt") as h:
+                for k in h.keys():
+                    self._where[k] = f
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -61,7 +61,10 @@ class ShardReader:
         return name in self._where
 
     def get(self, name: str) -> Any:
-        return self._open[self._where[name]].get_tensor(name)
+        from safetensors import safe_open
+
+        with safe_open(str(self._where[name]), framework="pt") as h:
+            return h.get_tensor(name)
 
 # -- writing -----------------------------------------------------------------------------------
 class ShardWriter:
@@ -71,12 +74,12 @@ class ShardWriter:
     block's own metadata only into its shard. One shard is written as ``model.safetensors``; more
     as transformers names them, with its index file."""
 
-    def __init__(self, folder: str | os.PathLike, max_bytes: int = SHARD_BYTES,
+    def __init__(self, folder: str | os.PathLike, max_bytes: int | None = None,
                  common_metadata: dict[str, str] | None = None):
         self.folder = Path(folder)
         self.common = dict(common_metadata or {"format": "pt"})
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.max_bytes = max_bytes
+        self.max_bytes = SHARD_BYTES if max_bytes is None else max_bytes
         self._tensors: dict[str, Any] = {}
         self._meta: dict[str, str] = {}
         self._bytes = 0

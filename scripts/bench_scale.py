@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra = extra + ["--group-size", "64"]  # 576-wide layers do not split into 128s
             out = work / f"{size}-{name}"
             cmd = [sys.executable, "-m", "llmq", "run", "--model", str(src), "--scheme", scheme, "-o", str(out),
-                   "--overwrite", "--no-sample", "--device", "cpu", *extra]
+                   "--overwrite", "--no-sample", "--no-memory-check", "--device", "cpu", *extra]
             load0 = os.getloadavg()[0]
             r = run_one(cmd, a.cap)
             from llmq.models import folder_size
@@ -175,7 +175,7 @@ def features_of(scheme_name: str, size: str) -> dict:
     if size == "demo" and scheme.startswith(("gptq", "awq")):
         over["group_size"] = 64
     src = model_dir(Path(os.environ.get("LLMQ_SCALE_MODELS", "/tmp/llmq-scale")), size)
-    return sch.backend_cls().cost_features(profile(str(src)), sch.config(**over)).as_dict()
+    return sch.backend_cls().cost_features(profile(str(src)), sch, sch.config(**over)).as_dict()
 
 
 def _order(r: dict) -> tuple:

@@ -295,6 +295,18 @@ class Backend:
 
     # -- what the advisor and the card need ---------------------------------------------------
     @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """``llmq.cost.CostFeatures`` of quantizing ``profile``: what ``llmq.cost.project`` turns
+        into peak RAM and wall time. Default: a plugin that converts block by block
+        (``llmq.streaming``) at ``config.dtype``, time growing with the parameters."""
+        from llmq.cost import streamed
+        from llmq.sizing import BYTES
+
+        dtype = getattr(config, "dtype", "float32")
+        return streamed(profile, BYTES.get(dtype, 4), cls.estimate(profile, scheme, config, "cpu").bytes)
+
+
+    @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
         """The ``llmq.sizing.SizeEstimate`` of what ``save`` writes for ``profile``."""
         raise NotImplementedError(f"plugin {cls.name!r} has no size estimate")

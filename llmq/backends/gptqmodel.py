@@ -300,6 +300,18 @@ class GPTQModelBackend(Backend):
         return grouped_size(profile, scheme.name, config.bits, config.group_size, g_idx=True, skip=skip)
 
     @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """GPTQModel with ``offload_to_disk`` holds one layer (fp32 for AWQ on CPU, GPTQModel's
+        dtype otherwise: counted at 4 bytes), its Hessians (in_features^2 fp32 per Linear),
+        every calibration token's hidden state; time grows with parameters x tokens."""
+        from llmq.cost import calibration_bytes, streamed
+
+        tokens = config.n_samples * config.seqlen
+        hess = sum(4 * l.in_features ** 2 for l in profile.linears
+                   if l.in_layers and ".layers.0." in f".{l.name}")
+        return streamed(profile, 4, 0, calibration_bytes(profile, tokens) + hess, work=profile.parameters * tokens)
+
+    @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:
         key = _method(meta)
         version = (meta.get("versions") or {}).get("gptqmodel")

@@ -412,6 +412,20 @@ class Int8StaticBackend(Backend):
         return torchao_int8_estimate(profile, config, scheme.name)
 
     @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """One layer in fp32 (and its int8 copy), every calibration token's hidden state in and out,
+        the layer's recorded Linear inputs (and the first ``ERROR_SAMPLES`` samples' outputs), the
+        shard being filled; time grows with parameters x calibration tokens (the forward)."""
+        from llmq.cost import calibration_bytes, layer_activation_widths, streamed
+
+        tokens = config.n_samples * config.seqlen
+        ins, outs = layer_activation_widths(profile)
+        extra = calibration_bytes(profile, tokens) + 4.0 * tokens * ins + \
+            4.0 * min(ERROR_SAMPLES, config.n_samples) * config.seqlen * outs
+        return streamed(profile, 4, cls.estimate(profile, scheme, config, "cpu").bytes, extra,
+                        work=profile.parameters * tokens)
+
+    @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:
         version = (meta.get("versions") or {}).get("torchao")
         return CardFacts(

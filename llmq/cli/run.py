@@ -73,6 +73,8 @@ def add_run(sub: Any) -> None:
     h.add_argument("--push-to-hub", metavar="REPO_ID", help="push the result to this Hub repo")
     h.add_argument("--private", action="store_true", help="create the Hub repo private")
     p.add_argument("--no-sample", action="store_true", help="skip the sample generation")
+    p.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="quantize even when the projected peak RAM exceeds what is available")
     p.set_defaults(func=cmd_run)
 
 
@@ -104,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   limit=args.limit, max_ppl_increase=args.max_ppl_increase, max_accuracy_loss=args.max_accuracy_loss,
                   max_kld=args.max_kld, budget_gb=args.budget_gb, allow_training=args.allow_training,
                   resume=args.resume, push_to_hub=args.push_to_hub, private=args.private,
-                  sample=not args.no_sample, on_saved=print_summary, on_report=lambda report, path: finish(report, path))
+                  sample=not args.no_sample, memory_check=args.memory_check, on_saved=print_summary, on_report=lambda report, path: finish(report, path))
     if res.push is not None:
         print(f"Pushed to {res.push.url}")
     return res.code

@@ -42,7 +42,7 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
         eval_seqlen: int | None = None, max_ppl_increase: Any = None, max_accuracy_loss: float | None = None,
         max_kld: float | None = None, budget_gb: float | None = None, candidates: Sequence[str] | None = None,
         push_to_hub: str | None = None, private: bool = False, sample: bool = True, allow_training: bool = False,
-        resume: bool = False, on_saved: Callable[[dict, Path, str | None], None] | None = None,
+        resume: bool = False, memory_check: bool = True, on_saved: Callable[[dict, Path, str | None], None] | None = None,
         on_report: Callable[[dict, Path], None] | None = None) -> RunResult:
     """Quantize ``model`` (None: the offline demo) with ``scheme`` (a name from ``llmq schemes``, or
     ``"auto"``), save it to ``output``, generate a sample, evaluate it against the original when
@@ -51,7 +51,9 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
     called as soon as each step is done (the CLI prints there). ``allow_training``: with ``"auto"``,
     escalate to quantization-aware training (``qat-*``) when every post-training candidate fails.
     A named ``qat-*`` scheme checkpoints its training next to ``output`` (``.<name>.qat-checkpoint``,
-    every ``checkpoint_every`` steps, removed once the model is saved); ``resume`` continues from it."""
+    every ``checkpoint_every`` steps, removed once the model is saved); ``resume`` continues from it.
+    On CPU, a named scheme's projected peak RAM and wall time are stated before any weight loads
+    (``llmq.pipeline.resources``), and a job projected not to fit is refused unless not ``memory_check``."""
     from llmq import safety
     from llmq.eval.api import check_eval_request
     from llmq.eval.gate import gate_set
@@ -120,13 +122,25 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
         # here through the save: a second `run` to the same output fails before it loads a weight.
         with reserve_output(out, overwrite=overwrite, inputs=[model]):
             # Every cheap check first (scheme, options, packages, model config, group sizes, calibration file).
-            prepare(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
-                    **overrides)
+            sch, cfg, backend_cls, source, dev = prepare(model, scheme, device=device, revision=revision,
+                                                         trust_remote_code=trust_remote_code, **overrides)
+            from llmq.pipeline.resources import NotEnoughMemory, check_resources
+
+            try:
+                check_resources(source, sch, cfg, backend_cls, dev)
+            except NotEnoughMemory:
+                if memory_check:
+                    raise
+            options = {"checkpoint_dir": ckdir, "resume": resume} if ckdir else {"work_dir": out.parent}
             qm = quantize(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
-                          plugin_options={"checkpoint_dir": ckdir, "resume": resume} if ckdir else None, **overrides)
+                          plugin_options=options, **overrides)
             path = qm.save(out, overwrite=overwrite)
             if ckdir is not None:
                 shutil.rmtree(ckdir, ignore_errors=True)  # the saved model replaces the checkpoint
+        if sample:
+            from llmq.pipeline.resources import fits_to_load
+
+            sample = fits_to_load(path, qm.backend)
         text = _one_line(qm.generate(SAMPLE_PROMPT, max_new_tokens=16)) if sample else None
         res = RunResult(path, out, qm.scheme.name, 0, qm.meta, text)
         del qm
