@@ -102,7 +102,7 @@ def random_llama_streamed(path: str | Path, tokenizer: Any, *, hidden: int, inte
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
         tie_word_embeddings=tie, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, dtype=dtype,
+        pad_token_id=tokenizer.pad_token_id, dtype=dtype, architectures=["LlamaForCausalLM"],
     )
     with init_empty_weights():
         meta = LlamaForCausalLM(cfg)
