@@ -59,7 +59,9 @@ class QuantizedModel:
         """A ``transformers`` model to run. Where the plugin says the model ``quantize`` returned
         cannot run as one (``Backend.runs_in_memory``), the saved folder is loaded instead, saving
         to a temporary one if needed."""
-        if self.backend.runs_in_memory:
+        from llmq.streaming import WrittenOutput
+
+        if self.backend.runs_in_memory and not isinstance(self.model, WrittenOutput):
             return self.model
         if self._reloaded is None:
             if self.saved_to is None:

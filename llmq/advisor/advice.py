@@ -10,7 +10,7 @@ from llmq.advisor.estimate import MemoryEstimate, estimate_scheme, memory, origi
 from llmq.sizing import SizeEstimate
 from llmq.sizing import ModelProfile
 from llmq.advisor.params import human_count, profile as make_profile
-from llmq.errors import ConfigError
+from llmq.errors import ConfigError, LlmqError
 from llmq.fmt import gb, gib
 from llmq.hardware import GB, Hardware, detect
 
@@ -33,6 +33,7 @@ class Candidate:
     command: str = ""
     installed: bool = True
     rank: int = 0
+    quantize_cost: Any = None  # llmq.cost.Projection of quantizing on this CPU, when measured
 
     @property
     def loss_text(self) -> str:
@@ -50,6 +51,8 @@ class Candidate:
             "memory_bytes": self.memory.total, "memory": self.memory.to_dict(), "fits": self.fits,
             "expected_loss_pct": list(self.loss) if self.loss else None, "loss_source": self.loss_source,
             "reasons": self.reasons, "command": self.command, "installed": self.installed,
+            "quantize_ram_gib": round(self.quantize_cost.ram_gib, 2) if self.quantize_cost else None,
+            "quantize_wall_s": round(self.quantize_cost.wall_s) if self.quantize_cost else None,
         }
 
 
@@ -249,6 +252,16 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         else:
             c.status = "does not fit"
             c.reasons.append(f"needs {gib(mems[s].total)} > {hw.memory_gb:.1f} GiB {where}")
+        q = quantize_cost(prof, s) if hw.device == "cpu" else None
+        if q is not None:
+            from llmq.cost import human_time
+
+            c.quantize_cost = q
+            c.reasons.append(f"quantizing it here takes about {q.ram_gib:.1f} GiB RAM and {human_time(q.wall_s)} "
+                             "(measured cost model)")
+            if q.ram_gib > hw.memory_gb and c.status != "does not fit":
+                c.status = "does not fit"
+                c.reasons.append(f"quantizing needs more RAM than the {hw.memory_gb:.1f} GiB here")
         # The decision tree.
         if situation == "cpu":
             if s == cpu_pick:
@@ -356,6 +369,20 @@ def model_support(prof: ModelProfile, trust_remote_code: bool = False) -> dict[s
 
     return {s: why for s, why in support(prof.config, trust_remote_code=trust_remote_code).items()
             if why and not why.startswith(NOT_INSTALLED)}
+def quantize_cost(prof: ModelProfile, scheme: str) -> Any:
+    """``llmq.cost.Projection`` of quantizing ``prof`` with ``scheme``'s defaults on this CPU
+    (calibrated schemes on 16 x 512 tokens, the cost model's own setting), or None when unmeasured."""
+    from llmq.cost import project
+    from llmq.schemes import get_scheme
+
+    sch = get_scheme(scheme)
+    cls = sch.backend_cls()
+    try:
+        cfg = sch.config(**({"calibration": "wikitext2", "n_samples": 16, "seqlen": 512}
+                            if cls.needs_calibration else {}))
+        return project(sch.name, cls.cost_features(prof, sch, cfg))
+    except (LlmqError, NotImplementedError, ZeroDivisionError, AttributeError):
+        return None
 
 
 def measured_gpu_notes() -> list[str]:

@@ -283,7 +283,15 @@ class Backend:
 
     def save(self, model: Any, tokenizer: Any, out: Path) -> None:
         """Write the complete output into ``out`` (an empty temporary folder; ``llmq.json`` is added
-        after). Default: transformers ``save_pretrained`` as safetensors, plus the tokenizer."""
+        after). Default: the files of an output written while quantizing
+        (``llmq.streaming.WrittenOutput``, hard-linked), or transformers ``save_pretrained`` as
+        safetensors; plus the tokenizer."""
+        from llmq.streaming import WrittenOutput
+
+        if isinstance(model, WrittenOutput):
+            model.place(out)
+            tokenizer.save_pretrained(out)
+            return
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         for f in out.glob("*.bin"):
@@ -349,6 +357,10 @@ class Backend:
         return {}
 
     def quantization_config(self, model: Any) -> dict | None:
+        from llmq.streaming import WrittenOutput
+
+        if isinstance(model, WrittenOutput):
+            return model.quantization_config
         qc = getattr(model.config, "quantization_config", None)
         if qc is None:
             return None
@@ -446,6 +458,18 @@ class Backend:
         return None
 
     # -- what the advisor and the card need ---------------------------------------------------
+    @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """``llmq.cost.CostFeatures`` of quantizing ``profile``: what ``llmq.cost.project`` turns
+        into peak RAM and wall time. Default: a plugin that converts block by block
+        (``llmq.streaming``) at ``config.dtype``, time growing with the parameters."""
+        from llmq.cost import streamed
+        from llmq.sizing import BYTES
+
+        dtype = getattr(config, "dtype", "float32")
+        return streamed(profile, BYTES.get(dtype, 4), cls.estimate(profile, scheme, config, "cpu").bytes)
+
+
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
         """The ``llmq.sizing.SizeEstimate`` of what ``save`` writes for ``profile``."""

@@ -210,12 +210,12 @@ class GPTQModelBackend(Backend):
             return QuantizeConfig(
                 bits=c.bits, group_size=c.group_size, sym=c.sym, quant_method=METHOD.AWQ,
                 format=FORMAT.GEMM if c.format == "gemm" else FORMAT.GEMV, dynamic=dynamic,
-                offload_to_disk=False,
+                offload_to_disk=True,
             )
         return QuantizeConfig(
             bits=c.bits, group_size=c.group_size, sym=c.sym, desc_act=c.desc_act,
             act_group_aware=c.act_group_aware, damp_percent=c.damp_percent, dynamic=dynamic,
-            offload_to_disk=False,
+            offload_to_disk=True,
         )
 
     def post_quant_kernel(self, device: str) -> str:
@@ -276,9 +276,12 @@ class GPTQModelBackend(Backend):
         tokenizer.save_pretrained(out)
         for f in out.glob("*.bin"):
             f.unlink()
+        forget_offload(out)
 
     def quantization_config(self, model: Any) -> dict | None:
-        return model.quantize_config.to_dict()
+        qc = model.quantize_config.to_dict()
+        _drop_offload(qc)
+        return qc
 
     # -- load ---------------------------------------------------------------------------------
     @classmethod
@@ -321,6 +324,18 @@ class GPTQModelBackend(Backend):
         return grouped_size(profile, scheme.name, config.bits, config.group_size, g_idx=True, skip=skip)
 
     @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """GPTQModel with ``offload_to_disk`` holds one layer (fp32 for AWQ on CPU, GPTQModel's
+        dtype otherwise: counted at 4 bytes), its Hessians (in_features^2 fp32 per Linear),
+        every calibration token's hidden state; time grows with parameters x tokens."""
+        from llmq.cost import calibration_bytes, streamed
+
+        tokens = config.n_samples * config.seqlen
+        hess = sum(4 * l.in_features ** 2 for l in profile.linears
+                   if l.in_layers and ".layers.0." in f".{l.name}")
+        return streamed(profile, 4, 0, calibration_bytes(profile, tokens) + hess, work=profile.parameters * tokens)
+
+    @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:
         key = _method(meta)
         version = (meta.get("versions") or {}).get("gptqmodel")
@@ -344,6 +359,43 @@ class GPTQModelBackend(Backend):
             note=(f"Made with GPTQModel {version}; transformers loads {key.upper()} folders "
                   "through GPTQModel, which picks a GPU kernel when one fits and a torch kernel on CPU."),
             serve=serve, serve_note=serve_note)
+
+
+#: what the saved configs say about disk offload: llmq quantizes with GPTQModel's ``offload_to_disk``
+#: (each layer read from the checkpoint when its turn comes, so a 7B model fits a small RAM), a
+#: quantize-time setting whose temporary folder means nothing to whoever loads the output
+_NO_OFFLOAD = {"offload_to_disk": False, "offload_to_disk_path": None}
+
+
+def forget_offload(out: Path) -> None:
+    """Rewrite config.json's ``quantization_config`` and quantize_config.json without the offload
+    record (same key order and layout as GPTQModel writes them): the folder's bytes do not depend
+    on where the quantization offloaded its layers."""
+    import json
+
+    for name, key in (("config.json", "quantization_config"), ("quantize_config.json", None)):
+        f = Path(out) / name
+        if not f.is_file():
+            continue
+        raw = f.read_text(encoding="utf-8")
+        data = json.loads(raw)
+        if _drop_offload(data.get(key) if key else data):
+            f.write_text(json.dumps(data, indent=2) + ("\n" if raw.endswith("\n") else ""), encoding="utf-8")
+
+
+def _drop_offload(d: Any) -> bool:
+    """Set the offload record to "none" wherever it sits in ``d`` (GPTQModel nests it under
+    ``meta``); True when something changed."""
+    if not isinstance(d, dict):
+        return False
+    changed = False
+    for k, v in d.items():
+        if k in _NO_OFFLOAD and v != _NO_OFFLOAD[k]:
+            d[k] = _NO_OFFLOAD[k]
+            changed = True
+        elif isinstance(v, dict):
+            changed = _drop_offload(v) or changed
+    return changed
 
 
 def offline_safe_gptq_kernel(qc: dict, device: str) -> str | None:

@@ -156,10 +156,23 @@ def target_linears(model: Any, skip: Sequence[str] = ()) -> list[str]:
     return [n for n in names if n not in keep]
 
 
-def calibrate(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str], *, sym: bool = True,
+#: ``source(names, see, limit=None)``: calls ``see(name, input, output)`` for each Linear in ``names``
+#: on each calibration sample (the first ``limit``): a whole model run with hooks
+#: (:func:`model_source`) or one decoder layer's recorded run (``llmq.streaming.LayerRunner.record``)
+Source = Any
+
+
+def model_source(model: Any, samples: Sequence[Sequence[int]]) -> Source:
+    """The calibration source of a model in memory: ``samples`` run through it with hooks."""
+    def run(names: Sequence[str], see: Any, limit: int | None = None) -> None:
+        _run(model, samples if limit is None else samples[:limit], names, see)
+    return run
+
+
+def calibrate(source: Source, names: Sequence[str], *, sym: bool = True,
               pre_scales: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ``samples`` (token id lists) through ``model`` and return one ``HistogramObserver`` per
-    Linear in ``names`` that has seen its inputs (divided by ``pre_scales`` when smoothing)."""
+    """One ``HistogramObserver`` per Linear in ``names`` that has seen its inputs from ``source``
+    (divided by ``pre_scales`` when smoothing)."""
     obs = {n: _observer(sym) for n in names}
 
     def see(n: str, x: Any, out: Any) -> None:
@@ -169,11 +182,11 @@ def calibrate(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str]
             x = x / pre_scales[n]
         obs[n](x.reshape(-1, x.shape[-1]))
 
-    _run(model, samples, names, see)
+    source(names, see)
     return obs
 
 
-def channel_absmax(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str]) -> dict[str, Any]:
+def channel_absmax(source: Source, names: Sequence[str]) -> dict[str, Any]:
     """Per input channel max|x| of each Linear in ``names`` (SmoothQuant's statistic)."""
     import torch
 
@@ -183,7 +196,7 @@ def channel_absmax(model: Any, samples: Sequence[Sequence[int]], names: Sequence
         a = x.detach().float().abs().reshape(-1, x.shape[-1]).amax(0)
         amax[n] = a if n not in amax else torch.maximum(amax[n], a)
 
-    _run(model, samples, names, see)
+    source(names, see)
     return amax
 
 
@@ -219,11 +232,11 @@ def smooth_scales(model: Any, amax: dict[str, Any], alpha: float | dict[str, flo
     return out
 
 
-def layer_errors(model: Any, samples: Sequence[Sequence[int]], configs: dict[str, Sequence[Any]],
-                 pre_scales: dict[str, Any] | None = None) -> dict[str, list[tuple[float, float]]]:
-    """Each Linear's output error when quantized with each of its torchao configs in ``configs``
-    (weight smoothed by ``pre_scales`` when given), as two relative errors: per token (the mean
-    over the tokens of ``samples`` of ||y_q - y||^2 / ||y||^2, where every token counts) and in
+def layer_errors(model: Any, source: Source, configs: dict[str, Sequence[Any]],
+                 pre_scales: dict[str, Any] | None = None, limit: int | None = None) -> dict[str, list[tuple[float, float]]]:
+    """Each Linear of ``model`` (names as in ``configs``) and its output error when quantized with
+    each of its torchao configs (weight smoothed by ``pre_scales`` when given), as two relative
+    errors over the first ``limit`` samples of ``source``: per token (the mean over the tokens of ||y_q - y||^2 / ||y||^2, where every token counts) and in
     total (sum ||y_q - y||^2 / sum ||y||^2, which the rare massive-activation tokens dominate:
     clipping them breaks the attention sinks although few tokens suffer). Measured layer by layer
     on the float model's own inputs with torchao's kernels: the cost of one layer's quantization,
@@ -258,5 +271,5 @@ def layer_errors(model: Any, samples: Sequence[Sequence[int]], configs: dict[str
             num[n][i][0] += float((err / norm.clamp(min=1e-12)).sum())
             num[n][i][1] += float(err.sum())
 
-    _run(model, samples, list(configs), see)
+    source(list(configs), see, limit)
     return {n: [(t / max(den[n][0], 1), e / max(den[n][1], 1e-30)) for t, e in num[n]] for n in configs}

@@ -55,9 +55,9 @@ from typing import Any, ClassVar, Sequence
 
 from llmq.backends.base import Backend, CardFacts, Scheme, torch_dtype
 from llmq.backends.int8_calibration import (METHODS, activation_qparams, calibrate, channel_absmax, layer_errors,
-                                           smooth_scales, target_linears)
+                                           model_source, smooth_scales, target_linears)
 from llmq.backends.torchao import (HEAD_ACTIVATIONS, alphas_for, attach_torchao_saver, buffers_note, buffers_record,
-                                   enable_loading, quantize_embeddings, restore_buffers,
+                                   enable_loading, quantize_embeddings, restore_buffers, stream_torchao,
                                    torchao_int8_estimate)
 from llmq.config import DTYPES, CalibratedConfig, check_choice
 from llmq.errors import ConfigError
@@ -156,67 +156,156 @@ class Int8StaticConfig(CalibratedConfig):
 
 
 # -- quantization -------------------------------------------------------------------------------
-def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8StaticConfig) -> dict[str, Any]:
-    """Calibrate and convert ``model`` in place; returns per-Linear ``{"scale", "zero_point"}``
-    (plus ``"smooth"`` when smoothing, ``"error_ratio"`` when the fallback measured it) for static
-    Linears and ``{"dynamic": "fallback" | "dynamic_modules"}`` for per-token ones, so callers,
-    llmq.json and the model card can show them."""
-    import torch
-    from torchao.quantization import (FqnToConfig, Int8DynamicActivationInt8WeightConfig,
-                                      Int8StaticActivationInt8WeightConfig, MappingType, PerRow, PerTensor,
-                                      quantize_)
-
+# Three steps, so a model larger than RAM is calibrated one decoder layer at a time: ``measure``
+# (statistics of the Linears of one module: the whole model, or one layer), ``decide`` (the
+# per-token fallback picks the worst Linears of the whole model), ``convert`` (one module).
+def selection(names: Sequence[str], cfg: Int8StaticConfig) -> tuple[set[str], dict[str, float]]:
+    """``(Linears listed in dynamic_modules, SmoothQuant alpha per Linear)`` of full names."""
     from llmq.models import excluded_modules
 
-    names = target_linears(model, cfg.skip_modules)
     pats = (cfg.dynamic_modules,) if isinstance(cfg.dynamic_modules, str) else tuple(cfg.dynamic_modules)
-    listed = set(excluded_modules(None, names, pats)) if pats else set()
+    listed = set(excluded_modules(None, list(names), pats)) if pats else set()
+    return listed, alphas_for(names, cfg.smooth_alpha)  # per-token Linears too: their outliers hurt as well
+
+
+def _fallback_on(cfg: Int8StaticConfig) -> bool:
+    return cfg.dynamic_fallback not in (None, "off") and cfg.max_dynamic_fraction > 0
+
+
+def _dynamic(cfg: Int8StaticConfig) -> Any:
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, PerTensor
+
     wgran = PerRow() if cfg.weight_granularity == "per_channel" else PerTensor()
+    return Int8DynamicActivationInt8WeightConfig(granularity=wgran, set_inductor_config=False)
 
-    def dynamic():
-        return Int8DynamicActivationInt8WeightConfig(granularity=wgran, set_inductor_config=False)
 
+def _static(cfg: Int8StaticConfig, scale: Any, zp: Any, dt: Any) -> Any:
+    from torchao.quantization import Int8StaticActivationInt8WeightConfig, MappingType, PerRow, PerTensor
+
+    wgran = PerRow() if cfg.weight_granularity == "per_channel" else PerTensor()
+    return Int8StaticActivationInt8WeightConfig(
+        act_quant_scale=scale.to(dt), act_quant_zero_point=None if cfg.sym else zp,
+        granularity=[PerTensor(), wgran], act_mapping_type=MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC,
+        set_inductor_config=False)
+
+
+def measure(module: Any, source: Any, names: Sequence[str], listed: set[str], alphas: dict[str, float],
+            cfg: Int8StaticConfig) -> dict[str, dict[str, Any]]:
+    """Statistics of the Linears ``names`` of ``module`` from ``source`` (``int8_calibration``):
+    the smoothing scale, the static scale and zero point, and (fallback on) the measured error
+    ratio of static over per-token activations. ``listed`` get no static scale."""
     static = [n for n in names if n not in listed]
-    pre = None
-    alphas = alphas_for(names, cfg.smooth_alpha)  # per-token Linears too: their outlier channels hurt as well
-    if alphas:
-        pre = smooth_scales(model, channel_absmax(model, samples, list(alphas)), alphas)
-    obs = calibrate(model, samples, static, sym=cfg.sym, pre_scales=pre)
-    mapping = MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC
-    configs: dict[str, Any] = {n: dynamic() for n in listed}
-    qparams: dict[str, Any] = {n: {"dynamic": "dynamic_modules"} for n in listed}
-    pct = cfg.effective_percentile or DEFAULT_PERCENTILE  # minmax and entropy use none
+    pre = smooth_scales(module, channel_absmax(source, list(alphas)), alphas) if alphas else None
+    obs = calibrate(source, static, sym=cfg.sym, pre_scales=pre)
+    out: dict[str, dict[str, Any]] = {n: {} for n in names}
     for n in static:
-        scale, zp = activation_qparams(obs[n], cfg.calibration_method, percentile=pct, sym=cfg.sym)
-        dt = model.get_submodule(n).weight.dtype
-        configs[n] = Int8StaticActivationInt8WeightConfig(
-            act_quant_scale=scale.to(dt), act_quant_zero_point=None if cfg.sym else zp,
-            granularity=[PerTensor(), wgran], act_mapping_type=mapping, set_inductor_config=False)
-        qparams[n] = {"scale": scale, "zero_point": zp}
-    if cfg.dynamic_fallback not in (None, "off") and static and cfg.max_dynamic_fraction > 0:
-        errs = layer_errors(model, samples[:ERROR_SAMPLES], {n: (configs[n], dynamic()) for n in static}, pre)
-        ratio = {n: max(s_ / max(d_, 1e-12) for s_, d_ in zip(es, ed)) for n, (es, ed) in errs.items()}
+        out[n]["scale"], out[n]["zero_point"] = activation_qparams(obs[n], cfg.calibration_method,
+                                                                   percentile=cfg.effective_percentile or DEFAULT_PERCENTILE,
+                                                                   sym=cfg.sym)  # minmax, entropy: none
+    if _fallback_on(cfg) and static:
+        confs = {n: (_static(cfg, out[n]["scale"], out[n]["zero_point"], module.get_submodule(n).weight.dtype),
+                     _dynamic(cfg)) for n in static}
+        errs = layer_errors(module, source, confs, pre, limit=ERROR_SAMPLES)
+        for n, (es, ed) in errs.items():
+            out[n]["ratio"] = max(s_ / max(d_, 1e-12) for s_, d_ in zip(es, ed))
+    for n in pre or {}:
+        out[n]["smooth"] = pre[n]
+    return out
+
+
+def decide(stats: dict[str, dict[str, Any]], names: Sequence[str], listed: set[str],
+           cfg: Int8StaticConfig) -> dict[str, Any]:
+    """Per-Linear ``{"scale", "zero_point"}`` (plus ``"smooth"``, ``"error_ratio"``) for static
+    Linears and ``{"dynamic": "fallback" | "dynamic_modules"}`` for per-token ones: the fallback
+    takes the worst Linears of the whole model, at most ``max_dynamic_fraction`` of them."""
+    qparams: dict[str, Any] = {n: {"dynamic": "dynamic_modules"} for n in names if n in listed}
+    static = [n for n in names if n not in listed]
+    for n in static:
+        qparams[n] = {"scale": stats[n]["scale"], "zero_point": stats[n]["zero_point"]}
+    if _fallback_on(cfg) and static:
+        ratio = {n: stats[n]["ratio"] for n in static}
         budget = int(cfg.max_dynamic_fraction * len(names)) - len(listed)
         worst = sorted((n for n in static if ratio[n] > cfg.dynamic_fallback), key=lambda n: -ratio[n])
         for n in static:
             qparams[n]["error_ratio"] = round(ratio[n], 3)
         for n in worst[:max(budget, 0)]:
-            configs[n] = dynamic()
             qparams[n] = {"dynamic": "fallback", "error_ratio": round(ratio[n], 3)}
-    if pre is not None:
-        with torch.no_grad():
-            for n in pre:
-                w = model.get_submodule(n).weight
-                w.mul_(pre[n].to(w.dtype))
-    quantize_(model, FqnToConfig(configs), filter_fn=None)
-    if pre is not None:
+    for n in names:
+        if "smooth" in stats[n]:
+            qparams[n]["smooth"] = stats[n]["smooth"]
+    return qparams
+
+
+def convert(module: Any, qparams: dict[str, Any], cfg: Int8StaticConfig) -> None:
+    """Quantize the Linears of ``module`` named in ``qparams`` in place with torchao: smoothing
+    folded into the weight (``act_pre_scale`` stored), static or per-token activations."""
+    import torch
+    from torchao.quantization import FqnToConfig, quantize_
+
+    configs = {n: _dynamic(cfg) if "dynamic" in q else
+               _static(cfg, q["scale"], q["zero_point"], module.get_submodule(n).weight.dtype)
+               for n, q in qparams.items()}
+    pre = {n: q["smooth"] for n, q in qparams.items() if "smooth" in q}
+    with torch.no_grad():
         for n in pre:
-            w = model.get_submodule(n).weight
-            w.act_pre_scale = (1.0 / pre[n]).to(w.dtype)
-            qparams[n]["smooth"] = pre[n]
+            w = module.get_submodule(n).weight
+            w.mul_(pre[n].to(w.dtype))
+    quantize_(module, FqnToConfig(configs), filter_fn=None)
+    for n in pre:
+        w = module.get_submodule(n).weight
+        w.act_pre_scale = (1.0 / pre[n]).to(w.dtype)
+
+
+def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8StaticConfig) -> dict[str, Any]:
+    """Calibrate and convert a ``model`` in memory in place (embeddings included); returns
+    :func:`decide`'s per-Linear record, so callers, llmq.json and the model card can show it."""
+    names = target_linears(model, cfg.skip_modules)
+    listed, alphas = selection(names, cfg)
+    stats = measure(model, model_source(model, samples), names, listed, alphas, cfg)
+    qparams = decide(stats, names, listed, cfg)
+    convert(model, qparams, cfg)
     if cfg.quantize_embeddings:
         quantize_embeddings(model, cfg.lm_head_activations)
     return qparams
+
+
+def quantize_streamed(bm: Any, samples: Sequence[Sequence[int]], cfg: Int8StaticConfig, *, device: str = "cpu",
+                      work_dir: Any = None, progress: Any = None) -> tuple[Any, dict[str, Any]]:
+    """A model larger than RAM (``llmq.streaming.BlockModel``): calibrated one decoder layer at a
+    time (the samples' hidden states go through each layer once; each Linear's inputs are recorded
+    and replayed to every statistic), the fallback decided over the whole model, then quantized
+    and written block by block. Same statistics, same bytes as :func:`quantize_model`."""
+    from llmq.streaming import LayerRunner, NotStreamable
+
+    names = target_linears(bm.model, cfg.skip_modules)
+    prefix = bm.layers_name + "."
+    if any(not n.startswith(prefix) for n in names):
+        raise NotStreamable("int8-static quantizes a Linear outside the decoder layers")
+    listed, alphas = selection(names, cfg)
+    runner = LayerRunner(bm, device)
+    runner.start(samples)
+    stats: dict[str, Any] = {}
+    keep = ERROR_SAMPLES if _fallback_on(cfg) else 0
+    for i in range(len(bm.layers)):
+        p = f"{prefix}{i}."
+        rel = [n[len(p):] for n in names if n.startswith(p)]
+        with runner.layer(i) as layer:
+            replay = runner.record(layer, rel, keep_outputs=keep)
+            st = measure(layer, replay, rel, {n for n in rel if p + n in listed},
+                         {n[len(p):]: a for n, a in alphas.items() if n.startswith(p)}, cfg)
+            del replay
+        stats.update({p + n: v for n, v in st.items()})
+        if progress:
+            progress(i + 1, len(bm.layers))
+    qparams = decide(stats, names, listed, cfg)
+
+    def conv(block: str, module: Any) -> None:
+        p = block + "."
+        convert(module, {n[len(p):]: q for n, q in qparams.items() if n.startswith(p)}, cfg)
+
+    out = stream_torchao(bm, conv, serializable_config(cfg, bm.model), cfg.dtype,
+                         cfg.quantize_embeddings and cfg.lm_head_activations, device=device, work_dir=work_dir)
+    return out, qparams
 
 
 def activation_summary(qparams: dict[str, Any], cfg: Int8StaticConfig) -> dict[str, Any]:
@@ -297,10 +386,21 @@ class Int8StaticBackend(Backend):
     )
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+        """Layer by layer from the checkpoint's shards (:func:`quantize_streamed`: memory bounded
+        by a layer and the recorded activations); a checkpoint that cannot be streamed loads whole."""
+        from llmq.streaming import BlockModel, NotStreamable
+
+        dtype = torch_dtype(self.config.dtype)
+        try:
+            bm = BlockModel(model_dir, dtype)
+            out, self.qparams = quantize_streamed(bm, calibration.samples, self.config, device=device,
+                                                  work_dir=self.options.get("work_dir"))
+            return out
+        except NotStreamable:
+            pass
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(self.config.dtype),
-                                                     device_map=device)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device)
         model.eval()
         self.qparams = quantize_model(model, calibration.samples, self.config)
         attach_quantizer(model, self.config)
@@ -341,6 +441,20 @@ class Int8StaticBackend(Backend):
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
         return torchao_int8_estimate(profile, config, scheme.name)
+
+    @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """One layer in fp32 (and its int8 copy), every calibration token's hidden state in and out,
+        the layer's recorded Linear inputs (and the first ``ERROR_SAMPLES`` samples' outputs), the
+        shard being filled; time grows with parameters x calibration tokens (the forward)."""
+        from llmq.cost import calibration_bytes, layer_activation_widths, streamed
+
+        tokens = config.n_samples * config.seqlen
+        ins, outs = layer_activation_widths(profile)
+        extra = calibration_bytes(profile, tokens) + 4.0 * tokens * ins + \
+            4.0 * min(ERROR_SAMPLES, config.n_samples) * config.seqlen * outs
+        return streamed(profile, 4, cls.estimate(profile, scheme, config, "cpu").bytes, extra,
+                        work=profile.parameters * tokens)
 
     @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:

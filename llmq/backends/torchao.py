@@ -46,17 +46,47 @@ class TorchAoBackend(Backend):
                tree_rank={"cpu": 0, "gpu_fits": 8, "gpu_8bit": 7, "gpu_4bit": 7}),
     )
 
-    def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+    def torchao_config(self, model_dir: Path) -> tuple[Any, Any]:
+        """``(torchao config of the Linears, transformers TorchAoConfig recorded in config.json)``."""
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, PerTensor
-        from transformers import AutoConfig, AutoModelForCausalLM, TorchAoConfig
+        from transformers import AutoConfig, TorchAoConfig
 
         gran = PerRow() if self.config.weight_granularity == "per_channel" else PerTensor()
         cfg = AutoConfig.from_pretrained(model_dir)
         skip = excluded_modules(cfg, list(linear_shapes(cfg)), self.config.skip_modules)
-        qc = TorchAoConfig(
-            Int8DynamicActivationInt8WeightConfig(granularity=gran, set_inductor_config=False),
-            modules_to_not_convert=skip or None,
-        )
+        lin = Int8DynamicActivationInt8WeightConfig(granularity=gran, set_inductor_config=False)
+        return lin, TorchAoConfig(lin, modules_to_not_convert=skip or None)
+
+    def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+        """Block by block from the checkpoint's shards (``llmq.streaming``): each decoder layer's
+        Linears quantized with torchao's ``quantize_`` and written, then freed, so memory is bounded
+        by a layer; a checkpoint that cannot be streamed loads whole through transformers."""
+        import torch
+
+        from llmq.streaming import BlockModel, NotStreamable
+
+        lin, qc = self.torchao_config(model_dir)
+        try:
+            bm = BlockModel(model_dir, torch_dtype(self.config.dtype))
+        except NotStreamable:
+            return self._quantize_whole(model_dir, device, qc)
+
+        def convert(block: str, module: Any) -> None:
+            from torchao.quantization import quantize_
+            from transformers.quantizers.quantizers_utils import should_convert_module
+
+            quantize_(module, lin, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear)
+                      and should_convert_module(f"{block}.{fqn}", qc.modules_to_not_convert))
+
+        qe = self.config.quantize_embeddings
+        if qe:
+            qc.include_input_output_embeddings = True
+        return stream_torchao(bm, convert, qc, self.config.dtype, qe and self.config.lm_head_activations,
+                              device=device, work_dir=self.options.get("work_dir"))
+
+    def _quantize_whole(self, model_dir: Path, device: str, qc: Any) -> Any:
+        from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch_dtype(self.config.dtype), device_map=device, quantization_config=qc
         )
@@ -221,6 +251,35 @@ def buffers_note(meta: dict) -> str:
     return (f" This model keeps {', '.join(f'`{n}`' for n in names)} in an int8 module: plain transformers "
             "(5.24-5.25) leaves such a non-persistent buffer uninitialized on load (garbage outputs); "
             "`llmq.load` restores it (`llmq.backends.torchao.restore_buffers(model)` after `from_pretrained`).")
+def stream_torchao(bm: Any, convert: Any, qc: Any, dtype: str, embeddings: str | bool, *, device: str = "cpu",
+                   work_dir: Any = None) -> Any:
+    """Write a torchao folder block by block (``llmq.streaming``): ``convert(block, module)``
+    quantizes a decoder layer in place; the embeddings block goes through
+    :func:`quantize_embeddings` when ``embeddings`` names lm_head's activations (False: kept
+    float). Each block's state is flattened with torchao's own ``flatten_tensor_state_dict`` (as
+    transformers' torchao saver does); every shard carries the full ``tensor_names`` list and the
+    entries of its own tensors, so transformers' loader (which merges the shards' metadata) reads it."""
+    import json
+
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    from llmq.streaming import stream_folder
+
+    def conv(block: str, names: list[str]) -> None:
+        if block == "embeddings":
+            if embeddings:
+                quantize_embeddings(bm.model, embeddings)
+        elif block.startswith(bm.layers_name + "."):
+            convert(block, bm.module(block))
+
+    def serialize(state: dict) -> tuple[dict, dict]:
+        tensors, meta = flatten_tensor_state_dict(state)
+        meta.pop("tensor_names", None)
+        return tensors, meta
+
+    return stream_folder(bm, dtype=dtype, convert=conv, serialize=serialize, quantization_config=qc,
+                         common_metadata={"tensor_names": json.dumps(bm.names), "format": "pt"},
+                         work_dir=work_dir, device=device)
 
 
 _PATCHED = False

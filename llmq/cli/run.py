@@ -76,6 +76,8 @@ def add_run(sub: Any) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="skip the check of the saved output against the original (KL divergence on fixed text, "
                         "bound per scheme); without it an output beyond the bound is kept at OUTPUT.rejected, exit 1")
+    p.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="quantize even when the projected peak RAM exceeds what is available")
     p.set_defaults(func=cmd_run)
 
 
@@ -107,8 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   limit=args.limit, max_ppl_increase=args.max_ppl_increase, max_accuracy_loss=args.max_accuracy_loss,
                   max_kld=args.max_kld, budget_gb=args.budget_gb, allow_training=args.allow_training,
                   resume=args.resume, push_to_hub=args.push_to_hub, private=args.private,
-                  sample=not args.no_sample, verify=not args.no_verify, on_saved=print_summary,
-                  on_report=lambda report, path: finish(report, path))
+                  sample=not args.no_sample, verify=not args.no_verify, memory_check=args.memory_check,
+                  on_saved=print_summary, on_report=lambda report, path: finish(report, path))
     if res.rejected is not None:
         import sys
 

@@ -49,7 +49,8 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
         eval_seqlen: int | None = None, max_ppl_increase: Any = None, max_accuracy_loss: float | None = None,
         max_kld: float | None = None, budget_gb: float | None = None, candidates: Sequence[str] | None = None,
         push_to_hub: str | None = None, private: bool = False, sample: bool = True, allow_training: bool = False,
-        resume: bool = False, verify: bool = True, on_saved: Callable[[dict, Path, str | None], None] | None = None,
+        resume: bool = False, verify: bool = True, memory_check: bool = True,
+        on_saved: Callable[[dict, Path, str | None], None] | None = None,
         on_report: Callable[[dict, Path], None] | None = None) -> RunResult:
     """Quantize ``model`` (None: the offline demo) with ``scheme`` (a name from ``llmq schemes``, or
     ``"auto"``), save it to ``output``, generate a sample, evaluate it against the original when
@@ -61,7 +62,9 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
     every ``checkpoint_every`` steps, removed once the model is saved); ``resume`` continues from it.
     ``verify``: check the saved output against the original (``llmq.verify``) before anything else;
     beyond its scheme's bound the output is kept at ``<output>.rejected`` and the result has code 1,
-    no path, no sample, no evaluation and no push (``verify=False``: ``--no-verify``)."""
+    no path, no sample, no evaluation and no push (``verify=False``: ``--no-verify``).
+    On CPU, a named scheme's projected peak RAM and wall time are stated before any weight loads
+    (``llmq.pipeline.resources``), and a job projected not to fit is refused unless not ``memory_check``."""
     from llmq import safety
     from llmq.eval.api import check_eval_request
     from llmq.eval.gate import gate_set
@@ -133,12 +136,19 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
         # here through the save: a second `run` to the same output fails before it loads a weight.
         with reserve_output(out, overwrite=overwrite, inputs=[model]), training or contextlib.nullcontext():
             # Every cheap check first (scheme, options, packages, model config, group sizes, calibration file).
-            prepare(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
-                    **overrides)
+            sch, cfg, backend_cls, source, dev = prepare(model, scheme, device=device, revision=revision,
+                                                         trust_remote_code=trust_remote_code, **overrides)
+            from llmq.pipeline.resources import NotEnoughMemory, check_resources
+
+            try:
+                check_resources(source, sch, cfg, backend_cls, dev)
+            except NotEnoughMemory:
+                if memory_check:
+                    raise
+            options = ({"checkpoint_dir": ckdir, "resume": resume, "source_name": str(model) if model else None}
+                       if ckdir else {"work_dir": out.parent})
             qm = quantize(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
-                          plugin_options={"checkpoint_dir": ckdir, "resume": resume,
-                                          "source_name": str(model) if model else None} if ckdir else None,
-                          **overrides)
+                          plugin_options=options, **overrides)
             from llmq.verify import VerificationError
 
             try:
@@ -148,6 +158,10 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
                                  rejected=e.path)
             if ckdir is not None:
                 shutil.rmtree(ckdir, ignore_errors=True)  # the saved model replaces the checkpoint
+        if sample:
+            from llmq.pipeline.resources import fits_to_load
+
+            sample = fits_to_load(path, qm.backend)
         text = _one_line(qm.generate(SAMPLE_PROMPT, max_new_tokens=16)) if sample else None
         res = RunResult(path, out, qm.scheme.name, 0, qm.meta, text, verification=qm.verification)
         del qm

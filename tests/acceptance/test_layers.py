@@ -24,7 +24,7 @@ LAYERS = {
     "llmq.outdir": 0, "llmq.owners": 0, "llmq.safety": 0, "llmq.version": 0, "llmq.weightfiles": 0,
     # L1 model and data plumbing
     "llmq.config": 1, "llmq.data": 1, "llmq.calibration": 1, "llmq.models": 1, "llmq.gguf_cache": 1, "llmq.sizing": 1, "llmq.meta": 1,
-    "llmq.testing": 1, "llmq.testing_gguf": 1,
+    "llmq.testing": 1, "llmq.testing_gguf": 1, "llmq.streaming": 1, "llmq.cost": 1,
     # L2 the scheme plugins, each owning its runtime
     "llmq.backends": 2, "llmq.fastpath": 2,
     # L3 the registry of plugins

@@ -72,6 +72,21 @@ def test_asymmetric_gives_zero_points_symmetric_does_not():
         assert zp.item() == 0 and scale.shape == (1, 1, 1)
 
 
+def _in_memory(src, **kw):
+    """The whole model quantized in memory (:func:`quantize_model`) with the calibration windows
+    ``llmq.quantize`` cuts for the same settings: the reference the streamed folder must equal."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmq import calibration
+
+    cfg = S.Int8StaticConfig(calibration=TEXT, **kw)
+    cal = calibration.build(TEXT, AutoTokenizer.from_pretrained(src), n_samples=cfg.n_samples, seqlen=cfg.seqlen,
+                            seed=cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(src).eval()
+    S.quantize_model(model, cal.samples, cfg)
+    return model
+
+
 def _quantized(tiny_model_dir, **kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,11 +145,11 @@ def test_quantize_save_reload_identical_logits(tiny_model_dir, tmp_path):
     import llmq
     from llmq.models import read_json
 
-    q = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, n_samples=4, seqlen=32,
-                      calibration_method="entropy", sym=False, skip_modules=["*.o_proj"])
+    kw = dict(n_samples=4, seqlen=32, calibration_method="entropy", sym=False, skip_modules=["*.o_proj"])
+    q = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, **kw)
     x = torch.tensor([list(range(5, 45))])
-    with torch.no_grad():
-        before = q.model(x).logits
+    with torch.no_grad():  # calibrated layer by layer and written block by block = the whole model in memory
+        before = _in_memory(tiny_model_dir, **kw)(x).logits
     out = q.save(tmp_path / "q")
     from llmq.schemes import plugin_of_folder
 
@@ -260,14 +275,15 @@ def test_dynamic_modules_quantize_activations_per_token_and_reload(tiny_model_di
 
     import llmq
 
-    q = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, n_samples=2, seqlen=32,
-                      dynamic_modules=["*.down_proj"])
-    layer = q.model.model.layers[0]
+    kw = dict(n_samples=2, seqlen=32, dynamic_modules=["*.down_proj"])
+    q = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, **kw)
+    ref = _in_memory(tiny_model_dir, **kw)
+    layer = ref.model.layers[0]
     assert isinstance(layer.mlp.down_proj.weight, Int8Tensor) and layer.mlp.down_proj.weight.act_quant_scale is None
     assert layer.mlp.up_proj.weight.act_quant_scale is not None
     x = torch.tensor([list(range(5, 45))])
     with torch.no_grad():
-        before = q.model(x).logits
+        before = ref(x).logits
     model, _ = llmq.load(q.save(tmp_path / "m"), device="cpu")
     with torch.no_grad():
         assert torch.equal(model(x).logits, before)

@@ -342,6 +342,18 @@ class GGUFBackend(_Backend):
         return estimate_size(profile, scheme.name)
 
     @classmethod
+    def cost_features(cls, profile: Any, scheme: Any, config: Any) -> Any:
+        """The converter reads tensors lazily and llama.cpp quantizes tensor by tensor: the largest
+        block, twice, in fp32; with an importance matrix, one layer in fp32 and every calibration
+        token's hidden state, time growing with parameters x tokens (the forward)."""
+        from llmq.cost import calibration_bytes, streamed
+
+        if config.calibration is None:
+            return streamed(profile, 4, 0)
+        tokens = config.n_samples * config.seqlen
+        return streamed(profile, 4, 0, calibration_bytes(profile, tokens), work=profile.parameters * tokens)
+
+    @classmethod
     def card_facts(cls, meta: dict, repo: str) -> Any:
         from llmq.backends.base import CardFacts
 

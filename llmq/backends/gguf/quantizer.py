@@ -13,8 +13,9 @@ Why these pieces:
   Q4_K_M, fallbacks for rows not divisible by 256, ...). Overrides go through the same params.
 - **Importance matrix**: llama.cpp's semantics (``llama-imatrix``): per weight tensor, the mean of
   the squared input activation per input column over the calibration tokens. It is collected with
-  forward hooks on the fp32 transformers model (the GGUF was converted from the same weights) and
-  handed to ``llama_model_quantize`` as its C array of ``llama_model_imatrix_data``.
+  forward hooks on the fp32 transformers model run one decoder layer at a time (``llmq.streaming``;
+  the GGUF was converted from the same weights) and handed to ``llama_model_quantize`` as its C
+  array of ``llama_model_imatrix_data``.
 
 This module holds the config and the file pipeline (convert, importance matrix, quantize, Modelfile);
 a ``.gguf`` source skips the converter (``llmq.backends.gguf.requantize``);
@@ -46,8 +47,10 @@ SCHEMES: dict[str, str] = {
     "gguf-q4_k_m": "Q4_K_M",
     "gguf-q4_0": "Q4_0",
 }
-#: intermediate file types the converter writes before quantizing
-OUTTYPES = ("f32", "f16", "bf16")
+#: intermediate file types the converter writes before quantizing ("auto": the checkpoint's own float
+#: type, so the intermediate file is lossless and no larger than the checkpoint: a bf16 7B model's is
+#: 13.8 GB instead of 27 GB in f32, and the quantized file is the same)
+OUTTYPES = ("auto", "f32", "f16", "bf16")
 EXTRA = "gguf"
 #: (import name, pip distribution) the GGUF backend needs
 REQUIRES = (("llama_cpp", "llama-cpp-python"), ("auto_round", "auto-round"), ("gguf", "gguf"),
@@ -77,7 +80,7 @@ class GGUFConfig(SchemeConfig):
     seed: int = 0
     output_tensor_type: str | None = None
     token_embedding_type: str | None = None
-    outtype: str = "f32"
+    outtype: str = "auto"
     threads: int = 0  # 0: all cores
 
     def validate(self) -> None:
@@ -207,6 +210,19 @@ def convert(model_dir: Path, out_file: Path, outtype: str = "f32") -> dict[str, 
             "converter": ctx.source, "n_layers": int(inst.block_count)}
 
 
+def resolve_outtype(model_dir: Path, outtype: str) -> str:
+    """``"auto"``: ``bf16``/``f16`` when every floating tensor of the checkpoint is bf16/f16 (the
+    intermediate GGUF then holds them exactly), else ``f32``."""
+    if outtype != "auto":
+        return outtype
+    from llmq.safety import safetensors_header
+
+    dtypes = {info["dtype"] for f in sorted(Path(model_dir).glob("*.safetensors"))
+              for k, info in safetensors_header(f).items() if k != "__metadata__"}
+    floats = dtypes & {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+    return {frozenset({"BF16"}): "bf16", frozenset({"F16"}): "f16"}.get(frozenset(floats), "f32")
+
+
 def _tensor_name_map(model_dir: Path) -> tuple[Any, int]:
     import gguf
 
@@ -220,15 +236,18 @@ def _tensor_name_map(model_dir: Path) -> tuple[Any, int]:
 
 
 def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, seqlen: int = 512, seed: int = 0,
-                    include_output: bool = False, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+                    progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """``({gguf tensor name: float32 array}, fingerprint)``: llama-imatrix's statistic (mean over
     calibration tokens of each input column's squared activation) for every Linear inside the
-    decoder blocks (llama-imatrix skips the output tensor unless ``--process-output``)."""
+    decoder blocks (llama-imatrix skips the output tensor by default). The fp32 model runs one
+    decoder layer at a time from the checkpoint's shards (``llmq.streaming.LayerRunner``), so a 7B
+    model needs one layer in memory, not 27 GB."""
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from llmq import calibration as cal
+    from llmq.streaming import BlockModel, LayerRunner
 
     model_dir = Path(model_dir)
     if isinstance(calibration, cal.Calibration):  # windows already cut (llmq.quantize builds them)
@@ -237,10 +256,9 @@ def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, 
         tok = AutoTokenizer.from_pretrained(model_dir)
         calib = cal.build(calibration, tok, n_samples=n_samples, seqlen=seqlen, seed=seed)
     name_map, _ = _tensor_name_map(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    bm = BlockModel(model_dir, torch.float32)
     sums: dict[str, Any] = {}
     counts: dict[str, int] = {}
-    hooks = []
 
     def hook(name: str):
         def fn(_mod, args, _out):
@@ -250,28 +268,29 @@ def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, 
             counts[name] = counts.get(name, 0) + x.shape[0]
         return fn
 
-    targets = {}
-    for name, m in model.named_modules():
-        if not isinstance(m, torch.nn.Linear):
-            continue
-        gname = name_map.get_name(name + ".weight", try_suffixes=(".weight",))
-        if gname is None:
-            continue
-        if not gname.startswith("blk.") and not include_output:
-            continue
-        targets[name] = gname
-        hooks.append(m.register_forward_hook(hook(gname)))
-    if not targets:
-        raise LlmqError(f"No Linear of {model_dir.name} maps to a llama.cpp tensor name; cannot build an imatrix.")
+    runner = LayerRunner(bm)
+    runner.start(calib.samples)
+    found = 0
     from tqdm.auto import tqdm
 
-    try:
-        with torch.inference_mode():
-            for s in tqdm(calib.samples, desc="imatrix", unit="window", disable=not progress):
-                model(torch.tensor([s]))
-    finally:
-        for h in hooks:
-            h.remove()
+    for i in tqdm(range(len(bm.layers)), desc="imatrix", unit="layer", disable=not progress):
+        with runner.layer(i) as layer:
+            hooks = []
+            for name, m in layer.named_modules():
+                if not isinstance(m, torch.nn.Linear):
+                    continue
+                gname = name_map.get_name(f"{bm.layers_name}.{i}.{name}.weight", try_suffixes=(".weight",))
+                if gname is None or not gname.startswith("blk."):
+                    continue
+                hooks.append(m.register_forward_hook(hook(gname)))
+            found += len(hooks)
+            try:
+                runner.forward(layer)
+            finally:
+                for h in hooks:
+                    h.remove()
+    if not found:
+        raise LlmqError(f"No Linear of {model_dir.name} maps to a llama.cpp tensor name; cannot build an imatrix.")
     out = {g: (sums[g] / counts[g]).float().numpy().astype(np.float32) for g in sums}
     return out, {**calib.fingerprint, "tensors": len(out), "statistic": "mean squared input activation per column"}
 
@@ -355,8 +374,10 @@ def build(model_dir: Path, work: Path, config: GGUFConfig, *, scheme: str, name:
     arch = check_model(model_dir, scheme)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    f32 = work / f"model-{config.outtype}.gguf"
-    conv = convert(model_dir, f32, config.outtype)
+    outtype = resolve_outtype(model_dir, config.outtype)
+    f32 = work / f"model-{outtype}.gguf"
+    conv = convert(model_dir, f32, outtype)
+    conv["outtype"] = outtype
     timings["convert_s"] = round(time.perf_counter() - t, 2)
     calib_record = None
     source = calibration if calibration is not None else config.calibration
