@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from llmq.errors import ConfigError, OutputExistsError, OutputLockedError
 from llmq.owners import TOKEN, owner_alive, owner_token, remove_entry, start_ticks, token_alive
 from llmq.errors import ConfigError, OutputExistsError, OutputLockedError, note_path, resource_error
 
