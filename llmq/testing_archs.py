@@ -278,7 +278,7 @@ def run_cell(model_dir: str | Path, scheme: str, out: str | Path, *, ids: list[i
     ids = ids if ids is not None else sample_ids(AutoTokenizer.from_pretrained(model_dir))
     ref = ref if ref is not None else reference_logits(model_dir, ids)
     qm = quantize(str(model_dir), scheme, device="cpu", **fast_overrides(scheme))
-    qm.save(out)
+    qm.save(out, verify=False)  # the matrix measures the KL itself, with bounds for peaked tiny models
     del qm
     model, _ = load(out, device="cpu")
     kl, top1 = kl_top1(ref, logits(model, ids))

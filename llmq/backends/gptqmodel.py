@@ -121,9 +121,11 @@ def kept_to_bf16(hf: Any) -> None:
     for mod in hf.modules():
         if isinstance(mod, BaseQuantLinear):
             continue
-        for p in mod.parameters(recurse=False):
+        for name, p in list(mod.named_parameters(recurse=False)):
             if p.dtype == torch.float32:
-                p.data = p.data.to(torch.bfloat16)
+                # a new Parameter, not ``p.data =``: with offload_to_disk some are tensor subclasses
+                # (Gemma-2's tied embedding) whose data cannot be swapped for a plain tensor
+                setattr(mod, name, torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
                 cast = True
     if cast:
         hf.config.dtype = torch.bfloat16
