@@ -145,7 +145,8 @@ class QuantizedModel:
     def _verify(self, folder: Path) -> dict:
         from llmq.verify import verify
 
-        return verify(self.source.local_dir(), folder, scheme=self.scheme.name,
+        original = self.source.path if self.source.kind == "gguf" else self.source.local_dir()  # a .gguf: as it is
+        return verify(original, folder, scheme=self.scheme.name,
                       bound=self.backend.verify_bound(self.scheme), device=self.device, tokenizer=self.tokenizer,
                       trust_remote_code=self.source.trust_remote_code)
 

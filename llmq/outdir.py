@@ -64,6 +64,9 @@ def resolve_output(output: str | os.PathLike) -> Path:
     points). ``.``, ``..``, ``sub/..``, ``/`` and a folder that is or holds the working folder are
     refused: replacing them would pull the current folder (or everything) out from under the user."""
     raw = Path(output).expanduser()
+    if raw.is_symlink() and not raw.exists():
+        raise ConfigError(f"The output {output} is a symlink to {os.readlink(raw)}, which does not exist; "
+                          "choose another folder or fix the link.")
     if str(output).strip() == "" or raw.name in ("", "..") or str(raw) in (".", os.sep):
         raise ConfigError(f"-o {str(output)!r} does not name a folder of its own; give the output folder's "
                           "name (e.g. -o out/NAME).")

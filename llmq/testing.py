@@ -170,3 +170,24 @@ def random_llama_streamed(path: str | Path, tokenizer: Any, *, hidden: int, inte
     cfg.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def zero_embeddings(model: Any) -> Any:
+    """Zero a quantized model's input embeddings (tied: the head too), in memory or, for an output a
+    streaming plugin already wrote (``llmq.streaming.WrittenOutput``), in its files: finite weights,
+    uniform logits, the garbage ``llmq.verify`` must catch. Returns ``model``."""
+    if hasattr(model, "get_input_embeddings"):
+        model.get_input_embeddings().weight.data.zero_()
+        return model
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for f in sorted(model.folder.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            meta, tensors = st.metadata(), {k: st.get_tensor(k) for k in st.keys()}
+        hit = [k for k in tensors if k.endswith("embed_tokens.weight") or k.endswith("wte.weight")]
+        for k in hit:
+            tensors[k] = tensors[k].zero_()
+        if hit:
+            save_file(tensors, str(f), metadata=meta)
+    return model

@@ -136,6 +136,10 @@ def _reference(original: Any, plugin: Any, device: str, tokenizer: Any, trust_re
         return original[0], tokenizer or original[1], getattr(original[0], "llmq_runtime", "transformers"), None
     from llmq.models import resolve_model
 
+    if str(original).endswith(".gguf") and getattr(plugin, "runtime", None) == "llama.cpp" and \
+            hasattr(plugin, "verify_gguf_reference"):  # a .gguf source of a .gguf output: both on llama.cpp
+        model, tok = plugin.verify_gguf_reference(Path(original).expanduser(), trust_remote_code=trust_remote_code)
+        return model, tokenizer or tok, model.llmq_runtime, None
     src = Path(original) if isinstance(original, Path) and original.is_dir() else \
         resolve_model(str(original), trust_remote_code=trust_remote_code).local_dir()
     if tokenizer is None:

@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "eval" / "bench_architectures.json"
@@ -128,7 +130,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", help="comma-separated (default: all)")
     ap.add_argument("--schemes", help="comma-separated (default: all)")
-    ap.add_argument("--json", default=str(OUT))
+    add_json_arg(ap, OUT)
     ap.add_argument("--update", action="store_true",
                     help="rerun only --families x --schemes and merge them into the existing --json")
     ap.add_argument("--render", action="store_true", help="only rewrite --docs from the existing --json")
@@ -166,7 +168,6 @@ def main() -> int:
         cells, fams, schemes = old["cells"], old["families"], old["schemes"]
     result = {
         "command": old["command"] if args.update else command,
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
         "models": "llmq.testing_archs.tiny_causal_lm defaults: hidden 256, intermediate 512 (GPT-2: 1024), "
                   "2 layers, 4 heads (2 KV), 512-piece SentencePiece vocabulary (GPT-2: SmolLM2's 49152), "
                   "random weights (seed 0, std 0.1), logits scaled to std 3",
@@ -177,7 +178,7 @@ def main() -> int:
         "wall_s": old["wall_s"] if args.update else round(time.perf_counter() - t0, 1),
         **({"updates": old["updates"]} if args.update else {}),
     }
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_record(args.json, result, command=result.pop("command"))
     table = markdown(result)
     print(table)
     if args.docs:

@@ -28,6 +28,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MEMCAP = ROOT.parent / "shared" / "tools" / "memcap"
 OUT_JSON = ROOT / "eval" / "bench_scale.json"
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schemes", default="fp16,int8-dynamic,int8-static,bnb-nf4,gguf-q8_0")
     p.add_argument("--cap", type=float, default=12, help="memory cap in GiB")
     p.add_argument("--work", default="/tmp/llmq-bench-scale", help="outputs go here (deleted after measuring)")
-    p.add_argument("--update", action="store_true", help=f"merge into {OUT_JSON.relative_to(ROOT)} and refit")
+    add_json_arg(p, OUT_JSON)
+    p.add_argument("--update", action="store_true", help="merge into --json's record and refit")
     p.add_argument("--keep", action="store_true", help="keep the outputs")
     p.add_argument("--rows", help="a file of rows printed by earlier runs (JSON lines) to merge instead of measuring")
     a = p.parse_args(argv)
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["LLMQ_SCALE_MODELS"] = str(models)
     if a.rows:
         rows = [json.loads(line) for line in Path(a.rows).read_text().splitlines() if line.startswith("{")]
-        update(rows, cpu_name())
+        update(rows, cpu_name(), Path(a.json))
         return 0
     rows = []
     for size in a.sizes.split(","):
@@ -146,21 +150,21 @@ def main(argv: list[str] | None = None) -> int:
             if not a.keep:
                 shutil.rmtree(out, ignore_errors=True)
     if a.update:
-        update(rows, cpu_name())
+        update(rows, cpu_name(), Path(a.json))
     return 0
 
 
-def update(rows: list[dict], cpu: str) -> None:
+def update(rows: list[dict], cpu: str, path: Path = OUT_JSON) -> None:
     """Merge ``rows`` (one per scheme and size, newest wins), refit, write the table and the costs."""
     from llmq import cost
 
-    data = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+    data = json.loads(path.read_text()) if path.is_file() else {}
     old = {(r["scheme"], r["size"]): r for r in data.get("rows", [])}
     old.update({(r["scheme"], r["size"]): r for r in rows})
     data.update(command=__doc__.split("\n\n")[1].strip(), cpu=cpu, rows=sorted(old.values(), key=_order))
     data["fit"] = cost.fit_rows(data["rows"], features_of)
-    OUT_JSON.write_text(json.dumps(data, indent=1) + "\n")
-    cost.write_coefficients(data["fit"], source=str(OUT_JSON.relative_to(ROOT)))
+    write_record(path, data, command=data.pop("command"))
+    cost.write_coefficients(data["fit"], source=str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))
     print(format_table(data["rows"]))
 
 

@@ -196,7 +196,9 @@ def peaked_dir(tmp_path_factory):
 def garbage(model_dir, scheme="bf16"):
     """A QuantizedModel whose embeddings (and tied lm_head) are zero: uniform logits, finite weights."""
     qm = llmq.quantize(model_dir, scheme, device="cpu")
-    qm.model.get_input_embeddings().weight.data.zero_()
+    from llmq.testing import zero_embeddings
+
+    zero_embeddings(qm.model)
     return qm
 
 

@@ -300,6 +300,7 @@ class Int8StaticBackend(Backend):
             bm = BlockModel(model_dir, dtype)
             out, self.qparams = quantize_streamed(bm, calibration.samples, self.config, device=device,
                                                   work_dir=self.options.get("work_dir"))
+            self._model = out  # its buffers record (buffers_record)
             return out
         except NotStreamable:
             pass

@@ -81,8 +81,9 @@ class TorchAoBackend(Backend):
         qe = self.config.quantize_embeddings
         if qe:
             qc.include_input_output_embeddings = True
-        return stream_torchao(bm, convert, qc, self.config.dtype, qe and self.config.lm_head_activations,
-                              device=device, work_dir=self.options.get("work_dir"))
+        self._model = stream_torchao(bm, convert, qc, self.config.dtype, qe and self.config.lm_head_activations,
+                                     device=device, work_dir=self.options.get("work_dir"))
+        return self._model
 
     def _quantize_whole(self, model_dir: Path, device: str, qc: Any) -> Any:
         from transformers import AutoModelForCausalLM
@@ -232,15 +233,23 @@ def restore_buffers(model: Any) -> list[str]:
 
 def buffers_record(model: Any) -> dict[str, Any]:
     """``llmq.json``'s note of the non-persistent buffers living in int8 modules of ``model`` (the
-    ones plain transformers leaves uninitialized on load, see :func:`restore_buffers`); {} if none."""
+    ones plain transformers leaves uninitialized on load, see :func:`restore_buffers`); {} if none.
+    ``model``: the quantized model, or the ``WrittenOutput`` of :func:`stream_torchao` (which noted
+    them block by block)."""
     if model is None:
         return {}
+    names = model.extra.get("restored_on_load", []) if hasattr(model, "extra") else buffer_names(model)
+    return {"restored_on_load": names} if names else {}
+
+
+def buffer_names(root: Any, prefix: str = "") -> list[str]:
+    """Non-persistent buffers of the modules under ``root`` that hold torchao tensors."""
     from torchao.utils import TorchAOBaseTensor
 
-    names = [f"{n}.{b}" if n else b for n, m in model.named_modules() if m._non_persistent_buffers_set
-             and any(isinstance(p, TorchAOBaseTensor) for p in m.parameters(recurse=False))
-             for b in sorted(m._non_persistent_buffers_set)]
-    return {"restored_on_load": names} if names else {}
+    pre = prefix + "." if prefix else ""
+    return [f"{pre}{n}.{b}" if n else f"{pre}{b}" for n, m in root.named_modules() if m._non_persistent_buffers_set
+            and any(isinstance(p, TorchAOBaseTensor) for p in m.parameters(recurse=False))
+            for b in sorted(m._non_persistent_buffers_set)]
 
 
 def buffers_note(meta: dict) -> str:
@@ -265,21 +274,30 @@ def stream_torchao(bm: Any, convert: Any, qc: Any, dtype: str, embeddings: str |
 
     from llmq.streaming import stream_folder
 
+    restored: list[str] = []  # buffers plain transformers will leave uninitialized (restore_buffers)
+
     def conv(block: str, names: list[str]) -> None:
         if block == "embeddings":
             if embeddings:
                 quantize_embeddings(bm.model, embeddings)
+                for mod in {bm.model.get_input_embeddings(), bm.model.get_output_embeddings()} - {None}:
+                    name = next(n for n, m in bm.model.named_modules() if m is mod)
+                    restored.extend(buffer_names(mod, name))
         elif block.startswith(bm.layers_name + "."):
             convert(block, bm.module(block))
+            restored.extend(buffer_names(bm.module(block), block))
 
     def serialize(state: dict) -> tuple[dict, dict]:
         tensors, meta = flatten_tensor_state_dict(state)
         meta.pop("tensor_names", None)
         return tensors, meta
 
-    return stream_folder(bm, dtype=dtype, convert=conv, serialize=serialize, quantization_config=qc,
-                         common_metadata={"tensor_names": json.dumps(bm.names), "format": "pt"},
-                         work_dir=work_dir, device=device)
+    out = stream_folder(bm, dtype=dtype, convert=conv, serialize=serialize, quantization_config=qc,
+                        common_metadata={"tensor_names": json.dumps(bm.names), "format": "pt"},
+                        work_dir=work_dir, device=device)
+    if restored:
+        out.extra["restored_on_load"] = sorted(set(restored))
+    return out
 
 
 _PATCHED = False

@@ -63,10 +63,11 @@ def check_resources(source: Any, scheme: Any, config: Any, backend_cls: Any, dev
     if not device.startswith("cpu"):
         return None
     prof, p = projection(source, scheme, config, backend_cls)
-    if p is None:
-        note(f"llmq: no measured cost model for {scheme.name} (scripts/bench_scale.py); no RAM/time projection.")
-        return None
     avail = available_gib if available_gib is not None else (hardware.ram_gb()[1] or hardware.ram_gb()[0])
+    if p is None:
+        if 2 * prof.parameters / 2**30 > avail / 4:  # only where memory could matter: a bf16 copy > 1/4 of RAM
+            note(f"llmq: no measured cost model for {scheme.name} (scripts/bench_scale.py); no RAM/time projection.")
+        return None
     note(f"llmq: projected on this machine: {p.describe()} for {prof.parameters / 1e9:.2f}B parameters "
          f"({avail:.1f} GiB RAM available; {p.basis}).")
     if p.ram_gib > avail:

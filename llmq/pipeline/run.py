@@ -147,8 +147,14 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
                     raise
             options = ({"checkpoint_dir": ckdir, "resume": resume, "source_name": str(model) if model else None}
                        if ckdir else {"work_dir": out.parent})
-            qm = quantize(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
-                          plugin_options=options, **overrides)
+            try:
+                qm = quantize(model, scheme, device=device, revision=revision, trust_remote_code=trust_remote_code,
+                              plugin_options=options, **overrides)
+            except OSError as e:  # a streaming plugin writes its shards beside the output while quantizing
+                from llmq.errors import note_path
+
+                note_path(e, out)
+                raise
             from llmq.verify import VerificationError
 
             try:

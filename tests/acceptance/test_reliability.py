@@ -426,7 +426,7 @@ def test_killed_save_leaves_debris_that_the_next_run_removes_and_reports(models,
 
 
 def test_interrupt_after_complete_save_tells_the_truth(models, tmp_path, capsys, monkeypatch):
-    import llmq.cli.run as cli_mod
+    import llmq.cli.run as cli_run
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -710,7 +710,10 @@ def test_disk_full_while_saving_is_one_line_and_leaves_nothing(models, tmp_path,
             f.write(b"\0" * 1000)  # a part written, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    import safetensors.torch
+
     monkeypatch.setattr(mu, "safe_save_file", full_disk)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)  # the streamed writer (llmq.streaming)
     out = tmp_path / "o"
     code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "fp16", "-o", out, "--no-sample")
     assert code == 2
@@ -729,12 +732,16 @@ def test_outputs_the_file_system_refuses_are_one_line_before_loading_weights(mod
         out.symlink_to(tmp_path / "gone" / "x")
     else:
         import errno
-        import tempfile
+        import pathlib
 
-        def read_only(*a, **k):
-            raise OSError(errno.EROFS, "Read-only file system", k.get("dir"))
+        real_mkdir = pathlib.Path.mkdir
 
-        monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+        def read_only(self, *a, **k):  # the writability probe llmq makes beside the output
+            if self.name.startswith(".llmq-write-test"):
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return real_mkdir(self, *a, **k)
+
+        monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
         out, words = tmp_path / "o", ("Read-only file system", "choose a writable folder")
     code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out)
     assert code == 2

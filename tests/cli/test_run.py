@@ -26,7 +26,9 @@ def zeroing_bf16(monkeypatch):
 
     def broken(self, model_dir, calibration, device):
         model = real(self, model_dir, calibration, device)
-        model.get_input_embeddings().weight.data.zero_()
+        from llmq.testing import zero_embeddings
+
+        zero_embeddings(model)
         return model
 
     monkeypatch.setattr(CastBackend, "quantize", broken)

@@ -297,6 +297,12 @@ class GGUFBackend(_Backend):
         return cls.load_on(f, cls.eval_runtimes()[0], device=device)
 
     @classmethod
+    def verify_gguf_reference(cls, source: Path, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` of a ``.gguf`` source for ``llmq.verify``, on llama.cpp like its output
+        (one runtime for both; no dequantized copy); transformers when llama-cpp-python is missing."""
+        return cls.load_on(source, cls.eval_runtimes()[0], device="cpu")
+
+    @classmethod
     def eval_runtimes(cls) -> tuple[str, ...]:
         """llama.cpp where llama-cpp-python is installed; transformers (dequantized) always."""
         return ("llama.cpp", "transformers") if llama_cpp_installed() else ("transformers",)
