@@ -146,9 +146,31 @@ class QuantizedModel:
         from llmq.verify import verify
 
         original = self.source.path if self.source.kind == "gguf" else self.source.local_dir()  # a .gguf: as it is
+        too_big = _too_big_to_compare(Path(original), self.device)
+        if too_big:
+            return {"skipped": True, "reason": too_big}
         return verify(original, folder, scheme=self.scheme.name,
                       bound=self.backend.verify_bound(self.scheme), device=self.device, tokenizer=self.tokenizer,
                       trust_remote_code=self.source.trust_remote_code)
+
+
+def _too_big_to_compare(original: Path, device: str) -> str | None:
+    """Why the original cannot be run here for the verification (a model streamed because it is
+    larger than RAM: loading it whole to compare would be killed for memory), or None. A ``.gguf``
+    runs memory-mapped on llama.cpp; a GPU run loads it on the GPU."""
+    from llmq import hardware
+    from llmq.models import read_json
+
+    if not device.startswith("cpu") or not original.is_dir():
+        return None
+    cfg = read_json(original / "config.json") if (original / "config.json").is_file() else {}
+    saved = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("dtype")
+    need = folder_size(original, ("*.safetensors",)) * (2 if saved == "float16" else 1) / hardware.GB  # fp16: fp32 on CPU
+    avail = hardware.ram_gb()[1] or hardware.ram_gb()[0]
+    if need <= 0.7 * avail:
+        return None
+    return (f"the original needs about {need:.1f} GiB of RAM to run and {avail:.1f} GiB is available; compare it on a "
+            "larger machine with `llmq compare --original SOURCE --quantized OUTPUT`")
 
 
 def _keep_aside(tmp: Path, out: Path) -> Path:

@@ -69,3 +69,23 @@ def smol_quantized(smol_dir, tmp_path_factory):
         return done[scheme]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def peaked_dir(tmp_path_factory):
+    """A tiny Llama with peaked next-token distributions (initializer range 0.1): garbage shows as a
+    large KL divergence, where a near-uniform random model's would stay small (``llmq.verify``)."""
+    from llmq.testing import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("peaked") / "tiny-llama", initializer_range=0.1)
+
+
+@pytest.fixture
+def zeroing_bf16(monkeypatch):
+    """bf16 whose output comes out with zero embeddings (tied: lm_head too): finite weights, uniform
+    logits, what a lost ``embed_scale`` gave. Only verification can tell."""
+    from llmq.backends.cast import CastBackend
+    from llmq.testing import zero_embeddings
+
+    real = CastBackend.quantize
+    monkeypatch.setattr(CastBackend, "quantize", lambda self, *a: zero_embeddings(real(self, *a)))

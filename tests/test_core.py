@@ -185,14 +185,6 @@ def test_load_returns_model_and_tokenizer(tiny_model_dir, tmp_path):
 
 
 # -- verification on save (llmq.verify) -------------------------------------------------------------
-@pytest.fixture(scope="module")
-def peaked_dir(tmp_path_factory):
-    """A tiny Llama with peaked next-token distributions (see tests/test_verify.py)."""
-    from llmq.testing import tiny_llama
-
-    return tiny_llama(tmp_path_factory.mktemp("peaked") / "tiny-llama", initializer_range=0.1)
-
-
 def garbage(model_dir, scheme="bf16"):
     """A QuantizedModel whose embeddings (and tied lm_head) are zero: uniform logits, finite weights."""
     qm = llmq.quantize(model_dir, scheme, device="cpu")
@@ -246,3 +238,16 @@ def test_an_existing_output_survives_a_rejected_overwrite(peaked_dir, tmp_path):
     with pytest.raises(VerificationError):
         garbage(peaked_dir).save(out, overwrite=True)
     assert (out / "llmq.json").read_text() == before and (tmp_path / "m.rejected").is_dir()
+
+
+def test_verification_of_a_model_larger_than_ram_is_skipped_and_says_why(tiny_model_dir, tmp_path, monkeypatch):
+    """A model quantized by streaming because it is larger than RAM cannot be loaded whole to compare:
+    the check is skipped (recorded with the reason and the command that compares elsewhere), never
+    killed for memory."""
+    from llmq import hardware
+
+    qm = llmq.quantize(tiny_model_dir, "int8-dynamic", device="cpu")
+    monkeypatch.setattr(hardware, "ram_gb", lambda: (1e-4, 1e-4))
+    out = qm.save(tmp_path / "big")
+    v = json.loads((out / "llmq.json").read_text())["verification"]
+    assert v["skipped"] is True and "GiB of RAM to run" in v["reason"] and "llmq compare --original" in v["reason"]

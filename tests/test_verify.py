@@ -15,13 +15,6 @@ import llmq
 from llmq.verify import SEQLEN, WINDOWS, summary, verify, windows
 
 
-@pytest.fixture(scope="module")
-def peaked_dir(tmp_path_factory):
-    from llmq.testing import tiny_llama
-
-    return tiny_llama(tmp_path_factory.mktemp("peaked") / "tiny-llama", initializer_range=0.1)
-
-
 def test_windows_are_fixed_offline_text(peaked_dir):
     from transformers import AutoTokenizer
 

@@ -10,30 +10,6 @@ import pytest
 from llmq.cli import main
 
 
-@pytest.fixture(scope="module")
-def peaked_dir(tmp_path_factory):
-    from llmq.testing import tiny_llama
-
-    return tiny_llama(tmp_path_factory.mktemp("peaked") / "tiny-llama", initializer_range=0.1)
-
-
-@pytest.fixture
-def zeroing_bf16(monkeypatch):
-    """bf16 whose model comes out with zero embeddings: finite, loadable, and garbage."""
-    from llmq.backends.cast import CastBackend
-
-    real = CastBackend.quantize
-
-    def broken(self, model_dir, calibration, device):
-        model = real(self, model_dir, calibration, device)
-        from llmq.testing import zero_embeddings
-
-        zero_embeddings(model)
-        return model
-
-    monkeypatch.setattr(CastBackend, "quantize", broken)
-
-
 def test_garbage_is_exit_1_with_one_line(peaked_dir, tmp_path, capsys, zeroing_bf16):
     out = tmp_path / "x"
     code = main(["run", "--model", str(peaked_dir), "--scheme", "bf16", "-o", str(out), "--device", "cpu",

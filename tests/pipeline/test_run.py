@@ -85,31 +85,6 @@ def test_every_scheme_passes_every_check_on_the_demo_with_its_demo_settings():
     first["awq"] = "awq-int4"  # AWQ shares GPTQModel's plugin but not its constraints
     for name in first.values():
         prepare(None, name, device="cpu", **demo_overrides(name))
-@pytest.fixture
-def zeroing_bf16(monkeypatch):
-    """bf16 whose model comes out with zero embeddings (tied: lm_head too): finite weights, uniform
-    logits, what a lost ``embed_scale`` gave. Only verification can tell."""
-    from llmq.backends.cast import CastBackend
-
-    real = CastBackend.quantize
-
-    def broken(self, model_dir, calibration, device):
-        model = real(self, model_dir, calibration, device)
-        from llmq.testing import zero_embeddings
-
-        zero_embeddings(model)
-        return model
-
-    monkeypatch.setattr(CastBackend, "quantize", broken)
-
-
-@pytest.fixture(scope="module")
-def peaked_dir(tmp_path_factory):
-    from llmq.testing import tiny_llama
-
-    return tiny_llama(tmp_path_factory.mktemp("peaked") / "tiny-llama", initializer_range=0.1)
-
-
 def test_failed_verification_is_code_1_kept_aside_and_not_pushed(peaked_dir, tmp_path, pushed, zeroing_bf16):
     from llmq.pipeline.run import run
 

@@ -33,7 +33,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from llmq.config import SchemeConfig, check_choice as _check_choice
 from llmq.errors import ConfigError, LlmqError, MissingDependencyError, UnsupportedModelError
@@ -235,6 +235,23 @@ def _tensor_name_map(model_dir: Path) -> tuple[Any, int]:
     return gguf.get_tensor_name_map(cls.model_arch, n), n
 
 
+def importance(model_dir: Callable[[], Path], calibration: Any, imatrix: dict[str, Any] | None, config: GGUFConfig,
+               timings: dict[str, float], progress: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(importance matrix, its record)`` for ``quantize_file``: the caller's, or computed on the
+    transformers model ``model_dir()`` names from ``calibration`` (default: the config's); ``(None,
+    None)`` without either. Its wall time goes to ``timings["imatrix_s"]``."""
+    source = calibration if calibration is not None else config.calibration
+    if imatrix is not None:
+        return imatrix, {"source": "imatrix given by caller", "tensors": len(imatrix)}
+    if source is None:
+        return None, None
+    t = time.perf_counter()
+    out = compute_imatrix(model_dir(), source, n_samples=config.n_samples, seqlen=config.seqlen, seed=config.seed,
+                          progress=progress)
+    timings["imatrix_s"] = round(time.perf_counter() - t, 2)
+    return out
+
+
 def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, seqlen: int = 512, seed: int = 0,
                     progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """``({gguf tensor name: float32 array}, fingerprint)``: llama-imatrix's statistic (mean over
@@ -379,15 +396,7 @@ def build(model_dir: Path, work: Path, config: GGUFConfig, *, scheme: str, name:
     conv = convert(model_dir, f32, outtype)
     conv["outtype"] = outtype
     timings["convert_s"] = round(time.perf_counter() - t, 2)
-    calib_record = None
-    source = calibration if calibration is not None else config.calibration
-    if imatrix is None and source is not None:
-        t = time.perf_counter()
-        imatrix, calib_record = compute_imatrix(model_dir, source, n_samples=config.n_samples,
-                                                seqlen=config.seqlen, seed=config.seed, progress=progress)
-        timings["imatrix_s"] = round(time.perf_counter() - t, 2)
-    elif imatrix is not None:
-        calib_record = {"source": "imatrix given by caller", "tensors": len(imatrix)}
+    imatrix, calib_record = importance(lambda: model_dir, calibration, imatrix, config, timings, progress)
     t = time.perf_counter()
     dst = work / f"{name}.gguf"
     quantize_file(f32, dst, config.ftype, imatrix=imatrix, output_tensor_type=config.output_tensor_type,

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmq.backends.gguf.quantizer import (GGUFConfig, compute_imatrix, quantize_file, tensor_types, type_counts,
+from llmq.backends.gguf.quantizer import (GGUFConfig, importance, quantize_file, tensor_types, type_counts,
                                           versions)
 from llmq.errors import LlmqError
 
@@ -65,19 +65,12 @@ def requantize(src: Path, work: Path, config: GGUFConfig, *, scheme: str, name: 
     src_types = check_finite_floats(src, "The source GGUF")
     src_ftype = file_type_name(src)
     requantized = any(t not in FLOAT_TYPES for t in src_types.values())
-    calib_record = None
-    source = calibration if calibration is not None else config.calibration
-    if imatrix is None and source is not None:
-        t = time.perf_counter()
-        if hf_dir is None:
-            from llmq.models import resolve_model
+    def hf() -> Path:  # dequantized once into llmq's cache, only when an importance matrix is computed
+        from llmq.models import resolve_model
 
-            hf_dir = resolve_model(str(src)).local_dir()  # dequantized once into llmq's cache
-        imatrix, calib_record = compute_imatrix(hf_dir, source, n_samples=config.n_samples, seqlen=config.seqlen,
-                                                seed=config.seed, progress=progress)
-        timings["imatrix_s"] = round(time.perf_counter() - t, 2)
-    elif imatrix is not None:
-        calib_record = {"source": "imatrix given by caller", "tensors": len(imatrix)}
+        return hf_dir if hf_dir is not None else resolve_model(str(src)).local_dir()
+
+    imatrix, calib_record = importance(hf, calibration, imatrix, config, timings, progress)
     t = time.perf_counter()
     dst = work / f"{name}.gguf"
     quantize_file(src, dst, config.ftype, imatrix=imatrix, output_tensor_type=config.output_tensor_type,
