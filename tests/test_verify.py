@@ -36,7 +36,7 @@ def test_windows_are_fixed_offline_text(peaked_dir):
 def test_a_good_output_passes_with_its_numbers(peaked_dir, tmp_path):
     out = llmq.quantize(peaked_dir, "int8-dynamic", device="cpu").save(tmp_path / "i8", verify=False)
     res = verify(peaked_dir, out)  # scheme and bound from llmq.json
-    assert res["passed"] and res["scheme"] == "int8-dynamic" and res["bound"] == 0.1
+    assert res["passed"] and res["scheme"] == "int8-dynamic" and res["bound"] == 0.2
     assert 0 < res["kld"] < 0.01 and res["top1"] > 0.8 and res["tokens"] == WINDOWS * SEQLEN
     assert res["runtime"] == "transformers" and res["reference_runtime"] == "transformers (float32)"
     assert summary(res).startswith("verification passed: mean KL divergence ")
@@ -47,9 +47,13 @@ def test_a_good_output_passes_with_its_numbers(peaked_dir, tmp_path):
 def test_garbage_fails_far_beyond_the_bound(peaked_dir, tmp_path):
     """Zero embeddings (tied: the lm_head too) give uniform logits: the output of a model that lost its
     input, as Gemma's uninitialized embed_scale did. KL is then log(vocab) - H(original)."""
-    qm = llmq.quantize(peaked_dir, "bf16", device="cpu")
-    qm.model.get_input_embeddings().weight.data.zero_()
-    out = qm.save(tmp_path / "zero", verify=False)
+    from safetensors.torch import load_file, save_file
+
+    out = llmq.quantize(peaked_dir, "bf16", device="cpu").save(tmp_path / "zero", verify=False)
+    (f,) = out.glob("*.safetensors")  # bf16 streams to disk: zero the saved embeddings
+    tensors = load_file(f)
+    tensors["model.embed_tokens.weight"].zero_()
+    save_file(tensors, f, metadata={"format": "pt"})
     res = verify(peaked_dir, out)
     assert not res["passed"] and res["kld"] > 50 * res["bound"] and res["top1"] < 0.1
     line = summary(res)
