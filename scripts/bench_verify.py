@@ -23,7 +23,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, machine, write_json, write_record  # noqa: E402
 #: every scheme that runs on a CPU, with the options the demo measurement uses (calibrated ones on
 #: the builtin text with fewer samples than their defaults, QAT with 10 steps: lower quality than the
 #: defaults, so the measured KL errs high, the safe side for a bound)
@@ -78,8 +79,8 @@ def quantize_row(model: str | None, scheme: str, opts: dict, folder: Path, *, re
         qm = llmq.quantize(model, scheme, device="cpu", **opts)
         qm.save(folder, verify=False)
         row["run_wall_s"], row["run_cpu_s"] = round(time.perf_counter() - w, 1), round(cpu() - c, 1)
-        (folder.parent / f"{folder.name}.time.json").write_text(json.dumps(
-            {"run_wall_s": row["run_wall_s"], "run_cpu_s": row["run_cpu_s"]}))
+        write_json(folder.parent / f"{folder.name}.time.json",
+                   {"run_wall_s": row["run_wall_s"], "run_cpu_s": row["run_cpu_s"]})
         del qm
     else:
         t = folder.parent / f"{folder.name}.time.json"
@@ -187,14 +188,14 @@ def run_overhead(work: Path) -> dict:
     for label, extra in (("verify", []), ("no-verify", ["--no-verify"])):
         w = time.perf_counter()
         before = os.times()
-        subprocess.run([sys.executable, "-m", "llmq", "run", "-o", str(work / f"run-{label}"), "--overwrite", *extra],
+        subprocess.run([sys.executable, "-m", "llmq", "run", "--device", "cpu", "-o", str(work / f"run-{label}"), "--overwrite", *extra],
                        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         after = os.times()
         out[label] = {"wall_s": round(time.perf_counter() - w, 1),
                       "cpu_s": round((after.children_user - before.children_user)
                                      + (after.children_system - before.children_system), 1)}
     out["verify_cost_cpu"] = round(out["verify"]["cpu_s"] / out["no-verify"]["cpu_s"] - 1, 3)
-    out["command"] = "python -m llmq run -o OUT --overwrite [--no-verify]"
+    out["command"] = "python -m llmq run --device cpu -o OUT --overwrite [--no-verify]"
     return out
 
 
@@ -222,7 +223,7 @@ def main() -> None:
                          "(`llmq run` with and without verification); comma-separated")
     ap.add_argument("--schemes", help="comma-separated subset (default: every CPU scheme)")
     ap.add_argument("--work", default="/tmp/llmq-bench-verify")
-    ap.add_argument("--json", default=str(ROOT / "eval" / "bench_verify.json"))
+    add_json_arg(ap)
     ap.add_argument("--update", action="store_true", help="merge into the existing JSON (rows keyed by model+scheme)")
     ap.add_argument("--redo", action="store_true", help="quantize again even where --work has the folder")
     args = ap.parse_args()
@@ -233,9 +234,29 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     parts = set(args.parts.split(","))
     only = set(args.schemes.split(",")) if args.schemes else None
+    out = Path(args.json)
+    old = json.loads(out.read_text()) if args.update and out.is_file() else {}
+    command = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python " + " ".join(sys.argv)
+    rows: list[dict] = []
+
+    def save(overhead: dict | None = None, *, quiet: bool = False) -> dict:
+        """Write the record (merged into the old one with --update): after every row, so a run cut
+        short keeps what it measured."""
+        from llmq.verify import SEQLEN, TEXT, WINDOWS
+
+        keep = {(r.get("model"), r.get("scheme")): r for r in old.get("rows", [])}
+        for r in rows:
+            keep[(r.get("model"), r.get("scheme"))] = r
+        data = {"protocol": f"llmq.verify: {TEXT} text, {WINDOWS} windows x {SEQLEN} tokens; KL(original || "
+                            "output) mean per token (nats), p99, top-1 agreement; calibrated schemes/QAT with the "
+                            "options shown", "rows": list(keep.values())}
+        if overhead or old.get("run_overhead"):
+            data["run_overhead"] = overhead or old["run_overhead"]
+        return write_record(out, data, command=(old["command"] + " + " + command) if old.get("command") else command,
+                            machine=machine(omp_num_threads=os.environ.get("OMP_NUM_THREADS")), quiet=quiet)
+
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
     if "demo" in parts:
         for scheme, opts in DEMO_SCHEMES.items():
             if only and scheme not in only:
@@ -247,6 +268,7 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - one scheme failing is a row, not the end
                 rows.append({"model": "SmolLM2-135M-Instruct (demo)", "scheme": scheme, "error": f"{type(e).__name__}: {e}"})
             print(table(rows[-1:]).splitlines()[-1], flush=True)
+            save(quiet=True)
     if "tiny" in parts:
         for name, (slug, builder, kw, schemes) in TINY_MODELS.items():
             folder = work / "tiny" / slug
@@ -262,6 +284,7 @@ def main() -> None:
                 except Exception as e:  # noqa: BLE001
                     rows.append({"model": name, "scheme": scheme, "error": f"{type(e).__name__}: {str(e)[:200]}"})
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
+                save(quiet=True)
             if builder == "testing:tiny_gemma" and "garbage" in parts:
                 rows += gemma_bug_rows(src, folder, name)
                 print(table(rows[-2:]), flush=True)
@@ -276,31 +299,7 @@ def main() -> None:
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     overhead = run_overhead(work) if "run" in parts else None
 
-    import torch
-    import transformers
-
-    from llmq.verify import SEQLEN, TEXT, WINDOWS
-
-    data = {"command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv),
-            "protocol": f"llmq.verify: {TEXT} text, {WINDOWS} windows x {SEQLEN} tokens; KL(original || output) "
-                        "mean per token (nats), p99, top-1 agreement; calibrated schemes/QAT with the options shown",
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                        "transformers": transformers.__version__,
-                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-            "rows": rows}
-    if overhead:
-        data["run_overhead"] = overhead
-    out = Path(args.json)
-    if args.update and out.is_file():
-        old = json.loads(out.read_text())
-        keep = {(r.get("model"), r.get("scheme")): r for r in old.get("rows", [])}
-        for r in rows:
-            keep[(r.get("model"), r.get("scheme"))] = r
-        data["rows"] = list(keep.values())
-        data["command"] = old.get("command", "") + " + " + data["command"]
-        if not overhead and old.get("run_overhead"):
-            data["run_overhead"] = old["run_overhead"]
-    out.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    data = save(overhead)
     print(table(data["rows"]))
     if data.get("run_overhead"):
         print(json.dumps(data["run_overhead"]))

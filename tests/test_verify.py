@@ -29,7 +29,7 @@ def test_windows_are_fixed_offline_text(peaked_dir):
 def test_a_good_output_passes_with_its_numbers(peaked_dir, tmp_path):
     out = llmq.quantize(peaked_dir, "int8-dynamic", device="cpu").save(tmp_path / "i8", verify=False)
     res = verify(peaked_dir, out)  # scheme and bound from llmq.json
-    assert res["passed"] and res["scheme"] == "int8-dynamic" and res["bound"] == 0.1
+    assert res["passed"] and res["scheme"] == "int8-dynamic" and res["bound"] == 0.2
     assert 0 < res["kld"] < 0.01 and res["top1"] > 0.8 and res["tokens"] == WINDOWS * SEQLEN
     assert res["runtime"] == "transformers" and res["reference_runtime"] == "transformers (float32)"
     assert summary(res).startswith("verification passed: mean KL divergence ")
