@@ -43,7 +43,7 @@ def baseline(smol_dir, data_dir):
 def quantized_ppl(scheme, tmp_path, smol_quantized, **kw):
     if kw:
         qm = llmq.quantize(None, scheme, device="cpu", **kw)  # None = the demo model
-        out = qm.save(tmp_path / scheme)
+        out = qm.save(tmp_path / scheme, verify=False)  # measured below by perplexity, a stronger check
         del qm
         check_size_estimate(out, scheme, kw)
     else:  # the scheme's defaults: the folder the size-estimate tests also check
