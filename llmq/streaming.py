@@ -377,8 +377,9 @@ class LayerRunner:
         import torch
 
         bm = self.bm
-        emb = bm.model.get_input_embeddings()
-        emb_names = [n for n in bm.names if any(m is emb for m, _ in bm._holders[n])]
+        # everything outside the decoder layers: the embeddings, and what some architectures run before
+        # layer 0 (OPT's learned positions and project_in)
+        emb_names = [n for n in bm.names if not n.startswith(bm.layers_name + ".")]
         bm.load(emb_names, self.device)
         first = bm.layers[0]
 
