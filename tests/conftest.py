@@ -91,3 +91,18 @@ def zeroing_bf16(monkeypatch):
 
     real = CastBackend.quantize
     monkeypatch.setattr(CastBackend, "quantize", lambda self, *a: zero_embeddings(real(self, *a)))
+
+
+@pytest.fixture(scope="module")
+def sp_gguf(tmp_path_factory):
+    """``(hf folder, F32 .gguf)``: a tiny Llama with a SentencePiece tokenizer (tokenizer.model) and the
+    same weights converted by llama.cpp's converter."""
+    from llmq.backends.gguf.quantizer import convert
+    from llmq.testing_gguf import tiny_sentencepiece_model
+
+    d = tmp_path_factory.mktemp("spm")
+    folder = tiny_sentencepiece_model(d / "hf")
+    f32 = d / "src" / "tiny-sp.F32.gguf"
+    f32.parent.mkdir()
+    convert(folder, f32, "f32")
+    return folder, f32

@@ -141,24 +141,10 @@ def test_compare_with_no_original_uses_the_demo_model(tiny_model_dir, tiny_fp4_d
     assert None in seen and r["original"]["path"] == str(tiny_model_dir) and r["quantized"]["kld"]["mean"] > 0
 
 
-@pytest.fixture(scope="module")
-def hf_and_gguf(tmp_path_factory):
-    """A tiny Llama folder (SentencePiece tokenizer) and its F32 GGUF: the same weights in two formats."""
-    from llmq.backends.gguf.quantizer import convert
-    from llmq.testing_gguf import tiny_sentencepiece_model
-
-    d = tmp_path_factory.mktemp("runtimes")
-    folder = tiny_sentencepiece_model(d / "hf")
-    f32 = d / "gguf" / "tiny.F32.gguf"
-    f32.parent.mkdir()
-    convert(folder, f32, "f32")
-    return folder, f32
-
-
-def test_compare_scores_a_gguf_and_a_folder_on_one_runtime(hf_and_gguf, tmp_path):
+def test_compare_scores_a_gguf_and_a_folder_on_one_runtime(sp_gguf, tmp_path):
     """A .gguf original against a transformers folder: both on transformers (the one runtime they
     share), so the same weights give zero KL divergence, and the report names the runtime."""
-    folder, f32 = hf_and_gguf
+    folder, f32 = sp_gguf
     r = compare(str(f32), str(folder), out_dir=tmp_path / "rep", **FAST)
     assert r["protocol"]["runtime"] == "transformers"
     assert r["original"]["runtime"] == "transformers (dequantized GGUF)" and r["quantized"]["runtime"] == "transformers"
@@ -169,13 +155,13 @@ def test_compare_scores_a_gguf_and_a_folder_on_one_runtime(hf_and_gguf, tmp_path
     assert back["protocol"]["runtime"] == "transformers" and back["quantized"]["kld"]["mean"] == pytest.approx(0, abs=1e-6)
 
 
-def test_compare_refuses_a_pair_with_no_shared_runtime(hf_and_gguf):
+def test_compare_refuses_a_pair_with_no_shared_runtime(sp_gguf):
     """A model already loaded on llama.cpp cannot be scored on transformers: one line naming what each
     side runs on, before anything is scored."""
     from llmq.backends.gguf.runtime import LlamaCppLM
     from llmq.models import gguf_tokenizer
 
-    folder, f32 = hf_and_gguf
+    folder, f32 = sp_gguf
     lm = LlamaCppLM(f32, n_ctx=128)
     try:
         with pytest.raises(LlmqError) as e:

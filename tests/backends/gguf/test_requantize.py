@@ -26,19 +26,6 @@ def _fields(path) -> dict:
     return {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
 
 
-@pytest.fixture(scope="module")
-def sp_gguf(tmp_path_factory):
-    """``(hf folder, F32 .gguf)`` of a tiny Llama whose tokenizer is SentencePiece (tokenizer.model)."""
-    from llmq.testing_gguf import tiny_sentencepiece_model
-
-    d = tmp_path_factory.mktemp("spm")
-    folder = tiny_sentencepiece_model(d / "hf")
-    f32 = d / "src" / "tiny-sp.F32.gguf"
-    f32.parent.mkdir()
-    G.convert(folder, f32, "f32")
-    return folder, f32
-
-
 def test_the_source_is_a_sentencepiece_gguf(sp_gguf):
     """The fixture is what the test claims: llama.cpp's converter wrote a SentencePiece vocabulary with
     real scores (not the -1000 placeholders of a vocabulary rebuilt from tokenizer.json)."""
