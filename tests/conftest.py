@@ -106,3 +106,60 @@ def sp_gguf(tmp_path_factory):
     f32.parent.mkdir()
     convert(folder, f32, "f32")
     return folder, f32
+
+
+@pytest.fixture
+def ctrl_c_at_step(monkeypatch):
+    """``with ctrl_c_at_step(n):`` Ctrl-C (KeyboardInterrupt) at the n-th optimizer step of QAT training,
+    the optimizer restored when the block ends (the checkpoint then holds step n - 1)."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def at(n):
+        real, calls = torch.optim.AdamW.step, [0]
+
+        def step(self, *a, **k):
+            calls[0] += 1
+            if calls[0] == n:
+                raise KeyboardInterrupt
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", step)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(torch.optim.AdamW, "step", real)
+
+    return at
+
+
+@pytest.fixture
+def held_elsewhere():
+    """``with held_elsewhere(out, how) as holder:`` another process holds ``out`` through
+    ``llmq.outdir.<how>`` (``output_lock`` or ``reserve_output``; ``overwrite`` passed to the latter)
+    until the block ends; ``holder.pid`` is the pid the refusal must name."""
+    import contextlib
+    import subprocess
+    import sys
+    import textwrap
+
+    @contextlib.contextmanager
+    def hold(out, how="output_lock", overwrite=False):
+        args = f"{str(out)!r}" + (", overwrite=True" if overwrite else "")
+        holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from llmq.outdir import {how}
+            with {how}({args}):
+                print("locked", flush=True)
+                time.sleep(60)
+            """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            yield holder
+        finally:
+            holder.kill()
+            holder.wait()
+
+    return hold

@@ -307,33 +307,22 @@ def test_unwritable_output_is_refused_before_loading_weights(models, capsys, mon
         one_line_error(err, "Cannot write")
 
 
-def test_second_writer_fails_and_deletes_nothing(models, tmp_path, capsys):
+def test_second_writer_fails_and_deletes_nothing(models, tmp_path, capsys, held_elsewhere):
     """A live process holds the output's lock: `run --overwrite` must fail at once and keep the folder."""
     out = tmp_path / "o"
     out.mkdir()
     (out / "result.txt").write_text("finished result")
     (out / "llmq.json").write_text("{}")  # an earlier llmq result, which --overwrite may replace
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from llmq.outdir import output_lock
-        with output_lock({str(out)!r}):
-            print("locked", flush=True)
-            time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with held_elsewhere(out, "output_lock") as holder:
         code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
                            "--overwrite", "--no-sample")
         assert code == 2
         one_line_error(err, "being written by another llmq process", f"pid {holder.pid}")
         assert (out / "result.txt").read_text() == "finished result"
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.mark.parametrize("scheme", ["int8-dynamic", "auto"])
-def test_second_run_fails_before_loading_a_weight(models, tmp_path, monkeypatch, scheme):
+def test_second_run_fails_before_loading_a_weight(models, tmp_path, monkeypatch, scheme, held_elsewhere):
     """The run pipeline (API and CLI) holds the output's lock from its checks through the save: a
     second writer of the same output fails before quantizing, for a named scheme and for auto."""
     from llmq.errors import OutputLockedError
@@ -343,22 +332,11 @@ def test_second_run_fails_before_loading_a_weight(models, tmp_path, monkeypatch,
     out.mkdir()
     (out / "result.txt").write_text("finished result")
     (out / "llmq.json").write_text("{}")
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from llmq.outdir import reserve_output
-        with reserve_output({str(out)!r}, overwrite=True):
-            print("locked", flush=True)
-            time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with held_elsewhere(out, "reserve_output", overwrite=True) as holder:
         _no_weights(monkeypatch)
         with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
             run(models["good"], scheme, output=out, overwrite=True, sample=False, max_kld=1.0)
         assert (out / "result.txt").read_text() == "finished result"
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_auto_refuses_the_source_as_output(models, tmp_path, capsys, monkeypatch):

@@ -247,7 +247,8 @@ def test_llmq_run_with_a_named_qat_scheme_trains_and_advise_never_recommends_it(
     assert all(listed.index(q) > listed.index("int8-dynamic") for q in ("qat-w8a8", "qat-int8"))
 
 
-def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts, tmp_path, monkeypatch):
+def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts, tmp_path, monkeypatch,
+                                                                     ctrl_c_at_step):
     """``llmq run --scheme qat-*``: Ctrl-C mid-training keeps the checkpoint next to the output and
     writes no output; ``--resume`` continues from the saved step, and the checkpoint is removed once
     the model is saved. ``--resume`` with a scheme that does not train is a one-line error."""
@@ -257,19 +258,8 @@ def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts,
 
     out = tmp_path / "run"
     opts = dict(data=texts, steps=4, checkpoint_every=2, seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
-    calls = {"n": 0}
-    step = torch.optim.AdamW.step
-
-    def interrupt_third(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt_third)
-    with pytest.raises(LlmqError, match="interrupted at step 2.*--resume"):
+    with ctrl_c_at_step(3), pytest.raises(LlmqError, match="interrupted at step 2.*--resume"):
         run(str(tiny), "qat-int4", output=out, overrides=opts, device="cpu", sample=False)
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
     ck = default_checkpoint_dir(out)
     assert (ck / QT.CKPT_META).is_file() and not out.exists()
     res = run(str(tiny), "qat-int4", output=out, overrides=opts, device="cpu", sample=False, resume=True)
@@ -599,37 +589,20 @@ def test_qat_checks_where_it_writes_before_training(tiny, texts, tmp_path, no_we
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]  # no output, checkpoint, lock or temp folder
 
 
-def test_second_qat_to_one_output_fails_at_once(tiny, texts, tmp_path, no_weights):
+def test_second_qat_to_one_output_fails_at_once(tiny, texts, tmp_path, no_weights, held_elsewhere):
     """The output lock is taken before training: a second ``qat -o`` to an output another process is
     writing fails before it loads a weight (it used to train, then fail at save)."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-    from pathlib import Path
-
     from llmq.errors import OutputLockedError
 
     out = tmp_path / "o"
-    root = Path(__file__).resolve().parents[2]
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from llmq.outdir import reserve_output
-        with reserve_output({str(out)!r}):
-            print("locked", flush=True)
-            time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with held_elsewhere(out, "reserve_output") as holder:
         with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
             QP.qat(str(tiny), "qat-w8a8", data=texts, steps=2, output=out, **SMALL)
         assert not out.exists() and not QP.default_checkpoint_dir(out).exists()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
-def test_run_resume_with_another_model_is_refused_before_weights_load(tiny, texts, tmp_path, monkeypatch):
+def test_run_resume_with_another_model_is_refused_before_weights_load(tiny, texts, tmp_path, monkeypatch,
+                                                                     ctrl_c_at_step):
     """``run --scheme qat-* --resume`` with a different model folder (same shape) is refused by the
     pipeline's early check, before a weight loads, instead of continuing the first model's training."""
     from llmq.pipeline.run import run
@@ -638,21 +611,10 @@ def test_run_resume_with_another_model_is_refused_before_weights_load(tiny, text
     other = tiny_llama(tmp_path / "other", layers=2, seed=7)
     out = tmp_path / "run"
     opts = dict(data=texts, steps=4, checkpoint_every=2, seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
-    calls = {"n": 0}
-    step = torch.optim.AdamW.step
-
-    def interrupt_third(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt_third)
     from llmq.errors import LlmqError
 
-    with pytest.raises(LlmqError, match="interrupted at step 2"):
+    with ctrl_c_at_step(3), pytest.raises(LlmqError, match="interrupted at step 2"):
         run(str(tiny), "qat-w8a8", output=out, overrides=opts, device="cpu", sample=False)
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
     import transformers
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",

@@ -39,21 +39,10 @@ def _cfg(texts, **kw):
     return qat_config("qat-8da4w", **args)
 
 
-def _interrupted(model_dir, cfg, ckdir, monkeypatch):
+def _interrupted(model_dir, cfg, ckdir, ctrl_c_at_step):
     """Train until step 3 is interrupted: the checkpoint holds step 2."""
-    real = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def third_fails(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", third_fails)
-    with pytest.raises(LlmqError, match="interrupted at step 2"):
+    with ctrl_c_at_step(3), pytest.raises(LlmqError, match="interrupted at step 2"):
         QT.train_model(model_dir, cfg, "cpu", checkpoint_dir=ckdir, progress=False, convert=False)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real)
 
 
 class _Planted:
@@ -66,11 +55,12 @@ class _Planted:
         return (open, (self.marker, "w"))
 
 
-def test_checkpoint_is_safetensors_and_json_and_resume_never_unpickles(twins, texts, tmp_path, monkeypatch):
+def test_checkpoint_is_safetensors_and_json_and_resume_never_unpickles(twins, texts, tmp_path, monkeypatch,
+                                                                       ctrl_c_at_step):
     a, _ = twins
     ck = tmp_path / "ck"
     cfg = _cfg(texts)
-    _interrupted(a, cfg, ck, monkeypatch)
+    _interrupted(a, cfg, ck, ctrl_c_at_step)
     assert sorted(p.name for p in ck.iterdir()) == sorted([QT.CKPT_META, QT.CKPT_MODEL, QT.CKPT_STATE])
     record = json.loads((ck / QT.CKPT_META).read_text())
     assert record["step"] == 2 and record["format"] == QT.CKPT_FORMAT
@@ -99,7 +89,7 @@ def test_a_planted_pickle_is_refused_without_being_loaded(twins, texts, tmp_path
 
 
 def test_resume_refuses_another_model_of_the_same_shape_other_settings_and_other_data(twins, texts, tmp_path,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, ctrl_c_at_step):
     """Before: a resume with model B continued A's training and labelled the result B. Now each
     mismatch is one line, raised before a weight loads."""
     import transformers
@@ -107,7 +97,7 @@ def test_resume_refuses_another_model_of_the_same_shape_other_settings_and_other
     a, b = twins
     ck = tmp_path / "ck"
     cfg = _cfg(texts)
-    _interrupted(a, cfg, ck, monkeypatch)
+    _interrupted(a, cfg, ck, ctrl_c_at_step)
 
     def boom(*a, **k):
         raise AssertionError("weights loaded before the checkpoint was checked")
