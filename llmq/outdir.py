@@ -8,14 +8,13 @@
    empty one (callers run these checks early through ``reserve_output``; ``atomic_output`` again);
 2. take an exclusive lock file ``.NAME.lock`` beside the output (``O_CREAT|O_EXCL``; a lock whose
    owner is dead is stale and taken over), so a second writer fails at once and deletes nothing;
-3. remove debris of earlier killed runs of exactly this output (``.NAME.<token>.incomplete``,
-   ``.NAME.<token>.old``) whose owner is dead (``llmq.owners``), and say so;
+3. remove this output's debris (``.NAME.<token>.incomplete``/``.old``) whose owner is dead, and say so;
 4. write into ``.NAME.<token>.incomplete``, then swap it with the old folder in one
    ``renameat2(RENAME_EXCHANGE)`` (Linux) so there is no moment without a complete output; elsewhere
    two renames (a kill between them leaves ``.NAME.<token>.old``, which the next run restores).
 
-A symlinked output is written where the link points (the link is kept). The owner token holds no dot,
-so the entries of output ``o`` never match those of ``o.v2`` and the other way round.
+A symlinked output is written where the link points. Owner tokens hold no dot: ``o``'s entries never
+match ``o.v2``'s. Folders made only to hold the lock are removed again when left empty.
 """
 
 from __future__ import annotations
@@ -41,10 +40,9 @@ from llmq.errors import ConfigError, OutputExistsError, OutputLockedError, note_
 COMMITTED: list[Path] = []
 #: outputs this process was writing when interrupted (their temp folders are removed)
 IN_PROGRESS: list[Path] = []
-#: a folder holding one of these was written by llmq, so ``--overwrite`` may replace it: every model
-#: output's record (``llmq.meta.META_FILE``), the reports of a ``--scheme auto`` run that found no
-#: winner (``llmq.pipeline.auto.REPORT``), a GGUF cache entry's sources (``llmq.models.SOURCES_FILE``),
-#: a QAT checkpoint (``llmq.backends.qat.train.CKPT_META``, and the pickle of llmq before 0.x).
+#: a folder holding one of these was written by llmq, so ``--overwrite`` may replace it: an output's
+#: ``llmq.meta.META_FILE``, a winnerless ``--scheme auto`` run's ``REPORT``, a GGUF cache entry's
+#: ``SOURCES_FILE``, a QAT checkpoint's ``CKPT_META`` (and the pickle of llmq before 0.x).
 OUTPUT_MARKERS = ("llmq.json", "auto_report.json", ".llmq-sources.json", "qat_state.json", "qat_state.pt")
 
 
@@ -65,8 +63,7 @@ def resolve_output(output: str | os.PathLike) -> Path:
     refused: replacing them would pull the current folder (or everything) out from under the user."""
     raw = Path(output).expanduser()
     if raw.is_symlink() and not raw.exists():
-        raise ConfigError(f"The output {output} is a symlink to {os.readlink(raw)}, which does not exist; "
-                          "choose another folder or fix the link.")
+        return raw.absolute()  # a link to nowhere, not resolved: ``check_writable`` refuses it
     if str(output).strip() == "" or raw.name in ("", "..") or str(raw) in (".", os.sep):
         raise ConfigError(f"-o {str(output)!r} does not name a folder of its own; give the output folder's "
                           "name (e.g. -o out/NAME).")
@@ -222,6 +219,7 @@ def output_lock(output: str | os.PathLike, *, wait: float = 0.0,
     (``note`` is told once that it waits); a dead owner's lock on this host is taken over. Inside
     ``reserve_output`` (same thread) it is already held and is entered without locking again."""
     output = Path(output).expanduser().absolute()
+    created = [d for d in (output.parent, *output.parent.parents) if not d.exists()]  # deepest first
     output.parent.mkdir(parents=True, exist_ok=True)
     lock = lock_path(output)
     me = _me()
@@ -244,6 +242,9 @@ def output_lock(output: str | os.PathLike, *, wait: float = 0.0,
         if _owner(lock) == (me["pid"], me["host"], me["start"]):
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
+        for d in created:  # a failed run leaves no empty `out/`; rmdir removes only empty folders
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 # -- debris -------------------------------------------------------------------------------------------

@@ -327,3 +327,17 @@ def test_canonical_safetensors_metadata(tmp_path):
     with safe_open(str(f), "pt") as st:
         assert st.metadata() == meta and torch.equal(st.get_tensor("w"), torch.arange(6.0))
     assert outdir.canonicalize_safetensors_metadata(f) is False  # idempotent
+
+
+def test_folders_made_for_the_lock_are_removed_when_left_empty(tmp_path):
+    """A run that fails before writing (an unreachable Hub id, say) left an empty ``out/`` behind:
+    the parents made only to hold the lock go again; a parent that gets content stays."""
+    out = tmp_path / "a" / "b" / "o"
+    with pytest.raises(RuntimeError):
+        with outdir.output_lock(out):
+            assert (tmp_path / "a" / "b").is_dir()
+            raise RuntimeError("failed before writing")
+    assert list(tmp_path.iterdir()) == []
+    with outdir.atomic_output(out) as tmp:
+        (tmp / "llmq.json").write_text("{}")
+    assert (out / "llmq.json").is_file()
