@@ -293,8 +293,10 @@ class Int8StaticBackend(Backend):
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         """Layer by layer from the checkpoint's shards (:func:`quantize_streamed`: memory bounded
         by a layer and the recorded activations); a checkpoint that cannot be streamed loads whole."""
+        from llmq.backends.torchao_patches import patch_cpu_int_mm
         from llmq.streaming import BlockModel, NotStreamable
 
+        patch_cpu_int_mm()  # calibration's error measurements run int8 GEMMs
         dtype = torch_dtype(self.config.dtype)
         try:
             bm = BlockModel(model_dir, dtype)
@@ -333,8 +335,11 @@ class Int8StaticBackend(Backend):
 
     @classmethod
     def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
+        from llmq.backends.torchao_patches import patch_cpu_int_mm
+
         out = super().load_kwargs(path, quantization_config, device, kernel)
         enable_loading()  # transformers 5.24 drops _weight_act_quant_scale/_zero_point otherwise
+        patch_cpu_int_mm()
         return out
 
     @classmethod

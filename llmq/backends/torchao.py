@@ -63,8 +63,10 @@ class TorchAoBackend(Backend):
         by a layer; a checkpoint that cannot be streamed loads whole through transformers."""
         import torch
 
+        from llmq.backends.torchao_patches import patch_cpu_int_mm
         from llmq.streaming import BlockModel, NotStreamable
 
+        patch_cpu_int_mm()  # exact fp32 int8 GEMMs where torch's own is a reference loop (no VNNI/AMX)
         lin, qc = self.torchao_config(model_dir)
         try:
             bm = BlockModel(model_dir, torch_dtype(self.config.dtype))
@@ -100,8 +102,11 @@ class TorchAoBackend(Backend):
 
     @classmethod
     def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
+        from llmq.backends.torchao_patches import patch_cpu_int_mm
+
         out = super().load_kwargs(path, quantization_config, device, kernel)
         enable_loading()  # static activation scales (int8-static folders written by torchao elsewhere too)
+        patch_cpu_int_mm()
         return out
 
     @classmethod
