@@ -15,10 +15,14 @@ from typing import Any, Callable, Sequence
 from llmq.errors import ConfigError, LlmqError
 
 #: With no model: the demo model, and the scheme the advisor picks for a CPU (int8-dynamic, seconds).
-#: A scheme that calibrates or trains on text gets Python's bundled docs (offline), and one whose
-#: default groups do not split SmolLM2's 576-wide layers (GPTQ/AWQ's 128) gets groups of 64; each
-#: only where the scheme's config has that field (``demo_overrides``).
+#: A scheme that calibrates or trains on text gets Python's bundled docs (offline) and a small budget
+#: (16 x 256 calibration tokens; 10 QAT steps of 2 x 128), so every scheme's demo finishes in minutes
+#: on a laptop CPU (awq-int4 at its 128 x 512 defaults took 34-45 min); one whose default groups do not
+#: split SmolLM2's 576-wide layers (GPTQ/AWQ's 128) gets groups of 64; each only where the scheme's
+#: config has that field (``demo_overrides``). ``scripts/bench_demo.py`` runs every CPU scheme so.
 DEMO = {"scheme": "int8-dynamic", "group_size": 64, "calibration": "builtin"}
+DEMO_CALIBRATION = {"n_samples": 16, "seqlen": 256}
+DEMO_TRAINING = {"steps": 10, "batch_size": 2, "seqlen": 128, "warmup_steps": 1}
 DEMO_WIDTH = 576  # SmolLM2-135M's hidden size: the in_features a group size must divide
 SAMPLE_PROMPT = "The capital of France is"
 
@@ -193,8 +197,8 @@ def run(model: str | os.PathLike | None = None, scheme: str | None = None, *, ou
 
 
 def demo_overrides(scheme: str) -> dict[str, Any]:
-    """The offline demo's settings for ``scheme``, per field its config has: text for the fields a
-    calibrating or training scheme reads (``calibration``, QAT's ``data``), and ``group_size=64``
+    """The offline demo's settings for ``scheme``, per field its config has: text and a small budget
+    for the fields a calibrating or training scheme reads (``calibration``, QAT's ``data``), and ``group_size=64``
     where the default group does not divide the demo's layers. Nothing for the others: int8-static's
     per-channel ``group_size=-1`` and GGUF's optional importance matrix stay as they are."""
     from llmq.schemes import get_scheme
@@ -205,8 +209,10 @@ def demo_overrides(scheme: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if plugin.needs_calibration and hasattr(cfg, "calibration"):
         out["calibration"] = DEMO["calibration"]
+        out.update({k: v for k, v in DEMO_CALIBRATION.items() if hasattr(cfg, k)})
     if plugin.needs_training and hasattr(cfg, "data"):
         out["data"] = DEMO["calibration"]
+        out.update({k: v for k, v in DEMO_TRAINING.items() if hasattr(cfg, k)})
     gs = getattr(cfg, "group_size", None)
     if isinstance(gs, int) and gs > 0 and DEMO_WIDTH % gs:
         out["group_size"] = DEMO["group_size"]

@@ -63,11 +63,14 @@ def test_demo_settings_are_per_scheme():
     group_size -1) refused: each setting now goes only to schemes whose config has that field."""
     from llmq.pipeline.run import demo_overrides
 
+    small = {"calibration": "builtin", "n_samples": 16, "seqlen": 256}  # minutes, not the defaults' 34-45 min
     assert demo_overrides("int8-dynamic") == {}
-    assert demo_overrides("gptq-int4") == {"calibration": "builtin", "group_size": 64}  # 128 does not divide 576
-    assert demo_overrides("awq-int4") == {"calibration": "builtin", "group_size": 64}
-    assert demo_overrides("int8-static") == {"calibration": "builtin"}
-    assert demo_overrides("qat-int4") == {"data": "builtin"}  # its groups of 32 divide 576; offline text
+    assert demo_overrides("gptq-int4") == {**small, "group_size": 64}  # 128 does not divide 576
+    assert demo_overrides("awq-int4") == {**small, "group_size": 64}
+    assert demo_overrides("int8-static") == small
+    # its groups of 32 divide 576; offline text, 10 short steps
+    assert demo_overrides("qat-int4") == {"data": "builtin", "steps": 10, "batch_size": 2, "seqlen": 128,
+                                          "warmup_steps": 1}
     assert demo_overrides("gguf-q4_k_m") == {}  # an importance matrix stays optional
 
 
