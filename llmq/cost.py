@@ -142,8 +142,11 @@ def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: t
         wall = _linfit([f["work"] for f in ff], [r["wall_s"] for r in fit])
         p_ram = ram[0] + ram[1] * fc["ram_bytes"] / GIB
         p_wall = wall[0] + wall[1] * fc["work"]
+        ram_all = _linfit([f["ram_bytes"] / GIB for f in feats], [r["peak_anon_gib"] for r in rs])
+        wall_all = _linfit([f["work"] for f in feats], [r["wall_s"] for r in rs])
         out[scheme] = {
             "ram": [round(ram[0], 4), ram[1]], "wall": [round(wall[0], 2), wall[1]],
+            "ram_all": [round(ram_all[0], 4), ram_all[1]], "wall_all": [round(wall_all[0], 2), wall_all[1]],
             "fitted_on": [r["size"] for r in fit], "checked_on": check["size"],
             "check": {"ram_gib": [round(p_ram, 2), check["peak_anon_gib"]],
                       "wall_s": [round(p_wall, 1), check["wall_s"]],
@@ -154,8 +157,10 @@ def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: t
 
 
 def write_coefficients(fit: dict[str, Any], source: str, path: Path = COSTS_FILE) -> None:
-    """The coefficients ``project`` reads: refitted on every measured size (the check is in ``source``)."""
+    """The coefficients ``project`` reads: refitted on every measured size, the checked one included
+    (the check of the fit without it is in ``source``)."""
     data = {"basis": f"fitted to {source} (scripts/bench_scale.py)", "schemes": {
-        s: {"ram": f["ram"], "wall": f["wall"], "check": f["check"], "sizes": f["fitted_on"] + [f["checked_on"]]}
+        s: {"ram": f.get("ram_all", f["ram"]), "wall": f.get("wall_all", f["wall"]), "check": f["check"],
+            "sizes": f["fitted_on"] + [f["checked_on"]]}
         for s, f in fit.items()}}
     Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,63 @@
+"""llmq.cost: the fit that run/advise project from, on rows whose truth is known."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmq import cost
+
+GIB = 1024**3
+SIZES = ("demo", "1B", "3B", "7B")
+#: per size: the plugin's (ram_bytes, work); the "measured" peak/wall are exact lines in them
+FEATS = {"demo": (0.2 * GIB, 1.35e8), "1B": (0.9 * GIB, 1.2e9), "3B": (1.6 * GIB, 3.2e9), "7B": (2.4 * GIB, 6.7e9)}
+
+
+def _features(scheme: str, size: str) -> dict:
+    ram, work = FEATS[size]
+    return cost.CostFeatures(ram, work).as_dict()
+
+
+def _rows(bend: float = 0.0) -> list[dict]:
+    """peak = 0.5 + 1.5 * ram GiB, wall = 10 + 2e-8 * work (7B's wall off the line by ``bend``)."""
+    rows = []
+    for s in SIZES:
+        ram, work = FEATS[s]
+        wall = (10 + 2e-8 * work) * (1 + (bend if s == "7B" else 0))
+        rows.append({"scheme": "x", "size": s, "exit": 0, "peak_anon_gib": 0.5 + 1.5 * ram / GIB, "wall_s": wall})
+    return rows
+
+
+def test_fit_checks_on_the_largest_size_it_did_not_see():
+    fit = cost.fit_rows(_rows(bend=0.5), _features)["x"]
+    assert fit["fitted_on"] == ["demo", "1B", "3B"] and fit["checked_on"] == "7B"
+    assert fit["check"]["ram_error"] == pytest.approx(0, abs=1e-3)
+    # the 7B wall is 1.5x the line through the smaller sizes: the check reports -1/3, not 0
+    assert fit["check"]["wall_error"] == pytest.approx(1 / 1.5 - 1, abs=1e-3)
+
+
+def test_shipped_coefficients_use_every_size(tmp_path):
+    """What run/advise project from includes the largest measurement: a bent 7B moves the line."""
+    rows = _rows(bend=0.5)
+    fit = cost.fit_rows(rows, _features)
+    path = tmp_path / "costs.json"
+    cost.write_coefficients(fit, source="rows", path=path)
+    data = json.loads(path.read_text())
+    assert data["schemes"]["x"]["sizes"] == list(SIZES)
+    p = cost.project("x", cost.CostFeatures(*FEATS["7B"]), data)
+    held_out = fit["x"]["check"]["wall_s"][0]
+    assert abs(p.wall_s - rows[-1]["wall_s"]) < abs(held_out - rows[-1]["wall_s"])
+    assert p.ram_gib == pytest.approx(rows[-1]["peak_anon_gib"], rel=1e-3)
+
+
+def test_too_few_sizes_or_failed_runs_fit_nothing():
+    rows = _rows()
+    rows[1]["exit"] = 137  # killed for memory: not a measurement of the scheme's cost
+    rows = rows[:3]
+    assert cost.fit_rows(rows, _features) == {}
+    assert cost.project("x", cost.CostFeatures(1.0, 1.0), {"schemes": {}}) is None
+
+
+def test_human_time():
+    assert cost.human_time(45) == "45 s" and cost.human_time(600) == "10 min" and cost.human_time(7200) == "2.0 h"
