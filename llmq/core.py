@@ -67,7 +67,7 @@ class QuantizedModel:
 
                 tmp = Path(tempfile.mkdtemp(prefix="llmq-"))
                 atexit.register(shutil.rmtree, tmp, True)
-                self.backend.save(self.model, self.tokenizer, tmp)
+                self.backend.write(self.model, self.tokenizer, tmp)
                 path = tmp
             else:
                 path = self.saved_to
@@ -111,15 +111,24 @@ class QuantizedModel:
             **self.backend.extra_metadata(),
         }
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the plugin's output and ``llmq.json`` to a temp folder, then rename."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False, *, format: str | None = None) -> Path:
+        """Write the plugin's output and ``llmq.json`` to a temp folder, then rename. ``format``:
+        write this same quantization in another checkpoint format (e.g. ``"compressed-tensors"``)
+        where the config allows it (checked first); the config recorded in llmq.json names it."""
+        if format is not None and format != getattr(self.config, "format", None):
+            kept = self.config, self.backend.config
+            self.config = self.backend.config = self.config.with_overrides(format=format)
+            try:
+                return self.save(path, overwrite)
+            finally:
+                self.config, self.backend.config = kept
         with atomic_dir(path, overwrite=overwrite, inputs=(self.source.path,)) as tmp:
-            self.backend.save(self.model, self.tokenizer, tmp)
+            written = self.backend.write(self.model, self.tokenizer, tmp)
             missing = self.backend.missing_files(tmp)
             if missing:
                 raise LlmqError(f"The {self.scheme.backend} backend wrote no {' and no '.join(missing)}.")
             self.backend.verify_output(tmp, f"The {self.scheme.name} result")  # e.g. fp16 scales = inf
-            self.meta = self.metadata(folder_size(tmp, self.backend.weight_patterns))
+            self.meta = {**self.metadata(folder_size(tmp, self.backend.weight_patterns)), **written}
             write_json(tmp / META_FILE, self.meta)
         self.saved_to = Path(path).expanduser()
         return self.saved_to

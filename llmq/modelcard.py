@@ -114,10 +114,13 @@ def source_text(meta: dict) -> str:
 
 
 def plugin_of(meta: dict) -> Any:
-    """The plugin class that wrote the folder."""
-    from llmq.schemes import get_scheme
+    """The plugin class that owns the folder: the scheme's, or, for a folder it exported in another
+    format (``config.format``, e.g. compressed-tensors), the plugin that loads that format."""
+    from llmq.schemes import get_scheme, plugin_for_method
 
-    return get_scheme(meta["scheme"]).backend_cls()
+    cls = get_scheme(meta["scheme"]).backend_cls()
+    fmt = (meta.get("config") or {}).get("format")
+    return plugin_for_method(fmt) if fmt in cls.exports else cls
 
 
 def card_facts(meta: dict, repo: str = "") -> Any:
@@ -184,9 +187,13 @@ def reproduce_command(meta: dict) -> tuple[str, str | None]:
     return " ".join(shlex.quote(a) for a in args), note
 
 def install_spec(meta: dict) -> str:
-    extra = plugin_of(meta).extra
+    """What reproducing the folder installs: the scheme's plugin's extra, and the exported
+    format's (compressed-tensors) when it differs."""
+    from llmq.schemes import get_scheme
+
+    extras = list(dict.fromkeys(e for e in (get_scheme(meta["scheme"]).backend_cls().extra, plugin_of(meta).extra) if e))
     version = (meta.get("versions") or {}).get("llmq") or meta.get("llmq_version")
-    name = f"llmq[{extra}]" if extra else "llmq"
+    name = f"llmq[{','.join(extras)}]" if extras else "llmq"
     return f"{name}=={version}" if version else name
 
 def usage(meta: dict, repo: str) -> dict[str, str | None]:

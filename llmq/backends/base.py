@@ -61,8 +61,10 @@ class Scheme:
     tree_rank: Mapping[str, float] = field(default_factory=dict)
 
     def config(self, **overrides: Any) -> Any:
-        """The scheme's default config with the user's overrides applied and validated."""
-        return self.config_cls(**dict(self.defaults)).with_overrides(**overrides)
+        """The scheme's default config with the user's overrides applied and validated; a
+        ``format`` override first applies the defaults that format changes (``format_defaults``)."""
+        fmt_defaults = getattr(self.config_cls, "format_defaults", {}).get(overrides.get("format"), {})
+        return self.config_cls(**{**self.defaults, **fmt_defaults}).with_overrides(**overrides)
 
     def backend_cls(self) -> type["Backend"]:
         """The plugin class that declared this scheme (bound by ``Backend.__init_subclass__``)."""
@@ -102,6 +104,8 @@ def transformers_snippet(repo: str) -> str:
 
 
 VLLM_NOTE = "vLLM needs a GPU. llmq's own tests do not run vLLM."
+#: export format -> (import name, pip distribution, llmq extra) it needs
+EXPORT_REQUIRES = {"compressed-tensors": ("compressed_tensors", "compressed-tensors", "compressed-tensors")}
 
 
 class Backend:
@@ -129,6 +133,10 @@ class Backend:
     #: the context the evaluators use for an output without a config.json (its runtime's, e.g. a
     #: .gguf on llama.cpp); None: read from config.json
     eval_context: ClassVar[int | None] = None
+    #: checkpoint formats ``export`` writes besides the plugin's own, picked by the config's
+    #: ``format``; each is the ``quant_method`` of the plugin that loads such folders
+    #: (``"compressed-tensors"``: ``llmq.backends.compressed``)
+    exports: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Bind each scheme a plugin declares to the plugin class, so ``Scheme.backend_cls`` needs no
@@ -142,6 +150,9 @@ class Backend:
         self.config = config
         #: run-time settings that are not part of the result (e.g. QAT's checkpoint folder, resume)
         self.options = dict(options or {})
+        fmt = getattr(config, "format", None)
+        if fmt in EXPORT_REQUIRES and importlib.util.find_spec(EXPORT_REQUIRES[fmt][0]) is None:
+            raise MissingDependencyError(f"format={fmt!r}", [EXPORT_REQUIRES[fmt][1]], EXPORT_REQUIRES[fmt][2])
 
     # -- checks, all before any weights load -------------------------------------------------
     @classmethod
@@ -163,11 +174,34 @@ class Backend:
         """Shape checks from the config alone; overridden where kernels have constraints."""
 
     def versions(self) -> dict[str, str | None]:
-        return {dist: package_version(dist) for _, dist in self.requires}
+        out = {dist: package_version(dist) for _, dist in self.requires}
+        fmt = getattr(self.config, "format", None)
+        if fmt in EXPORT_REQUIRES:  # the package that wrote the exported format
+            out[EXPORT_REQUIRES[fmt][1]] = package_version(EXPORT_REQUIRES[fmt][1])
+        return out
 
     # -- quantize and save ------------------------------------------------------------------
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         raise NotImplementedError
+
+    def write(self, model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
+        """Write the output in the config's ``format``: ``export`` for one of ``exports``, else the
+        plugin's own ``save``. Returns the llmq.json entries an export decides (its
+        ``quantization_config``, serving facts). After an export the saved folder is what runs (its
+        format's plugin loads it), so the sample and the evaluation measure the exported checkpoint."""
+        fmt = getattr(self.config, "format", None)
+        if fmt in self.exports:
+            written = self.export(model, tokenizer, out, fmt)
+            self.runs_in_memory = False
+            return written
+        self.save(model, tokenizer, out)
+        return {}
+
+    def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
+        """Write ``model`` (what ``quantize`` returned) into ``out`` in format ``fmt`` (one of
+        ``exports``): the same quantized weights in that format's layout. Returns llmq.json entries
+        (at least the ``quantization_config`` written into config.json)."""
+        raise NotImplementedError(f"plugin {self.name!r} exports no {fmt!r} format")
 
     def save(self, model: Any, tokenizer: Any, out: Path) -> None:
         """Write the complete output into ``out`` (an empty temporary folder; ``llmq.json`` is added

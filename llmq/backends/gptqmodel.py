@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, transformers_snippet
+from llmq.backends.compressed import FORMAT as CT_FORMAT
 from llmq.config import CalibratedConfig, check_choice
 from llmq.errors import ConfigError, MissingDependencyError
 from llmq.models import excluded_modules, linear_shapes
@@ -24,6 +25,7 @@ class GPTQConfig(CalibratedConfig):
     """GPTQ through GPTQModel. ``desc_act`` (act-order) helps accuracy but slows some kernels;
     ``act_group_aware`` is GPTQModel's reordering that keeps groups contiguous (its default)."""
 
+    formats: ClassVar[tuple[str, ...]] = (CT_FORMAT,)
     desc_act: bool = False
     act_group_aware: bool = True
     damp_percent: float = 0.05
@@ -34,6 +36,16 @@ class GPTQConfig(CalibratedConfig):
             raise ConfigError(f"damp_percent must be in (0, 1), got {self.damp_percent!r}.")
         if self.desc_act and self.act_group_aware:
             raise ConfigError("desc_act=True and act_group_aware=True are exclusive; set act_group_aware=False.")
+        check_ct_packable(self)
+        if self.format == CT_FORMAT and self.desc_act:
+            raise ConfigError("format='compressed-tensors' stores no act-order index (compressed-tensors 0.20 dropped "
+                              "g_idx): use desc_act=False (act_group_aware, the default, keeps groups in order).")
+
+
+def check_ct_packable(cfg: Any) -> None:
+    """compressed-tensors' pack-quantized layout as vLLM serves it: 4- or 8-bit codes."""
+    if cfg.format == CT_FORMAT and cfg.bits not in (4, 8):
+        raise ConfigError(f"format='compressed-tensors' packs 4- or 8-bit weights for vLLM; bits={cfg.bits} is not one.")
 
 
 @dataclass(kw_only=True)
@@ -41,12 +53,13 @@ class AWQConfig(CalibratedConfig):
     """AWQ through GPTQModel, GEMM format (what vLLM and transformers load)."""
 
     allowed_bits: ClassVar[tuple[int, ...]] = (4,)
+    formats: ClassVar[tuple[str, ...]] = ("gemm", "gemv", CT_FORMAT)  # compressed-tensors: written from GEMM
     sym: bool = False
     format: str = "gemm"
 
     def validate(self) -> None:
         super().validate()
-        check_choice("format", self.format, ("gemm", "gemv"))
+        check_choice("format", self.format, self.formats)
         if self.group_size == -1:
             raise ConfigError("AWQ needs a group size (32, 64 or 128); -1 is not supported.")
 
@@ -134,6 +147,7 @@ class GPTQModelBackend(Backend):
     extra = "gptq"
     needs_calibration = True
     quant_methods = ("gptq", "awq")
+    exports = (CT_FORMAT,)
     #: GPTQModel's in-memory model right after ``quantize`` is not in an inference state on CPU (it
     #: generated garbage where the saved folder, reloaded, answers correctly)
     runs_in_memory = False
@@ -185,7 +199,7 @@ class GPTQModelBackend(Backend):
         if isinstance(c, AWQConfig):
             return QuantizeConfig(
                 bits=c.bits, group_size=c.group_size, sym=c.sym, quant_method=METHOD.AWQ,
-                format=FORMAT.GEMM if c.format == "gemm" else FORMAT.GEMV, dynamic=dynamic,
+                format=FORMAT.GEMV if c.format == "gemv" else FORMAT.GEMM, dynamic=dynamic,
                 offload_to_disk=False,
             )
         return QuantizeConfig(
@@ -252,6 +266,10 @@ class GPTQModelBackend(Backend):
         tokenizer.save_pretrained(out)
         for f in out.glob("*.bin"):
             f.unlink()
+
+    def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
+        """The GPTQ/AWQ folder ``save`` writes, converted (:func:`export_gptq_folder`)."""
+        return export_via_folder(self.save, model, tokenizer, out)
 
     def quantization_config(self, model: Any) -> dict | None:
         return model.quantize_config.to_dict()
@@ -333,3 +351,73 @@ def offline_safe_gptq_kernel(qc: dict, device: str) -> str | None:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         return None
     return "marlin" if qc.get("bits") in (4, 8) and qc.get("sym", True) else None
+
+
+# -- compressed-tensors export (gptq-int4/-int8, awq-int4; qat-int4 writes GPTQ folders too) -------
+def export_via_folder(save: Any, model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
+    """Write the plugin's own GPTQ/AWQ folder with ``save`` beside ``out``, then convert it."""
+    import shutil
+    import tempfile
+
+    native = Path(tempfile.mkdtemp(prefix=".llmq-native-", dir=out.parent))
+    try:
+        save(model, tokenizer, native)
+        return export_gptq_folder(native, out, tokenizer)
+    finally:
+        shutil.rmtree(native, ignore_errors=True)
+
+
+def export_gptq_folder(folder: Path, out: Path, tokenizer: Any = None) -> dict[str, Any]:
+    """A GPTQ (v1/v2) or AWQ GEMM folder as a compressed-tensors ``pack-quantized`` folder (W4A16 /
+    W8A16): each layer's codes, fp16 scales and zero points as the folder stores them, decoded with
+    compressed-tensors' unpacker (AWQ: its own ``AutoAWQConverter``), written at float16 (the
+    scales' dtype: vLLM and transformers hold scales in the model's dtype)."""
+    import torch
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from llmq.backends.compressed import LayerQuant, dense_model, write_compressed
+    from llmq.models import read_json
+
+    qc = read_json(folder / "config.json")["quantization_config"]
+    method, bits, group = qc["quant_method"], int(qc["bits"]), int(qc.get("group_size") or -1)
+    sym = bool(qc.get("sym", not qc.get("zero_point", False)))
+    if bits not in (4, 8) or (method == "awq" and str(qc.get("format", qc.get("version", "gemm"))).lower() != "gemm"):
+        raise ConfigError(f"compressed-tensors takes 4/8-bit GPTQ or AWQ GEMM folders; {folder} is {method} {bits}-bit.")
+    state: dict[str, Any] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    weights = {"num_bits": bits, "type": "int", "symmetric": sym, "dynamic": False,
+               **({"strategy": "channel"} if group == -1 else {"strategy": "group", "group_size": group})}
+    args = QuantizationArgs(**weights)
+    layers = {}
+    for name in [k[: -len(".qweight")] for k in state if k.endswith(".qweight")]:
+        qweight, qzeros, scales = (state.pop(f"{name}.{t}") for t in ("qweight", "qzeros", "scales"))
+        g_idx = state.pop(f"{name}.g_idx", None)
+        if method == "awq":
+            from compressed_tensors.entrypoints.convert.converters.autoawq import AutoAWQConverter
+
+            t = AutoAWQConverter(bits=bits, group_size=group, zero_point=not sym).process(
+                {f"{name}.qweight": qweight, f"{name}.qzeros": qzeros, f"{name}.scales": scales})
+            scale = t[f"{name}.weight_scale"]
+            q = unpack_from_int32(t[f"{name}.weight_packed"], bits, t[f"{name}.weight_shape"])
+            zp = torch.zeros_like(scale, dtype=torch.int8) if sym else \
+                unpack_from_int32(t[f"{name}.weight_zero_point"], bits, scale.shape, packed_dim=0)
+        else:
+            in_f, out_f = qweight.shape[0] * 32 // bits, qweight.shape[1]
+            if g_idx is not None and not torch.equal(g_idx.long(), torch.arange(in_f) // (in_f if group == -1 else group)):
+                raise ConfigError(f"{name} is act-order (g_idx), which compressed-tensors 0.20 cannot store.")
+            if qc.get("checkpoint_format", "gptq") == "gptq":  # v1 stores zero - 1: GPTQModel's v1->v2 adds 1 per code
+                qzeros = qzeros + sum(1 << (bits * i) for i in range(32 // bits))
+            q = unpack_from_int32(qweight, bits, torch.Size([in_f, out_f]), packed_dim=0).T.contiguous()
+            zp = unpack_from_int32(qzeros, bits, torch.Size([scales.shape[0], out_f])).T.contiguous()
+            scale = scales.T.contiguous()
+        if sym and bool((zp != 0).any()):
+            raise ConfigError(f"{name}: a symmetric {method} folder with zero points off the middle code.")
+        w = dequantize(q, scale.float(), zp, args, dtype=torch.float32)
+        layers[name] = LayerQuant(weights, w, scale, None if sym else zp)
+    model = dense_model(AutoConfig.from_pretrained(folder), torch.float16, state, set(layers))
+    return write_compressed(model, layers, out, tokenizer)

@@ -54,10 +54,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from llmq.backends.base import Backend, CardFacts, Scheme, torch_dtype
-from llmq.backends.int8_calibration import (METHODS, activation_qparams, calibrate, channel_absmax, layer_errors,
-                                           smooth_scales, target_linears)
-from llmq.backends.torchao import (HEAD_ACTIVATIONS, alphas_for, attach_torchao_saver, enable_loading, quantize_embeddings,
-                                   torchao_int8_estimate)
+from llmq.backends.int8_calibration import (METHODS, activation_qparams, calibrate, channel_absmax, fold_smoothing,
+                                           input_groups, layer_errors, smooth_scales, target_linears)
+from llmq.backends.compressed import FORMAT as CT_FORMAT
+from llmq.backends.torchao import (HEAD_ACTIVATIONS, alphas_for, attach_torchao_saver, check_ct_embeddings, enable_loading,
+                                   export_torchao, quantize_embeddings, torchao_int8_estimate)
 from llmq.config import DTYPES, CalibratedConfig, check_choice
 from llmq.errors import ConfigError
 
@@ -79,6 +80,9 @@ class Int8StaticConfig(CalibratedConfig):
     and lm_head. ``dtype``: the compute dtype, and what unquantized tensors are stored in."""
 
     allowed_bits: ClassVar[tuple[int, ...]] = (8,)
+    formats: ClassVar[tuple[str, ...]] = (CT_FORMAT,)
+    format_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        CT_FORMAT: {"quantize_embeddings": False, "smooth_fold": True}}
     bits: int = 8
     group_size: int = -1
     sym: bool = True
@@ -88,6 +92,11 @@ class Int8StaticConfig(CalibratedConfig):
     #: a number for every Linear, or {pattern: alpha} (the longest matching pattern wins; "off"
     #: for none); "off" (or None) turns smoothing off
     smooth_alpha: float | dict | str | None = field(default_factory=lambda: dict(SMOOTH_ALPHA))
+    #: fold the smoothing into the norm before each group of Linears that read one input (q/k/v,
+    #: gate/up: what vLLM fuses), which then share one smoothing and one static/per-token choice;
+    #: no run-time scale remains, and Linears not read from a norm (o_proj) are not smoothed.
+    #: format="compressed-tensors" needs it (and sets it)
+    smooth_fold: bool = False
     #: Linears (names or patterns) whose activations are quantized per token at run time instead
     #: of with a static scale: SmolLM2's down_proj inputs carry outliers no per-tensor scale covers
     dynamic_modules: tuple[str, ...] = ()
@@ -126,6 +135,13 @@ class Int8StaticConfig(CalibratedConfig):
         if not isinstance(self.quantize_embeddings, bool):
             raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
         check_choice("lm_head_activations", self.lm_head_activations, HEAD_ACTIVATIONS)
+        if not isinstance(self.smooth_fold, bool):
+            raise ConfigError(f"smooth_fold must be True or False, got {self.smooth_fold!r}.")
+        check_ct_embeddings(self)
+        alphas = self.smooth_alpha.values() if isinstance(self.smooth_alpha, dict) else [self.smooth_alpha]
+        if self.format == CT_FORMAT and not self.smooth_fold and any(a not in (None, "off") for a in alphas):
+            raise ConfigError("format='compressed-tensors' stores no run-time SmoothQuant scale: use smooth_fold=True "
+                              "(folded into the norms) or smooth_alpha='off'.")
         f = self.dynamic_fallback  # "off" rather than None: a None override means "the default"
         if f is not None and f != "off" and (isinstance(f, bool) or not isinstance(f, (int, float)) or not f >= 1):
             raise ConfigError(f"dynamic_fallback must be a number >= 1 (or 'off'), got {f!r}.")
@@ -155,10 +171,17 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
     def dynamic():
         return Int8DynamicActivationInt8WeightConfig(granularity=wgran, set_inductor_config=False)
 
+    # the units that share one static/per-token choice: Linears reading one input when smooth_fold
+    # (vLLM fuses them and takes one scheme per fused layer), else each Linear
+    groups = input_groups(model, samples[0], names) if cfg.smooth_fold else [(None, [n]) for n in names]
+    units = [g for _, g in groups]
+    listed = {n for u in units if listed & set(u) for n in u}
     static = [n for n in names if n not in listed]
-    pre = None
+    pre, folded = None, {}
     alphas = alphas_for(names, cfg.smooth_alpha)  # per-token Linears too: their outlier channels hurt as well
-    if alphas:
+    if alphas and cfg.smooth_fold:
+        folded = fold_smoothing(model, samples, groups, alphas)
+    elif alphas:
         pre = smooth_scales(model, channel_absmax(model, samples, list(alphas)), alphas)
     obs = calibrate(model, samples, static, sym=cfg.sym, pre_scales=pre)
     mapping = MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC
@@ -175,12 +198,17 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
         errs = layer_errors(model, samples[:ERROR_SAMPLES], {n: (configs[n], dynamic()) for n in static}, pre)
         ratio = {n: max(s_ / max(d_, 1e-12) for s_, d_ in zip(es, ed)) for n, (es, ed) in errs.items()}
         budget = int(cfg.max_dynamic_fraction * len(names)) - len(listed)
-        worst = sorted((n for n in static if ratio[n] > cfg.dynamic_fallback), key=lambda n: -ratio[n])
+        worst = sorted((u for u in units if u[0] in ratio and max(ratio[n] for n in u) > cfg.dynamic_fallback),
+                       key=lambda u: -max(ratio[n] for n in u))
         for n in static:
             qparams[n]["error_ratio"] = round(ratio[n], 3)
-        for n in worst[:max(budget, 0)]:
-            configs[n] = dynamic()
-            qparams[n] = {"dynamic": "fallback", "error_ratio": round(ratio[n], 3)}
+        for u in worst:
+            if len(u) > budget:
+                break
+            budget -= len(u)
+            for n in u:
+                configs[n] = dynamic()
+                qparams[n] = {"dynamic": "fallback", "error_ratio": round(ratio[n], 3)}
     if pre is not None:
         with torch.no_grad():
             for n in pre:
@@ -192,6 +220,8 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
             w = model.get_submodule(n).weight
             w.act_pre_scale = (1.0 / pre[n]).to(w.dtype)
             qparams[n]["smooth"] = pre[n]
+    for n, sc in folded.items():
+        qparams[n]["smooth"] = sc
     if cfg.quantize_embeddings:
         quantize_embeddings(model, cfg.lm_head_activations)
     return qparams
@@ -204,7 +234,8 @@ def activation_summary(qparams: dict[str, Any], cfg: Int8StaticConfig) -> dict[s
            for n, q in qparams.items() if "dynamic" in q}
     return {"static_linears": len(qparams) - len(dyn), "dynamic_linears": len(dyn), "dynamic": dyn,
             "dynamic_fallback": cfg.dynamic_fallback, "max_dynamic_fraction": cfg.max_dynamic_fraction,
-            "smooth_alpha": cfg.smooth_alpha,
+            "smooth_alpha": cfg.smooth_alpha, "smooth_fold": cfg.smooth_fold,
+            "smoothed_linears": sum(1 for q in qparams.values() if "smooth" in q),
             "lm_head_activations": cfg.lm_head_activations if cfg.quantize_embeddings else None}
 
 
@@ -266,6 +297,7 @@ class Int8StaticBackend(Backend):
     extra = "torchao"
     needs_calibration = True
     quant_methods = ()  # its folders say quant_method "torchao"; recognises() claims them first
+    exports = (CT_FORMAT,)
     schemes = (
         Scheme("int8-static", "int8-static", Int8StaticConfig, {}, 8,
                "torchao int8 weights and int8 activations with calibrated static scales (W8A8)", "8",
@@ -283,6 +315,9 @@ class Int8StaticBackend(Backend):
         self.qparams = quantize_model(model, calibration.samples, self.config)
         attach_quantizer(model, self.config)
         return model
+
+    def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
+        return export_torchao(model, tokenizer, out, torch_dtype(self.config.dtype))
 
     def extra_metadata(self) -> dict[str, Any]:
         qp = getattr(self, "qparams", None)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, torch_dtype, transformers_snippet
+from llmq.backends.compressed import FORMAT as CT_FORMAT
 from llmq.config import DTYPES, QuantConfigBase, check_choice
 from llmq.errors import ConfigError
 from llmq.models import excluded_modules, linear_shapes
@@ -20,6 +21,8 @@ class Int8DynamicConfig(QuantConfigBase):
     time. Per-channel matters: per-tensor weight scales (the deprecated
     ``torch.ao.quantization.quantize_dynamic``) lose far more on small models."""
 
+    formats: ClassVar[tuple[str, ...]] = (CT_FORMAT,)
+    format_defaults: ClassVar[dict[str, dict[str, Any]]] = {CT_FORMAT: {"quantize_embeddings": False}}
     weight_granularity: str = "per_channel"
     dtype: str = "float32"
     quantize_embeddings: bool = True  # int8 per-row embeddings and lm_head (False: keep them at dtype)
@@ -32,6 +35,15 @@ class Int8DynamicConfig(QuantConfigBase):
         if not isinstance(self.quantize_embeddings, bool):
             raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
         check_choice("lm_head_activations", self.lm_head_activations, HEAD_ACTIVATIONS)
+        check_ct_embeddings(self)
+
+
+def check_ct_embeddings(cfg: Any) -> None:
+    """compressed-tensors folders keep the embeddings and lm_head at ``dtype``: vLLM reads no
+    quantized embedding from them."""
+    if cfg.format == CT_FORMAT and cfg.quantize_embeddings:
+        raise ConfigError("format='compressed-tensors' keeps the embeddings and lm_head at dtype (vLLM reads no "
+                          "quantized embeddings); drop quantize_embeddings=True.")
 
 
 class TorchAoBackend(Backend):
@@ -39,6 +51,7 @@ class TorchAoBackend(Backend):
     requires = (("torchao", "torchao"),)
     extra = "torchao"
     quant_methods = ("torchao",)
+    exports = (CT_FORMAT,)
     schemes = (
         Scheme("int8-dynamic", "torchao", Int8DynamicConfig, {}, 8,
                "torchao int8 weights per channel, int8 activations per token at run time", "8",
@@ -72,6 +85,9 @@ class TorchAoBackend(Backend):
         enable_loading()  # static activation scales (int8-static folders written by torchao elsewhere too)
         return out
 
+    def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
+        return export_torchao(model, tokenizer, out, torch_dtype(self.config.dtype))
+
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
         """``_weight_qdata`` int8 + per-row fp32 ``_weight_scale`` + int8 ``_weight_zero_point``;
@@ -100,6 +116,55 @@ class TorchAoBackend(Backend):
 
 # -- shared by the torchao int8 schemes (int8-dynamic here, int8-static in int8_static.py) ------
 HEAD_ACTIVATIONS = ("float", "int8")
+
+
+def export_torchao(model: Any, tokenizer: Any, out: Path, dtype: Any) -> dict[str, Any]:
+    """Write a torchao W8A8 model (int8-dynamic, int8-static) as a compressed-tensors folder
+    (``int-quantized``): each ``Int8Tensor`` Linear's int8 codes and fp32 scales as they are,
+    with its activations as torchao runs them (per token at run time, or the static per-tensor scale
+    and zero point); everything else as the model holds it, at ``dtype``."""
+    import torch
+
+    from llmq.backends.compressed import dense_model, write_compressed
+
+    state, layers = {}, {}
+    for key, value in model.state_dict().items():
+        if type(value).__name__ == "Int8Tensor":
+            if not key.endswith(".weight") or isinstance(model.get_submodule(key[:-7]), torch.nn.Embedding):
+                raise ConfigError(f"{key} is an int8 embedding: compressed-tensors folders keep embeddings at dtype.")
+            layers[key[:-7]] = int8_layer(key[:-7], value)
+        else:
+            state[key] = value
+    return write_compressed(dense_model(model.config, dtype, state, set(layers)), layers, out, tokenizer)
+
+
+def int8_layer(name: str, w: Any) -> Any:
+    """compressed-tensors' view of one torchao ``Int8Tensor`` weight (symmetric int8 per row or
+    per tensor) and of the activations its linear quantizes."""
+    import torch
+    from torchao.quantization import MappingType
+
+    from llmq.backends.compressed import LayerQuant
+
+    if w.act_pre_scale is not None:
+        raise ConfigError(f"{name} divides its input by SmoothQuant scales at run time, which compressed-tensors "
+                          "cannot hold: quantize int8-static with smooth_fold=True (folded into the norms).")
+    if w.zero_point is not None and bool((w.zero_point != 0).any()):
+        raise ConfigError(f"{name} has asymmetric int8 weights; compressed-tensors' W8A8 takes symmetric ones.")
+    kw = w.act_quant_kwargs
+    if kw is None:
+        raise ConfigError(f"{name} is int8 weight-only (float activations); export it with int8 activations or "
+                          "keep it float (skip_modules).")
+    per_row = w.block_size[0] == 1
+    weights = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": False,
+               "strategy": "channel" if per_row else "tensor"}
+    sym = kw.mapping_type == MappingType.SYMMETRIC
+    static = w.act_quant_scale is not None
+    acts = {"num_bits": 8, "type": "int", "symmetric": sym, "dynamic": not static,
+            "strategy": "tensor" if static else "token"}
+    return LayerQuant(weights, w.dequantize(torch.float32), w.scale.float(), None, acts,
+                      w.act_quant_scale if static else None,
+                      w.act_quant_zero_point if static and not sym else None)
 
 
 def quantize_embeddings(model: Any, head_activations: str = "float") -> None:

@@ -51,6 +51,7 @@ class QATBackend(Backend):
     needs_calibration = False
     needs_training = True
     quant_methods = ()  # the output is a GPTQ or torchao folder: the gptqmodel or torchao plugin loads it
+    exports = ("compressed-tensors",)  # qat-int4 only (its config checks): the GPTQ folder, converted
     schemes = (
         Scheme("qat-int4", "qat", QATConfig, {"bits": 4, "group_size": 32}, 4,
                "QAT: int4 weights, group 32, symmetric (torchao fake quantization), saved as packed GPTQ", "4",
@@ -111,6 +112,11 @@ class QATBackend(Backend):
             from llmq.io import write_json
 
             write_json(out / "quantize_config.json", qc)
+
+    def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
+        from llmq.backends.gptqmodel import export_via_folder
+
+        return export_via_folder(self.save, model, tokenizer, out)
 
     def versions(self) -> dict[str, str | None]:
         v = super().versions()

@@ -1,0 +1,214 @@
+"""compressed-tensors: the checkpoint format vLLM serves quantized models from (and transformers
+loads on any device), written from llmq's own quantized weights.
+
+* :func:`write_compressed` is the one writer. A plugin hands it a dense transformers model (the
+  layers it did not quantize, as its output keeps them) and, per quantized Linear, the
+  compressed-tensors arguments and the exact numbers llmq quantized with (:class:`LayerQuant`:
+  the dequantized weight, its scales and zero points, a static activation scale). The writer
+  does what llm-compressor does after calibrating, with compressed-tensors' own API:
+  ``apply_quantization_config``, the scales and zero points set on the modules,
+  ``ModelCompressor.from_pretrained_model(...).compress_model`` (which re-derives the integer or
+  FP8 codes from those scales and packs them), ``save_pretrained`` and ``update_config``. No code
+  is re-chosen: the folder holds llmq's codes and scales (tests compare them bit for bit).
+* :class:`CompressedTensorsBackend` is the plugin that owns such folders (``quant_method``
+  "compressed-tensors"): it loads them with plain ``from_pretrained`` (transformers' own
+  compressed-tensors support) and writes their model card, whose usage is ``vllm serve``.
+
+Which llmq schemes export here (``format="compressed-tensors"``) is each plugin's call
+(``Backend.exports``): int8-dynamic and int8-static (torchao, ``llmq.backends.torchao``), gptq-int4/
+gptq-int8/awq-int4 and qat-int4 (``llmq.backends.gptqmodel``) and fp8 (``llmq.backends.fp8``),
+whose only format this is.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, transformers_snippet
+from llmq.errors import LlmqError
+
+FORMAT = "compressed-tensors"
+#: what ``llmq advise --serve vllm`` and the card name each compressed-tensors layout
+KINDS = {"int-quantized": "W8A8 (int8)", "float-quantized": "FP8", "pack-quantized": "W4A16 / W8A16 (packed)"}
+TP_CANDIDATES = (1, 2, 4, 8)
+
+
+@dataclass
+class LayerQuant:
+    """One quantized Linear as llmq quantized it. ``weights``/``input_activations``: compressed-
+    tensors ``QuantizationArgs`` fields (None: weight-only). ``weight``: the dequantized weight
+    (``scale * (q - zero_point)``, in float32 so every code is recovered exactly), ``[out, in]``."""
+
+    weights: dict[str, Any]
+    weight: Any
+    weight_scale: Any
+    weight_zero_point: Any = None
+    input_activations: dict[str, Any] | None = None
+    input_scale: Any = None
+    input_zero_point: Any = None
+
+
+def dense_model(config: Any, dtype: Any, state: Mapping[str, Any], quantized: set[str]) -> Any:
+    """A plain transformers model of ``config`` (its quantization_config dropped) at ``dtype``,
+    holding ``state`` (every tensor but the weights of the ``quantized`` Linears, which the writer
+    sets). Built without random initialisation; any other missing or unexpected tensor is an error."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(config)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers: random init, then overwritten
+        import contextlib
+
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    missing, unexpected = model.load_state_dict(dict(state), strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied and k.removesuffix(".weight") not in quantized]
+    if missing or unexpected:
+        raise LlmqError(f"Cannot rebuild the model for compressed-tensors: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}.")
+    model.tie_weights()
+    model.eval()
+    return model.to(torch.device("cpu"))
+
+
+def write_compressed(model: Any, layers: Mapping[str, LayerQuant], out: Path, tokenizer: Any = None) -> dict:
+    """Write ``model`` (dense; see :func:`dense_model`) with ``layers`` quantized as given into
+    ``out`` as a compressed-tensors folder; returns llmq.json's entries (the ``quantization_config``
+    written, ``serving``). One config group per distinct scheme; Linears not in ``layers`` (lm_head,
+    skipped ones) are listed in ``ignore``, as vLLM requires of every unquantized Linear."""
+    import torch
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
+                                                 QuantizationStatus, apply_quantization_config)
+
+    if not layers:
+        raise LlmqError("Nothing to export: no Linear is quantized.")
+    groups: dict[str, list[str]] = {}
+    args: dict[str, tuple] = {}
+    for name, lq in layers.items():
+        key = repr((sorted(lq.weights.items()), sorted((lq.input_activations or {}).items())))
+        groups.setdefault(key, []).append(name)
+        args[key] = (lq.weights, lq.input_activations)
+    single = len(groups) == 1
+    config_groups = {
+        f"group_{i}": QuantizationScheme(
+            targets=["Linear"] if single else names, weights=QuantizationArgs(**args[key][0]),
+            input_activations=QuantizationArgs(**args[key][1]) if args[key][1] else None)
+        for i, (key, names) in enumerate(groups.items())}
+    ignore = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in layers]
+    qcfg = QuantizationConfig(config_groups=config_groups, ignore=ignore,
+                              quantization_status=QuantizationStatus.FROZEN)
+    apply_quantization_config(model, qcfg, show_progress=False)
+    with torch.no_grad():
+        for name, lq in layers.items():
+            mod = model.get_submodule(name)
+            mod.weight = torch.nn.Parameter(lq.weight.float(), requires_grad=False)
+            for attr in ("weight_scale", "weight_zero_point", "input_scale", "input_zero_point"):
+                _set_qparam(mod, attr, getattr(lq, attr))
+            mod.quantization_status = QuantizationStatus.FROZEN
+    compressor = ModelCompressor.from_pretrained_model(model)
+    compressor.compress_model(model)
+    model.save_pretrained(out)
+    compressor.update_config(str(out))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    from llmq.models import read_json
+
+    qc = read_json(Path(out) / "config.json")["quantization_config"]
+    QuantizationConfig.model_validate(qc)  # what vLLM and transformers parse it with
+    return {"quantization_config": qc, "serving": serving_facts(model.config, layers)}
+
+
+def _set_qparam(mod: Any, attr: str, value: Any) -> None:
+    """Set a qparam ``apply_quantization_config`` created, keeping ``value``'s dtype (llmq's
+    scales: torchao's fp32, GPTQ's fp16); a value for a qparam the scheme has none of is an error."""
+    import torch
+
+    if value is None:
+        return
+    old = getattr(mod, attr, None)
+    if old is None:
+        raise LlmqError(f"compressed-tensors' scheme has no {attr} for this layer.")
+    value = value.detach().reshape(old.shape)
+    setattr(mod, attr, torch.nn.Parameter(value.to(old.dtype) if "zero_point" in attr else value,
+                                          requires_grad=False))
+
+
+def serving_facts(config: Any, layers: Mapping[str, LayerQuant]) -> dict[str, Any]:
+    """The tensor-parallel sizes (of 1, 2, 4, 8) the card offers ``vllm serve``: those dividing
+    the attention heads, the KV heads (or a multiple of them, vLLM then replicates KV heads) and the
+    MLP width, and keeping each quantization group of a split Linear whole."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_attention_heads", None)
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    inter = getattr(text, "intermediate_size", None)
+    head_dim = getattr(text, "head_dim", None) or ((text.hidden_size // heads) if heads else None)
+    group = max((lq.weights.get("group_size") or 0) for lq in layers.values())
+    sizes = []
+    for tp in TP_CANDIDATES:
+        if heads and heads % tp or kv and kv % tp and tp % kv or inter and inter % tp:
+            continue
+        if group and ((inter and inter // tp % group) or (heads and head_dim and heads * head_dim // tp % group)):
+            continue
+        sizes.append(tp)
+    return {"engine": "vllm", "tensor_parallel_sizes": sizes}
+
+
+def vllm_command(repo: str, meta: dict) -> tuple[str, str]:
+    """``vllm serve`` with the tensor-parallel flag, and the note saying which sizes fit."""
+    sizes = ((meta.get("serving") or {}).get("tensor_parallel_sizes")) or [1]
+    tp = max(sizes)
+    note = (f"--tensor-parallel-size N splits the model over N GPUs; this model's shapes allow N in "
+            f"{{{', '.join(map(str, sizes))}}} (of 1, 2, 4, 8: heads, KV heads, MLP width and quantization "
+            "groups must split evenly). ")
+    return f"vllm serve {repo} --tensor-parallel-size {tp}", note
+
+
+def layout_of(qc: Mapping[str, Any] | None) -> str:
+    """The compressed-tensors layout a ``quantization_config`` names, in words."""
+    fmt = (qc or {}).get("format") or ""
+    return KINDS.get(fmt, fmt or "compressed-tensors")
+
+
+class CompressedTensorsBackend(Backend):
+    """Loads compressed-tensors folders (llmq's exports and llm-compressor's) and writes their card.
+    It offers no scheme of its own: the plugins that quantize export into it."""
+
+    name = FORMAT
+    requires = (("compressed_tensors", "compressed-tensors"),)
+    extra = "compressed-tensors"
+    quant_methods = (FORMAT,)
+
+    @classmethod
+    def card_facts(cls, meta: dict, repo: str) -> CardFacts:
+        qc = meta.get("quantization_config") or {}
+        kind = layout_of(qc)
+        version = (meta.get("versions") or {}).get("compressed-tensors") or qc.get("version")
+        serve, tp_note = vllm_command(repo, meta)
+        hardware = {
+            "int-quantized": "vLLM runs W8A8 int8 with its CUTLASS int8 kernels (NVIDIA Turing and newer; the pick on "
+                             "Ampere, which has no FP8).",
+            "float-quantized": "vLLM runs FP8 W8A8 with FP8 tensor cores on Ada and Hopper (compute capability 8.9+); "
+                               "on Ampere it falls back to FP8 weight-only Marlin.",
+            "pack-quantized": "vLLM runs packed 4-bit weights with its Marlin kernels (Ampere and newer), the "
+                              "batch-1 latency pick; other kernels where Marlin's shape rules do not hold.",
+        }.get(qc.get("format"), "vLLM picks the kernel for this layout when it loads the folder.")
+        return CardFacts(
+            packages="transformers accelerate compressed-tensors", python=transformers_snippet(repo),
+            tags=["compressed-tensors", "vllm"],
+            hardware=hardware + " On CPU, transformers dequantizes the weights and quantizes activations in "
+                                "float (correct, not fast).",
+            note=(f"compressed-tensors {version} checkpoint ({kind}), written by llmq from its own "
+                  f"{meta.get('scheme')} weights: the same codes and scales, in the layout vLLM reads."),
+            serve=serve,
+            serve_note=tp_note + VLLM_NOTE,
+            rows=[("Checkpoint format", f"compressed-tensors, {qc.get('format')} ({kind})")])
