@@ -143,8 +143,10 @@ def reproduce_command(meta: dict) -> tuple[str, str | None]:
     from llmq.schemes import get_scheme
 
     sch = get_scheme(meta["scheme"])
-    defaults = sch.config().to_dict()
     cfg = dict(meta.get("config") or {})
+    fmt = cfg.pop("format", None)
+    fmt = fmt if fmt != sch.config().to_dict().get("format") else None  # e.g. AWQ's "gemm" is its default
+    defaults = sch.config(**({"format": fmt} if fmt else {})).to_dict()  # with the defaults that format sets
     src = meta.get("source") or {}
     args = ["python", "-m", "llmq", "run"]
     note = None
@@ -155,6 +157,8 @@ def reproduce_command(meta: dict) -> tuple[str, str | None]:
     args += ["--scheme", meta["scheme"]]
     if src.get("revision"):
         args += ["--revision", str(src["revision"])]
+    if fmt:
+        args += ["--format", str(fmt)]
     calibrated = "calibration" in defaults
     for key, value in cfg.items():
         if key not in defaults:

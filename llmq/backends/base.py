@@ -59,6 +59,9 @@ class Scheme:
     #: advisor: preference in each decision-tree situation ("cpu", "gpu_fits", "gpu_8bit",
     #: "gpu_4bit"), lower first; a situation not named ranks the scheme after every named one
     tree_rank: Mapping[str, float] = field(default_factory=dict)
+    #: how vLLM serves this scheme's folders (``llmq.advisor.serving``): "w8a8-fp8", "w8a8-int8",
+    #: "w4a16", "w8a16", "16-bit", or "" (no fast vLLM path)
+    serve_as: str = ""
 
     def config(self, **overrides: Any) -> Any:
         """The scheme's default config with the user's overrides applied and validated; a

@@ -57,7 +57,7 @@ class FP8Backend(CompressedTensorsBackend):
                "FP8 E4M3 weights per channel, FP8 activations per token at run time (compressed-tensors; vLLM)", "8",
                "GPU serving with vLLM: FP8 weights and activations on Hopper/Ada FP8 tensor cores, about half of bf16; "
                "on CPU only fake-quantized (quality, not speed)", True,
-               tree_rank={"cpu": 20, "gpu_fits": 7.5, "gpu_8bit": 0.5, "gpu_4bit": 6.5}),
+               tree_rank={"cpu": 20, "gpu_fits": 7.5, "gpu_8bit": 1.5, "gpu_4bit": 6.5}, serve_as="w8a8-fp8"),
     )
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:

@@ -153,12 +153,13 @@ class GPTQModelBackend(Backend):
     runs_in_memory = False
     schemes = tuple(
         Scheme(f"gptq-int{b}", "gptqmodel", GPTQConfig, {"bits": b}, b,
-               f"GPTQ {b}-bit weights (GPTQModel), calibrated", *_ROLE[b], True, _TREE[f"gptq-int{b}"])
+               f"GPTQ {b}-bit weights (GPTQModel), calibrated", *_ROLE[b], True, _TREE[f"gptq-int{b}"],
+               {4: "w4a16", 8: "w8a16"}.get(b, ""))
         for b in (4, 8, 3)
     ) + (
         Scheme("awq-int4", "gptqmodel", AWQConfig, {"bits": 4}, 4, "AWQ 4-bit weights, GEMM format (GPTQModel), calibrated",
                "4", "4-bit for serving (AWQ: vLLM, TGI, transformers)", True,
-               {"cpu": 5, "gpu_fits": 4, "gpu_8bit": 2, "gpu_4bit": 0}),
+               {"cpu": 5, "gpu_fits": 4, "gpu_8bit": 2, "gpu_4bit": 0}, "w4a16"),
     )
 
     @property

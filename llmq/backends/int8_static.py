@@ -303,7 +303,7 @@ class Int8StaticBackend(Backend):
                "torchao int8 weights and int8 activations with calibrated static scales (W8A8)", "8",
                "CPU: int8 weights and activations with static calibrated scales (torchao W8A8), about 4x "
                "smaller than fp32; needs calibration text",
-               tree_rank={"cpu": 0.7, "gpu_fits": 8.5, "gpu_8bit": 7.5, "gpu_4bit": 7.5}),
+               tree_rank={"cpu": 0.7, "gpu_fits": 8.5, "gpu_8bit": 7.5, "gpu_4bit": 7.5}, serve_as="w8a8-int8"),
     )
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:

@@ -56,7 +56,7 @@ class TorchAoBackend(Backend):
         Scheme("int8-dynamic", "torchao", Int8DynamicConfig, {}, 8,
                "torchao int8 weights per channel, int8 activations per token at run time", "8",
                "CPU: int8 weights and activations (torchao), the CPU pick",
-               tree_rank={"cpu": 0, "gpu_fits": 8, "gpu_8bit": 7, "gpu_4bit": 7}),
+               tree_rank={"cpu": 0, "gpu_fits": 8, "gpu_8bit": 7, "gpu_4bit": 7}, serve_as="w8a8-int8"),
     )
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:

@@ -57,7 +57,7 @@ class QATBackend(Backend):
                "QAT: int4 weights, group 32, symmetric (torchao fake quantization), saved as packed GPTQ", "4",
                f"4-bit weights that win back part of the rounding loss by training, run by GPTQModel's 4-bit "
                f"kernels; {_TRAINS}",
-               tree_rank={**_RANK_LAST, "cpu": 51, "gpu_4bit": 49}),
+               tree_rank={**_RANK_LAST, "cpu": 51, "gpu_4bit": 49}, serve_as="w4a16"),
         Scheme("qat-8da4w", "qat", QATConfig, {"bits": 4, "group_size": 32, "act_bits": 8}, 4,
                "QAT: int4 weights (group 32) with int8 dynamic per-token activations", "4",
                f"4-bit weights and int8 activations (ExecuTorch-style 8da4w); {_TRAINS}",
