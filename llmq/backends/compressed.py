@@ -173,6 +173,14 @@ def vllm_command(repo: str, meta: dict) -> tuple[str, str]:
     return f"vllm serve {repo} --tensor-parallel-size {tp}", note
 
 
+def needs_dequantize(qc: Mapping[str, Any]) -> bool:
+    """Whether a folder has asymmetric pack-quantized weight-only groups (see
+    ``CompressedTensorsBackend.load_kwargs``)."""
+    groups = [g for g in (qc.get("config_groups") or {}).values() if isinstance(g, dict)]
+    return any((g.get("weights") or {}).get("symmetric") is False and not g.get("input_activations")
+               and (g.get("format") or qc.get("format")) == "pack-quantized" for g in groups)
+
+
 def layout_of(qc: Mapping[str, Any] | None) -> str:
     """The compressed-tensors layout a ``quantization_config`` names, in words."""
     fmt = (qc or {}).get("format") or ""
@@ -187,6 +195,32 @@ class CompressedTensorsBackend(Backend):
     requires = (("compressed_tensors", "compressed-tensors"),)
     extra = "compressed-tensors"
     quant_methods = (FORMAT,)
+
+    @classmethod
+    def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
+        """Asymmetric packed weights (AWQ's zero points) load dequantized: transformers 5.25 with
+        compressed-tensors 0.20 builds their zero points unpacked on the meta device and then
+        refuses the packed checkpoint tensors (size mismatch; llm-compressor issue #1618).
+        Weight-only layers only, so the computation is the same."""
+        out = super().load_kwargs(path, quantization_config, device, kernel)
+        if needs_dequantize(quantization_config):
+            import warnings
+
+            from transformers import CompressedTensorsConfig
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out["quantization_config"] = CompressedTensorsConfig.from_dict({**quantization_config,
+                                                                                "dequantize": True})
+        return out
+
+    @classmethod
+    def load(cls, path: Path, **kwargs: Any) -> tuple[Any, Any]:
+        import warnings
+
+        with warnings.catch_warnings():  # transformers' note that load_kwargs' dequantize=True overrides the folder's
+            warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+            return super().load(path, **kwargs)
 
     @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:

@@ -69,6 +69,8 @@ def qat(model: str | os.PathLike | None, scheme: str = "qat-int4", *, data: Any 
     from llmq.backends.qat.config import QATConfig
 
     check_twin(options.get("objective", QATConfig.objective), fake_quant)  # the config itself is validated by quantize
+    if not fake_quant and options.get("format"):
+        raise ConfigError("the fp32 twin is not quantized: it has no compressed-tensors form; drop format.")
     if output is not None and not resume:
         check_output(output, overwrite)
     ckdir = Path(checkpoint_dir).expanduser() if checkpoint_dir else (
