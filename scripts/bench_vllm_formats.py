@@ -52,7 +52,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seqlen", type=int, default=1024)
     ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--out", default="eval/bench_vllm_formats")
+    ap.add_argument("--update", action="store_true", help="keep the other schemes' rows of <out>.json (each row "
+                                                          "records its own protocol)")
     args = ap.parse_args(argv)
+    args.kept = json.loads(Path(args.out).with_suffix(".json").read_text())["rows"] \
+        if args.update and Path(args.out).with_suffix(".json").is_file() else []
+    args.argv = " ".join(sys.argv[1:])
     os.environ.setdefault("LLMQ_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
     import torch
@@ -87,7 +92,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             qm = llmq.quantize(None, scheme, device="cpu", **own)
             qtime = time.perf_counter() - t0
-            row = {"scheme": scheme, "options": own, "time_s": round(qtime, 1)}
+            row = {"scheme": scheme, "options": own, "time_s": round(qtime, 1), "protocol": base.protocol,
+                   "original_ppl": base.value, "command": args.argv}
             if scheme != "fp8":
                 native = qm.save(Path(tmp) / "native")
                 row["native_format"] = json.loads((native / "llmq.json").read_text())["quantization_config"]["quant_method"]
@@ -112,17 +118,20 @@ def main(argv=None) -> int:
 
 
 def write(args, base, rows, torch) -> str:
+    new = {r["scheme"]: r for r in rows}
+    rows = [new.pop(r["scheme"], r) for r in args.kept] + list(new.values())
     md = ["| scheme | llmq's own format | its ppl | compressed-tensors layout | its ppl | CT vs own | vs fp32 | "
           "CT size (MB) |", "|---|---|---:|---|---:|---:|---:|---:|",
-          f"| original (fp32) | | {base.value:.4f} | | | | | |"]
+          ]
     for r in rows:
         own = (f"{r['native_format']} | {r['native_ppl']:.4f}" if "native_ppl" in r else "— | —")
         rel = f"{r['ct_vs_native_pct']:+.3f}%" if "ct_vs_native_pct" in r else "—"
         md.append(f"| {r['scheme']} | {own} | {r['ct_format']} | {r['ct_ppl']:.4f} | {rel} | "
-                  f"{r['ct_vs_fp32_pct']:+.2f}% | {r['ct_size_bytes'] / 1e6:.1f} |")
+                  f"{r['ct_vs_fp32_pct']:+.2f}% (fp32 {r['original_ppl']:.4f}, {r['protocol'].split('windows=')[1].split(',')[0]} windows) | "
+                  f"{r['ct_size_bytes'] / 1e6:.1f} |")
     table = "\n".join(md)
-    result = {"command": "LLMQ_DATA_DIR=../shared/data python scripts/bench_vllm_formats.py " + " ".join(sys.argv[1:]),
-              "protocol": base.protocol, "original_ppl": base.value,
+    result = {"command": "LLMQ_DATA_DIR=../shared/data python scripts/bench_vllm_formats.py [row's command]",
+              "note": "each row records its protocol, the fp32 perplexity under it, and its command line",
               "calibration": {"source": "wikitext2 (valid split)", "n_samples": args.n_samples,
                               "awq_n_samples": args.awq_n_samples, "group_size": args.group_size},
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__},
@@ -130,7 +139,8 @@ def write(args, base, rows, torch) -> str:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(f"Protocol: {base.protocol}\n\n{table}\n")
+    out.with_suffix(".md").write_text(f"Protocol: WikiText-2 test, seqlen 1024, the windows each row names, fp32 "
+                                      f"activations\n\n{table}\n")
     return table
 
 

@@ -213,3 +213,10 @@ def test_serving_facts_keep_heads_and_groups_whole():
     g = LayerQuant({"group_size": 128}, None, None)
     cfg.intermediate_size = 1536  # 1536 / 8 = 192: not a whole number of 128-groups
     assert serving_facts(cfg, {"a": g})["tensor_parallel_sizes"] == [1, 2, 4]
+
+
+def test_bench_runs_the_exported_folder(dyn):
+    from llmq.benchmark import bench_one
+
+    rows = bench_one(str(dyn[1]), prompt_tokens=8, new_tokens=4, batch_sizes=(1,), samples=1)
+    assert len(rows) == 1 and rows[0].decode_tok_s > 0
