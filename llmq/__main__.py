@@ -1,3 +1,3 @@
-from llmq.cli import main
+from llmq.cli import entry
 
-raise SystemExit(main())
+entry()

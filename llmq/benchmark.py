@@ -42,6 +42,10 @@ from typing import Any, Callable, Protocol, Sequence
 from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
 
 
+#: how a worker child reports an ``LlmqError`` on stderr, for the parent to show as its one line
+ERROR_PREFIX = "LLMQ_BENCH_ERROR "
+
+
 class BenchTimeout(LlmqError):
     """A model's bench child ran past ``timeout``; ``rows`` holds the batch sizes it finished."""
 
@@ -151,6 +155,8 @@ class TorchRunner:
         t0 = time.perf_counter()
         self.model, self.tok = load(folder, device=self.device)
         on_cpu = str(self.device).startswith("cpu")
+        cfg = getattr(self.model, "config", None)
+        self.max_context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         compiled = self.mode == "compile" or (self.mode == "auto" and on_cpu and is_torchao_quantized(self.model))
         if compiled:
             compile_for_cpu(self.model)
@@ -254,6 +260,11 @@ def bench_one(spec: str, *, prompt_tokens: int = 512, new_tokens: int = 128, bat
     if threads:
         torch.set_num_threads(threads)
     runner = _runner_for(spec, device, threads)
+    most = getattr(runner, "max_batch", None)
+    fits = [b for b in batch_sizes if most is None or b <= most]
+    if not fits:
+        raise ConfigError(f"bench {spec}: its runtime runs batch sizes up to {most}; "
+                          f"--batch-sizes {','.join(map(str, batch_sizes))} leaves nothing to measure.")
     load_s, mode = runner.load()
     size = getattr(runner, "size_mb", None)
     folder = getattr(runner, "folder", None)
@@ -262,10 +273,14 @@ def bench_one(spec: str, *, prompt_tokens: int = 512, new_tokens: int = 128, bat
 
         size = folder_size(folder) / 1e6
     tok = getattr(runner, "tok", None)
+    ctx = getattr(runner, "max_context", None)
+    if ctx and prompt_tokens + new_tokens > ctx:
+        raise ConfigError(f"bench {spec}: prompt + new tokens ({prompt_tokens} + {new_tokens}) exceed the model's "
+                          f"context of {ctx} tokens; lower --prompt-tokens or --new-tokens.")
     rows = []
     for b in batch_sizes:
-        if b > getattr(runner, "max_batch", b):
-            continue  # e.g. llama.cpp's runner: batch 1 only (the table shows no row)
+        if b not in fits:
+            continue  # e.g. llama.cpp's runner: batch 1 only (the table shows no row for 8)
         prompt = _prompt(tok, prompt_tokens, b) if tok is not None else [[1] * prompt_tokens] * b
         _gpu_peak(device, reset=True)
         t0 = time.perf_counter()
@@ -297,6 +312,8 @@ def bench(models: Sequence[str], *, prompt_tokens: int = 512, new_tokens: int = 
         raise ConfigError("bench needs prompt_tokens >= 1 and new_tokens >= 2.")
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples!r}.")
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ConfigError(f"batch sizes must be positive integers (at least one), got {list(batch_sizes)!r}.")
     kw = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_sizes=tuple(batch_sizes), threads=threads,
               device=device, samples=samples)
     if timeout is not None and (not isolate or timeout <= 0):
@@ -318,8 +335,11 @@ def bench(models: Sequence[str], *, prompt_tokens: int = 512, new_tokens: int = 
                 raise BenchTimeout(f"bench of {m} ran past {timeout:g} s ({len(done)} of {len(batch_sizes)} batch "
                                    "sizes done).", rows) from None
             if out.returncode != 0:
-                tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
-                raise ConfigError(f"bench of {m} failed: {tail[0]}")
+                lines = (out.stderr or out.stdout).strip().splitlines()
+                ours = [ln[len(ERROR_PREFIX):] for ln in lines if ln.startswith(ERROR_PREFIX)]
+                if ours:  # a one-line error of llmq's own, already phrased for the user
+                    raise ConfigError(ours[-1])
+                raise ConfigError(f"bench of {m} failed: {(lines or ['no output'])[-1]}")
             rows += _child_rows(out.stdout)
         else:
             rows += bench_one(m, **kw)
@@ -370,7 +390,11 @@ def format_table(rows: Sequence[BenchRow]) -> str:
 def _worker(arg: str) -> None:
     kw = json.loads(arg)
     spec = kw.pop("spec")
-    bench_one(spec, **kw, on_row=lambda r: print("LLMQ_BENCH_ROW " + json.dumps(r.to_dict()), flush=True))
+    try:
+        bench_one(spec, **kw, on_row=lambda r: print("LLMQ_BENCH_ROW " + json.dumps(r.to_dict()), flush=True))
+    except LlmqError as e:  # the parent shows the child's last stderr line: make it this one
+        print(f"{ERROR_PREFIX}{e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through bench(isolate=True)

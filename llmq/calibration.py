@@ -19,6 +19,8 @@ from llmq.hub import hub_error
 from llmq.errors import CalibrationError, LlmqError
 
 NAMED = ("wikitext2", "c4", "pileval", "builtin")
+#: file types read as text (checked by ``llmq.safety.check_text_file``, as perplexity and task files are)
+TEXT_SUFFIXES = (".txt", ".raw", ".tokens", ".md", ".jsonl", ".json")
 MAX_CHARS = 40_000_000
 
 
@@ -35,11 +37,15 @@ def _read_file(path: Path, field: str = "text") -> list[str]:
     if not path.is_file():
         raise CalibrationError(f"Calibration file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        from llmq.safety import check_text_file
+
+        check_text_file(path)
     if suffix in (".txt", ".raw", ".tokens", ".md"):
         return [path.read_text(encoding="utf-8", errors="replace")]
     if suffix in (".jsonl", ".json"):
         texts = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for i, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -156,7 +162,7 @@ def validate_source(source: Any) -> None:
         if path.suffix or "/" in text:
             if not path.is_file():
                 raise CalibrationError(f"Calibration file not found: {path}")
-            if path.suffix.lower() in (".txt", ".raw", ".tokens", ".md"):
+            if path.suffix.lower() in TEXT_SUFFIXES:
                 from llmq.safety import check_text_file
 
                 check_text_file(path)

@@ -14,7 +14,7 @@ from llmq.hub import check_repo_id
 from llmq.modelcard import (
     CARD_FILE, LLMQ_URL, card_facts, eval_results, eval_rows, gate_summary, gguf_file, hub_base_model, install_spec,
     license_text, limitations, original_label, read_folder, reproduce_command, source_text, tags_for, usage,
-    base_license, protocol_items,
+    base_license, protocol_items, verification_text,
 )
 
 TEMPLATE = "modelcard.md"
@@ -47,8 +47,16 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
     bits = meta.get("bits")
     summary = f"{base_md} quantized with the **{meta['scheme']}** scheme of [llmq]({LLMQ_URL}): {sch.description}."
     gguf = gguf_file(meta)
+    qc = meta.get("quantization_config") or {}
+    requantized = bool(gguf) and qc.get("source_format") == "gguf"  # llama.cpp read the .gguf itself
     gguf_note = None
-    if gguf:
+    if requantized:
+        gguf_note = (f"llama.cpp requantized the GGUF file `{gguf}` ({qc.get('source_ftype') or 'type not recorded'}) "
+                     f"to {qc.get('ftype')} directly, keeping its metadata and tokenizer. \"Original\" on this card "
+                     "means that file." + (" Its tensors were already quantized, so this file carries both rounding "
+                                           "errors; converting from an F32/F16 or safetensors release of the model "
+                                           "gives better quality." if qc.get("requantized") else ""))
+    elif gguf:
         gguf_note = (f"llmq started from weights dequantized from the GGUF file `{gguf}`, not from "
                      f"{base_md}'s original safetensors release. \"Original\" on this card means those dequantized "
                      "weights, which already carry the GGUF quantization's error.")
@@ -67,6 +75,7 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
         ("Source", source_text(meta)),
         ("Parameters", fmt_int(meta.get("parameters"))),
         ("Calibration", cal),
+        ("Verified", verification_text(meta)),
         *card_facts(meta).rows,  # the plugin's own rows (QAT: trained on what, how many steps)
         ("Quantized on", f"`{meta.get('device')}`"),
         ("Wall time (s)", fmt_float(meta.get("wall_time_s"), 2)),
@@ -74,7 +83,7 @@ def card_parts(path: Path, meta: dict, report: dict | None, *, repo_id: str | No
         ("Created", str(meta.get("created", "not recorded"))),
     ]
     sb = meta.get("size_bytes") or {}
-    orig_label = "Original" + (" (dequantized from GGUF)" if gguf else "")
+    orig_label = "Original" + (" (the GGUF file)" if requantized else " (dequantized from GGUF)" if gguf else "")
     size_rows = [(orig_label, fmt_bytes(sb.get("before"))), ("Quantized", fmt_bytes(sb.get("after"))),
                  ("Compression ratio", f"{meta['compression_ratio']}x" if meta.get("compression_ratio") else "not measured")]
 
@@ -137,10 +146,35 @@ def render_card(folder: str | os.PathLike, *, repo_id: str | None = None, licens
     data, ctx = card_parts(path, meta, report, repo_id=repo_id, license=license, quantized_by=quantized_by,
                            lookup_license=lookup_license, token=token)
     tpl = Path(template) if template else template_path()
+    text = load_template(tpl)
+    try:
+        card = ModelCard.from_template(data, template_str=text, **ctx)
+    except Exception as e:  # noqa: BLE001 - jinja2 errors raised while rendering (undefined filters, ...)
+        import jinja2
+
+        if not isinstance(e, jinja2.TemplateError):
+            raise
+        raise LlmqError(f"Model card template {tpl} failed to render: {e}.") from None
+    return str(card)
+
+
+def load_template(template: str | os.PathLike) -> str:
+    """A card template's text after Jinja has parsed it: a syntax error is one line naming the file
+    and line, checked before a push touches the network or the folder."""
+    import jinja2
+
+    tpl = Path(template).expanduser()
     if not tpl.is_file():
         raise LlmqError(f"Model card template not found: {tpl}")
-    card = ModelCard.from_template(data, template_str=tpl.read_text(encoding="utf-8"), **ctx)
-    return str(card)
+    try:
+        text = tpl.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LlmqError(f"Model card template {tpl} is not UTF-8 text.") from None
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise LlmqError(f"Model card template {tpl} line {e.lineno}: {e.message} (Jinja syntax).") from None
+    return text
 
 
 def write_card(folder: str | os.PathLike, text: str) -> Path:

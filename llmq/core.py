@@ -16,7 +16,7 @@ from typing import Any
 from llmq import calibration as calib_mod
 from llmq.backends.base import Backend, package_version
 from llmq.config import CalibratedConfig, SchemeConfig
-from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
+from llmq.errors import ConfigError, LlmqError, ModelNotFoundError, UnsupportedModelError
 from llmq.io import atomic_dir, check_output, write_json
 from llmq.meta import META_FILE
 from llmq.models import ModelSource, check_no_missing_weights, count_parameters, folder_size, resolve_model
@@ -49,6 +49,8 @@ class QuantizedModel:
     calibration: dict | None = None
     saved_to: Path | None = None
     meta: dict = field(default_factory=dict)
+    #: ``llmq.verify``'s result for the saved folder (``{"skipped": True, ...}`` with ``verify=False``)
+    verification: dict | None = None
 
     _reloaded: Any = field(default=None, repr=False)
 
@@ -57,16 +59,18 @@ class QuantizedModel:
         """A ``transformers`` model to run. Where the plugin says the model ``quantize`` returned
         cannot run as one (``Backend.runs_in_memory``), the saved folder is loaded instead, saving
         to a temporary one if needed."""
-        if self.backend.runs_in_memory:
+        from llmq.streaming import WrittenOutput
+
+        if self.backend.runs_in_memory and not isinstance(self.model, WrittenOutput):
             return self.model
         if self._reloaded is None:
             if self.saved_to is None:
                 import atexit
-                import shutil
-                import tempfile
 
-                tmp = Path(tempfile.mkdtemp(prefix="llmq-"))
-                atexit.register(shutil.rmtree, tmp, True)
+                from llmq.owners import make_scratch, remove_entry
+
+                tmp = make_scratch("unsaved-model")  # removed at exit; after a kill -9, by the next llmq run
+                atexit.register(remove_entry, tmp)
                 self.backend.write(self.model, self.tokenizer, tmp)
                 path = tmp
             else:
@@ -108,30 +112,100 @@ class QuantizedModel:
                 **self.backend.versions(),
             },
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "verification": self.verification,
             **self.backend.extra_metadata(),
         }
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False, *, format: str | None = None) -> Path:
-        """Write the plugin's output and ``llmq.json`` to a temp folder, then rename. ``format``:
-        write this same quantization in another checkpoint format (e.g. ``"compressed-tensors"``)
-        where the config allows it (checked first); the config recorded in llmq.json names it."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False, verify: bool = True, *,
+             format: str | None = None) -> Path:
+        """Write the plugin's output and ``llmq.json`` to a temp folder, check that folder against the
+        original (``llmq.verify``: KL divergence and top-1 agreement on fixed text, bound by the
+        scheme's ``Backend.verify_bound``; ``verify=False`` skips it and says so in ``llmq.json``),
+        then rename. An output beyond its bound is not saved to ``path``: it is moved to
+        ``<path>.rejected`` (its ``llmq.json`` says why) and ``VerificationError`` is raised.
+        ``format``: write this same quantization in another checkpoint format (e.g.
+        ``"compressed-tensors"``) where the config allows it (checked first); the config recorded in
+        llmq.json names it, and the verification measures the exported folder."""
+        from llmq.verify import VerificationError, summary
+
         if format is not None and format != getattr(self.config, "format", None):
             kept = self.config, self.backend.config
             self.config = self.backend.config = self.config.with_overrides(format=format)
             try:
-                return self.save(path, overwrite)
+                return self.save(path, overwrite, verify)
             finally:
                 self.config, self.backend.config = kept
+        out = Path(path).expanduser()
         with atomic_dir(path, overwrite=overwrite, inputs=(self.source.path,)) as tmp:
             written = self.backend.write(self.model, self.tokenizer, tmp)
             missing = self.backend.missing_files(tmp)
             if missing:
                 raise LlmqError(f"The {self.scheme.backend} backend wrote no {' and no '.join(missing)}.")
             self.backend.verify_output(tmp, f"The {self.scheme.name} result")  # e.g. fp16 scales = inf
+            self.verification = self._verify(tmp) if verify else {"skipped": True, "reason": "verify=False, --no-verify"}
             self.meta = {**self.metadata(folder_size(tmp, self.backend.weight_patterns)), **written}
             write_json(tmp / META_FILE, self.meta)
-        self.saved_to = Path(path).expanduser()
+            if not self.verification.get("skipped") and not self.verification["passed"]:
+                kept = _keep_aside(tmp, out)
+                raise VerificationError(f"{summary(self.verification)}. The output was kept at {kept}, not saved "
+                                        f"to {out} (--no-verify skips the check).",
+                                        self.verification, kept, self.meta)
+        self.saved_to = out
         return self.saved_to
+
+    def _verify(self, folder: Path) -> dict:
+        from llmq.verify import verify
+
+        original = self.source.path if self.source.kind == "gguf" else self.source.local_dir()  # a .gguf: as it is
+        too_big = _too_big_to_compare(Path(original), self.device)
+        if too_big:
+            return {"skipped": True, "reason": too_big}
+        return verify(original, folder, scheme=self.scheme.name,
+                      bound=self.backend.verify_bound(self.scheme), device=self.device, tokenizer=self.tokenizer,
+                      trust_remote_code=self.source.trust_remote_code)
+
+
+def _too_big_to_compare(original: Path, device: str) -> str | None:
+    """Why the original cannot be run here for the verification (a model streamed because it is
+    larger than RAM: loading it whole to compare would be killed for memory), or None. A ``.gguf``
+    runs memory-mapped on llama.cpp; a GPU run loads it on the GPU."""
+    from llmq import hardware
+    from llmq.models import read_json
+
+    if not device.startswith("cpu") or not original.is_dir():
+        return None
+    cfg = read_json(original / "config.json") if (original / "config.json").is_file() else {}
+    saved = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("dtype")
+    need = folder_size(original, ("*.safetensors",)) * (2 if saved == "float16" else 1) / hardware.GB  # fp16: fp32 on CPU
+    avail = hardware.ram_gb()[1] or hardware.ram_gb()[0]
+    if need <= 0.7 * avail:
+        return None
+    return (f"the original needs about {need:.1f} GiB of RAM to run and {avail:.1f} GiB is available; compare it on a "
+            "larger machine with `llmq compare --original SOURCE --quantized OUTPUT`")
+
+
+def _keep_aside(tmp: Path, out: Path) -> Path:
+    """Move a rejected output to ``<out>.rejected``, replacing only an earlier rejection of llmq's
+    (a folder whose ``llmq.json`` records a failed verification); anything else there is kept and a
+    numbered name is used instead."""
+    import json
+    import shutil
+
+    dest = out.with_name(out.name + ".rejected")
+    n = 1
+    while dest.exists():
+        try:
+            old = json.loads((dest / META_FILE).read_text())
+            ours = (old.get("verification") or {}).get("passed") is False
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if ours:
+            shutil.rmtree(dest)
+            break
+        n += 1
+        dest = out.with_name(f"{out.name}.rejected-{n}")
+    os.replace(tmp, dest)
+    return dest
 
 
 def _jsonable(x: Any) -> Any:
@@ -163,7 +237,13 @@ def prepare(model: str | None, scheme: str, *, device: str | None = None, revisi
     backend_cls.validate_environment(sch.name, device)
     source = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     source.config()
-    backend_cls(sch, cfg).validate_model(source)
+    try:
+        backend_cls(sch, cfg).validate_model(source)
+    except UnsupportedModelError as e:
+        from llmq.schemes import alternatives
+
+        alt = alternatives(sch, source.config(), trust_remote_code=source.trust_remote_code)
+        raise UnsupportedModelError(f"{str(e).rstrip('.')}; {alt} (llmq schemes --model {source.name}).") from None
     if getattr(cfg, "skip_modules", None):
         from llmq.models import linear_shapes
 
@@ -188,14 +268,19 @@ def quantize(model: str | os.PathLike | None, scheme: str, *, device: str | None
     backend = backend_cls(sch, cfg, plugin_options)
     calib = None
     tokenizer = source.tokenizer()
-    if _takes_calibration(type(cfg)) and cfg.calibration is not None:
-        calib = calib_mod.build(cfg.calibration, tokenizer, n_samples=cfg.n_samples, seqlen=cfg.seqlen, seed=cfg.seed)
-    model_dir = source.local_dir()
     from llmq import safety
 
-    check_no_missing_weights(model_dir, source.config(), trust_remote_code=source.trust_remote_code)
-    safety.check_finite_safetensors(model_dir, f"The source model {source.name}")
-    size_before = folder_size(model_dir)
+    safety.check_vocab(tokenizer, source.config(), f"The model {source.name}")
+    if _takes_calibration(type(cfg)) and cfg.calibration is not None:
+        calib = calib_mod.build(cfg.calibration, tokenizer, n_samples=cfg.n_samples, seqlen=cfg.seqlen, seed=cfg.seed)
+    model_dir = backend.source_file(source)  # e.g. a .gguf that llama.cpp requantizes as it is
+    if model_dir is not None:
+        size_before = model_dir.stat().st_size
+    else:
+        model_dir = source.local_dir()
+        check_no_missing_weights(model_dir, source.config(), trust_remote_code=source.trust_remote_code)
+        safety.check_finite_safetensors(model_dir, f"The source model {source.name}")
+        size_before = folder_size(model_dir)
     t0 = time.perf_counter()
     qmodel = backend.quantize(model_dir, calib, device)
     wall = time.perf_counter() - t0
@@ -230,10 +315,9 @@ def load(path: str | os.PathLike, *, device: str | None = None, dtype: Any = "au
     plugin = plugin_of_folder(path)
     if plugin is Backend and not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
-    if path.is_dir():
-        from llmq import safety
+    from llmq import safety
 
-        safety.refuse_remote_code(path, trust_remote_code)
+    safety.refuse_remote_code(path, trust_remote_code)  # a folder, or the folder beside a .gguf file
     kwargs: dict[str, Any] = {}
     if trust_remote_code:  # only plugins whose runtime can run a folder's own Python take the flag
         import inspect

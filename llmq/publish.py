@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmq.cardrender import GENERATED_MARK, card_parts, render_card, template_path, write_card
+from llmq.cardrender import GENERATED_MARK, card_parts, load_template, render_card, template_path, write_card
 from llmq.errors import ConfigError, LlmqError, ModelNotFoundError
 from llmq.hub import check_repo_id, hub_error
 from llmq.modelcard import (  # noqa: F401 - the card's pieces, under their old address
@@ -82,6 +82,8 @@ def push(folder: str | os.PathLike, repo_id: str, *, private: bool = False, toke
     not have is refused unless ``overwrite`` (which deletes them) or ``revision`` (a branch) is given."""
     path, meta, _ = read_folder(folder)
     check_repo_id(repo_id)
+    if template is not None:
+        load_template(template)  # a broken template fails before the network and the folder are touched
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise ConfigError("revision must be a branch name.")
     notes: list[str] = []

@@ -1,4 +1,5 @@
-"""Input guards that turn dangerous or meaningless input into one-line errors before work starts.
+"""Input guards that turn dangerous or meaningless input into one-line errors before work starts
+(the checks that read only file headers are ``llmq.weightfiles``).
 
 Each guard is a plain function with no llmq state, so a scheme plugin or a loader calls it at the
 point where the fact is known (config read, headers read, tensors produced). Torch is imported only
@@ -15,19 +16,28 @@ import struct
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from llmq.errors import CalibrationError, ConfigError, CorruptModelError, RemoteCodeError
+from llmq.errors import ConfigError, CorruptModelError, DataError, RemoteCodeError
+from llmq.weightfiles import safetensors_header
 
 #: Python files transformers imports for ``auto_map`` models
 _CODE_GLOBS = ("modeling_*.py", "configuration_*.py", "tokenization_*.py", "processing_*.py", "image_processing_*.py")
 
 
 # -- foreign code -----------------------------------------------------------------------------------
+def code_folder(path: str | os.PathLike) -> Path:
+    """The folder transformers would read beside ``path``: the path itself, or a file's folder (a
+    ``.gguf``: transformers looks for ``tokenizer_config.json`` next to it)."""
+    path = Path(path).expanduser()
+    return path if path.is_dir() or not path.exists() else path.parent
+
+
 def remote_code_reason(path: str | os.PathLike) -> str | None:
-    """Why ``path`` (a local model folder) would run its own Python under transformers, or None.
-    ``auto_map`` in config.json / tokenizer_config.json is what makes transformers import it."""
-    path = Path(path)
+    """Why ``path`` (a local model folder, or a file in one) would run its own Python under
+    transformers, or None. ``auto_map`` in config.json / tokenizer_config.json is what makes
+    transformers import it; shipped ``modeling_*.py``-style files are refused too."""
+    path = code_folder(path)
     reasons = []
-    for name in ("config.json", "tokenizer_config.json", "preprocessor_config.json"):
+    for name in ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json"):
         f = path / name
         if f.is_file():
             try:
@@ -42,70 +52,17 @@ def remote_code_reason(path: str | os.PathLike) -> str | None:
     return "; ".join(reasons) or None
 
 
-def refuse_remote_code(path: str | os.PathLike, trust_remote_code: bool) -> None:
-    """Raise unless the folder carries no custom code or the user opted in. Called on every local
-    model path before any transformers ``from_pretrained`` (which would otherwise prompt or import)."""
+def refuse_remote_code(path: str | os.PathLike, trust_remote_code: bool, what: str | None = None) -> None:
+    """The one foreign-code guard: raise unless the folder (a file's folder for a ``.gguf``) carries
+    no custom code or the user opted in. Every source kind passes it before transformers reads it
+    (``llmq.models``: a folder, a ``.gguf``'s folder, a Hub repo's configs; ``llmq.core.load``)."""
     if trust_remote_code:
         return
     reason = remote_code_reason(path)
     if reason:
         raise RemoteCodeError(
-            f"{path} contains custom model code ({reason}); llmq does not run it unless you pass "
+            f"{what or path} contains custom model code ({reason}); llmq does not run it unless you pass "
             "--trust-remote-code (trust_remote_code=True) after reading that code.")
-
-
-# -- safetensors files ------------------------------------------------------------------------------
-def safetensors_header(path: str | os.PathLike) -> dict:
-    """The JSON header of a safetensors file, after checking that the file is complete (every
-    tensor's byte range inside the file). Reads the header only."""
-    path = Path(path)
-    size = path.stat().st_size
-    bad = f"{path} is not a valid safetensors file"
-    if size < 8:
-        raise CorruptModelError(f"{bad}: it is {size} bytes (truncated or empty); re-download or re-save it.")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n == 0 or 8 + n > size or n > 100 << 20:
-            raise CorruptModelError(f"{bad}: its header length ({n}) does not fit the file ({size} bytes).")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise CorruptModelError(f"{bad}: its header is not JSON (garbage or a different format).") from None
-    if not isinstance(header, dict):
-        raise CorruptModelError(f"{bad}: its header is not a JSON object.")
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            lo, hi = info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise CorruptModelError(f"{bad}: tensor {name!r} has no data_offsets.") from None
-        end = max(end, int(hi))
-    if 8 + n + end > size:
-        raise CorruptModelError(f"{bad}: it is truncated ({size} bytes, the header needs {8 + n + end}).")
-    return header
-
-
-def check_safetensors_folder(path: str | os.PathLike) -> list[str]:
-    """Validate every ``*.safetensors`` in a model folder (headers and lengths, no tensor reads) and
-    the shard index if there is one; return the tensor names."""
-    path = Path(path)
-    files = sorted(path.glob("*.safetensors"))
-    names: list[str] = []
-    for f in files:
-        names += [k for k in safetensors_header(f) if k != "__metadata__"]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            wm = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError):
-            raise CorruptModelError(f"{index} is not a valid shard index (no weight_map).") from None
-        missing = sorted({v for v in wm.values() if not (path / v).is_file()})
-        if missing:
-            raise CorruptModelError(f"{index} names shards that are missing: {', '.join(missing[:3])}.")
-    return names
 
 
 # -- non-finite values ------------------------------------------------------------------------------
@@ -200,46 +157,20 @@ def check_finite_logits(logits: Any, what: str) -> None:
         raise CorruptModelError(f"{what} produced NaN or Inf logits; its weights are broken, so it is not scored.")
 
 
-# -- weights the checkpoint does not have -----------------------------------------------------------
-def missing_weights(expected: Iterable[str], present: Iterable[str], base_prefix: str = "") -> list[str]:
-    """Parameters a model class expects that a checkpoint lacks (transformers would initialise them
-    randomly). ``base_prefix`` (e.g. ``"bert"``) lets a headless checkpoint match ``bert.*`` names."""
-    present = set(present)
-    out = []
-    for k in expected:
-        if k in present:
-            continue
-        if base_prefix and k.startswith(base_prefix + ".") and k[len(base_prefix) + 1:] in present:
-            continue
-        if base_prefix and f"{base_prefix}.{k}" in present:
-            continue
-        out.append(k)
-    return out
-
-
-def check_loading_info(info: Mapping[str, Any], what: str) -> None:
-    """After ``from_pretrained(..., output_loading_info=True)``: refuse newly initialised weights."""
-    missing = sorted(info.get("missing_keys") or [])
-    mismatched = info.get("mismatched_keys") or []
-    if missing or mismatched:
-        names = missing or [str(m[0]) if isinstance(m, (tuple, list)) else str(m) for m in mismatched]
-        raise CorruptModelError(f"{what}: transformers newly initialised {', '.join(names[:3])}"
-                                f"{' ...' if len(names) > 3 else ''}; these weights are not in the checkpoint.")
-
-
-# -- calibration text -------------------------------------------------------------------------------
+# -- text data (calibration, perplexity, task files) -------------------------------------------------
 def check_text(text: str, source: str, min_printable: float = 0.9) -> None:
     """Random bytes decode (with replacement) into mostly control and replacement characters; real
-    text in any language is mostly printable. Checks the first 64 KB."""
+    text in any language is mostly printable. Checks the first 64 KB. The one check for every text
+    llmq reads: calibration and training data, perplexity text, task files."""
     sample = text[:65536]
     if not sample.strip():
-        raise CalibrationError(f"{source} holds no text.")
+        raise DataError(f"{source} holds no text.")
     ok = sum(1 for c in sample if (c.isprintable() or c in "\n\r\t") and c != "\ufffd")
     share = ok / len(sample)
     if share < min_printable:
-        raise CalibrationError(
+        raise DataError(
             f"{source} does not look like text ({100 * (1 - share):.0f}% of its characters are control bytes or "
-            "invalid UTF-8); calibrate on real text (.txt in UTF-8, .jsonl with a text field, or .parquet).")
+            "invalid UTF-8); pass UTF-8 text (.txt, or .jsonl with text fields).")
 
 
 def check_text_file(path: str | os.PathLike) -> None:
@@ -343,11 +274,40 @@ def check_report_dir(path: str | os.PathLike | None) -> None:
     check_writable(p)
 
 
+def vocab_rows(model_or_config: Any) -> int | None:
+    """How many token ids a model's embedding table holds (its loaded table, else ``vocab_size``)."""
+    get = getattr(model_or_config, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    if emb is not None and getattr(emb, "num_embeddings", None):
+        return int(emb.num_embeddings)
+    cfg = getattr(model_or_config, "config", model_or_config)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    v = getattr(text, "vocab_size", None)
+    return int(v) if isinstance(v, int) and v > 0 else None
+
+
+def check_vocab(tokenizer: Any, model_or_config: Any, what: str) -> None:
+    """Every id the tokenizer can produce must index the embedding table: a tokenizer larger than
+    the model's vocabulary turns some text into an IndexError deep in a forward pass (or a read past
+    the table in a kernel)."""
+    rows = vocab_rows(model_or_config)
+    try:
+        n = max(tokenizer.get_vocab().values()) + 1
+    except (AttributeError, TypeError, ValueError):
+        n = len(tokenizer)
+    if rows is not None and n > rows:
+        raise CorruptModelError(
+            f"{what}: its tokenizer has {n} token ids but the embedding table holds {rows} (vocab_size); text "
+            f"with ids {rows}..{n - 1} cannot be run. The tokenizer does not belong to these weights.")
+
+
 def check_model_output(model: Any, tokenizer: Any, what: str, text: str = "The quick brown fox jumps over") -> None:
-    """One short forward pass before scoring: NaN/Inf weights show up as non-finite logits, and a
-    model that produces them must fail rather than report perplexity ``nan`` and argmax-0 accuracy."""
+    """Before scoring: the tokenizer fits the embeddings (``check_vocab``), and one short forward
+    pass: NaN/Inf weights show up as non-finite logits, and a model that produces them must fail
+    rather than report perplexity ``nan`` and argmax-0 accuracy."""
     import torch
 
+    check_vocab(tokenizer, model, what)
     enc = tokenizer(text, return_tensors="pt")
     dev = next(model.parameters()).device
     with torch.inference_mode():

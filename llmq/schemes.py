@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmq.backends.base import Backend, Scheme
-from llmq.errors import UnknownNameError
+from llmq.errors import LlmqError, UnknownNameError
 from llmq.registry import Registry
 
 #: plugin name -> "module:Class"; imported on first use only.
@@ -107,3 +107,47 @@ def plugin_of_folder(path: Any) -> type[Backend]:
     cfg = path / "config.json"
     method = (read_json(cfg).get("quantization_config") or {}).get("quant_method") if cfg.is_file() else None
     return plugin_for_method(method)
+
+
+NOT_INSTALLED = "not installed"
+
+
+def support(config: Any, *, trust_remote_code: bool = False) -> dict[str, str | None]:
+    """``{scheme: None if it can quantize a model of ``config`` with its defaults, else why not}``,
+    from the config alone (no weights): each plugin's ``Backend.unsupported`` and ``misfit``, and the
+    packages this install lacks."""
+    out: dict[str, str | None] = {}
+    for name in SCHEMES.names():
+        s = SCHEMES.get(name)
+        cls = s.backend_cls()
+        if cls.missing_packages():  # its checks may need the package (GGUF: llama.cpp's converter)
+            out[name] = f"{NOT_INSTALLED}: pip install 'llmq[{cls.extra or 'all'}]'"
+            continue
+        b = cls(s, s.config())
+        try:
+            out[name] = (b.unsupported(config, trust_remote_code=trust_remote_code)
+                         or b.misfit(config, trust_remote_code=trust_remote_code))
+        except LlmqError as e:  # e.g. the converter needs a newer gguf-py: the fix is in the message
+            out[name] = str(e)
+        except Exception as e:  # noqa: BLE001 - one scheme's check must not hide the others' answers
+            out[name] = f"could not check ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return out
+
+
+def support_for(model: Any, *, revision: str | None = None, trust_remote_code: bool = False) -> dict[str, str | None]:
+    """``support`` for a Hub id, local folder or .gguf (``None``: the demo), from its config alone."""
+    from llmq.models import resolve_model
+
+    src = resolve_model(None if model is None else str(model), revision=revision,
+                        trust_remote_code=trust_remote_code, weights=False)
+    return support(src.config(), trust_remote_code=trust_remote_code)
+
+
+def alternatives(scheme: Scheme, config: Any, *, trust_remote_code: bool = False) -> str:
+    """The schemes at ``scheme``'s precision that can quantize a model of ``config`` (else all that
+    can), as a clause for a refusal."""
+    ok = [n for n, why in support(config, trust_remote_code=trust_remote_code).items() if why is None and n != scheme.name]
+    same = [n for n in ok if SCHEMES.get(n).precision == scheme.precision]
+    if not ok:
+        return "no scheme in this install can"
+    return f"{'schemes at its precision' if same else 'schemes'} that can: {', '.join(same or ok)}"

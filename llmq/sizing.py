@@ -8,7 +8,7 @@ their estimates.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 SOURCES = {
@@ -55,6 +55,9 @@ class ModelProfile:
     checkpoint_dtype: str = "float32"  # the dtype of the original weights, for "size before"
     layout_source: str = "config (meta device)"
     notes: list[str] = field(default_factory=list)
+    #: the transformers config it was read from (None for a bare parameter count or a .gguf), so the
+    #: advisor can ask each scheme whether it can quantize this architecture
+    config: Any = field(default=None, repr=False, compare=False)
 
     @property
     def linear_params(self) -> int:
@@ -70,8 +73,9 @@ class ModelProfile:
         return SOURCES.get(self.source, self.source)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, config=None))
         d.pop("linears")
+        d.pop("config")
         d.update(linear_count=len(self.linears), linear_params=self.linear_params, other_params=self.other_params,
                  source_text=self.source_text)
         return d

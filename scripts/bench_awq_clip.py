@@ -10,10 +10,13 @@ Prints a table and writes eval/bench_awq_clip.json.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 import types
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
 
 
 def main() -> int:
@@ -23,7 +26,7 @@ def main() -> int:
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=512)
-    ap.add_argument("--json", default=str(Path(__file__).resolve().parents[1] / "eval" / "bench_awq_clip.json"))
+    add_json_arg(ap)
     args = ap.parse_args()
 
     import torch
@@ -52,9 +55,7 @@ def main() -> int:
     print("| linear | group | inputs | GPTQModel (s) | llmq (s) | speed-up | same clips |\n|---|---|---|---:|---:|---:|---|")
     print(f"| {row['linear']} | {row['group_size']} | {row['inputs']} | {row['gptqmodel_s']} | {row['llmq_s']} | "
           f"{row['speedup']}x | {same} |")
-    out = {"command": f"python scripts/bench_awq_clip.py --samples {args.samples} --tokens {args.tokens}",
-           "threads": torch.get_num_threads(), **row}
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_record(args.json, {"threads": torch.get_num_threads(), **row})
     return 0
 
 

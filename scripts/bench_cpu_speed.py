@@ -8,8 +8,9 @@ output is reused), then runs ``llmq.bench`` on ``[demo, output]`` pairs: each sc
 fp32 baseline measured right before it, in the same bench call, because this VM's fp32 speed drifts
 by 20% between minutes. Every model runs as ``llmq bench`` runs it by default (torchao folders
 compiled through ``llmq.fastpath``, GGUF on llama.cpp, the rest eager transformers); batch 1,
-512-token WikiText-2 prompt, 128 new tokens, median of ``--samples``. Prints a table, writes JSON
-and the ``CPU_SPEED`` literal for ``llmq/advisor/measured.py``.
+512-token WikiText-2 prompt, 128 new tokens, median of ``--samples``. Prints a table and writes
+the JSON record (``--json``, default ``eval/bench_cpu_speed.json``); ``llmq/advisor/measured.json``
+(the advisor's ``CPU_SPEED``) is derived from it by ``python scripts/update_measured.py``.
 
     LLMQ_DATA_DIR=../shared/data python scripts/bench_cpu_speed.py --work /tmp/cpuspeed
 
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, machine, write_record  # noqa: E402
 
 SCHEMES = "bf16,int8-dynamic,int8-static,bnb-int8,bnb-nf4,gptq-int4,awq-int4,gguf-q8_0,gguf-q4_k_m"
 #: options llmq's own benchmarks use for the demo (576-wide layers: AWQ and its CPU kernel need g | 576)
@@ -61,23 +64,18 @@ def main() -> int:
                     help="quantize (slow, any machine state) and/or bench (needs a quiet machine)")
     ap.add_argument("--update", action="store_true",
                     help="keep the other schemes' rows already in --json (each row has its own fp32 baseline)")
-    ap.add_argument("--json", default=str(Path(__file__).resolve().parents[1] / "eval" / "bench_cpu_speed.json"))
+    add_json_arg(ap)
     args = ap.parse_args()
     os.environ.setdefault("LLMQ_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    import torch
-
     from llmq.benchmark import bench
     from llmq.errors import LlmqError
-    from llmq.hardware import cpu_name
 
     work = Path(args.work).expanduser()
     work.mkdir(parents=True, exist_ok=True)
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     out: dict = {
-        "command": "LLMQ_DATA_DIR=../shared/data python scripts/bench_cpu_speed.py --work DIR",
         "argv": sys.argv,
         "model": "SmolLM2-135M-Instruct (offline demo; fp32 = the original as transformers loads it)",
-        "machine": f"{cpu_name()}, {args.threads or torch.get_num_threads()} threads, torch {torch.__version__}",
         "settings": {"batch": 1, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
                      "samples": args.samples, "baseline": "fp32 eager, measured right before each scheme"},
         "options": {s: OPTIONS.get(s, {}) for s in schemes},
@@ -90,8 +88,8 @@ def main() -> int:
         out["failed"] = {k: v for k, v in old.get("failed", {}).items() if k not in schemes}
         out["argv"] = [*old.get("argv", []), "+", *sys.argv]
 
-    def write() -> None:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    def write(quiet: bool = True) -> None:  # machine: the bench children's thread count (--threads)
+        write_record(args.json, out, machine=machine(threads=args.threads), quiet=quiet)
 
     stages = set(args.stages.split(","))
     specs: dict[str, str] = {}
@@ -136,12 +134,8 @@ def main() -> int:
               f"{x['decode_tok_s']} ({x['fp32_decode_tok_s']}) |")
     for s, e in out["failed"].items():
         print(f"| {s} | failed: {e} |")
-    lit = {"command": out["command"], "model": "SmolLM2-135M-Instruct", "machine": out["machine"],
-           "rows": {x["scheme"]: {"decode_x": x["decode_x"], "prefill_x": x["prefill_x"], "mode": x["mode"]}
-                    for x in out["results"]}}
-    print("\nCPU_SPEED: dict = " + json.dumps(lit))
-    write()
-    print(f"wrote {args.json}")
+    write(quiet=False)
+    print("refresh the advisor's copy (llmq/advisor/measured.json): python scripts/update_measured.py")
     return 0
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = {"arc_easy": "arc_easy_test.jsonl", "piqa": "piqa_valid.jsonl"}
@@ -25,7 +28,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=200, help="documents per task")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--json", default=str(ROOT / "eval" / "bench_eval.json"))
+    add_json_arg(ap)
     args = ap.parse_args()
     os.environ.setdefault("LLMQ_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -70,14 +73,11 @@ def main() -> int:
     md.append(f"| total | | {total_ours:.1f} | {total_ref:.1f} | {total_ref / total_ours:.2f}x | "
               f"{sum(r['llmq_no_sharing_s'] for r in rows):.1f} | | | | |")
     print("\n" + "\n".join(md))
-    out = {"command": f"python scripts/bench_eval.py --limit {args.limit} --batch-size {args.batch_size}",
-           "model": "SmolLM2-135M-Instruct (fp32, dequantized from the demo GGUF)", "device": "cpu",
-           "threads": torch.get_num_threads(), "machine": platform.machine(), "rows": rows,
+    out = {"model": "SmolLM2-135M-Instruct (fp32, dequantized from the demo GGUF)", "device": "cpu",
+           "threads": torch.get_num_threads(), "rows": rows,
            "total_llmq_s": round(total_ours, 2), "total_lm_eval_s": round(total_ref, 2),
            "lm_eval_over_llmq": round(total_ref / total_ours, 2), "markdown": "\n".join(md)}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_record(args.json, out)
     return 0
 
 

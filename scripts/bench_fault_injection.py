@@ -1,15 +1,22 @@
 """Fault injection: kill ``llmq run`` at random moments and check what it leaves behind.
 
-Each trial starts ``python -m llmq run`` on a tiny random Llama (int8-dynamic or gptq-int4, alternating),
-either into a fresh output folder or with ``--overwrite`` over a complete earlier result, and sends
-SIGKILL / SIGTERM / SIGINT either at a uniformly random time within the run's measured duration or a
-random 0-50 ms after the temporary ``.incomplete`` folder appears (the save window, which a uniform
-time rarely hits). Then it checks:
+Each trial starts ``python -m llmq run`` on a tiny random Llama with one of the ``--schemes`` (drawn in
+turn): ``int8-dynamic``, ``gptq-int4``, ``gguf-q8_0`` (llama.cpp conversion in a scratch folder),
+``qat-w8a8`` (a few training steps, a checkpoint after each), or ``int8-dynamic@gguf`` (the source is a
+tiny ``.gguf``, dequantized into a fresh GGUF cache per trial). It writes either into a fresh output
+folder or with ``--overwrite`` over a complete earlier result, and sends SIGKILL / SIGTERM / SIGINT
+either at a uniformly random time within the run's measured duration or a random 0-50 ms after the
+temporary ``.incomplete`` folder appears (the save window, which a uniform time rarely hits). Then it
+checks:
 
 - complete-or-absent: the output folder is missing, or it is a complete model folder (config.json,
-  llmq.json, valid and finite safetensors); with ``--overwrite`` a missing folder counts as a loss;
-- debris after the next run: one more ``run --overwrite`` (int8-dynamic, the cheap one) into the same
-  output must leave no ``.NAME.*`` entry (temp folder, old folder, lock) beside it;
+  llmq.json, valid and finite safetensors; a GGUF output: llmq.json, one parseable .gguf, Modelfile);
+  with ``--overwrite`` a missing folder counts as a loss; a QAT checkpoint left for ``--resume`` is
+  complete (its JSON record and both safetensors files read) or absent;
+- debris after the next run: one more ``run --overwrite`` into the same output (int8-dynamic; the same
+  scheme for GGUF, whose scratch folders the next one sweeps, and for QAT, with ``--resume`` when a
+  checkpoint was left) must leave no ``.NAME.*`` entry (temp folder, old folder, lock, checkpoint)
+  beside it, no ``llmq-scratch.*`` folder in the temp directory, and no temp entry in the GGUF cache;
 - source untouched: the source model's files hash the same as before.
 
     python scripts/bench_fault_injection.py --kills 20        # writes eval/fault_injection.json
@@ -24,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -34,12 +40,25 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
+#: the QAT runs: a few steps on a small text, a checkpoint after every step
+QAT_ARGS = ["--seqlen", "32", "--set", "steps=6", "--set", "checkpoint_every=1", "--set", "batch_size=2",
+            "--set", "warmup_steps=1", "--set", "eval_windows=2", "--set", "objective=lm"]
 SCHEME_ARGS = {
     "int8-dynamic": [],
     "gptq-int4": ["--calibration", "builtin", "--n-samples", "4", "--seqlen", "32"],
+    "gguf-q8_0": [],
+    "qat-w8a8": QAT_ARGS,
+    "int8-dynamic@gguf": [],
 }
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
+#: set in main: the source of each kind of scheme, the QAT training text, the temp directory
+SOURCES: dict[str, Path] = {}
+QAT_TEXT: Path | None = None
+TMPDIR: Path | None = None
 
 
 def tree_hash(path: Path) -> str:
@@ -51,18 +70,25 @@ def tree_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_cmd(model: Path, scheme: str, out: Path, overwrite: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "llmq", "run", "--model", str(model), "--scheme", scheme, "-o", str(out),
-           "--no-sample", *SCHEME_ARGS[scheme]]
-    return cmd + (["--overwrite"] if overwrite else [])
+def run_cmd(spec: str, out: Path, overwrite: bool, resume: bool = False) -> list[str]:
+    scheme, _, kind = spec.partition("@")
+    args = list(SCHEME_ARGS[spec])
+    if scheme.startswith("qat-"):
+        args += ["--set", f"data={QAT_TEXT}"]
+    cmd = [sys.executable, "-m", "llmq", "run", "--model", str(SOURCES[f"{kind}-file" if kind else scheme.split("-")[0]]),
+           "--scheme", scheme, "-o", str(out), "--no-sample", *args]
+    return cmd + (["--overwrite"] if overwrite else []) + (["--resume"] if resume else [])
 
 
 LLMQ_PATH = str(ROOT)  # --llmq-tree: run another checkout's llmq (e.g. the base commit, for a before/after)
 
 
-def env() -> dict:
-    return {**os.environ, "PYTHONPATH": LLMQ_PATH, "GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", "2"),
-            "TOKENIZERS_PARALLELISM": "false"}
+def env(cache: Path | None = None) -> dict:
+    e = {**os.environ, "PYTHONPATH": LLMQ_PATH, "GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", "2"),
+         "TOKENIZERS_PARALLELISM": "false", "TMPDIR": str(TMPDIR)}
+    if cache is not None:
+        e["LLMQ_CACHE"] = str(cache)
+    return e
 
 
 def _default_sigint() -> None:
@@ -72,17 +98,40 @@ def _default_sigint() -> None:
 
 
 def debris(out: Path) -> list[str]:
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+    """Entries beside the output: its temp/old folders, lock, QAT checkpoint and the checkpoint's own."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith((f".{out.name}.", f"..{out.name}.")))
+
+
+def scratch_left() -> list[str]:
+    return sorted(p.name for p in TMPDIR.iterdir() if p.name.startswith("llmq-"))
+
+
+def cache_debris(cache: Path) -> list[str]:
+    """Temp entries (and entries holding code) in a GGUF cache."""
+    root = cache / "gguf"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(".") or list(p.rglob("*.py")))
 
 
 def complete(out: Path) -> tuple[bool, str]:
-    """A complete llmq folder: config.json, llmq.json, tokenizer, valid finite safetensors."""
+    """A complete llmq folder: config.json, llmq.json, tokenizer, valid finite safetensors; a GGUF
+    output: llmq.json, one .gguf that gguf's reader parses, and its Modelfile."""
     sys.path.insert(0, str(ROOT))
-    from llmq.safety import check_finite_safetensors, check_safetensors_folder
+    from llmq.safety import check_finite_safetensors
+    from llmq.weightfiles import check_safetensors_folder
 
     try:
-        for f in ("config.json", "llmq.json"):
-            json.loads((out / f).read_text())
+        json.loads((out / "llmq.json").read_text())
+        ggufs = list(out.glob("*.gguf"))
+        if ggufs:
+            import gguf
+
+            if len(ggufs) != 1 or not (out / "Modelfile").is_file():
+                return False, f"{len(ggufs)} .gguf files, Modelfile {(out / 'Modelfile').is_file()}"
+            gguf.GGUFReader(str(ggufs[0]))
+            return True, "ok"
+        json.loads((out / "config.json").read_text())
         if not list(out.glob("tokenizer*")):
             return False, "no tokenizer"
         if not list(out.glob("*.safetensors")):
@@ -94,10 +143,27 @@ def complete(out: Path) -> tuple[bool, str]:
     return True, "ok"
 
 
+def checkpoint_state(out: Path) -> str:
+    """``absent``, ``complete`` (record and tensors read) or ``broken: ...`` for a QAT checkpoint."""
+    ck = out.with_name(f".{out.name}.qat-checkpoint")
+    if not ck.exists():
+        return "absent"
+    try:
+        from safetensors import safe_open
+
+        record = json.loads((ck / "qat_state.json").read_text())
+        for f in ("model.safetensors", "optimizer.safetensors"):
+            with safe_open(str(ck / f), "pt") as st:
+                list(st.keys())
+        return f"complete (step {record['step']})"
+    except Exception as e:  # noqa: BLE001
+        return f"broken: {type(e).__name__}: {str(e)[:100]}"
+
+
 def wait_for_incomplete(out: Path, proc: subprocess.Popen, timeout: float) -> bool:
     end = time.time() + timeout
     while time.time() < end and proc.poll() is None:
-        if any(n.endswith(".incomplete") for n in debris(out)):
+        if any(n.endswith(".incomplete") and not n.startswith(f"..{out.name}.") for n in debris(out)):
             return True
         time.sleep(0.002)
     return False
@@ -111,7 +177,7 @@ def main() -> int:
     ap.add_argument("--schemes", default="int8-dynamic,gptq-int4")
     ap.add_argument("--signals", default="KILL,KILL,TERM,INT", help="drawn at random per trial (repeat to weight)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=str(ROOT / "eval" / "fault_injection.json"))
+    add_json_arg(ap, ROOT / "eval" / "fault_injection.json")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--llmq-tree", help="run `python -m llmq` from this checkout (default: this one)")
     args = ap.parse_args()
@@ -123,19 +189,37 @@ def main() -> int:
     sigs = args.signals.split(",")
 
     work = Path(tempfile.mkdtemp(prefix="llmq-fault-"))
+    global QAT_TEXT, TMPDIR
+    TMPDIR = work / "tmp"
+    TMPDIR.mkdir()
     sys.path.insert(0, str(ROOT))
     from llmq.testing import tiny_llama
 
     src = tiny_llama(work / "src")
-    src_hash = tree_hash(src)
+    SOURCES.update({"int8": src, "gptq": src, "qat": src})
+    if any(s.startswith("gguf-") for s in schemes):
+        from llmq.testing_gguf import tiny_model
+
+        SOURCES["gguf"] = tiny_model(work / "src-gguf", "llama")  # SmolLM2's tokenizer: llama.cpp converts it
+    if any(s.endswith("@gguf") for s in schemes):
+        from llmq.testing_gguf import write_tiny_gguf
+
+        SOURCES["gguf-file"] = write_tiny_gguf(work / "src-file" / "tiny.gguf")
+    if any(s.startswith("qat-") for s in schemes):
+        import pydoc_data.topics
+
+        QAT_TEXT = work / "train.txt"
+        QAT_TEXT.write_text("\n\n".join(list(pydoc_data.topics.topics.values())[:40]))
+    src_hashes = {k: tree_hash(v if v.is_dir() else v.parent) for k, v in SOURCES.items()}
 
     # one clean run per scheme: its duration bounds the random kill time, its folder is the
     # "previous result" that --overwrite trials must not lose
     durations, previous = {}, {}
     for s in schemes:
-        out = work / f"baseline-{s}"
+        out = work / f"baseline-{s.replace('@', '-')}"
         t0 = time.perf_counter()
-        r = subprocess.run(run_cmd(src, s, out, False), env=env(), capture_output=True, text=True, cwd=work)
+        r = subprocess.run(run_cmd(s, out, False), env=env(work / f"cache-{s}"), capture_output=True, text=True,
+                           cwd=work)
         durations[s] = time.perf_counter() - t0
         if r.returncode != 0:
             print(r.stderr[-3000:], file=sys.stderr)
@@ -154,9 +238,10 @@ def main() -> int:
         sig = sigs[rng.randrange(len(sigs))]
         out = work / f"t{i:02d}" / "out"
         out.parent.mkdir()
+        cache = out.parent / "cache"  # a fresh GGUF cache per trial: a .gguf source is dequantized under the kill
         if overwrite:
             shutil.copytree(previous[scheme], out)
-        proc = subprocess.Popen(run_cmd(src, scheme, out, overwrite), env=env(), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(run_cmd(scheme, out, overwrite), env=env(cache), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, cwd=work,  # cwd: `-m llmq` must not import ./llmq
                                 preexec_fn=_default_sigint)
         t0 = time.perf_counter()
@@ -182,9 +267,15 @@ def main() -> int:
         ok, why = complete(out) if exists else (True, "absent")
         lost_previous = overwrite and not exists
         debris_after_kill = debris(out)
-        nxt = subprocess.run(run_cmd(src, "int8-dynamic", out, True), env=env(), capture_output=True, text=True,
-                             cwd=work)
-        debris_after_next = debris(out)
+        scratch_after_kill = scratch_left()
+        ck = checkpoint_state(out)
+        # the next run: the same scheme where its own leftovers are its business (GGUF scratch, QAT
+        # checkpoint, resumed when there is one), else the cheap int8-dynamic
+        nxt_scheme = scheme if scheme.startswith(("gguf-", "qat-")) or scheme.endswith("@gguf") else "int8-dynamic"
+        resume = scheme.startswith("qat-") and ck.startswith("complete")
+        nxt = subprocess.run(run_cmd(nxt_scheme, out, True, resume=resume), env=env(cache), capture_output=True,
+                             text=True, cwd=work)
+        debris_after_next = debris(out) + scratch_left() + cache_debris(cache)
         trial = {
             "trial": i, "scheme": scheme, "mode": "overwrite" if overwrite else "fresh", "target": target,
             "signal": sig, "killed_at_s": round(killed_at, 3), "in_save_window": in_save,
@@ -192,16 +283,20 @@ def main() -> int:
             "last_stderr_line": (err.strip().splitlines() or [""])[-1][:200],
             "output_exists": exists, "output_complete_or_absent": ok and not lost_previous, "detail": why,
             "previous_result_lost": lost_previous,
-            "debris_after_kill": debris_after_kill,
+            "debris_after_kill": debris_after_kill, "scratch_after_kill": scratch_after_kill,
+            "checkpoint_after_kill": ck, "checkpoint_complete_or_absent": not ck.startswith("broken"),
+            "next_run": nxt_scheme + (" --resume" if resume else ""),
             "next_run_returncode": nxt.returncode,
+            "next_run_last_stderr_line": (nxt.stderr.strip().splitlines() or [""])[-1][:200],
             "next_run_reported_cleanup": "left by a killed run" in nxt.stderr,
             "debris_after_next_run": debris_after_next,
-            "source_untouched": tree_hash(src) == src_hash,
+            "source_untouched": all(tree_hash(v if v.is_dir() else v.parent) == src_hashes[k] for k, v in SOURCES.items()),
         }
         trials.append(trial)
-        print(f"[trial {i + 1}, kill {delivered}/{args.kills}] {scheme:12s} {trial['mode']:9s} {target:11s} SIG{sig:4s} "
+        print(f"[trial {i + 1}, kill {delivered}/{args.kills}] {scheme:17s} {trial['mode']:9s} {target:11s} SIG{sig:4s} "
               f"t={killed_at:6.2f}s rc={proc.returncode} complete-or-absent={ok and not lost_previous} "
-              f"debris-after-kill={len(debris_after_kill)} after-next={len(debris_after_next)}", flush=True)
+              f"debris-after-kill={len(debris_after_kill)} scratch={len(scratch_after_kill)} ck={ck} "
+              f"next rc={nxt.returncode} after-next={len(debris_after_next)}", flush=True)
 
     n = len(trials)
 
@@ -216,30 +311,29 @@ def main() -> int:
         "trials_with_debris_after_next_run": sum(1 for t in trials if t["debris_after_next_run"]),
         "next_run_failed": sum(1 for t in trials if t["next_run_returncode"] != 0),
         "sources_untouched_pct": pct("source_untouched"),
+        "checkpoints_complete_or_absent_pct": pct("checkpoint_complete_or_absent"),
+        "trials_per_scheme": {s: sum(1 for t in trials if t["scheme"] == s) for s in schemes},
         "kills_inside_save_window": sum(t["in_save_window"] for t in trials),
         "runs_finished_before_kill": sum(t["finished_before_kill"] for t in trials),
     }
     result = {
-        "command": "python scripts/bench_fault_injection.py " + " ".join(sys.argv[1:]),
         "llmq_tree": LLMQ_PATH,
         "summary": summary,
         "baseline_run_seconds": {k: round(v, 2) for k, v in durations.items()},
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared with other jobs), Python {platform.python_version()}",
         "trials": trials,
     }
     print()
     print(f"{'metric':42s} value")
     for k, v in summary.items():
         print(f"{k:42s} {v}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_record(args.json, result)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
         print(f"kept {work}")
     ok = (summary["outputs_complete_or_absent_pct"] == 100.0 and summary["trials_with_debris_after_next_run"] == 0
-          and summary["sources_untouched_pct"] == 100.0 and summary["previous_result_lost"] == 0)
+          and summary["sources_untouched_pct"] == 100.0 and summary["previous_result_lost"] == 0
+          and summary["checkpoints_complete_or_absent_pct"] == 100.0 and summary["next_run_failed"] == 0)
     return 0 if ok else 1
 
 

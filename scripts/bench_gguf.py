@@ -23,13 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
 
 
 def ppl_hf(model_dir, tok, tokens, seqlen, windows):
@@ -132,7 +134,7 @@ def speed_only(args, src, tok, work) -> int:
     """Tool rows (llama-quantize types, llama-bench) added to an existing report, from one run."""
     from llmq.backends.gguf import quantizer as G
 
-    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
     try:
         f32 = work / "smollm2-f32.gguf"
         G.convert(src, f32, "f32")
@@ -157,7 +159,7 @@ def speed_only(args, src, tok, work) -> int:
                                "command": "python scripts/bench_gguf.py " + " ".join(sys.argv[1:])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_record(args.json, report)  # command, date and machine: this speed run's
     print_speed(report["speed"])
     print(json.dumps(report["tools_reference"], indent=1))
     return 0
@@ -174,10 +176,10 @@ def main() -> int:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--samples", type=int, default=3, help="llmq bench: timed runs per model after one warm-up")
     ap.add_argument("--speed-only", action="store_true",
-                    help="only the speed rows and the llama-quantize tensor-type check; merged into --out")
+                    help="only the speed rows and the llama-quantize tensor-type check; merged into --json")
     ap.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,
                     help="record whether other jobs shared the machine (--no-shared for a quiet window)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "eval" / "bench_gguf.json")
+    add_json_arg(ap, aliases=("--out",))
     args = ap.parse_args()
     os.environ.setdefault("LLMQ_DATA_DIR", "/work/shared/data")
 
@@ -199,7 +201,7 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(src)
     tokens = tokenize(tok, "wikitext2")
     work = Path(tempfile.mkdtemp(prefix="llmq-bench-gguf-"))
-    report: dict = {"model": src_model.name, "source_folder": str(src), "machine": platform.processor() or platform.machine(),
+    report: dict = {"model": src_model.name, "source_folder": str(src),
                     "threads": args.threads, "versions": G.versions(),
                     "llama_cpp_lib": os.environ.get("LLAMA_CPP_LIB_PATH", "llama-cpp-python wheel"),
                     "tools": str(args.tools) if args.tools else None, "shared_machine": args.shared}
@@ -318,8 +320,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     report["wall_s"] = time.perf_counter() - t_all
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_record(args.json, report, quiet=True)
     print(f"\n{report['model']}  ({report['protocol']})")
     print(f"{'row':44s} {'ppl':>8s} {'Δ fp32':>8s} {'MB':>8s}")
     for name, p, _, _, size in rows:
@@ -337,7 +338,7 @@ def main() -> int:
     g = report["gemma3_tiny"]
     print(f"gemma3 tiny: runtimes agree {g['runtime_agreement_pct']:+.3f}%; " + "; ".join(
         f"{s}: same types {r['same_tensor_types']}, ppl diff {r['ppl_diff_pct']:+.3f}%" for s, r in g["schemes"].items()))
-    print(f"wrote {args.out} ({report['wall_s']:.0f} s)")
+    print(f"wrote {args.json} ({report['wall_s']:.0f} s)")
     return 0
 
 

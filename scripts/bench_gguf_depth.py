@@ -18,7 +18,11 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, machine, write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +35,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--depth", type=int, default=512, help="context before the 128 decoded tokens (default 512)")
-    ap.add_argument("--json", default=str(ROOT / "eval" / "bench_gguf_depth.json"))
+    add_json_arg(ap)
     a = ap.parse_args()
     for flag, path in (("--gguf", a.gguf), ("--llama-bench", a.llama_bench)):
         if not Path(path).is_file():
@@ -56,14 +60,11 @@ def main() -> None:
         print(i, " | ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
     summary = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     print("median", " | ".join(f"{k} {v:.2f}" for k, v in summary.items()))
-    Path(a.json).write_text(json.dumps({"command": "python scripts/bench_gguf_depth.py --gguf <Q8_0 .gguf> "
-                                        f"--llama-bench <patched build>/bin/llama-bench --rounds {a.rounds} --depth {a.depth}",
-                                        "protocol": f"{max(a.depth, 16)}-token prompt (llama-bench: -d {a.depth}) "
-                                                    "then 128 greedy tokens, batch 1, "
-                                                    f"{a.threads} threads, flash attention off; llmq bench: one "
-                                                    "child process per model, mean of 2 after a warm-up",
-                                        "rounds": rounds, "median": summary}, indent=2) + "\n")
-    print(f"wrote {a.json}")
+    write_record(a.json, {"protocol": f"{max(a.depth, 16)}-token prompt (llama-bench: -d {a.depth}) "
+                                      "then 128 greedy tokens, batch 1, "
+                                      f"{a.threads} threads, flash attention off; llmq bench: one "
+                                      "child process per model, mean of 2 after a warm-up",
+                          "rounds": rounds, "median": summary}, machine=machine(threads=a.threads))
 
 
 if __name__ == "__main__":

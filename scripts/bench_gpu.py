@@ -59,6 +59,9 @@ import traceback
 import zipfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import EVAL, add_json_arg, machine, write_record  # noqa: E402
+
 SCHEMES = ["bf16", "fp16", "int8-dynamic", "bnb-nf4", "bnb-int8", "int8-static", "bnb-fp4"]
 NOT_RUN = {s: "GPTQModel is not on the GPU image, does not fit the 64 MiB that travels, and its CUDA kernels "
               "JIT-build on first use (Marlin ~5 min, eval/gpu/h100_gpu_check.json): beyond this run's budget"
@@ -80,20 +83,19 @@ def now() -> str:
 
 
 class Report:
-    """The JSON result, rewritten (temp file + rename) after every step."""
+    """The JSON record, rewritten (atomically: ``_record.write_record``) after every step."""
 
     def __init__(self, path: Path, data: dict):
         self.path, self.data, self.t0 = path, data, time.perf_counter()
+        self.machine: dict | None = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
     def write(self) -> None:
         self.data["elapsed_s"] = round(self.elapsed(), 1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        os.replace(tmp, self.path)
+        self.machine = self.machine or machine()  # detected once, at the first write
+        write_record(self.path, self.data, machine=self.machine, quiet=True)
 
 
 def error_text(e: BaseException) -> str:
@@ -314,7 +316,7 @@ def prune_bnb_wheel(src: Path, dest_dir: Path) -> Path:
 # -- main -----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="eval/gpu/bench.json")
+    add_json_arg(ap, EVAL / "gpu" / "bench.json", aliases=("--out",))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="2-layer toy shape (CPU dry run)")
     ap.add_argument("--schemes", default=",".join(SCHEMES))
@@ -356,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     schemes = [s for s in args.schemes.split(",") if s]
-    rep = Report(Path(args.out), {
+    rep = Report(Path(args.json), {
         "what": "llmq bench of every scheme on a random-weight Llama: speed and memory only (random weights make "
                 "quality meaningless, so none is measured)",
         "started_utc": now(), "argv": [sys.executable, *sys.argv], "finished": False,
@@ -468,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(format_table([BenchRow(**r) for r in rep.data[key]]))
     q = rep.data.get("qat_smoke") or {}
-    print(f"\nqat_smoke ok={q.get('ok')}; JSON: {args.out} ({rep.elapsed():.0f} s)")
+    print(f"\nqat_smoke ok={q.get('ok')}; JSON: {args.json} ({rep.elapsed():.0f} s)")
     return 0
 
 

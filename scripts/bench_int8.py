@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, command_line, write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
@@ -110,7 +112,7 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--samples", type=int, default=3)
-    ap.add_argument("--json", default=str(ROOT / "eval" / "bench_int8.json"))
+    add_json_arg(ap)
     ap.add_argument("--note", help="conditions of this run (e.g. 'machine shared with 4 other jobs'), stored per stage")
     ap.add_argument("--redo", action="store_true", help="re-measure quality rows already in --json")
     args = ap.parse_args()
@@ -144,8 +146,7 @@ def main() -> int:
         if "quality" in stages and (args.redo or "ppl" not in r):
             r.update(quality(path, args.ppl_windows, args.limit, args.tasks.split(",")))
             print(name, json.dumps(r), flush=True)
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")  # resumable
+            write_record(out_path, result, quiet=True)  # resumable
     if "speed" in stages:
         from llmq.benchmark import bench, format_table
 
@@ -168,24 +169,16 @@ def main() -> int:
         if "ppl" in r and "ppl" in fp:
             r["dppl_pct"] = round(100 * (r["ppl"] / fp["ppl"] - 1), 2)
             r["dtasks_pts"] = {t: round(100 * (a - fp["tasks"][t]), 1) for t, a in r["tasks"].items()}
-    import torch
-
-    from llmq.hardware import cpu_name
-
-    cmd = "python " + " ".join(sys.argv)
-    result.pop("command", None)
+    cmd = command_line()
     for st in stages:  # each stage keeps the command (and conditions) that produced it
         result.setdefault("commands", {})[st] = cmd
         if args.note:
             result.setdefault("notes", {})[st] = args.note
     result.update({
         "model": "SmolLM2-135M-Instruct (fp32, dequantized from the demo GGUF)",
-        "machine": f"{cpu_name()}, {platform.machine()}, {len(os.sched_getaffinity(0))} CPU threads, "
-                   f"torch {torch.__version__}",
         "note": "speed: fp32 eager = 1.0, int8 folders compiled (llmq.fastpath); ratios from one run",
     })
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_record(out_path, result, quiet=True)
     print(quality_table(result))
     print(f"wrote {out_path}")
     return 0

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
+
 SHAPES = [(576, 1536), (1536, 576), (576, 49152)]  # q/up, down, lm_head (K, N)
 
 
@@ -42,7 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calls", type=int, default=200)
-    ap.add_argument("--json", default=str(ROOT / "eval" / "bench_int8_kernels.json"))
+    add_json_arg(ap)
     a = ap.parse_args()
     import torch
     from torchao.quantization import Int8WeightOnlyConfig, PerRow, quantize_
@@ -87,11 +89,10 @@ def main() -> None:
         print(" | ".join(f"{k}: {v:.0f}" if isinstance(v, float) else str(v) for k, v in r.items()))
     from llmq.hardware import cpu_name
 
-    out = {"command": "python scripts/bench_int8_kernels.py", "threads": a.threads, "torch": torch.__version__,
-           "cpu": cpu_name(), "torchao_cpu_int8_path": torchao_int8_path(),
-           "note": "per call, weights cache-resident; one run", "rows": rows}
-    Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {a.json}")
+    out = {"threads": a.threads, "torch": torch.__version__, "cpu": cpu_name(),
+           "torchao_cpu_int8_path": torchao_int8_path(), "note": "per call, weights cache-resident; one run",
+           "rows": rows}
+    write_record(a.json, out)
 
 
 if __name__ == "__main__":

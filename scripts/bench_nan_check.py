@@ -2,14 +2,15 @@
 dequantized folder (SmolLM2-135M, fp32), against a whole int8-dynamic ``llmq.quantize`` with and
 without the check (same process, alternating, so machine load hits both alike).
 
-    python scripts/bench_nan_check.py            # writes eval/nan_check_cost.json
+    python scripts/bench_nan_check.py            # writes eval/nan_check_cost.json (``--json`` to change)
+
+``REPS`` (environment, default 3): alternating repetitions of the three timings.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -17,9 +18,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_json_arg(ap, ROOT / "eval" / "nan_check_cost.json")
+    args = ap.parse_args()
+
     import llmq
     from llmq import safety
     from llmq.models import folder_size, resolve_model
@@ -45,15 +52,12 @@ def main() -> int:
     med = {k: round(statistics.median(v), 2) for k, v in
            (("check_s", check_s), ("quantize_with_check_s", with_s), ("quantize_without_check_s", without_s))}
     med["check_share_of_quantize"] = round(med["check_s"] / med["quantize_with_check_s"], 3)
-    result = {"command": "python scripts/bench_nan_check.py", "folder_bytes": folder_size(folder), "reps": reps,
-              "median": med, "all": {"check_s": check_s, "with": with_s, "without": without_s},
-              "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared with other jobs)"}
+    result = {"folder_bytes": folder_size(folder), "reps": reps,
+              "median": med, "all": {"check_s": check_s, "with": with_s, "without": without_s}}
     print(f"{'metric':28s} value")
     for k, v in med.items():
         print(f"{k:28s} {v}")
-    out = ROOT / "eval" / "nan_check_cost.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(args.json, result)
     return 0
 
 

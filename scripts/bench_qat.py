@@ -29,12 +29,13 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, machine, write_record  # noqa: E402
 
 
 def main() -> int:
@@ -57,7 +58,7 @@ def main() -> int:
     ap.add_argument("--llmq-ptq", default="",
                     help="extra llmq PTQ schemes for the 4-bit baseline: awq-int4 (quantized here) or awq-int4=DIR (a saved llmq folder)")
     ap.add_argument("--save-dir", default=None, help="also save each QAT model here (checks it reloads)")
-    ap.add_argument("--json", default="eval/bench_qat.json")
+    add_json_arg(ap)
     ap.add_argument("--device", default=None, help="default: cuda when present (bf16 autocast there), else cpu")
     ap.add_argument("--no-pack", action="store_true", help="score qat-int4's fake-quantized model, not its GPTQ folder")
     args = ap.parse_args()
@@ -93,8 +94,8 @@ def main() -> int:
     source = resolve_model(args.model)
     tok = source.tokenizer()
     test_tokens = tokenize(tok, "wikitext2")
+    loadavg_start = [round(x, 2) for x in os.getloadavg()]  # the record's machine has the load at its write
     out: dict = {
-        "command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]),
         "model": source.base_model_id,
         "protocol": {
             "train": "wikitext2 train text (LLMQ_DATA_DIR: wiki.valid.tokens), non-overlapping windows, seeded order",
@@ -105,17 +106,12 @@ def main() -> int:
             "gaps": "QAT vs its fp32 twin (same data, steps, seed, objective; with distill the twin is the original); "
                     "PTQ vs the model it quantized",
         },
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                    "torch": torch.__version__, "device": device if device == "cpu" else torch.cuda.get_device_name(0),
-                    "note": "shared 2-core machine" if device == "cpu" else "device machine",
-                    "loadavg_start": os.getloadavg()},
         "models": {},
         "errors": {},
     }
 
-    def write() -> None:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    def write(quiet: bool = True) -> None:
+        write_record(args.json, out, machine=machine(device=device, loadavg_start=loadavg_start), quiet=quiet)
 
     def measure(name: str, model, extra: dict | None = None, with_tasks: bool = True) -> dict:
         t0 = time.perf_counter()
@@ -230,8 +226,7 @@ def main() -> int:
         guarded(f"qat:{s}", lambda s=s: qat_one(s))
 
     out["verdicts"] = verdicts(out["models"], cfgs, tasks)
-    out["machine"]["loadavg_end"] = os.getloadavg()
-    write()
+    write(quiet=False)
     print_table(out)
     return 0
 

@@ -5,15 +5,16 @@ Perplexity protocol: WikiText-2 raw test, text joined with "\\n\\n", non-overlap
 activations (weights as quantized; bnb-int8 in fp16).
 Calibrated schemes use WikiText-2 *valid* tokens (LLMQ_DATA_DIR mirror), never the test text.
 
-    LLMQ_DATA_DIR=../shared/data python scripts/bench_quantize.py --out eval/bench_quantize
+    LLMQ_DATA_DIR=../shared/data python scripts/bench_quantize.py --json eval/bench_quantize.json
     python scripts/bench_quantize.py --schemes fp16,int8-dynamic --n-samples 32   # a quick subset
     python scripts/bench_quantize.py --schemes awq-int4 --n-samples 64 --update   # refresh rows in place
 
-``--update`` replaces only the named schemes' rows in ``<out>.json`` and keeps the others (the
+``--update`` replaces only the named schemes' rows in the ``--json`` record and keeps the others (the
 original's perplexity is re-measured and must match the stored one, else the rows would not compare).
 
-Writes <out>.json and <out>.md and prints the Markdown table. Times are from this one run on this
-machine: compare them as ratios, not with other runs.
+Writes the JSON record (``--json``, default eval/bench_quantize.json; ``--out STEM`` is the older
+spelling, STEM.json) and the Markdown table beside it (same name, ``.md``), and prints the table.
+Times are from this one run on this machine: compare them as ratios, not with other runs.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
 
 RTN_FLOOR_NOTE = "asymmetric RTN int4 g64 scores 30.30 on this protocol (issue #2)"
 
@@ -46,8 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--group-size", type=int, default=64, help="SmolLM2's 576-wide layers need 64 (or 32)")
     ap.add_argument("--seqlen", type=int, default=1024)
     ap.add_argument("--limit", type=int, default=16)
-    ap.add_argument("--out", default="eval/bench_quantize")
-    ap.add_argument("--update", action="store_true", help="replace the named schemes' rows in <out>.json, keep the rest")
+    add_json_arg(ap, aliases=("--out",))
+    ap.add_argument("--update", action="store_true", help="replace the named schemes' rows in --json, keep the rest")
     args = ap.parse_args(argv)
     args.kept, args.argv, args.base_command = [], ["scripts/bench_quantize.py", *sys.argv[1:]], None
     os.environ.setdefault("LLMQ_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -71,11 +74,11 @@ def main(argv=None) -> int:
     rows.append({"scheme": "original (fp32)", "time_s": None, "size_bytes": base_size, "ppl": base["value"],
                  "ppl_delta_pct": 0.0, "protocol": base["protocol"]})
     print(f"original: ppl {base['value']:.2f} ({base['protocol']})", flush=True)
-    if args.update and Path(args.out).with_suffix(".json").is_file():
-        old = json.loads(Path(args.out).with_suffix(".json").read_text())
+    if args.update and Path(args.json).with_suffix(".json").is_file():
+        old = json.loads(Path(args.json).with_suffix(".json").read_text())
         if old["rows"] and abs(old["rows"][0]["ppl"] - base["value"]) > 1e-3 * base["value"]:
             sys.exit(f"--update: the original scores {base['value']:.4f} now but {old['rows'][0]['ppl']:.4f} in "
-                     f"{args.out}.json: rerun every scheme instead.")
+                     f"{Path(args.json).with_suffix('.json')}: rerun every scheme instead.")
         args.kept, args.base_command = old["rows"], old.get("command")
         args.argv = [*old.get("argv", [old.get("command", "")]), "+", *args.argv]
     from llmq.testing import rtn_fake_quantize_
@@ -116,12 +119,13 @@ def main(argv=None) -> int:
                "ppl_delta_pct": 100 * (p["value"] / base["value"] - 1), "options": kw, "protocol": p["protocol"]}
         rows.append(row)
         print(f"{scheme}: {qtime:.1f}s, {size / 1e6:.1f} MB, ppl {p['value']:.2f}", flush=True)
-        write(args, src, base, base_size, rows, torch)  # after every scheme: a long run keeps what it measured
-    print(write(args, src, base, base_size, rows, torch))
+        write(args, src, base, base_size, rows)  # after every scheme: a long run keeps what it measured
+    print(write(args, src, base, base_size, rows))
+    print(f"wrote {Path(args.json).with_suffix('.json')} and {Path(args.json).with_suffix('.md')}")
     return 0
 
 
-def write(args, src, base, base_size, rows, torch) -> str:
+def write(args, src, base, base_size, rows) -> str:
     if args.kept:  # --update: the stored rows, with this run's schemes replaced in place or appended
         new = {r["scheme"]: r for r in rows}
         rows = [new.pop(r["scheme"], r) for r in args.kept] + list(new.values())
@@ -134,18 +138,15 @@ def write(args, src, base, base_size, rows, torch) -> str:
         md.append(f"| {r['scheme']} | {t} | {size} | {ratio} | {r['ppl']:.2f} | {r['ppl_delta_pct']:+.1f}% |")
     table = "\n".join(md)
     result = {
-        # --update keeps the first run's command (the rows it wrote); argv lists every run since
-        "command": args.base_command or "LLMQ_DATA_DIR=../shared/data python " + " ".join(args.argv),
         "argv": args.argv,
         "model": src.base_model_id, "source": str(src.path or src.name), "protocol": base["protocol"],
         "calibration": {"source": "wikitext2 (valid split, LLMQ_DATA_DIR mirror)", "n_samples": args.n_samples,
                         "seqlen": args.calib_seqlen, "group_size": args.group_size},
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "rows": rows, "note": RTN_FLOOR_NOTE,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.json)
+    # --update keeps the first run's command (the rows it wrote); argv lists every run since
+    write_record(out.with_suffix(".json"), result, command=args.base_command, quiet=True)
     out.with_suffix(".md").write_text(f"Protocol: {base['protocol']}\n\n{table}\n")
     return table
 

@@ -12,12 +12,13 @@ bootstrap 95% interval (same examples, resampled together).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
 
 
 def main() -> int:
@@ -26,7 +27,7 @@ def main() -> int:
     ap.add_argument("--tasks", default="arc_easy,piqa")
     ap.add_argument("--limit", type=int, default=None, help="examples per task (default: all)")
     ap.add_argument("--bootstrap", type=int, default=2000)
-    ap.add_argument("--json", default="eval/bench_task_drop.json")
+    add_json_arg(ap)
     args = ap.parse_args()
 
     import numpy as np
@@ -39,7 +40,7 @@ def main() -> int:
         if m != "demo" and not (Path(m) / "config.json").is_file():
             ap.error(f"{m} is not a model folder (no config.json) and not 'demo'")
     tasks = [resolve_task(t) for t in args.tasks.split(",") if t]
-    out: dict = {"command": "python " + " ".join(sys.argv), "limit": args.limit, "models": {}, "drops": {}}
+    out: dict = {"limit": args.limit, "models": {}, "drops": {}}
     per_example: dict = {}
     for m in args.models:
         t0 = time.perf_counter()
@@ -85,8 +86,7 @@ def drops(out: dict, per_example: dict, tasks, args) -> None:
                 ci = [round(float(np.percentile(boot, 2.5)), 2), round(float(np.percentile(boot, 97.5)), 2)]
             d[spec.name] = {"drop_points": round(drop, 2), "ci95": ci}
         out["drops"][m] = d
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_record(args.json, out)
 
 
 if __name__ == "__main__":

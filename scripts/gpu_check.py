@@ -4,21 +4,24 @@ plain transformers on the GPU, and compare logits with the fp32 original.
 CI has no GPU, so the CUDA kernels (bitsandbytes, torchao, GPTQModel) are checked with this script
 on a GPU machine:
 
-    python scripts/gpu_check.py --out gpu_check.json
+    python scripts/gpu_check.py --json gpu_check.json
 
-Prints a table (scheme, ok, relative logit error, kernel/module type, seconds) and writes JSON.
+Prints a table (scheme, ok, relative logit error, kernel/module type, seconds) and writes the JSON
+record (``--json``, or its older name ``--out``; default ./gpu_check.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import add_json_arg, write_record  # noqa: E402
 
 SCHEMES = ["fp16", "bf16", "int8-dynamic", "bnb-int8", "bnb-nf4", "bnb-fp4", "gptq-int4", "gptq-int8", "awq-int4"]
 
@@ -26,7 +29,7 @@ SCHEMES = ["fp16", "bf16", "int8-dynamic", "bnb-int8", "bnb-nf4", "bnb-fp4", "gp
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--schemes", default=",".join(SCHEMES))
-    ap.add_argument("--out", default="gpu_check.json")
+    add_json_arg(ap, "gpu_check.json", aliases=("--out",))
     ap.add_argument("--kernel", default=None,
                     help="GPTQModel kernel for reloading GPTQ folders (e.g. marlin); default: transformers' auto")
     args = ap.parse_args(argv)
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
         from llmq.backends.base import package_version
 
         env[pkg] = package_version(pkg)
-    Path(args.out).write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+    write_record(args.json, {"env": env, "rows": rows})
     print("| scheme | ok | rel. logit error | module | s |\n|---|---|---:|---|---:|")
     for r in rows:
         print(f"| {r['scheme']} | {r['ok']} | {r.get('rel_logit_error', '')} | {r.get('module', r.get('error', ''))[:60]} | {r['seconds']} |")

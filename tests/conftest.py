@@ -64,8 +64,102 @@ def smol_quantized(smol_dir, tmp_path_factory):
     def get(scheme: str) -> Path:
         if scheme not in done:
             qm = llmq.quantize(str(smol_dir), scheme, device="cpu")
-            done[scheme] = qm.save(root / scheme)
+            # verify=False: the tests using these folders measure them (perplexity, size); llmq.verify on the
+            # demo is measured by scripts/bench_verify.py and tested in tests/test_verify.py
+            done[scheme] = qm.save(root / scheme, verify=False)
             del qm
         return done[scheme]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def peaked_dir(tmp_path_factory):
+    """A tiny Llama with peaked next-token distributions (initializer range 0.1): garbage shows as a
+    large KL divergence, where a near-uniform random model's would stay small (``llmq.verify``)."""
+    from llmq.testing import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("peaked") / "tiny-llama", initializer_range=0.1)
+
+
+@pytest.fixture
+def zeroing_bf16(monkeypatch):
+    """bf16 whose output comes out with zero embeddings (tied: lm_head too): finite weights, uniform
+    logits, what a lost ``embed_scale`` gave. Only verification can tell."""
+    from llmq.backends.cast import CastBackend
+    from llmq.testing import zero_embeddings
+
+    real = CastBackend.quantize
+    monkeypatch.setattr(CastBackend, "quantize", lambda self, *a: zero_embeddings(real(self, *a)))
+
+
+@pytest.fixture(scope="module")
+def sp_gguf(tmp_path_factory):
+    """``(hf folder, F32 .gguf)``: a tiny Llama with a SentencePiece tokenizer (tokenizer.model) and the
+    same weights converted by llama.cpp's converter."""
+    from llmq.backends.gguf.quantizer import convert
+    from llmq.testing_gguf import tiny_sentencepiece_model
+
+    d = tmp_path_factory.mktemp("spm")
+    folder = tiny_sentencepiece_model(d / "hf")
+    f32 = d / "src" / "tiny-sp.F32.gguf"
+    f32.parent.mkdir()
+    convert(folder, f32, "f32")
+    return folder, f32
+
+
+@pytest.fixture
+def ctrl_c_at_step(monkeypatch):
+    """``with ctrl_c_at_step(n):`` Ctrl-C (KeyboardInterrupt) at the n-th optimizer step of QAT training,
+    the optimizer restored when the block ends (the checkpoint then holds step n - 1)."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def at(n):
+        real, calls = torch.optim.AdamW.step, [0]
+
+        def step(self, *a, **k):
+            calls[0] += 1
+            if calls[0] == n:
+                raise KeyboardInterrupt
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", step)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(torch.optim.AdamW, "step", real)
+
+    return at
+
+
+@pytest.fixture
+def held_elsewhere():
+    """``with held_elsewhere(out, how) as holder:`` another process holds ``out`` through
+    ``llmq.outdir.<how>`` (``output_lock`` or ``reserve_output``; ``overwrite`` passed to the latter)
+    until the block ends; ``holder.pid`` is the pid the refusal must name."""
+    import contextlib
+    import subprocess
+    import sys
+    import textwrap
+
+    @contextlib.contextmanager
+    def hold(out, how="output_lock", overwrite=False):
+        args = f"{str(out)!r}" + (", overwrite=True" if overwrite else "")
+        holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from llmq.outdir import {how}
+            with {how}({args}):
+                print("locked", flush=True)
+                time.sleep(60)
+            """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            yield holder
+        finally:
+            holder.kill()
+            holder.wait()
+
+    return hold

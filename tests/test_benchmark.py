@@ -55,10 +55,46 @@ def test_runner_hook_derives_rates_from_a_registered_runtime(monkeypatch):
     (["x@fast"], {}, "Unknown bench mode 'fast'"),
     (["x"], {"samples": 0}, "samples must be >= 1"),
     (["x"], {"new_tokens": 1}, "new_tokens >= 2"),
+    (["x"], {"batch_sizes": ()}, "at least one"),  # `--batch-sizes ,` printed an empty table
+    (["x"], {"batch_sizes": (0,)}, "positive integers"),
+    (["x"], {"batch_sizes": (1, -8)}, "positive integers"),
 ])
 def test_bench_errors(models, kw, msg):
     with pytest.raises(ConfigError, match=msg):
         B.bench(models, isolate=False, **kw)
+
+
+class _SmallRunner(_FakeRunner):
+    """A batch-1 runtime with a 512-token context, like llama.cpp's runner on a small model."""
+
+    max_batch = 1
+    max_context = 512
+
+
+def test_nothing_to_measure_or_a_prompt_past_the_context_is_an_error_not_an_empty_table(monkeypatch):
+    monkeypatch.setattr(B, "_RUNNERS", [])
+    B.register_runner(lambda spec: True, _SmallRunner)
+    with pytest.raises(ConfigError, match="batch sizes up to 1; --batch-sizes 8 leaves nothing to measure"):
+        B.bench(["m.gguf"], batch_sizes=(8,), isolate=False)
+    with pytest.raises(ConfigError, match=r"\(100000 \+ 4\) exceed the model's context of 512 tokens"):
+        B.bench(["m.gguf"], prompt_tokens=100000, new_tokens=4, batch_sizes=(1,), isolate=False)
+    rows = B.bench(["m.gguf"], prompt_tokens=100, new_tokens=4, batch_sizes=(1, 8), samples=1, isolate=False)
+    assert [r.batch for r in rows] == [1]  # 8 skipped, 1 measured: the default 1,8 still works
+
+
+def test_the_torch_runner_knows_its_models_context(tiny_model_dir):
+    r = B.TorchRunner(str(tiny_model_dir))
+    r.load()
+    assert r.max_context == 1024  # the tiny Llama's max_position_embeddings
+    with pytest.raises(ConfigError, match="context of 1024"):
+        B.bench([str(tiny_model_dir)], prompt_tokens=2000, new_tokens=4, batch_sizes=(1,), isolate=False)
+
+
+def test_a_childs_own_error_is_the_one_line(tiny_model_dir):
+    """In a child process (the default), the error is the child's one line, not its last log line."""
+    with pytest.raises(ConfigError) as e:
+        B.bench([str(tiny_model_dir)], prompt_tokens=2000, new_tokens=4, batch_sizes=(1,))
+    assert str(e.value).startswith(f"bench {tiny_model_dir}: prompt + new tokens (2000 + 4) exceed")
 
 
 def test_missing_gguf_file_is_a_clear_error(monkeypatch, tmp_path):

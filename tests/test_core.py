@@ -182,3 +182,72 @@ def test_load_returns_model_and_tokenizer(tiny_model_dir, tmp_path):
 
     with pytest.raises(ModelNotFoundError, match="no config.json"):
         llmq.load(tmp_path)
+
+
+# -- verification on save (llmq.verify) -------------------------------------------------------------
+def garbage(model_dir, scheme="bf16"):
+    """A QuantizedModel whose embeddings (and tied lm_head) are zero: uniform logits, finite weights."""
+    qm = llmq.quantize(model_dir, scheme, device="cpu")
+    from llmq.testing import zero_embeddings
+
+    zero_embeddings(qm.model)
+    return qm
+
+
+def test_save_records_the_verification(peaked_dir, tmp_path):
+    qm = llmq.quantize(peaked_dir, "int8-dynamic", device="cpu")
+    out = qm.save(tmp_path / "ok")
+    v = json.loads((out / "llmq.json").read_text())["verification"]
+    assert v == qm.verification and v["passed"] and v["kld"] < v["bound"] == 0.2 and v["tokens"] > 0
+    out = qm.save(tmp_path / "unchecked", verify=False)
+    assert json.loads((out / "llmq.json").read_text())["verification"] == {
+        "skipped": True, "reason": "verify=False, --no-verify"}
+
+
+def test_save_rejects_garbage_and_keeps_it_aside(peaked_dir, tmp_path):
+    from llmq.verify import VerificationError
+
+    out = tmp_path / "model"
+    qm = garbage(peaked_dir)
+    with pytest.raises(VerificationError, match=r"^verification failed: mean KL divergence [0-9.]+ nats/token from "
+                                                r"the original exceeds the bf16 bound 0\.01; .* kept at .*model\.rejected"):
+        qm.save(out)
+    kept = tmp_path / "model.rejected"
+    assert not out.exists() and qm.saved_to is None
+    meta = json.loads((kept / "llmq.json").read_text())
+    assert meta["verification"]["passed"] is False and meta["verification"]["kld"] > 0.3
+    assert (kept / "config.json").is_file() and list(kept.glob("*.safetensors"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.rejected"]  # no temp folder, no lock left
+    # a second rejection replaces llmq's earlier one; a folder llmq did not reject is never touched
+    with pytest.raises(VerificationError):
+        qm.save(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.rejected"]
+    other = tmp_path / "b.rejected"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    with pytest.raises(VerificationError, match=r"b\.rejected-2"):
+        qm.save(tmp_path / "b")
+    assert (other / "mine.txt").read_text() == "keep" and (tmp_path / "b.rejected-2" / "llmq.json").is_file()
+
+
+def test_an_existing_output_survives_a_rejected_overwrite(peaked_dir, tmp_path):
+    out = llmq.quantize(peaked_dir, "bf16", device="cpu").save(tmp_path / "m")
+    before = (out / "llmq.json").read_text()
+    from llmq.verify import VerificationError
+
+    with pytest.raises(VerificationError):
+        garbage(peaked_dir).save(out, overwrite=True)
+    assert (out / "llmq.json").read_text() == before and (tmp_path / "m.rejected").is_dir()
+
+
+def test_verification_of_a_model_larger_than_ram_is_skipped_and_says_why(tiny_model_dir, tmp_path, monkeypatch):
+    """A model quantized by streaming because it is larger than RAM cannot be loaded whole to compare:
+    the check is skipped (recorded with the reason and the command that compares elsewhere), never
+    killed for memory."""
+    from llmq import hardware
+
+    qm = llmq.quantize(tiny_model_dir, "int8-dynamic", device="cpu")
+    monkeypatch.setattr(hardware, "ram_gb", lambda: (1e-4, 1e-4))
+    out = qm.save(tmp_path / "big")
+    v = json.loads((out / "llmq.json").read_text())["verification"]
+    assert v["skipped"] is True and "GiB of RAM to run" in v["reason"] and "llmq compare --original" in v["reason"]

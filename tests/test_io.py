@@ -36,6 +36,10 @@ def test_overwrite_replaces_only_after_success(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    with pytest.raises(OutputExistsError, match="not an llmq output"):
+        check_output(out, overwrite=True)  # --overwrite replaces only a folder llmq wrote
+    (out / "llmq.json").write_text("{}")
+    assert check_output(out, overwrite=True) == out
     with pytest.raises(RuntimeError):
         with atomic_dir(out, overwrite=True):
             raise RuntimeError("crash")
@@ -48,3 +52,21 @@ def test_overwrite_replaces_only_after_success(tmp_path):
 def test_write_json_roundtrip(tmp_path):
     write_json(tmp_path / "a.json", {"x": 1})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+
+
+def test_atomic_file_failure_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from llmq.errors import resource_error
+    from llmq.io import write_text
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError) as e:
+        write_text(tmp_path / "report.json", "{}")
+    monkeypatch.undo()
+    assert f"No space left on the device: {tmp_path / 'report.json'};" in str(resource_error(e.value))
+    assert list(tmp_path.iterdir()) == []

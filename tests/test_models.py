@@ -1,7 +1,7 @@
 import pytest
 
-from llmq.errors import ModelNotFoundError
-from llmq.models import count_parameters, demo_gguf_path, excluded_modules, linear_shapes, meta_model, resolve_model
+from llmq.errors import CorruptModelError, ModelNotFoundError
+from llmq.models import check_no_missing_weights, count_parameters, demo_gguf_path, excluded_modules, linear_shapes, meta_model, resolve_model
 
 
 def test_resolve_local_folder(tiny_model_dir):
@@ -55,6 +55,96 @@ def test_demo_gguf_is_found_without_importing_the_package():
     s = resolve_model(None)
     assert s.kind == "gguf" and s.base_model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert s.config().hidden_size == 576 and getattr(s.config(), "quantization_config", None) is None
+
+
+def _write_st(path, tensors):
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+
+
+def test_check_no_missing_weights_on_a_headless_checkpoint(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    _write_st(tmp_path / "model.safetensors", sd)
+    check_no_missing_weights(tmp_path, cfg)
+    del sd["lm_head.weight"]
+    _write_st(tmp_path / "model.safetensors", sd)
+    with pytest.raises(CorruptModelError, match="lm_head.weight.*would be random"):
+        check_no_missing_weights(tmp_path, cfg)
+    torch.manual_seed(0)
+
+
+
+
+def test_config_that_contradicts_its_weights_is_refused_naming_the_entry(tmp_path, tiny_model_dir):
+    """A config.json whose intermediate_size disagrees with the tensors would quantize and be saved
+    with a config that contradicts them: refused from the headers, naming the entry at fault."""
+    import json
+    import shutil
+
+    src = tiny_model_dir
+    for key, value, entry in (("intermediate_size", 512, "intermediate_size=512; the weights say 256"),
+                              ("vocab_size", 600, "vocab_size=600; the weights say 512"),
+                              ("num_key_value_heads", 4, "implies [128, 128] (")):  # 4 x 32: no entry to name
+        d = tmp_path / key
+        shutil.copytree(src, d)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg[key] = value
+        (d / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CorruptModelError, match="config.json disagrees with the weights") as e:
+            check_no_missing_weights(d, resolve_model(d).config())
+        assert entry in str(e.value) and "\n" not in str(e.value)
+    check_no_missing_weights(src, resolve_model(src).config())
+
+
+def test_folder_with_two_ggufs_and_no_config_is_ambiguous(tmp_path):
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    (tmp_path / "b.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelNotFoundError, match="2 .gguf files \\(a.gguf, b.gguf\\).*pass the one you mean"):
+        resolve_model(tmp_path)
+
+
+def test_cut_gguf_is_one_line_before_anything_reads_it(tmp_path):
+    cut = tmp_path / "cut.gguf"
+    with open(demo_gguf_path(), "rb") as f:
+        cut.write_bytes(f.read(5_000_000))
+    for name in (cut, tmp_path):  # the file, and a folder holding only it
+        with pytest.raises(CorruptModelError, match="truncated"):
+            resolve_model(name)
+
+
+def test_gguf_config_names_its_architecture_like_the_cached_folder():
+    """transformers' GGUF config reader sets no ``architectures``; without it the GGUF schemes'
+    converter check failed on a cold cache ("config.json names no architecture")."""
+    from transformers import LlamaConfig
+
+    from llmq.models import name_architecture
+
+    cfg = LlamaConfig()
+    cfg.architectures = None
+    name_architecture(cfg)
+    assert cfg.architectures == ["LlamaForCausalLM"]
+    cfg.architectures = ["Custom"]
+    name_architecture(cfg)
+    assert cfg.architectures == ["Custom"]
+
+
+def test_demo_gguf_config_on_a_cold_cache_passes_the_gguf_schemes_check(tmp_path, monkeypatch):
+    from llmq.backends.gguf.plugin import GGUFBackend
+    from llmq.schemes import get_scheme
+
+    monkeypatch.setenv("LLMQ_CACHE", str(tmp_path / "empty-cache"))
+    src = resolve_model(None)
+    assert src.config().architectures == ["LlamaForCausalLM"]
+    sch = get_scheme("gguf-q8_0")
+    GGUFBackend(sch, sch.config()).validate_model(src)  # used to fail: "config.json names no architecture"
+    assert not (tmp_path / "empty-cache").exists()  # the config alone: nothing dequantized
 
 
 def test_linear_shapes_and_param_count_from_config_only(tiny_model_dir):
@@ -149,3 +239,65 @@ def test_prune_gguf_cache_removes_entries_whose_sources_are_gone(tmp_path, monke
     removed = prune_gguf_cache(keep, "m")
     assert sorted(removed) == sorted([gone, changed, legacy_same])
     assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in (keep, alive, legacy_other, in_progress))
+
+
+def test_hub_source_passes_the_foreign_code_guard_before_transformers(tmp_path, monkeypatch):
+    """A Hub id goes through the same guard as a folder: its config.json is fetched alone (here from an
+    offline Hub cache) and an ``auto_map`` is refused before transformers reads the repo."""
+    import json
+
+    import huggingface_hub.constants as hc
+    import transformers
+
+    from llmq.errors import RemoteCodeError
+
+    snap = tmp_path / "hub" / "models--acme--custom" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("abc123")
+    (snap / "config.json").write_text(json.dumps({"model_type": "llama",
+                                                  "auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no(*a, **k):
+        raise AssertionError("transformers read the repo before the guard")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no)
+    src = resolve_model("acme/custom")
+    for call in (src.config, src.tokenizer, src.local_dir):
+        with pytest.raises(RemoteCodeError, match="acme/custom contains custom model code .*config.json has auto_map"):
+            call()
+
+
+def test_a_gguf_source_reads_the_same_on_a_cold_and_a_warm_cache(tmp_path, monkeypatch):
+    """Read from the GGUF (cold) or from its dequantized folder (warm), the config names the causal-LM
+    class (a cold config named none, and the GGUF plugin's converter check failed with "config.json names
+    no architecture" until something filled the cache), and the tokenizer has the class of its
+    vocabulary: ``LlamaTokenizer`` for SentencePiece, written into the folder's tokenizer_config.json."""
+    import json
+
+    from transformers import LlamaTokenizer
+
+    from llmq.backends.gguf.quantizer import convert
+    from llmq.models import demo_gguf_path, gguf_tokenizer
+    from llmq.testing_gguf import tiny_sentencepiece_model
+
+    monkeypatch.setenv("LLMQ_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "src" / "sp.gguf"
+    f.parent.mkdir()
+    convert(tiny_sentencepiece_model(tmp_path / "hf"), f, "f32")
+    cold = resolve_model(str(f))
+    assert cold.config().architectures == ["LlamaForCausalLM"]
+    cold_tok = cold.tokenizer()
+    entry = cold.local_dir(progress=False)
+    assert json.loads((entry / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert json.loads((entry / "tokenizer_config.json").read_text())["tokenizer_class"] == "LlamaTokenizer"
+    warm = resolve_model(str(f))
+    assert warm.config().architectures == cold.config().architectures
+    text = "Hello  world\n\n 1234 ü 日本 <tag>"
+    warm_tok = warm.tokenizer()
+    assert type(cold_tok) is type(warm_tok) is LlamaTokenizer and warm_tok.encode(text) == cold_tok.encode(text)
+    # a byte-level vocabulary keeps transformers' generic class, which keeps the file's pre-tokenizer
+    assert type(gguf_tokenizer(demo_gguf_path())).__name__ == "TokenizersBackend"

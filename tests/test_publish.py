@@ -302,7 +302,8 @@ def test_unevaluated_folder_says_not_measured_and_has_no_model_index(folders, of
     ev = sections(text)["Evaluation"]
     assert "Not measured" in ev and "|" not in ev
     assert "Quality after quantization was not measured" in text
-    assert not re.search(r"\d+\.\d+%", text.split("## Limitations")[0])  # no accuracy-like number anywhere above
+    above = [l for l in text.split("## Limitations")[0].splitlines() if not l.startswith("| Verified |")]
+    assert not re.search(r"\d+\.\d+%", "\n".join(above))  # no accuracy-like number above, but the save's check
 
 
 def test_missing_measurements_say_not_measured(nf4, offline_hub):
@@ -544,6 +545,42 @@ def test_push_errors_are_one_line_and_touch_nothing(case, nf4, tiny_model_dir, m
     assert main(["push", str(folder), "--repo", repo]) == 2
 
 
+@pytest.mark.parametrize("repo", ["me/x..y", "me/x-", "me/.x.", "no-owner", "me/" + "x" * 100, "me/a b"])
+def test_push_dry_run_and_run_push_to_hub_refuse_the_same_ids(repo, nf4, tiny_model_dir, tmp_path, monkeypatch):
+    """``push --dry-run`` accepted ids that ``run --push-to-hub`` refused: both now call the one
+    ``llmq.hub.check_repo_id``, the run before any weight loads."""
+    from llmq import hub
+    from llmq.pipeline.run import run
+
+    assert publish.check_repo_id is hub.check_repo_id
+    before = snapshot(nf4)
+    with pytest.raises(LlmqError, match="Invalid Hub repo id"):
+        publish.push(nf4, repo, dry_run=True)
+    assert snapshot(nf4) == before  # no card written
+    monkeypatch.setattr(llmq.core, "quantize", lambda *a, **k: pytest.fail("quantized before the repo id check"))
+    with pytest.raises(LlmqError, match="Invalid Hub repo id"):
+        run(str(tiny_model_dir), "fp16", output=tmp_path / "o", device="cpu", push_to_hub=repo)
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_accepts_what_run_accepts(nf4, offline_hub):
+    for repo in ("me/SmolLM2-135M-GPTQ-Int4", "org.name/model_v1.5"):
+        hub_ok = publish.push(nf4, repo, dry_run=True)
+        assert hub_ok.url.endswith(repo)
+
+
+def test_broken_card_template_is_one_line_before_anything_is_written(nf4, tmp_path):
+    from llmq.cli import main
+
+    tpl = tmp_path / "card.md"
+    tpl.write_text("# {{ title }}\n{% if x %}oops {{ y }\n")
+    before = snapshot(nf4)
+    with pytest.raises(LlmqError, match="card.md line 2: unexpected '}'") as e:
+        publish.push(nf4, "me/x", dry_run=True, template=tpl)
+    assert "\n" not in str(e.value) and snapshot(nf4) == before
+    assert main(["push", str(nf4), "--repo", "me/x", "--dry-run", "--template", str(tpl)]) == 2
+
+
 # -- packaging ----------------------------------------------------------------------------------
 def test_template_ships_with_the_package_and_model_cards_points_to_it():
     tpl = publish.template_path()
@@ -604,3 +641,29 @@ def test_card_never_shows_a_local_path_for_the_original(tmp_path, monkeypatch):
     local = original_label(str(tmp_path / "my-model"), None)
     assert str(tmp_path) not in local and "`my-model`" in local
     assert original_label("HuggingFaceTB/SmolLM2-135M", None) == "the original weights (`HuggingFaceTB/SmolLM2-135M`)"
+
+
+def test_card_shows_the_verification_from_llmq_json(nf4, tmp_path, offline_hub):
+    meta = json.loads((nf4 / "llmq.json").read_text())
+    v = meta["verification"]
+    row = dict(table(sections(publish.render_card(nf4))["Quantization"]))["Verified"]
+    assert row.startswith("passed: mean KL divergence ") and number(row) == float(f"{v['kld']:.3g}")
+    assert f"(bound {v['bound']:g})" in row and f"{100 * v['top1']:.1f}%" in row and f"{v['tokens']:,} tokens" in row
+    for record, text in (({"skipped": True, "reason": "verify=False, --no-verify"}, "no: skipped (verify=False"),
+                         (None, "not recorded")):
+        meta["verification"] = record
+        (nf4 / "llmq.json").write_text(json.dumps(meta))
+        assert dict(table(sections(publish.render_card(nf4))["Quantization"]))["Verified"].startswith(text)
+
+
+def test_a_folder_that_failed_verification_is_never_published(nf4, fake_hub):
+    meta = json.loads((nf4 / "llmq.json").read_text())
+    meta["verification"] = {**meta["verification"], "passed": False, "kld": 6.2}
+    (nf4 / "llmq.json").write_text(json.dumps(meta))
+    before = snapshot(nf4)
+    for dry in (True, False):
+        with pytest.raises(LlmqError, match="failed its verification, so llmq does not publish it: verification "
+                                            "failed: mean KL divergence 6.2"):
+            publish.push(nf4, "me/tiny", dry_run=dry)
+    calls, _ = fake_hub
+    assert snapshot(nf4) == before and not called(calls, "upload_folder") and not called(calls, "create_repo")

@@ -7,8 +7,7 @@ import pytest
 from llmq import safety
 from llmq.eval.api import check_eval_request
 from llmq.hub import check_repo_id
-from llmq.models import check_no_missing_weights
-from llmq.errors import CalibrationError, ConfigError, CorruptModelError, RemoteCodeError
+from llmq.errors import ConfigError, CorruptModelError, DataError, RemoteCodeError
 
 
 def _write_st(path, tensors, metadata=None):
@@ -29,37 +28,6 @@ def test_remote_code_detected_by_auto_map_or_python_files(tmp_path):
     with pytest.raises(RemoteCodeError, match="config.json has auto_map.*--trust-remote-code"):
         safety.refuse_remote_code(tmp_path, trust_remote_code=False)
     safety.refuse_remote_code(tmp_path, trust_remote_code=True)  # opted in: allowed
-
-
-# -- safetensors ------------------------------------------------------------------------------------------
-def test_safetensors_header_accepts_valid_and_rejects_broken(tmp_path):
-    import torch
-
-    f = _write_st(tmp_path / "model.safetensors", {"a": torch.ones(4, 4), "b": torch.zeros(3)})
-    assert set(safety.safetensors_header(f)) >= {"a", "b"}
-    assert sorted(safety.check_safetensors_folder(tmp_path)) == ["a", "b"]
-    data = f.read_bytes()
-    cases = {
-        "empty": (b"", "0 bytes"),
-        "truncated": (data[:-8], "truncated"),
-        "garbage": (os.urandom(256), "header length|not JSON"),
-        "not-json": (struct.pack("<Q", 4) + b"\xff\xfe{]" + b"0" * 16, "not JSON"),
-    }
-    for name, (content, msg) in cases.items():
-        g = tmp_path / f"{name}.safetensors"
-        g.write_bytes(content)
-        with pytest.raises(CorruptModelError, match=msg):
-            safety.safetensors_header(g)
-
-
-def test_shard_index_naming_a_missing_shard(tmp_path):
-    import torch
-
-    _write_st(tmp_path / "model-00001-of-00002.safetensors", {"a": torch.ones(2)})
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
-    with pytest.raises(CorruptModelError, match="00002-of-00002"):
-        safety.check_safetensors_folder(tmp_path)
 
 
 # -- non-finite -------------------------------------------------------------------------------------------
@@ -96,44 +64,37 @@ def test_finite_logits_check():
         safety.check_finite_logits(torch.tensor([[[0.0, float("nan")]]]), "m")
 
 
-# -- missing weights --------------------------------------------------------------------------------------
-def test_missing_weights_with_base_prefix():
-    expected = ["bert.embeddings.w", "bert.layer.0.w", "cls.predictions.bias"]
-    assert safety.missing_weights(expected, ["embeddings.w", "layer.0.w"], "bert") == ["cls.predictions.bias"]
-    assert safety.missing_weights(["a", "b"], ["a", "b", "c"]) == []
-
-
-def test_check_no_missing_weights_on_a_headless_checkpoint(tmp_path):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg)
-    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    _write_st(tmp_path / "model.safetensors", sd)
-    check_no_missing_weights(tmp_path, cfg)
-    del sd["lm_head.weight"]
-    _write_st(tmp_path / "model.safetensors", sd)
-    with pytest.raises(CorruptModelError, match="lm_head.weight.*would be random"):
-        check_no_missing_weights(tmp_path, cfg)
-    torch.manual_seed(0)
-
-
-def test_check_loading_info():
-    safety.check_loading_info({"missing_keys": [], "mismatched_keys": []}, "m")
-    with pytest.raises(CorruptModelError, match="newly initialised cls.x"):
-        safety.check_loading_info({"missing_keys": ["cls.x"]}, "m")
-
-
 # -- text, names, values ----------------------------------------------------------------------------------
 def test_calibration_text_check(tmp_path):
     safety.check_text("Der schnelle braune Fuchs. 東京は日本の首都です。\n" * 50, "t")
     (tmp_path / "r.txt").write_bytes(os.urandom(5000))
-    with pytest.raises(CalibrationError, match="does not look like text"):
+    with pytest.raises(DataError, match="does not look like text"):
         safety.check_text_file(tmp_path / "r.txt")
-    with pytest.raises(CalibrationError, match="no text"):
+    with pytest.raises(DataError, match="no text"):
         safety.check_text("   \n", "t")
+
+
+def test_tokenizer_larger_than_the_embeddings_is_refused():
+    """Ids past the embedding table were an IndexError deep in a forward pass (eval, calibration)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    class Tok:
+        def __init__(self, n):
+            self.n = n
+
+        def get_vocab(self):
+            return {f"t{i}": i for i in range(self.n)}
+
+    small = torch.nn.Module()
+    small.get_input_embeddings = lambda: torch.nn.Embedding(300, 8)
+    with pytest.raises(CorruptModelError, match="tokenizer has 512 token ids but the embedding table holds 300"):
+        safety.check_vocab(Tok(512), small, "m")
+    safety.check_vocab(Tok(300), small, "m")
+    safety.check_vocab(Tok(512), SimpleNamespace(vocab_size=576), "m")  # a config: padded tables are fine
+    with pytest.raises(CorruptModelError, match="holds 256"):
+        safety.check_vocab(Tok(512), SimpleNamespace(vocab_size=256), "m")
 
 
 def test_skip_modules_must_match_and_errors_list_near_names():
@@ -225,3 +186,16 @@ def test_finite_safetensors_check_reads_fp8(tmp_path):
     save_file({"w": t}, str(tmp_path / "m.safetensors"))
     with pytest.raises(CorruptModelError, match="in w"):
         safety.check_finite_safetensors(tmp_path, "m")
+
+
+def test_file_source_guard_checks_the_folder_beside_it(tmp_path):
+    from llmq import safety
+    from llmq.errors import RemoteCodeError
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+    assert safety.code_folder(f) == tmp_path and safety.remote_code_reason(f) is None
+    (tmp_path / "config.json").write_text('{"auto_map": {"AutoConfig": "configuration_x.X"}}')
+    with pytest.raises(RemoteCodeError, match="config.json has auto_map"):
+        safety.refuse_remote_code(f, False)
+    safety.refuse_remote_code(f, True)

@@ -14,7 +14,8 @@ from llmq.errors import ConfigError, LlmqError
 from llmq.fmt import gb, gib
 from llmq.hardware import GB, Hardware, detect
 
-STATUS_ORDER = {"recommended": 0, "ok": 1, "warn": 2, "avoid": 3, "exceeds tolerance": 4, "does not fit": 5}
+STATUS_ORDER = {"recommended": 0, "ok": 1, "warn": 2, "avoid": 3, "exceeds tolerance": 4, "does not fit": 5,
+                "unsupported": 6}
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Candidate:
     command: str = ""
     installed: bool = True
     rank: int = 0
+    quantize_cost: Any = None  # llmq.cost.Projection of quantizing on this CPU, when measured
 
     @property
     def loss_text(self) -> str:
@@ -49,6 +51,8 @@ class Candidate:
             "memory_bytes": self.memory.total, "memory": self.memory.to_dict(), "fits": self.fits,
             "expected_loss_pct": list(self.loss) if self.loss else None, "loss_source": self.loss_source,
             "reasons": self.reasons, "command": self.command, "installed": self.installed,
+            "quantize_ram_gib": round(self.quantize_cost.ram_gib, 2) if self.quantize_cost else None,
+            "quantize_wall_s": round(self.quantize_cost.wall_s) if self.quantize_cost else None,
         }
 
 
@@ -115,7 +119,7 @@ class Advice:
         for col in ("#", "scheme", "status", "size", "memory @ctx", "expected loss", "why", "command"):
             t.add_column(col, overflow="fold")
         style = {"recommended": "bold green", "ok": "", "warn": "yellow", "avoid": "red",
-                 "exceeds tolerance": "red", "does not fit": "dim"}
+                 "exceeds tolerance": "red", "does not fit": "dim", "unsupported": "dim"}
         for c in self.candidates:
             t.add_row(str(c.rank), c.scheme, c.status, gb(c.size.bytes), gib(c.memory.total), c.loss_text,
                       "\n".join(c.reasons), c.command, style=style.get(c.status, ""))
@@ -246,6 +250,7 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         order = sorted(names, key=lambda s: (served[s].rank, order.index(s)))
     cpu_pick = tree["cpu"][0]  # int8-dynamic: the tree's CPU scheme
 
+    why_not = model_support(prof, trust_remote_code)
     cands = []
     model_arg = "" if model is None else (f" --model {prof.name}" if not isinstance(model, (int, float))
                                           else " --model <your-model>")
@@ -265,6 +270,16 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         else:
             c.status = "does not fit"
             c.reasons.append(f"needs {gib(mems[s].total)} > {hw.memory_gb:.1f} GiB {where}")
+        q = quantize_cost(prof, s) if hw.device == "cpu" else None
+        if q is not None:
+            from llmq.cost import human_time
+
+            c.quantize_cost = q
+            c.reasons.append(f"quantizing it here takes about {q.ram_gib:.1f} GiB RAM and {human_time(q.wall_s)} "
+                             "(measured cost model)")
+            if q.ram_gib > hw.memory_gb and c.status != "does not fit":
+                c.status = "does not fit"
+                c.reasons.append(f"quantizing needs more RAM than the {hw.memory_gb:.1f} GiB here")
         # The decision tree (with --serve, the engine's kernels rank instead).
         if served:
             pass
@@ -325,6 +340,9 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
             c.status = "avoid"
         if not c.installed:
             c.reasons.append(f"not installed: pip install 'llmq[{extra}]'")
+        if why_not.get(s):
+            c.status = "unsupported"
+            c.reasons.insert(0, f"cannot quantize this model: {why_not[s]}")
         cands.append(c)
 
     cands.sort(key=lambda c: (STATUS_ORDER[c.status] >= STATUS_ORDER["avoid"], STATUS_ORDER[c.status] > 1,
@@ -382,6 +400,33 @@ def export_flag(scheme: str) -> str:
     except LlmqError:  # no such option, or the scheme cannot write it
         return ""
     return "" if cfg.to_dict() == get_scheme(scheme).config().to_dict() else " --format compressed-tensors"
+
+
+def model_support(prof: ModelProfile, trust_remote_code: bool = False) -> dict[str, str]:
+    """``{scheme: why it cannot quantize this architecture}`` from the profile's config (each plugin's
+    ``unsupported``: layer types, converters, kernel shapes); empty without a config (a bare count)."""
+    if prof.config is None:
+        return {}
+    from llmq.schemes import NOT_INSTALLED, support
+
+    return {s: why for s, why in support(prof.config, trust_remote_code=trust_remote_code).items()
+            if why and not why.startswith(NOT_INSTALLED)}
+
+
+def quantize_cost(prof: ModelProfile, scheme: str) -> Any:
+    """``llmq.cost.Projection`` of quantizing ``prof`` with ``scheme``'s defaults on this CPU
+    (calibrated schemes on 16 x 512 tokens, the cost model's own setting), or None when unmeasured."""
+    from llmq.cost import project
+    from llmq.schemes import get_scheme
+
+    sch = get_scheme(scheme)
+    cls = sch.backend_cls()
+    try:
+        cfg = sch.config(**({"calibration": "wikitext2", "n_samples": 16, "seqlen": 512}
+                            if cls.needs_calibration else {}))
+        return project(sch.name, cls.cost_features(prof, sch, cfg))
+    except (LlmqError, NotImplementedError, ZeroDivisionError, AttributeError):
+        return None
 
 
 def measured_gpu_notes() -> list[str]:

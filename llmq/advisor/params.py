@@ -147,7 +147,7 @@ def config_profile(config: Any, name: str, *, trust_remote_code: bool = False) -
         tied=tied, layers=int(getattr(text, "num_hidden_layers", 0) or 0), hidden=hidden,
         kv_heads=int(getattr(text, "num_key_value_heads", 0) or heads), head_dim=head_dim,
         vocab=int(getattr(text, "vocab_size", 0) or 0), intermediate=int(getattr(text, "intermediate_size", 0) or 0),
-        checkpoint_dtype=str(dtype).replace("torch.", ""),
+        checkpoint_dtype=str(dtype).replace("torch.", ""), config=config,
     )
 
 

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from llmq.errors import ConfigError, MissingDependencyError
+from llmq.errors import ConfigError, MissingDependencyError, ModelNotFoundError
+from llmq.backends.exports import check_export_installed, export_format, export_versions
+from llmq.backends.layers import block_shapes, model_type, weight_layer_types, weight_shapes  # noqa: F401
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -107,8 +109,13 @@ def transformers_snippet(repo: str) -> str:
 
 
 VLLM_NOTE = "vLLM needs a GPU. llmq's own tests do not run vLLM."
-#: export format -> (import name, pip distribution, llmq extra) it needs
-EXPORT_REQUIRES = {"compressed-tensors": ("compressed_tensors", "compressed-tensors", "compressed-tensors")}
+
+#: ``llmq.verify``'s KL bound (nats/token) per scheme precision band, for plugins that declare none
+#: (``Backend.verify_kld``): at least 3x the largest KL of the band's schemes on the demo, at most a
+#: third of garbage's (uniform logits: 7.68), both from ``OMP_NUM_THREADS=1 python
+#: scripts/bench_verify.py --parts demo,garbage --update`` (eval/bench_verify.json). Largest measured:
+#: bf16 0.0015, int8-dynamic 0.054, bnb-fp4 0.60, gptq-int3 0.70
+VERIFY_KLD = {"16": 0.01, "8": 0.2, "4": 2.0, "3": 2.5}
 
 
 class Backend:
@@ -136,6 +143,18 @@ class Backend:
     #: the context the evaluators use for an output without a config.json (its runtime's, e.g. a
     #: .gguf on llama.cpp); None: read from config.json
     eval_context: ClassVar[int | None] = None
+    #: the layer classes whose weight matrices ``quantize`` converts ("Linear": ``torch.nn.Linear``
+    #: and its subclasses; "Conv1D": transformers' GPT-2-style ``Conv1D``); None: every weight (a
+    #: dtype cast, a converter that maps each architecture itself). A model whose decoder holds its
+    #: matrices in other layers is refused before any weight loads (``unsupported``), instead of
+    #: being saved with those layers silently left in full precision
+    layer_types: ClassVar[tuple[str, ...] | None] = ("Linear",)
+    #: why other layer types are refused, when there is more to say than ``layer_types``
+    layer_types_note: ClassVar[str] = ""
+    #: the largest mean KL divergence (nats/token, original || output, ``llmq.verify``'s text) an
+    #: output of this plugin may show before ``save`` rejects it: a number, {scheme name: number},
+    #: or None for the default of the scheme's precision band (``VERIFY_KLD``); see ``verify_bound``
+    verify_kld: ClassVar[float | Mapping[str, float] | None] = None
     #: checkpoint formats ``export`` writes besides the plugin's own, picked by the config's
     #: ``format``; each is the ``quant_method`` of the plugin that loads such folders
     #: (``"compressed-tensors"``: ``llmq.backends.compressed``)
@@ -153,9 +172,7 @@ class Backend:
         self.config = config
         #: run-time settings that are not part of the result (e.g. QAT's checkpoint folder, resume)
         self.options = dict(options or {})
-        fmt = getattr(config, "format", None)
-        if fmt in EXPORT_REQUIRES and importlib.util.find_spec(EXPORT_REQUIRES[fmt][0]) is None:
-            raise MissingDependencyError(f"format={fmt!r}", [EXPORT_REQUIRES[fmt][1]], EXPORT_REQUIRES[fmt][2])
+        check_export_installed(config)  # format="compressed-tensors" needs compressed-tensors
 
     # -- checks, all before any weights load -------------------------------------------------
     @classmethod
@@ -173,18 +190,53 @@ class Backend:
             if not torch.cuda.is_available():
                 raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu.")
 
+    def unsupported(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
+        """Why this scheme (with its config) cannot quantize a model of ``config``, in one line naming
+        the model type; None when it can. Config alone, no weights: ``validate_model`` raises it and
+        ``llmq schemes --model`` lists it. Default: the decoder's weight layers must be ``layer_types``;
+        plugins add their own limits (architectures a converter knows, versions that crash on one)."""
+        if self.layer_types is None:
+            return None
+        found = weight_layer_types(config, trust_remote_code=trust_remote_code)
+        other = {t: names for t, names in found.items() if t not in self.layer_types}
+        if not other:
+            return None
+        kinds = ", ".join(f"{t} layers ({names[0]}{', ...' if len(names) > 1 else ''})" for t, names in other.items())
+        why = f" ({self.layer_types_note})" if self.layer_types_note else ", so they would stay in full precision"
+        return (f"{self.scheme.name} cannot quantize {model_type(config)}'s {kinds}: it converts "
+                f"{'/'.join(self.layer_types)} layers only{why}")
+
+    def misfit(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
+        """Why this scheme's settings do not fit a model of ``config`` although the scheme could
+        quantize it (e.g. a group size that does not divide its layers: the fix is an option, not
+        another scheme); None when they fit. Config alone, like ``unsupported``."""
+        return None
+
     def validate_model(self, source: Any) -> None:
-        """Shape checks from the config alone; overridden where kernels have constraints."""
+        """Config-only checks before any weight loads, each one line: ``unsupported`` (layer types,
+        architectures) as ``UnsupportedModelError``, then ``misfit`` (settings) as ``ConfigError``."""
+        from llmq.errors import UnsupportedModelError
+
+        cfg, trc = source.config(), source.trust_remote_code
+        reason = self.unsupported(cfg, trust_remote_code=trc)
+        if reason:
+            raise UnsupportedModelError(reason)
+        problem = self.misfit(cfg, trust_remote_code=trc)
+        if problem:
+            raise ConfigError(problem)
+
+    def source_file(self, source: Any) -> Path | None:
+        """A source file this plugin quantizes as it is, handed to ``quantize`` instead of the
+        safetensors folder (a ``.gguf`` that llama.cpp requantizes, keeping its metadata and tokenizer);
+        None (the default): the folder, dequantized or downloaded as needed."""
+        return None
 
     def versions(self) -> dict[str, str | None]:
-        out = {dist: package_version(dist) for _, dist in self.requires}
-        fmt = getattr(self.config, "format", None)
-        if fmt in EXPORT_REQUIRES:  # the package that wrote the exported format
-            out[EXPORT_REQUIRES[fmt][1]] = package_version(EXPORT_REQUIRES[fmt][1])
-        return out
+        return {**{dist: package_version(dist) for _, dist in self.requires}, **export_versions(self.config)}
 
     # -- quantize and save ------------------------------------------------------------------
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+        """Quantize ``model_dir`` (a safetensors folder, or what ``source_file`` named)."""
         raise NotImplementedError
 
     def write(self, model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
@@ -192,7 +244,7 @@ class Backend:
         plugin's own ``save``. Returns the llmq.json entries an export decides (its
         ``quantization_config``, serving facts). After an export the saved folder is what runs (its
         format's plugin loads it), so the sample and the evaluation measure the exported checkpoint."""
-        fmt = getattr(self.config, "format", None)
+        fmt = export_format(self.config)
         if fmt in self.exports:
             written = self.export(model, tokenizer, out, fmt)
             self.runs_in_memory = False
@@ -208,7 +260,15 @@ class Backend:
 
     def save(self, model: Any, tokenizer: Any, out: Path) -> None:
         """Write the complete output into ``out`` (an empty temporary folder; ``llmq.json`` is added
-        after). Default: transformers ``save_pretrained`` as safetensors, plus the tokenizer."""
+        after). Default: the files of an output written while quantizing
+        (``llmq.streaming.WrittenOutput``, hard-linked), or transformers ``save_pretrained`` as
+        safetensors; plus the tokenizer."""
+        from llmq.streaming import WrittenOutput
+
+        if isinstance(model, WrittenOutput):
+            model.place(out)
+            tokenizer.save_pretrained(out)
+            return
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         for f in out.glob("*.bin"):
@@ -236,12 +296,48 @@ class Backend:
         check_finite_safetensors(folder, what)
         canonicalize_folder(folder)
 
+    @classmethod
+    def verify_bound(cls, scheme: Scheme) -> float:
+        """The KL bound ``llmq.verify`` holds an output of ``scheme`` to: the plugin's ``verify_kld``,
+        else ``VERIFY_KLD`` of the scheme's precision band."""
+        v = cls.verify_kld
+        if isinstance(v, Mapping):
+            v = v.get(scheme.name)
+        return float(v) if v is not None else VERIFY_KLD[scheme.precision or "4"]
+
+    @classmethod
+    def verify_reference(cls, source_dir: Path, device: str, *, trust_remote_code: bool = False
+                         ) -> tuple[Any, str, Any]:
+        """``(model, runtime name, cleanup or None)``: the original at ``source_dir`` for ``llmq.verify``
+        to compare this plugin's outputs with. Default: transformers, in the checkpoint's dtype, except
+        float32 for float16 checkpoints on CPU (slow and overflow-prone there). The GGUF plugin keeps
+        this default: its outputs run on llama.cpp, their original on transformers, which on the demo
+        gives the logits an f32 GGUF of the original gives on llama.cpp within KL 1e-6
+        (scripts/bench_verify.py), and checks llama.cpp's implementation of the architecture too."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from llmq.models import read_json
+
+        dtype: Any = "auto"
+        if device == "cpu":
+            cfg = read_json(source_dir / "config.json")
+            saved = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("dtype")
+            dtype = torch.bfloat16 if saved == "bfloat16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=dtype, device_map=device,
+                                                     trust_remote_code=trust_remote_code).eval()
+        return model, f"transformers ({str(model.dtype).removeprefix('torch.')})", None
+
     def extra_metadata(self) -> dict[str, Any]:
         """Entries ``quantize`` recorded for ``llmq.json`` beyond the common ones (e.g. QAT's
         ``training`` block); merged last."""
         return {}
 
     def quantization_config(self, model: Any) -> dict | None:
+        from llmq.streaming import WrittenOutput
+
+        if isinstance(model, WrittenOutput):
+            return model.quantization_config
         qc = getattr(model.config, "quantization_config", None)
         if qc is None:
             return None
@@ -275,10 +371,17 @@ class Backend:
     @classmethod
     def load_tokenizer(cls, path: Path, *, trust_remote_code: bool = False) -> Any:
         """The tokenizer of an output of this plugin (what the evaluators tokenize with); default:
-        transformers ``AutoTokenizer`` from the folder."""
+        transformers ``AutoTokenizer`` from the folder (a folder without a usable one is one line)."""
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        try:
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # the file system's error (permission, ...): the CLI says it in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelNotFoundError(f"{path} has no usable tokenizer ({first}); copy the original model's "
+                                     "tokenizer files into it.") from None
 
     @classmethod
     def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
@@ -290,15 +393,28 @@ class Backend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from llmq.models import read_json
-        from llmq.safety import check_safetensors_folder
+        from llmq.weightfiles import check_safetensors_folder
 
-        check_safetensors_folder(path)
+        check_safetensors_folder(path, required=True)  # never torch.load a pytorch_model.bin
         qc = read_json(path / "config.json").get("quantization_config") or {}
         kwargs = cls.load_kwargs(path, qc, device, kernel)
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=cls.load_dtype(qc, device, dtype),
                                                      trust_remote_code=trust_remote_code, **kwargs)
         model.eval()
         return model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+    @classmethod
+    def eval_runtimes(cls) -> tuple[str, ...]:
+        """The runtimes an output of this plugin can be scored on, preferred first (``load`` uses the
+        first); a comparison scores both models on one runtime they share."""
+        return (cls.runtime,)
+
+    @classmethod
+    def load_on(cls, path: Path, runtime: str, *, device: str) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` on one of ``eval_runtimes`` (``load`` takes the first; a .gguf can also
+        be dequantized into transformers); the model's ``llmq_runtime`` says which. Default: none but
+        ``load``'s."""
+        raise ConfigError(f"{cls.name} outputs run on {' or '.join(cls.eval_runtimes())}, not {runtime}.")
 
     @classmethod
     def generate(cls, model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 24) -> str:
@@ -319,6 +435,18 @@ class Backend:
         return None
 
     # -- what the advisor and the card need ---------------------------------------------------
+    @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """``llmq.cost.CostFeatures`` of quantizing ``profile``: what ``llmq.cost.project`` turns
+        into peak RAM and wall time. Default: a plugin that converts block by block
+        (``llmq.streaming``) at ``config.dtype``, time growing with the parameters."""
+        from llmq.cost import streamed
+        from llmq.sizing import BYTES
+
+        dtype = getattr(config, "dtype", "float32")
+        return streamed(profile, BYTES.get(dtype, 4), cls.estimate(profile, scheme, config, "cpu").bytes)
+
+
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
         """The ``llmq.sizing.SizeEstimate`` of what ``save`` writes for ``profile``."""

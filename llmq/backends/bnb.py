@@ -82,6 +82,8 @@ class BitsAndBytesBackend(Backend):
     requires = (("bitsandbytes", "bitsandbytes"),)
     extra = "bnb"
     quant_methods = ("bitsandbytes",)
+    #: transformers' bitsandbytes integration transposes GPT-2-style Conv1D weights and quantizes them too
+    layer_types = ("Linear", "Conv1D")
     schemes = (
         Scheme("bnb-int8", "bitsandbytes", BnbInt8Config, {}, 8, "bitsandbytes LLM.int8() with outlier threshold",
                "8", "8-bit for max accuracy (bitsandbytes LLM.int8())", True,
@@ -113,6 +115,31 @@ class BitsAndBytesBackend(Backend):
         )
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+        """Block by block from the checkpoint's shards (``llmq.streaming``) with transformers' own
+        bitsandbytes quantize-on-load (its Linear replacement, then its per-weight quantize op), so
+        memory is bounded by a layer; a checkpoint that cannot be streamed loads whole."""
+        from transformers.quantizers.auto import AutoHfQuantizer
+
+        from llmq.streaming import BlockModel, NotStreamable, stream_folder
+
+        qc = self.hf_config(model_dir)
+        hq = AutoHfQuantizer.from_config(qc, pre_quantized=False)
+        op = hq.get_quantize_ops()
+
+        def convert_param(model: Any, name: str, value: Any) -> Any:
+            if not hq.param_needs_quantization(model, name):
+                return None
+            return op.convert({name: value}, model=model, full_layer_name=name)[name]
+
+        try:
+            bm = BlockModel(model_dir, torch_dtype(self.config.dtype), convert_param=convert_param,
+                            prepare=lambda m: hq._process_model_before_weight_loading(m, device_map=None))
+        except NotStreamable:
+            return self._quantize_whole(model_dir, device)
+        return stream_folder(bm, dtype=self.config.dtype, quantization_config=qc, device=device,
+                             work_dir=self.options.get("work_dir"))
+
+    def _quantize_whole(self, model_dir: Path, device: str) -> Any:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(

@@ -35,6 +35,7 @@ def cast_size(profile: Any, scheme: str = "fp16", dtype: str = "float16", label:
 
 class CastBackend(Backend):
     name = "cast"
+    layer_types = None  # casts every weight, whatever layer holds it
     schemes = (
         Scheme("fp16", "cast", CastConfig, {"dtype": "float16"}, 16, "cast weights to float16", "16",
                "no quantization: the baseline when it fits (fp16 on pre-Ampere GPUs)",
@@ -45,11 +46,18 @@ class CastBackend(Backend):
     )
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
-        from transformers import AutoModelForCausalLM
+        """Tensor by tensor from the checkpoint's shards into new shards (``llmq.streaming``):
+        memory is bounded by a layer and a shard; a checkpoint that cannot be streamed loads whole."""
+        from llmq.streaming import BlockModel, NotStreamable, stream_folder
 
-        return AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch_dtype(self.config.dtype), device_map=device
-        )
+        dtype = torch_dtype(self.config.dtype)
+        try:
+            bm = BlockModel(model_dir, dtype)
+        except NotStreamable:
+            from transformers import AutoModelForCausalLM
+
+            return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device)
+        return stream_folder(bm, dtype=self.config.dtype, work_dir=self.options.get("work_dir"))
 
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:

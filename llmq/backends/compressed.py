@@ -15,9 +15,10 @@ loads on any device), written from llmq's own quantized weights.
   compressed-tensors support) and writes their model card, whose usage is ``vllm serve``.
 
 Which llmq schemes export here (``format="compressed-tensors"``) is each plugin's call
-(``Backend.exports``): int8-dynamic and int8-static (torchao, ``llmq.backends.torchao``), gptq-int4/
-gptq-int8/awq-int4 and qat-int4 (``llmq.backends.gptqmodel``) and fp8 (``llmq.backends.fp8``),
-whose only format this is.
+(``Backend.exports``): int8-dynamic and int8-static (torchao, through :func:`export_torchao`),
+gptq-int4/gptq-int8/awq-int4 and qat-int4 (their GPTQ/AWQ folder, through :func:`export_gptq_folder`)
+and fp8 (``llmq.backends.fp8``), whose only format this is. The converters live here, beside the
+writer, so each plugin's module stays about its own method.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, transformers_snippet
-from llmq.errors import LlmqError
+from llmq.errors import ConfigError, LlmqError
 
 FORMAT = "compressed-tensors"
 #: what ``llmq advise --serve vllm`` and the card name each compressed-tensors layout
@@ -185,6 +186,121 @@ def layout_of(qc: Mapping[str, Any] | None) -> str:
     """The compressed-tensors layout a ``quantization_config`` names, in words."""
     fmt = (qc or {}).get("format") or ""
     return KINDS.get(fmt, fmt or "compressed-tensors")
+
+
+# -- converters from llmq's own outputs: torchao W8A8 (int8-dynamic, int8-static) -------------------
+def export_torchao(model: Any, tokenizer: Any, out: Path, dtype: Any) -> dict[str, Any]:
+    """Write a torchao W8A8 model (int8-dynamic, int8-static) as a compressed-tensors folder
+    (``int-quantized``): each ``Int8Tensor`` Linear's int8 codes and fp32 scales as they are,
+    with its activations as torchao runs them (per token at run time, or the static per-tensor scale
+    and zero point); everything else as the model holds it, at ``dtype``."""
+    import torch
+
+    state, layers = {}, {}
+    for key, value in model.state_dict().items():
+        if type(value).__name__ == "Int8Tensor":
+            if not key.endswith(".weight") or isinstance(model.get_submodule(key[:-7]), torch.nn.Embedding):
+                raise ConfigError(f"{key} is an int8 embedding: compressed-tensors folders keep embeddings at dtype.")
+            layers[key[:-7]] = int8_layer(key[:-7], value)
+        else:
+            state[key] = value
+    return write_compressed(dense_model(model.config, dtype, state, set(layers)), layers, out, tokenizer)
+
+
+def int8_layer(name: str, w: Any) -> Any:
+    """compressed-tensors' view of one torchao ``Int8Tensor`` weight (symmetric int8 per row or
+    per tensor) and of the activations its linear quantizes."""
+    import torch
+    from torchao.quantization import MappingType
+
+    if w.act_pre_scale is not None:
+        raise ConfigError(f"{name} divides its input by SmoothQuant scales at run time, which compressed-tensors "
+                          "cannot hold: quantize int8-static with smooth_fold=True (folded into the norms).")
+    if w.zero_point is not None and bool((w.zero_point != 0).any()):
+        raise ConfigError(f"{name} has asymmetric int8 weights; compressed-tensors' W8A8 takes symmetric ones.")
+    kw = w.act_quant_kwargs
+    if kw is None:
+        raise ConfigError(f"{name} is int8 weight-only (float activations); export it with int8 activations or "
+                          "keep it float (skip_modules).")
+    per_row = w.block_size[0] == 1
+    weights = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": False,
+               "strategy": "channel" if per_row else "tensor"}
+    sym = kw.mapping_type == MappingType.SYMMETRIC
+    static = w.act_quant_scale is not None
+    acts = {"num_bits": 8, "type": "int", "symmetric": sym, "dynamic": not static,
+            "strategy": "tensor" if static else "token"}
+    return LayerQuant(weights, w.dequantize(torch.float32), w.scale.float(), None, acts,
+                      w.act_quant_scale if static else None,
+                      w.act_quant_zero_point if static and not sym else None)
+
+
+# -- GPTQ/AWQ folders (gptq-int4/-int8, awq-int4; qat-int4 writes GPTQ folders too) ------------------
+def export_via_folder(save: Any, model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
+    """Write the plugin's own GPTQ/AWQ folder with ``save`` beside ``out``, then convert it."""
+    import shutil
+    import tempfile
+
+    native = Path(tempfile.mkdtemp(prefix=".llmq-native-", dir=out.parent))
+    try:
+        save(model, tokenizer, native)
+        return export_gptq_folder(native, out, tokenizer)
+    finally:
+        shutil.rmtree(native, ignore_errors=True)
+
+
+def export_gptq_folder(folder: Path, out: Path, tokenizer: Any = None) -> dict[str, Any]:
+    """A GPTQ (v1/v2) or AWQ GEMM folder as a compressed-tensors ``pack-quantized`` folder (W4A16 /
+    W8A16): each layer's codes, fp16 scales and zero points as the folder stores them, decoded with
+    compressed-tensors' unpacker (AWQ: its own ``AutoAWQConverter``), written at float16 (the
+    scales' dtype: vLLM and transformers hold scales in the model's dtype)."""
+    import torch
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from llmq.models import read_json
+
+    qc = read_json(folder / "config.json")["quantization_config"]
+    method, bits, group = qc["quant_method"], int(qc["bits"]), int(qc.get("group_size") or -1)
+    sym = bool(qc.get("sym", not qc.get("zero_point", False)))
+    if bits not in (4, 8) or (method == "awq" and str(qc.get("format", qc.get("version", "gemm"))).lower() != "gemm"):
+        raise ConfigError(f"compressed-tensors takes 4/8-bit GPTQ or AWQ GEMM folders; {folder} is {method} {bits}-bit.")
+    state: dict[str, Any] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    weights = {"num_bits": bits, "type": "int", "symmetric": sym, "dynamic": False,
+               **({"strategy": "channel"} if group == -1 else {"strategy": "group", "group_size": group})}
+    args = QuantizationArgs(**weights)
+    layers = {}
+    for name in [k[: -len(".qweight")] for k in state if k.endswith(".qweight")]:
+        qweight, qzeros, scales = (state.pop(f"{name}.{t}") for t in ("qweight", "qzeros", "scales"))
+        g_idx = state.pop(f"{name}.g_idx", None)
+        if method == "awq":
+            from compressed_tensors.entrypoints.convert.converters.autoawq import AutoAWQConverter
+
+            t = AutoAWQConverter(bits=bits, group_size=group, zero_point=not sym).process(
+                {f"{name}.qweight": qweight, f"{name}.qzeros": qzeros, f"{name}.scales": scales})
+            scale = t[f"{name}.weight_scale"]
+            q = unpack_from_int32(t[f"{name}.weight_packed"], bits, t[f"{name}.weight_shape"])
+            zp = torch.zeros_like(scale, dtype=torch.int8) if sym else \
+                unpack_from_int32(t[f"{name}.weight_zero_point"], bits, scale.shape, packed_dim=0)
+        else:
+            in_f, out_f = qweight.shape[0] * 32 // bits, qweight.shape[1]
+            if g_idx is not None and not torch.equal(g_idx.long(), torch.arange(in_f) // (in_f if group == -1 else group)):
+                raise ConfigError(f"{name} is act-order (g_idx), which compressed-tensors 0.20 cannot store.")
+            if qc.get("checkpoint_format", "gptq") == "gptq":  # v1 stores zero - 1: GPTQModel's v1->v2 adds 1 per code
+                qzeros = qzeros + sum(1 << (bits * i) for i in range(32 // bits))
+            q = unpack_from_int32(qweight, bits, torch.Size([in_f, out_f]), packed_dim=0).T.contiguous()
+            zp = unpack_from_int32(qzeros, bits, torch.Size([scales.shape[0], out_f])).T.contiguous()
+            scale = scales.T.contiguous()
+        if sym and bool((zp != 0).any()):
+            raise ConfigError(f"{name}: a symmetric {method} folder with zero points off the middle code.")
+        w = dequantize(q, scale.float(), zp, args, dtype=torch.float32)
+        layers[name] = LayerQuant(weights, w, scale, None if sym else zp)
+    model = dense_model(AutoConfig.from_pretrained(folder), torch.float16, state, set(layers))
+    return write_compressed(model, layers, out, tokenizer)
 
 
 class CompressedTensorsBackend(Backend):

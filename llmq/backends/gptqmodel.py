@@ -13,8 +13,9 @@ from typing import Any
 from dataclasses import dataclass
 from typing import ClassVar
 
-from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, transformers_snippet
-from llmq.backends.compressed import FORMAT as CT_FORMAT
+from llmq.backends.base import (VLLM_NOTE, Backend, CardFacts, Scheme, block_shapes, model_type, package_version,
+                                transformers_snippet)
+from llmq.backends.compressed import FORMAT as CT_FORMAT, export_via_folder
 from llmq.config import CalibratedConfig, check_choice
 from llmq.errors import ConfigError, MissingDependencyError
 from llmq.models import excluded_modules, linear_shapes
@@ -133,12 +134,28 @@ def kept_to_bf16(hf: Any) -> None:
     for mod in hf.modules():
         if isinstance(mod, BaseQuantLinear):
             continue
-        for p in mod.parameters(recurse=False):
+        for name, p in list(mod.named_parameters(recurse=False)):
             if p.dtype == torch.float32:
-                p.data = p.data.to(torch.bfloat16)
+                # a new Parameter, not ``p.data =``: with offload_to_disk some are tensor subclasses
+                # (Gemma-2's tied embedding) whose data cannot be swapped for a plain tensor
+                setattr(mod, name, torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
                 cast = True
     if cast:
         hf.config.dtype = torch.bfloat16
+
+
+_GEMMA3_AWQ = ("GPTQModel 7.7's AWQ scale search calls Gemma-3's rotary embedding without its layer_type "
+               "(Gemma-3 has one RoPE per attention type) and crashes")
+#: (GPTQModel version prefix, method, model_type) -> why GPTQModel cannot quantize it: crashes found by
+#: the architecture matrix (tests/acceptance/test_architectures.py), refused before any weight loads
+BROKEN = {
+    ("7.7.", "awq", "gemma3_text"): _GEMMA3_AWQ,
+    ("7.7.", "awq", "gemma3"): _GEMMA3_AWQ,
+    ("7.7.", "awq", "phi3"): "GPTQModel 7.7's AWQ kills the process packing Phi-3's fused qkv_proj/gate_up_proj "
+                             "(KeyError 'q_zeros')",
+    ("7.7.", "gptq", "phi3"): "the folder GPTQModel 7.7 writes for Phi-3 (fused qkv_proj/gate_up_proj) crashes "
+                              "its CPU kernel at the first forward (IndexError on g_idx)",
+}
 
 
 class GPTQModelBackend(Backend):
@@ -148,6 +165,8 @@ class GPTQModelBackend(Backend):
     needs_calibration = True
     quant_methods = ("gptq", "awq")
     exports = (CT_FORMAT,)
+    layer_types_note = ("GPTQModel 7.7 on GPT-2's Conv1D layers: AWQ crashes the process and GPTQ writes a "
+                        "folder transformers cannot load")
     #: GPTQModel's in-memory model right after ``quantize`` is not in an inference state on CPU (it
     #: generated garbage where the saved folder, reloaded, answers correctly)
     runs_in_memory = False
@@ -166,29 +185,36 @@ class GPTQModelBackend(Backend):
     def method(self) -> str:
         return "awq" if isinstance(self.config, AWQConfig) else "gptq"
 
-    def quantized_linears(self, config: Any) -> dict[str, tuple[int, int]]:
-        shapes = linear_shapes(config)
-        skip = set(excluded_modules(config, list(shapes), self.config.skip_modules))
-        return {n: s for n, s in shapes.items() if n not in skip and ".layers." in f".{n}"}
+    def quantized_linears(self, config: Any, *, trust_remote_code: bool = False) -> dict[str, tuple[int, int]]:
+        return block_shapes(config, tuple(self.config.skip_modules), trust_remote_code=trust_remote_code)
 
-    def validate_model(self, source: Any) -> None:
-        """Kernels (and AWQ's packing) need ``in_features % group_size == 0``: fail now, not after
+    def unsupported(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
+        """Beyond the layer types: the architectures this GPTQModel version crashes on (``BROKEN``)."""
+        reason = super().unsupported(config, trust_remote_code=trust_remote_code)
+        if reason:
+            return reason
+        version = package_version("gptqmodel") or ""
+        for (prefix, method, mtype), why in BROKEN.items():
+            if version.startswith(prefix) and method == self.method and getattr(config, "model_type", None) == mtype:
+                return f"{self.scheme.name} on {model_type(config)}: {why}"
+        return None
+
+    def misfit(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
+        """Kernels (and AWQ's packing) need ``in_features % group_size == 0``: refused now, not after
         minutes of calibration, naming the layers and the group sizes that fit."""
         gs = self.config.group_size
         if gs == -1:
-            return
-        shapes = self.quantized_linears(source.config())
+            return None
+        shapes = self.quantized_linears(config, trust_remote_code=trust_remote_code)
         bad = {n: s[0] for n, s in shapes.items() if s[0] % gs}
         if not bad:
-            return
+            return None
         widths = sorted(set(bad.values()))
         example = next(iter(bad))
         fits = fitting_group_sizes([s[0] for s in shapes.values()])
         hint = f"group sizes that fit this model: {', '.join(map(str, fits))}" if fits else "use group_size=-1"
-        raise ConfigError(
-            f"group_size={gs} does not divide in_features {widths} of {len(bad)} layers "
-            f"(e.g. {example}); {hint} (--group-size)."
-        )
+        return (f"group_size={gs} does not divide in_features {widths} of {len(bad)} layers "
+                f"(e.g. {example}); {hint} (--group-size).")
 
     def gptqmodel_config(self, config: Any) -> Any:
         from gptqmodel import QuantizeConfig
@@ -200,13 +226,13 @@ class GPTQModelBackend(Backend):
         if isinstance(c, AWQConfig):
             return QuantizeConfig(
                 bits=c.bits, group_size=c.group_size, sym=c.sym, quant_method=METHOD.AWQ,
-                format=FORMAT.GEMV if c.format == "gemv" else FORMAT.GEMM, dynamic=dynamic,
-                offload_to_disk=False,
+                format=FORMAT.GEMV if c.format == "gemv" else FORMAT.GEMM, dynamic=dynamic,  # compressed-tensors: from GEMM
+                offload_to_disk=True,
             )
         return QuantizeConfig(
             bits=c.bits, group_size=c.group_size, sym=c.sym, desc_act=c.desc_act,
             act_group_aware=c.act_group_aware, damp_percent=c.damp_percent, dynamic=dynamic,
-            offload_to_disk=False,
+            offload_to_disk=True,
         )
 
     def post_quant_kernel(self, device: str) -> str:
@@ -267,13 +293,16 @@ class GPTQModelBackend(Backend):
         tokenizer.save_pretrained(out)
         for f in out.glob("*.bin"):
             f.unlink()
+        forget_offload(out)
 
     def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
         """The GPTQ/AWQ folder ``save`` writes, converted (:func:`export_gptq_folder`)."""
         return export_via_folder(self.save, model, tokenizer, out)
 
     def quantization_config(self, model: Any) -> dict | None:
-        return model.quantize_config.to_dict()
+        qc = model.quantize_config.to_dict()
+        _drop_offload(qc)
+        return qc
 
     # -- load ---------------------------------------------------------------------------------
     @classmethod
@@ -316,6 +345,18 @@ class GPTQModelBackend(Backend):
         return grouped_size(profile, scheme.name, config.bits, config.group_size, g_idx=True, skip=skip)
 
     @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """GPTQModel with ``offload_to_disk`` holds one layer (fp32 for AWQ on CPU, GPTQModel's
+        dtype otherwise: counted at 4 bytes), its Hessians (in_features^2 fp32 per Linear),
+        every calibration token's hidden state; time grows with parameters x tokens."""
+        from llmq.cost import calibration_bytes, streamed
+
+        tokens = config.n_samples * config.seqlen
+        hess = sum(4 * l.in_features ** 2 for l in profile.linears
+                   if l.in_layers and ".layers.0." in f".{l.name}")
+        return streamed(profile, 4, 0, calibration_bytes(profile, tokens) + hess, work=profile.parameters * tokens)
+
+    @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:
         key = _method(meta)
         version = (meta.get("versions") or {}).get("gptqmodel")
@@ -341,6 +382,43 @@ class GPTQModelBackend(Backend):
             serve=serve, serve_note=serve_note)
 
 
+#: what the saved configs say about disk offload: llmq quantizes with GPTQModel's ``offload_to_disk``
+#: (each layer read from the checkpoint when its turn comes, so a 7B model fits a small RAM), a
+#: quantize-time setting whose temporary folder means nothing to whoever loads the output
+_NO_OFFLOAD = {"offload_to_disk": False, "offload_to_disk_path": None}
+
+
+def forget_offload(out: Path) -> None:
+    """Rewrite config.json's ``quantization_config`` and quantize_config.json without the offload
+    record (same key order and layout as GPTQModel writes them): the folder's bytes do not depend
+    on where the quantization offloaded its layers."""
+    import json
+
+    for name, key in (("config.json", "quantization_config"), ("quantize_config.json", None)):
+        f = Path(out) / name
+        if not f.is_file():
+            continue
+        raw = f.read_text(encoding="utf-8")
+        data = json.loads(raw)
+        if _drop_offload(data.get(key) if key else data):
+            f.write_text(json.dumps(data, indent=2) + ("\n" if raw.endswith("\n") else ""), encoding="utf-8")
+
+
+def _drop_offload(d: Any) -> bool:
+    """Set the offload record to "none" wherever it sits in ``d`` (GPTQModel nests it under
+    ``meta``); True when something changed."""
+    if not isinstance(d, dict):
+        return False
+    changed = False
+    for k, v in d.items():
+        if k in _NO_OFFLOAD and v != _NO_OFFLOAD[k]:
+            d[k] = _NO_OFFLOAD[k]
+            changed = True
+        elif isinstance(v, dict):
+            changed = _drop_offload(v) or changed
+    return changed
+
+
 def offline_safe_gptq_kernel(qc: dict, device: str) -> str | None:
     """On Hopper GPUs GPTQModel's auto kernel is Machete, which downloads CUTLASS from GitHub the
     first time (measured: URLError on an offline H100, eval/gpu/h100_gpu_check.json). Marlin builds
@@ -352,73 +430,3 @@ def offline_safe_gptq_kernel(qc: dict, device: str) -> str | None:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         return None
     return "marlin" if qc.get("bits") in (4, 8) and qc.get("sym", True) else None
-
-
-# -- compressed-tensors export (gptq-int4/-int8, awq-int4; qat-int4 writes GPTQ folders too) -------
-def export_via_folder(save: Any, model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
-    """Write the plugin's own GPTQ/AWQ folder with ``save`` beside ``out``, then convert it."""
-    import shutil
-    import tempfile
-
-    native = Path(tempfile.mkdtemp(prefix=".llmq-native-", dir=out.parent))
-    try:
-        save(model, tokenizer, native)
-        return export_gptq_folder(native, out, tokenizer)
-    finally:
-        shutil.rmtree(native, ignore_errors=True)
-
-
-def export_gptq_folder(folder: Path, out: Path, tokenizer: Any = None) -> dict[str, Any]:
-    """A GPTQ (v1/v2) or AWQ GEMM folder as a compressed-tensors ``pack-quantized`` folder (W4A16 /
-    W8A16): each layer's codes, fp16 scales and zero points as the folder stores them, decoded with
-    compressed-tensors' unpacker (AWQ: its own ``AutoAWQConverter``), written at float16 (the
-    scales' dtype: vLLM and transformers hold scales in the model's dtype)."""
-    import torch
-    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
-    from compressed_tensors.quantization import QuantizationArgs
-    from compressed_tensors.quantization.lifecycle.forward import dequantize
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
-    from llmq.backends.compressed import LayerQuant, dense_model, write_compressed
-    from llmq.models import read_json
-
-    qc = read_json(folder / "config.json")["quantization_config"]
-    method, bits, group = qc["quant_method"], int(qc["bits"]), int(qc.get("group_size") or -1)
-    sym = bool(qc.get("sym", not qc.get("zero_point", False)))
-    if bits not in (4, 8) or (method == "awq" and str(qc.get("format", qc.get("version", "gemm"))).lower() != "gemm"):
-        raise ConfigError(f"compressed-tensors takes 4/8-bit GPTQ or AWQ GEMM folders; {folder} is {method} {bits}-bit.")
-    state: dict[str, Any] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(f)))
-    weights = {"num_bits": bits, "type": "int", "symmetric": sym, "dynamic": False,
-               **({"strategy": "channel"} if group == -1 else {"strategy": "group", "group_size": group})}
-    args = QuantizationArgs(**weights)
-    layers = {}
-    for name in [k[: -len(".qweight")] for k in state if k.endswith(".qweight")]:
-        qweight, qzeros, scales = (state.pop(f"{name}.{t}") for t in ("qweight", "qzeros", "scales"))
-        g_idx = state.pop(f"{name}.g_idx", None)
-        if method == "awq":
-            from compressed_tensors.entrypoints.convert.converters.autoawq import AutoAWQConverter
-
-            t = AutoAWQConverter(bits=bits, group_size=group, zero_point=not sym).process(
-                {f"{name}.qweight": qweight, f"{name}.qzeros": qzeros, f"{name}.scales": scales})
-            scale = t[f"{name}.weight_scale"]
-            q = unpack_from_int32(t[f"{name}.weight_packed"], bits, t[f"{name}.weight_shape"])
-            zp = torch.zeros_like(scale, dtype=torch.int8) if sym else \
-                unpack_from_int32(t[f"{name}.weight_zero_point"], bits, scale.shape, packed_dim=0)
-        else:
-            in_f, out_f = qweight.shape[0] * 32 // bits, qweight.shape[1]
-            if g_idx is not None and not torch.equal(g_idx.long(), torch.arange(in_f) // (in_f if group == -1 else group)):
-                raise ConfigError(f"{name} is act-order (g_idx), which compressed-tensors 0.20 cannot store.")
-            if qc.get("checkpoint_format", "gptq") == "gptq":  # v1 stores zero - 1: GPTQModel's v1->v2 adds 1 per code
-                qzeros = qzeros + sum(1 << (bits * i) for i in range(32 // bits))
-            q = unpack_from_int32(qweight, bits, torch.Size([in_f, out_f]), packed_dim=0).T.contiguous()
-            zp = unpack_from_int32(qzeros, bits, torch.Size([scales.shape[0], out_f])).T.contiguous()
-            scale = scales.T.contiguous()
-        if sym and bool((zp != 0).any()):
-            raise ConfigError(f"{name}: a symmetric {method} folder with zero points off the middle code.")
-        w = dequantize(q, scale.float(), zp, args, dtype=torch.float32)
-        layers[name] = LayerQuant(weights, w, scale, None if sym else zp)
-    model = dense_model(AutoConfig.from_pretrained(folder), torch.float16, state, set(layers))
-    return write_compressed(model, layers, out, tokenizer)

@@ -116,8 +116,9 @@ def activation_range(obs: Any, method: str, *, percentile: float = 99.99, sym: b
 
 
 def activation_qparams(obs: Any, method: str, *, percentile: float = 99.99, sym: bool = True):
-    """``(scale, zero_point)`` (float32 and int8 tensors of shape (1, 1, 1)) for one activation,
-    with torchao's own qparam formula."""
+    """``(scale, zero_point)`` for one activation, with torchao's own qparam formula: float32 and
+    int8 tensors of one element with as many dimensions as the Linear's inputs (``calibrate``
+    records them; torchao's static kernel asserts they match: OPT feeds its MLP 2-D inputs)."""
     import torch
 
     lo, hi = activation_range(obs, method, percentile=percentile, sym=sym)
@@ -129,7 +130,8 @@ def activation_qparams(obs: Any, method: str, *, percentile: float = 99.99, sym:
     scale, zp = q._calculate_qparams(torch.tensor([lo]), torch.tensor([hi]))
     if sym:
         zp = torch.zeros_like(zp)
-    return scale.float().reshape(1, 1, 1), zp.to(torch.int8).reshape(1, 1, 1)
+    shape = (1,) * getattr(obs, "input_ndim", 3)
+    return scale.float().reshape(shape), zp.to(torch.int8).reshape(shape)
 
 
 def _observer(sym: bool, bins: int = HIST_BINS):
@@ -154,23 +156,37 @@ def target_linears(model: Any, skip: Sequence[str] = ()) -> list[str]:
     return [n for n in names if n not in keep]
 
 
-def calibrate(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str], *, sym: bool = True,
+#: ``source(names, see, limit=None)``: calls ``see(name, input, output)`` for each Linear in ``names``
+#: on each calibration sample (the first ``limit``): a whole model run with hooks
+#: (:func:`model_source`) or one decoder layer's recorded run (``llmq.streaming.LayerRunner.record``)
+Source = Any
+
+
+def model_source(model: Any, samples: Sequence[Sequence[int]]) -> Source:
+    """The calibration source of a model in memory: ``samples`` run through it with hooks."""
+    def run(names: Sequence[str], see: Any, limit: int | None = None) -> None:
+        _run(model, samples if limit is None else samples[:limit], names, see)
+    return run
+
+
+def calibrate(source: Source, names: Sequence[str], *, sym: bool = True,
               pre_scales: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ``samples`` (token id lists) through ``model`` and return one ``HistogramObserver`` per
-    Linear in ``names`` that has seen its inputs (divided by ``pre_scales`` when smoothing)."""
+    """One ``HistogramObserver`` per Linear in ``names`` that has seen its inputs from ``source``
+    (divided by ``pre_scales`` when smoothing)."""
     obs = {n: _observer(sym) for n in names}
 
     def see(n: str, x: Any, out: Any) -> None:
+        obs[n].input_ndim = x.dim()
         x = x.detach().float()
         if pre_scales is not None and n in pre_scales:
             x = x / pre_scales[n]
         obs[n](x.reshape(-1, x.shape[-1]))
 
-    _run(model, samples, names, see)
+    source(names, see)
     return obs
 
 
-def channel_absmax(model: Any, samples: Sequence[Sequence[int]], names: Sequence[str]) -> dict[str, Any]:
+def channel_absmax(source: Source, names: Sequence[str]) -> dict[str, Any]:
     """Per input channel max|x| of each Linear in ``names`` (SmoothQuant's statistic)."""
     import torch
 
@@ -180,7 +196,7 @@ def channel_absmax(model: Any, samples: Sequence[Sequence[int]], names: Sequence
         a = x.detach().float().abs().reshape(-1, x.shape[-1]).amax(0)
         amax[n] = a if n not in amax else torch.maximum(amax[n], a)
 
-    _run(model, samples, names, see)
+    source(names, see)
     return amax
 
 
@@ -216,11 +232,11 @@ def smooth_scales(model: Any, amax: dict[str, Any], alpha: float | dict[str, flo
     return out
 
 
-def layer_errors(model: Any, samples: Sequence[Sequence[int]], configs: dict[str, Sequence[Any]],
-                 pre_scales: dict[str, Any] | None = None) -> dict[str, list[tuple[float, float]]]:
-    """Each Linear's output error when quantized with each of its torchao configs in ``configs``
-    (weight smoothed by ``pre_scales`` when given), as two relative errors: per token (the mean
-    over the tokens of ``samples`` of ||y_q - y||^2 / ||y||^2, where every token counts) and in
+def layer_errors(model: Any, source: Source, configs: dict[str, Sequence[Any]],
+                 pre_scales: dict[str, Any] | None = None, limit: int | None = None) -> dict[str, list[tuple[float, float]]]:
+    """Each Linear of ``model`` (names as in ``configs``) and its output error when quantized with
+    each of its torchao configs (weight smoothed by ``pre_scales`` when given), as two relative
+    errors over the first ``limit`` samples of ``source``: per token (the mean over the tokens of ||y_q - y||^2 / ||y||^2, where every token counts) and in
     total (sum ||y_q - y||^2 / sum ||y||^2, which the rare massive-activation tokens dominate:
     clipping them breaks the attention sinks although few tokens suffer). Measured layer by layer
     on the float model's own inputs with torchao's kernels: the cost of one layer's quantization,
@@ -255,7 +271,7 @@ def layer_errors(model: Any, samples: Sequence[Sequence[int]], configs: dict[str
             num[n][i][0] += float((err / norm.clamp(min=1e-12)).sum())
             num[n][i][1] += float(err.sum())
 
-    _run(model, samples, list(configs), see)
+    source(list(configs), see, limit)
     return {n: [(t / max(den[n][0], 1), e / max(den[n][1], 1e-30)) for t, e in num[n]] for n in configs}
 
 
@@ -327,7 +343,7 @@ def fold_smoothing(model: Any, samples: Sequence[Sequence[int]], groups: list[tu
         plan.append((norm, group, al.pop()))
     if not plan:
         return {}
-    amax = channel_absmax(model, samples, [n for _, g, _ in plan for n in g])
+    amax = channel_absmax(model_source(model, samples), [n for _, g, _ in plan for n in g])
     probe = torch.tensor([list(samples[0])[:64]], device=next(model.parameters()).device)
     with torch.no_grad():
         before = model(probe, use_cache=False).logits.float()

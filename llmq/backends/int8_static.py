@@ -49,155 +49,92 @@ module, which does not save through ``save_pretrained`` or reload with ``from_pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 from llmq.backends.base import Backend, CardFacts, Scheme, torch_dtype
-from llmq.backends.int8_calibration import (METHODS, activation_qparams, calibrate, channel_absmax, fold_smoothing,
-                                           input_groups, layer_errors, smooth_scales, target_linears)
-from llmq.backends.compressed import FORMAT as CT_FORMAT
-from llmq.backends.torchao import (HEAD_ACTIVATIONS, alphas_for, attach_torchao_saver, check_ct_embeddings, enable_loading,
-                                   export_torchao, quantize_embeddings, torchao_int8_estimate)
-from llmq.config import DTYPES, CalibratedConfig, check_choice
-from llmq.errors import ConfigError
-
-#: SmoothQuant strength per Linear pattern. down_proj is left unsmoothed: its inputs' outliers are
-#: rare tokens, not channels, and smoothing made its per-token error worse (SmolLM2, issue #11)
-SMOOTH_ALPHA = {"*": 0.75, "*.down_proj": "off"}
-FALLBACK_RATIO: float | None = 2.0
-MAX_DYNAMIC_FRACTION = 0.3
-ERROR_SAMPLES = 8  # calibration samples the fallback's error measurement uses
-
-
-# -- config ------------------------------------------------------------------------------------
-@dataclass(kw_only=True)
-class Int8StaticConfig(CalibratedConfig):
-    """Static W8A8. ``calibration_method``: how activation ranges are read from calibration
-    (``minmax`` keeps outliers, ``percentile`` clips to ``percentile`` %, ``entropy`` minimises
-    KL divergence). ``sym``: symmetric activations (zero point 0) or asymmetric. ``smooth_alpha``:
-    SmoothQuant migration strength (None = off). ``quantize_embeddings``: int8 per-row embeddings
-    and lm_head. ``dtype``: the compute dtype, and what unquantized tensors are stored in."""
-
-    allowed_bits: ClassVar[tuple[int, ...]] = (8,)
-    formats: ClassVar[tuple[str, ...]] = (CT_FORMAT,)
-    format_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        CT_FORMAT: {"quantize_embeddings": False, "smooth_fold": True}}
-    bits: int = 8
-    group_size: int = -1
-    sym: bool = True
-    calibration_method: str = "percentile"
-    percentile: float = 99.99
-    weight_granularity: str = "per_channel"
-    #: a number for every Linear, or {pattern: alpha} (the longest matching pattern wins; "off"
-    #: for none); "off" (or None) turns smoothing off
-    smooth_alpha: float | dict | str | None = field(default_factory=lambda: dict(SMOOTH_ALPHA))
-    #: fold the smoothing into the norm before each group of Linears that read one input (q/k/v,
-    #: gate/up: what vLLM fuses), which then share one smoothing and one static/per-token choice;
-    #: no run-time scale remains, and Linears not read from a norm (o_proj) are not smoothed.
-    #: format="compressed-tensors" needs it (and sets it)
-    smooth_fold: bool = False
-    #: Linears (names or patterns) whose activations are quantized per token at run time instead
-    #: of with a static scale: SmolLM2's down_proj inputs carry outliers no per-tensor scale covers
-    dynamic_modules: tuple[str, ...] = ()
-    #: automatic per-layer fallback: a Linear whose static-scale output error on the calibration
-    #: data (per token or in total, see :func:`layer_errors`) exceeds ``dynamic_fallback`` x its
-    #: per-token-dynamic error gets per-token activations ("off": none) ...
-    dynamic_fallback: float | str | None = FALLBACK_RATIO  # "off" (or None) turns it off
-    #: ... at most this fraction of the Linears (the worst first), so the model stays mostly static
-    max_dynamic_fraction: float = MAX_DYNAMIC_FRACTION
-    quantize_embeddings: bool = True
-    #: lm_head's activations: "float" (int8 weight only: SmolLM2's final hidden states have outlier
-    #: channels that cost +0.7% perplexity as int8) or "int8" (per token at run time)
-    lm_head_activations: str = "float"
-    dtype: str = "float32"
-    n_samples: int = 64
-    seqlen: int = 512
-
-    def validate(self) -> None:
-        if self.calibration is None or (isinstance(self.calibration, (list, tuple)) and not self.calibration):
-            raise ConfigError("int8-static needs calibration data (calibration=wikitext2, a file or a list of "
-                              "strings) to fix its activation scales; use int8-dynamic to quantize without it.")
-        super().validate()
-        check_choice("calibration_method", self.calibration_method, METHODS)
-        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
-                or not (0 < self.percentile <= 100):
-            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile!r}.")
-        check_choice("weight_granularity", self.weight_granularity, ("per_channel", "per_tensor"))
-        check_choice("dtype", self.dtype, DTYPES)
-        if self.group_size != -1:
-            raise ConfigError("int8-static quantizes weights per channel or per tensor; group_size must be -1.")
-        for a in (self.smooth_alpha.values() if isinstance(self.smooth_alpha, dict) else [self.smooth_alpha]):
-            if a is not None and a != "off" and (isinstance(a, (bool, str)) or not 0 <= a <= 1):
-                raise ConfigError(f"smooth_alpha must be in [0, 1] (or 'off'), got {a!r}.")
-        if isinstance(self.smooth_alpha, dict) and not all(isinstance(k, str) for k in self.smooth_alpha):
-            raise ConfigError(f"smooth_alpha's patterns must be strings, got {list(self.smooth_alpha)!r}.")
-        if not isinstance(self.quantize_embeddings, bool):
-            raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
-        check_choice("lm_head_activations", self.lm_head_activations, HEAD_ACTIVATIONS)
-        if not isinstance(self.smooth_fold, bool):
-            raise ConfigError(f"smooth_fold must be True or False, got {self.smooth_fold!r}.")
-        check_ct_embeddings(self)
-        alphas = self.smooth_alpha.values() if isinstance(self.smooth_alpha, dict) else [self.smooth_alpha]
-        if self.format == CT_FORMAT and not self.smooth_fold and any(a not in (None, "off") for a in alphas):
-            raise ConfigError("format='compressed-tensors' stores no run-time SmoothQuant scale: use smooth_fold=True "
-                              "(folded into the norms) or smooth_alpha='off'.")
-        f = self.dynamic_fallback  # "off" rather than None: a None override means "the default"
-        if f is not None and f != "off" and (isinstance(f, bool) or not isinstance(f, (int, float)) or not f >= 1):
-            raise ConfigError(f"dynamic_fallback must be a number >= 1 (or 'off'), got {f!r}.")
-        m = self.max_dynamic_fraction
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (0 <= m <= 1):
-            raise ConfigError(f"max_dynamic_fraction must be in [0, 1], got {m!r}.")
+from llmq.backends.compressed import FORMAT as CT_FORMAT, export_torchao
+from llmq.backends.int8_calibration import (METHODS, activation_qparams, calibrate, channel_absmax,  # noqa: F401
+                                           fold_smoothing, input_groups, layer_errors, model_source, smooth_scales,
+                                           target_linears)
+from llmq.backends.int8_static_config import DEFAULT_PERCENTILE, ERROR_SAMPLES, Int8StaticConfig
+from llmq.backends.torchao import (alphas_for, attach_torchao_saver, buffers_note, buffers_record, enable_loading,
+                                   in_memory, quantize_embeddings, restore_buffers, stream_torchao,
+                                   torchao_int8_estimate)
 
 
 # -- quantization -------------------------------------------------------------------------------
-def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8StaticConfig) -> dict[str, Any]:
-    """Calibrate and convert ``model`` in place; returns per-Linear ``{"scale", "zero_point"}``
-    (plus ``"smooth"`` when smoothing, ``"error_ratio"`` when the fallback measured it) for static
-    Linears and ``{"dynamic": "fallback" | "dynamic_modules"}`` for per-token ones, so callers,
-    llmq.json and the model card can show them."""
-    import torch
-    from torchao.quantization import (FqnToConfig, Int8DynamicActivationInt8WeightConfig,
-                                      Int8StaticActivationInt8WeightConfig, MappingType, PerRow, PerTensor,
-                                      quantize_)
-
+# Three steps, so a model larger than RAM is calibrated one decoder layer at a time: ``measure``
+# (statistics of the Linears of one module: the whole model, or one layer), ``decide`` (the
+# per-token fallback picks the worst Linears of the whole model), ``convert`` (one module).
+def selection(names: Sequence[str], cfg: Int8StaticConfig) -> tuple[set[str], dict[str, float]]:
+    """``(Linears listed in dynamic_modules, SmoothQuant alpha per Linear)`` of full names."""
     from llmq.models import excluded_modules
 
-    names = target_linears(model, cfg.skip_modules)
     pats = (cfg.dynamic_modules,) if isinstance(cfg.dynamic_modules, str) else tuple(cfg.dynamic_modules)
-    listed = set(excluded_modules(None, names, pats)) if pats else set()
+    listed = set(excluded_modules(None, list(names), pats)) if pats else set()
+    return listed, alphas_for(names, cfg.smooth_alpha)  # per-token Linears too: their outliers hurt as well
+
+
+def _fallback_on(cfg: Int8StaticConfig) -> bool:
+    return cfg.dynamic_fallback not in (None, "off") and cfg.max_dynamic_fraction > 0
+
+
+def _dynamic(cfg: Int8StaticConfig) -> Any:
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, PerTensor
+
     wgran = PerRow() if cfg.weight_granularity == "per_channel" else PerTensor()
+    return Int8DynamicActivationInt8WeightConfig(granularity=wgran, set_inductor_config=False)
 
-    def dynamic():
-        return Int8DynamicActivationInt8WeightConfig(granularity=wgran, set_inductor_config=False)
 
-    # the units that share one static/per-token choice: Linears reading one input when smooth_fold
-    # (vLLM fuses them and takes one scheme per fused layer), else each Linear
-    groups = input_groups(model, samples[0], names) if cfg.smooth_fold else [(None, [n]) for n in names]
-    units = [g for _, g in groups]
-    listed = {n for u in units if listed & set(u) for n in u}
+def _static(cfg: Int8StaticConfig, scale: Any, zp: Any, dt: Any) -> Any:
+    from torchao.quantization import Int8StaticActivationInt8WeightConfig, MappingType, PerRow, PerTensor
+
+    wgran = PerRow() if cfg.weight_granularity == "per_channel" else PerTensor()
+    return Int8StaticActivationInt8WeightConfig(
+        act_quant_scale=scale.to(dt), act_quant_zero_point=None if cfg.sym else zp,
+        granularity=[PerTensor(), wgran], act_mapping_type=MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC,
+        set_inductor_config=False)
+
+
+def measure(module: Any, source: Any, names: Sequence[str], listed: set[str], alphas: dict[str, float],
+            cfg: Int8StaticConfig) -> dict[str, dict[str, Any]]:
+    """Statistics of the Linears ``names`` of ``module`` from ``source`` (``int8_calibration``):
+    the smoothing scale, the static scale and zero point, and (fallback on) the measured error
+    ratio of static over per-token activations. ``listed`` get no static scale."""
     static = [n for n in names if n not in listed]
-    pre, folded = None, {}
-    alphas = alphas_for(names, cfg.smooth_alpha)  # per-token Linears too: their outlier channels hurt as well
-    if alphas and cfg.smooth_fold:
-        folded = fold_smoothing(model, samples, groups, alphas)
-    elif alphas:
-        pre = smooth_scales(model, channel_absmax(model, samples, list(alphas)), alphas)
-    obs = calibrate(model, samples, static, sym=cfg.sym, pre_scales=pre)
-    mapping = MappingType.SYMMETRIC if cfg.sym else MappingType.ASYMMETRIC
-    configs: dict[str, Any] = {n: dynamic() for n in listed}
-    qparams: dict[str, Any] = {n: {"dynamic": "dynamic_modules"} for n in listed}
+    pre = smooth_scales(module, channel_absmax(source, list(alphas)), alphas) if alphas else None
+    obs = calibrate(source, static, sym=cfg.sym, pre_scales=pre)
+    out: dict[str, dict[str, Any]] = {n: {} for n in names}
     for n in static:
-        scale, zp = activation_qparams(obs[n], cfg.calibration_method, percentile=cfg.percentile, sym=cfg.sym)
-        dt = model.get_submodule(n).weight.dtype
-        configs[n] = Int8StaticActivationInt8WeightConfig(
-            act_quant_scale=scale.to(dt), act_quant_zero_point=None if cfg.sym else zp,
-            granularity=[PerTensor(), wgran], act_mapping_type=mapping, set_inductor_config=False)
-        qparams[n] = {"scale": scale, "zero_point": zp}
-    if cfg.dynamic_fallback not in (None, "off") and static and cfg.max_dynamic_fraction > 0:
-        errs = layer_errors(model, samples[:ERROR_SAMPLES], {n: (configs[n], dynamic()) for n in static}, pre)
-        ratio = {n: max(s_ / max(d_, 1e-12) for s_, d_ in zip(es, ed)) for n, (es, ed) in errs.items()}
+        out[n]["scale"], out[n]["zero_point"] = activation_qparams(obs[n], cfg.calibration_method,
+                                                                   percentile=cfg.effective_percentile or DEFAULT_PERCENTILE,
+                                                                   sym=cfg.sym)  # minmax, entropy: none
+    if _fallback_on(cfg) and static:
+        confs = {n: (_static(cfg, out[n]["scale"], out[n]["zero_point"], module.get_submodule(n).weight.dtype),
+                     _dynamic(cfg)) for n in static}
+        errs = layer_errors(module, source, confs, pre, limit=ERROR_SAMPLES)
+        for n, (es, ed) in errs.items():
+            out[n]["ratio"] = max(s_ / max(d_, 1e-12) for s_, d_ in zip(es, ed))
+    for n in pre or {}:
+        out[n]["smooth"] = pre[n]
+    return out
+
+
+def decide(stats: dict[str, dict[str, Any]], names: Sequence[str], listed: set[str],
+           cfg: Int8StaticConfig, units: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
+    """Per-Linear ``{"scale", "zero_point"}`` (plus ``"smooth"``, ``"error_ratio"``) for static
+    Linears and ``{"dynamic": "fallback" | "dynamic_modules"}`` for per-token ones: the fallback
+    takes the worst Linears of the whole model, at most ``max_dynamic_fraction`` of them. ``units``:
+    Linears that take one choice together (``smooth_fold``'s groups, which vLLM fuses); default each alone."""
+    qparams: dict[str, Any] = {n: {"dynamic": "dynamic_modules"} for n in names if n in listed}
+    static = [n for n in names if n not in listed]
+    for n in static:
+        qparams[n] = {"scale": stats[n]["scale"], "zero_point": stats[n]["zero_point"]}
+    if _fallback_on(cfg) and static:
+        ratio = {n: stats[n]["ratio"] for n in static}
         budget = int(cfg.max_dynamic_fraction * len(names)) - len(listed)
+        units = [list(u) for u in units] if units is not None else [[n] for n in names]
         worst = sorted((u for u in units if u[0] in ratio and max(ratio[n] for n in u) > cfg.dynamic_fallback),
                        key=lambda u: -max(ratio[n] for n in u))
         for n in static:
@@ -207,24 +144,92 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
                 break
             budget -= len(u)
             for n in u:
-                configs[n] = dynamic()
                 qparams[n] = {"dynamic": "fallback", "error_ratio": round(ratio[n], 3)}
-    if pre is not None:
-        with torch.no_grad():
-            for n in pre:
-                w = model.get_submodule(n).weight
-                w.mul_(pre[n].to(w.dtype))
-    quantize_(model, FqnToConfig(configs), filter_fn=None)
-    if pre is not None:
+    for n in names:
+        if "smooth" in stats[n]:
+            qparams[n]["smooth"] = stats[n]["smooth"]
+    return qparams
+
+
+def convert(module: Any, qparams: dict[str, Any], cfg: Int8StaticConfig) -> None:
+    """Quantize the Linears of ``module`` named in ``qparams`` in place with torchao: smoothing
+    folded into the weight (``act_pre_scale`` stored), static or per-token activations."""
+    import torch
+    from torchao.quantization import FqnToConfig, quantize_
+
+    configs = {n: _dynamic(cfg) if "dynamic" in q else
+               _static(cfg, q["scale"], q["zero_point"], module.get_submodule(n).weight.dtype)
+               for n, q in qparams.items()}
+    pre = {n: q["smooth"] for n, q in qparams.items() if "smooth" in q}
+    with torch.no_grad():
         for n in pre:
-            w = model.get_submodule(n).weight
-            w.act_pre_scale = (1.0 / pre[n]).to(w.dtype)
-            qparams[n]["smooth"] = pre[n]
-    for n, sc in folded.items():
-        qparams[n]["smooth"] = sc
+            w = module.get_submodule(n).weight
+            w.mul_(pre[n].to(w.dtype))
+    quantize_(module, FqnToConfig(configs), filter_fn=None)
+    for n in pre:
+        w = module.get_submodule(n).weight
+        w.act_pre_scale = (1.0 / pre[n]).to(w.dtype)
+
+
+def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8StaticConfig) -> dict[str, Any]:
+    """Calibrate and convert a ``model`` in memory in place (embeddings included); returns
+    :func:`decide`'s per-Linear record, so callers, llmq.json and the model card can show it."""
+    names = target_linears(model, cfg.skip_modules)
+    listed, alphas = selection(names, cfg)
+    units, folded = None, {}
+    if cfg.smooth_fold:  # one smoothing and one static/per-token choice per group reading one input
+        groups = input_groups(model, samples[0], names)
+        units = [g for _, g in groups]
+        listed = {n for u in units if listed & set(u) for n in u}
+        folded = fold_smoothing(model, samples, groups, alphas) if alphas else {}
+        alphas = {}  # folded into the norms: no run-time scale
+    stats = measure(model, model_source(model, samples), names, listed, alphas, cfg)
+    qparams = decide(stats, names, listed, cfg, units)
+    convert(model, qparams, cfg)
+    for n, sc in folded.items():  # recorded after convert, which would apply a "smooth" scale again
+        qparams[n]["folded"] = sc
     if cfg.quantize_embeddings:
         quantize_embeddings(model, cfg.lm_head_activations)
     return qparams
+
+
+def quantize_streamed(bm: Any, samples: Sequence[Sequence[int]], cfg: Int8StaticConfig, *, device: str = "cpu",
+                      work_dir: Any = None, progress: Any = None) -> tuple[Any, dict[str, Any]]:
+    """A model larger than RAM (``llmq.streaming.BlockModel``): calibrated one decoder layer at a
+    time (the samples' hidden states go through each layer once; each Linear's inputs are recorded
+    and replayed to every statistic), the fallback decided over the whole model, then quantized
+    and written block by block. Same statistics, same bytes as :func:`quantize_model`."""
+    from llmq.streaming import LayerRunner, NotStreamable
+
+    names = target_linears(bm.model, cfg.skip_modules)
+    prefix = bm.layers_name + "."
+    if any(not n.startswith(prefix) for n in names):
+        raise NotStreamable("int8-static quantizes a Linear outside the decoder layers")
+    listed, alphas = selection(names, cfg)
+    runner = LayerRunner(bm, device)
+    runner.start(samples)
+    stats: dict[str, Any] = {}
+    keep = ERROR_SAMPLES if _fallback_on(cfg) else 0
+    for i in range(len(bm.layers)):
+        p = f"{prefix}{i}."
+        rel = [n[len(p):] for n in names if n.startswith(p)]
+        with runner.layer(i) as layer:
+            replay = runner.record(layer, rel, keep_outputs=keep)
+            st = measure(layer, replay, rel, {n for n in rel if p + n in listed},
+                         {n[len(p):]: a for n, a in alphas.items() if n.startswith(p)}, cfg)
+            del replay
+        stats.update({p + n: v for n, v in st.items()})
+        if progress:
+            progress(i + 1, len(bm.layers))
+    qparams = decide(stats, names, listed, cfg)
+
+    def conv(block: str, module: Any) -> None:
+        p = block + "."
+        convert(module, {n[len(p):]: q for n, q in qparams.items() if n.startswith(p)}, cfg)
+
+    out = stream_torchao(bm, conv, serializable_config(cfg, bm.model), cfg.dtype,
+                         cfg.quantize_embeddings and cfg.lm_head_activations, device=device, work_dir=work_dir)
+    return out, qparams
 
 
 def activation_summary(qparams: dict[str, Any], cfg: Int8StaticConfig) -> dict[str, Any]:
@@ -235,7 +240,7 @@ def activation_summary(qparams: dict[str, Any], cfg: Int8StaticConfig) -> dict[s
     return {"static_linears": len(qparams) - len(dyn), "dynamic_linears": len(dyn), "dynamic": dyn,
             "dynamic_fallback": cfg.dynamic_fallback, "max_dynamic_fraction": cfg.max_dynamic_fraction,
             "smooth_alpha": cfg.smooth_alpha, "smooth_fold": cfg.smooth_fold,
-            "smoothed_linears": sum(1 for q in qparams.values() if "smooth" in q),
+            "smoothed_linears": sum(1 for q in qparams.values() if "smooth" in q or "folded" in q),
             "lm_head_activations": cfg.lm_head_activations if cfg.quantize_embeddings else None}
 
 
@@ -307,21 +312,40 @@ class Int8StaticBackend(Backend):
     )
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+        """Layer by layer from the checkpoint's shards (:func:`quantize_streamed`: memory bounded
+        by a layer and the recorded activations); a checkpoint that cannot be streamed, and
+        ``smooth_fold`` (a whole-model forward finds the groups it folds into), load whole."""
+        from llmq.backends.torchao_patches import patch_cpu_int_mm
+        from llmq.streaming import BlockModel, NotStreamable
+
+        patch_cpu_int_mm()  # calibration's error measurements run int8 GEMMs
+        dtype = torch_dtype(self.config.dtype)
+        try:
+            if self.config.smooth_fold:
+                raise NotStreamable("smooth_fold runs the whole model to find its groups")
+            bm = BlockModel(model_dir, dtype)
+            out, self.qparams = quantize_streamed(bm, calibration.samples, self.config, device=device,
+                                                  work_dir=self.options.get("work_dir"))
+            self._model = out  # its buffers record (buffers_record)
+            return out
+        except NotStreamable:
+            pass
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(self.config.dtype),
-                                                     device_map=device)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device)
         model.eval()
         self.qparams = quantize_model(model, calibration.samples, self.config)
         attach_quantizer(model, self.config)
+        self._model = model
         return model
 
     def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
-        return export_torchao(model, tokenizer, out, torch_dtype(self.config.dtype))
+        return export_torchao(in_memory(model, self.config.dtype), tokenizer, out, torch_dtype(self.config.dtype))
 
     def extra_metadata(self) -> dict[str, Any]:
         qp = getattr(self, "qparams", None)
-        return {"activations": activation_summary(qp, self.config)} if qp is not None else {}
+        return {**({"activations": activation_summary(qp, self.config)} if qp is not None else {}),
+                **buffers_record(getattr(self, "_model", None))}
 
     @classmethod
     def recognises(cls, path: Path) -> bool:
@@ -338,13 +362,37 @@ class Int8StaticBackend(Backend):
 
     @classmethod
     def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
+        from llmq.backends.torchao_patches import patch_cpu_int_mm
+
         out = super().load_kwargs(path, quantization_config, device, kernel)
         enable_loading()  # transformers 5.24 drops _weight_act_quant_scale/_zero_point otherwise
+        patch_cpu_int_mm()
         return out
+
+    @classmethod
+    def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
+             trust_remote_code: bool = False) -> tuple[Any, Any]:
+        model, tok = super().load(path, device=device, dtype=dtype, kernel=kernel, trust_remote_code=trust_remote_code)
+        restore_buffers(model)  # e.g. Gemma's embed_scale (see torchao.restore_buffers)
+        return model, tok
 
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
         return torchao_int8_estimate(profile, config, scheme.name)
+
+    @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """One layer in fp32 (and its int8 copy), every calibration token's hidden state in and out,
+        the layer's recorded Linear inputs (and the first ``ERROR_SAMPLES`` samples' outputs), the
+        shard being filled; time grows with parameters x calibration tokens (the forward)."""
+        from llmq.cost import calibration_bytes, layer_activation_widths, streamed
+
+        tokens = config.n_samples * config.seqlen
+        ins, outs = layer_activation_widths(profile)
+        extra = calibration_bytes(profile, tokens) + 4.0 * tokens * ins + \
+            4.0 * min(ERROR_SAMPLES, config.n_samples) * config.seqlen * outs
+        return streamed(profile, 4, cls.estimate(profile, scheme, config, "cpu").bytes, extra,
+                        work=profile.parameters * tokens)
 
     @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:
@@ -365,4 +413,5 @@ class Int8StaticBackend(Backend):
                       "bench, batch 1; eagerly, int8 is slower than fp32."),
             note=(f"Made with torchao {version}. Activation scales are fixed by calibration: text unlike the "
                   "calibration data may clip. Plain transformers 5.24 drops the static activation scales on "
-                  "load; llmq.load (or llmq.backends.torchao.enable_loading() before from_pretrained) keeps them."))
+                  "load; llmq.load (or llmq.backends.torchao.enable_loading() before from_pretrained) keeps them."
+                  + buffers_note(meta)))

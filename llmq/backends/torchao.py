@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, torch_dtype, transformers_snippet
-from llmq.backends.compressed import FORMAT as CT_FORMAT
+from llmq.backends.compressed import FORMAT as CT_FORMAT, export_torchao
 from llmq.config import DTYPES, QuantConfigBase, check_choice
 from llmq.errors import ConfigError
 from llmq.models import excluded_modules, linear_shapes
@@ -59,17 +59,50 @@ class TorchAoBackend(Backend):
                tree_rank={"cpu": 0, "gpu_fits": 8, "gpu_8bit": 7, "gpu_4bit": 7}, serve_as="w8a8-int8"),
     )
 
-    def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+    def torchao_config(self, model_dir: Path) -> tuple[Any, Any]:
+        """``(torchao config of the Linears, transformers TorchAoConfig recorded in config.json)``."""
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, PerTensor
-        from transformers import AutoConfig, AutoModelForCausalLM, TorchAoConfig
+        from transformers import AutoConfig, TorchAoConfig
 
         gran = PerRow() if self.config.weight_granularity == "per_channel" else PerTensor()
         cfg = AutoConfig.from_pretrained(model_dir)
         skip = excluded_modules(cfg, list(linear_shapes(cfg)), self.config.skip_modules)
-        qc = TorchAoConfig(
-            Int8DynamicActivationInt8WeightConfig(granularity=gran, set_inductor_config=False),
-            modules_to_not_convert=skip or None,
-        )
+        lin = Int8DynamicActivationInt8WeightConfig(granularity=gran, set_inductor_config=False)
+        return lin, TorchAoConfig(lin, modules_to_not_convert=skip or None)
+
+    def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
+        """Block by block from the checkpoint's shards (``llmq.streaming``): each decoder layer's
+        Linears quantized with torchao's ``quantize_`` and written, then freed, so memory is bounded
+        by a layer; a checkpoint that cannot be streamed loads whole through transformers."""
+        import torch
+
+        from llmq.backends.torchao_patches import patch_cpu_int_mm
+        from llmq.streaming import BlockModel, NotStreamable
+
+        patch_cpu_int_mm()  # exact fp32 int8 GEMMs where torch's own is a reference loop (no VNNI/AMX)
+        lin, qc = self.torchao_config(model_dir)
+        try:
+            bm = BlockModel(model_dir, torch_dtype(self.config.dtype))
+        except NotStreamable:
+            return self._quantize_whole(model_dir, device, qc)
+
+        def convert(block: str, module: Any) -> None:
+            from torchao.quantization import quantize_
+            from transformers.quantizers.quantizers_utils import should_convert_module
+
+            quantize_(module, lin, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear)
+                      and should_convert_module(f"{block}.{fqn}", qc.modules_to_not_convert))
+
+        qe = self.config.quantize_embeddings
+        if qe:
+            qc.include_input_output_embeddings = True
+        self._model = stream_torchao(bm, convert, qc, self.config.dtype, qe and self.config.lm_head_activations,
+                                     device=device, work_dir=self.options.get("work_dir"))
+        return self._model
+
+    def _quantize_whole(self, model_dir: Path, device: str, qc: Any) -> Any:
+        from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch_dtype(self.config.dtype), device_map=device, quantization_config=qc
         )
@@ -77,16 +110,30 @@ class TorchAoBackend(Backend):
             quantize_embeddings(model, self.config.lm_head_activations)
             qc.include_input_output_embeddings = True
             attach_torchao_saver(model, qc)
+        self._model = model
         return model
 
     @classmethod
     def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
+        from llmq.backends.torchao_patches import patch_cpu_int_mm
+
         out = super().load_kwargs(path, quantization_config, device, kernel)
         enable_loading()  # static activation scales (int8-static folders written by torchao elsewhere too)
+        patch_cpu_int_mm()
         return out
 
     def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
-        return export_torchao(model, tokenizer, out, torch_dtype(self.config.dtype))
+        return export_torchao(in_memory(model, self.config.dtype), tokenizer, out, torch_dtype(self.config.dtype))
+
+    @classmethod
+    def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
+             trust_remote_code: bool = False) -> tuple[Any, Any]:
+        model, tok = super().load(path, device=device, dtype=dtype, kernel=kernel, trust_remote_code=trust_remote_code)
+        restore_buffers(model)  # e.g. Gemma's embed_scale, left as uninitialized memory by transformers
+        return model, tok
+
+    def extra_metadata(self) -> dict[str, Any]:
+        return buffers_record(getattr(self, "_model", None))
 
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
@@ -102,69 +149,31 @@ class TorchAoBackend(Backend):
     @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:
         version = (meta.get("versions") or {}).get("torchao")
+        restored = bool(meta.get("restored_on_load"))  # plain from_pretrained would leave a buffer uninitialized
         return CardFacts(
-            packages="transformers accelerate torchao", python=transformers_snippet(repo), tags=["torchao"],
+            packages="transformers accelerate torchao" + (" llmq" if restored else ""),
+            python=llmq_snippet(repo) if restored else transformers_snippet(repo), tags=["torchao"],
             hardware="torchao int8 dynamic quantization runs on CPU and GPU; its speed depends on torch.compile and "
                      "the int8 matmul kernels of your hardware.",
             note=(f"Made with torchao {version}: torchao checkpoints are tied to torchao's "
-                  "serialization format, so load them with the same (or a compatible) torchao version."),
+                  "serialization format, so load them with the same (or a compatible) torchao version."
+                  + buffers_note(meta)),
             serve=f"vllm serve {repo}",
             serve_note=("vLLM reads torchao checkpoints saved by transformers (see torchao's serving guide, "
                         "docs.pytorch.org/ao/stable/serving.html) when its torchao version matches; "
                         "llmq has not tested this path. " + VLLM_NOTE))
 
 
+def llmq_snippet(repo: str) -> str:
+    return ("import llmq\n\n"
+            f'model, tokenizer = llmq.load("{repo}", device="cpu")\n'
+            'inputs = tokenizer("The capital of France is", return_tensors="pt")\n'
+            "out = model.generate(**inputs, max_new_tokens=20)\n"
+            "print(tokenizer.decode(out[0], skip_special_tokens=True))")
+
+
 # -- shared by the torchao int8 schemes (int8-dynamic here, int8-static in int8_static.py) ------
 HEAD_ACTIVATIONS = ("float", "int8")
-
-
-def export_torchao(model: Any, tokenizer: Any, out: Path, dtype: Any) -> dict[str, Any]:
-    """Write a torchao W8A8 model (int8-dynamic, int8-static) as a compressed-tensors folder
-    (``int-quantized``): each ``Int8Tensor`` Linear's int8 codes and fp32 scales as they are,
-    with its activations as torchao runs them (per token at run time, or the static per-tensor scale
-    and zero point); everything else as the model holds it, at ``dtype``."""
-    import torch
-
-    from llmq.backends.compressed import dense_model, write_compressed
-
-    state, layers = {}, {}
-    for key, value in model.state_dict().items():
-        if type(value).__name__ == "Int8Tensor":
-            if not key.endswith(".weight") or isinstance(model.get_submodule(key[:-7]), torch.nn.Embedding):
-                raise ConfigError(f"{key} is an int8 embedding: compressed-tensors folders keep embeddings at dtype.")
-            layers[key[:-7]] = int8_layer(key[:-7], value)
-        else:
-            state[key] = value
-    return write_compressed(dense_model(model.config, dtype, state, set(layers)), layers, out, tokenizer)
-
-
-def int8_layer(name: str, w: Any) -> Any:
-    """compressed-tensors' view of one torchao ``Int8Tensor`` weight (symmetric int8 per row or
-    per tensor) and of the activations its linear quantizes."""
-    import torch
-    from torchao.quantization import MappingType
-
-    from llmq.backends.compressed import LayerQuant
-
-    if w.act_pre_scale is not None:
-        raise ConfigError(f"{name} divides its input by SmoothQuant scales at run time, which compressed-tensors "
-                          "cannot hold: quantize int8-static with smooth_fold=True (folded into the norms).")
-    if w.zero_point is not None and bool((w.zero_point != 0).any()):
-        raise ConfigError(f"{name} has asymmetric int8 weights; compressed-tensors' W8A8 takes symmetric ones.")
-    kw = w.act_quant_kwargs
-    if kw is None:
-        raise ConfigError(f"{name} is int8 weight-only (float activations); export it with int8 activations or "
-                          "keep it float (skip_modules).")
-    per_row = w.block_size[0] == 1
-    weights = {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": False,
-               "strategy": "channel" if per_row else "tensor"}
-    sym = kw.mapping_type == MappingType.SYMMETRIC
-    static = w.act_quant_scale is not None
-    acts = {"num_bits": 8, "type": "int", "symmetric": sym, "dynamic": not static,
-            "strategy": "tensor" if static else "token"}
-    return LayerQuant(weights, w.dequantize(torch.float32), w.scale.float(), None, acts,
-                      w.act_quant_scale if static else None,
-                      w.act_quant_zero_point if static and not sym else None)
 
 
 def quantize_embeddings(model: Any, head_activations: str = "float") -> None:
@@ -204,6 +213,131 @@ def attach_torchao_saver(model: Any, qc: Any) -> None:
 
     model.config.quantization_config = qc
     model.hf_quantizer = _TiedAwareTorchAoQuantizer(qc)
+
+
+def in_memory(model: Any, dtype: str) -> Any:
+    """The quantized model with its torchao tensors in memory, for an export's writer: ``model``
+    itself, or an output written block by block (``llmq.streaming.WrittenOutput``) loaded back from
+    its files, static scales and restored buffers included."""
+    from llmq.streaming import WrittenOutput
+
+    if not isinstance(model, WrittenOutput):
+        return model
+    from transformers import AutoModelForCausalLM
+
+    from llmq.backends.torchao_patches import patch_cpu_int_mm
+
+    enable_loading()
+    patch_cpu_int_mm()
+    loaded = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch_dtype(dtype), device_map="cpu").eval()
+    restore_buffers(loaded)
+    return loaded
+
+
+def restore_buffers(model: Any) -> list[str]:
+    """Re-initialize the non-persistent buffers of the modules transformers' torchao loader rebuilt;
+    returns their names. Why: ``TorchAoDeserialize`` marks each module whose weight it rebuilds as
+    initialized (transformers 5.24-5.25), so ``_init_weights`` skips it, and a non-persistent buffer
+    of that module (never saved, allocated with ``torch.empty`` on load) keeps whatever memory it
+    got. Gemma-2/3's ``ScaledWordEmbedding.embed_scale`` (sqrt(hidden)) is one: with int8 embeddings
+    it read ~1e-44 or ~1e25, so every token embedding was ~0 or huge and the outputs garbage
+    (perplexity = the vocabulary size, or 1e207). The model's own ``_init_weights`` is run again on
+    those modules only; their loaded weights are flagged initialized, so it sets just the buffers."""
+    import torch
+    from torchao.utils import TorchAOBaseTensor
+    from transformers import PreTrainedModel
+
+    restored = []
+    owners = {"": model}
+    for name, mod in model.named_modules():
+        if isinstance(mod, PreTrainedModel):
+            owners[name] = mod
+        if not mod._non_persistent_buffers_set:
+            continue
+        params = list(mod.parameters(recurse=False))
+        if not any(isinstance(p, TorchAOBaseTensor) for p in params):
+            continue
+        owner = owners[max((k for k in owners if not k or name.startswith(k + ".")), key=len)]
+        for p in params:
+            p._is_hf_initialized = True
+        for b in mod._non_persistent_buffers_set:
+            buf = getattr(mod, b, None)
+            if buf is not None:
+                buf._is_hf_initialized = False
+        mod._is_hf_initialized = False
+        with torch.no_grad():
+            owner._initialize_weights(mod)
+        restored += [f"{name}.{b}" if name else b for b in sorted(mod._non_persistent_buffers_set)]
+    return restored
+
+
+def buffers_record(model: Any) -> dict[str, Any]:
+    """``llmq.json``'s note of the non-persistent buffers living in int8 modules of ``model`` (the
+    ones plain transformers leaves uninitialized on load, see :func:`restore_buffers`); {} if none.
+    ``model``: the quantized model, or the ``WrittenOutput`` of :func:`stream_torchao` (which noted
+    them block by block)."""
+    if model is None:
+        return {}
+    names = model.extra.get("restored_on_load", []) if hasattr(model, "extra") else buffer_names(model)
+    return {"restored_on_load": names} if names else {}
+
+
+def buffer_names(root: Any, prefix: str = "") -> list[str]:
+    """Non-persistent buffers of the modules under ``root`` that hold torchao tensors."""
+    from torchao.utils import TorchAOBaseTensor
+
+    pre = prefix + "." if prefix else ""
+    return [f"{pre}{n}.{b}" if n else f"{pre}{b}" for n, m in root.named_modules() if m._non_persistent_buffers_set
+            and any(isinstance(p, TorchAOBaseTensor) for p in m.parameters(recurse=False))
+            for b in sorted(m._non_persistent_buffers_set)]
+
+
+def buffers_note(meta: dict) -> str:
+    """The card's warning for a folder with :func:`buffers_record` entries."""
+    names = meta.get("restored_on_load") or []
+    if not names:
+        return ""
+    return (f" This model keeps {', '.join(f'`{n}`' for n in names)} in an int8 module: plain transformers "
+            "(5.24-5.25) leaves such a non-persistent buffer uninitialized on load (garbage outputs); "
+            "`llmq.load` restores it (`llmq.backends.torchao.restore_buffers(model)` after `from_pretrained`).")
+def stream_torchao(bm: Any, convert: Any, qc: Any, dtype: str, embeddings: str | bool, *, device: str = "cpu",
+                   work_dir: Any = None) -> Any:
+    """Write a torchao folder block by block (``llmq.streaming``): ``convert(block, module)``
+    quantizes a decoder layer in place; the embeddings block goes through
+    :func:`quantize_embeddings` when ``embeddings`` names lm_head's activations (False: kept
+    float). Each block's state is flattened with torchao's own ``flatten_tensor_state_dict`` (as
+    transformers' torchao saver does); every shard carries the full ``tensor_names`` list and the
+    entries of its own tensors, so transformers' loader (which merges the shards' metadata) reads it."""
+    import json
+
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    from llmq.streaming import stream_folder
+
+    restored: list[str] = []  # buffers plain transformers will leave uninitialized (restore_buffers)
+
+    def conv(block: str, names: list[str]) -> None:
+        if block == "embeddings":
+            if embeddings:
+                quantize_embeddings(bm.model, embeddings)
+                for mod in {bm.model.get_input_embeddings(), bm.model.get_output_embeddings()} - {None}:
+                    name = next(n for n, m in bm.model.named_modules() if m is mod)
+                    restored.extend(buffer_names(mod, name))
+        elif block.startswith(bm.layers_name + "."):
+            convert(block, bm.module(block))
+            restored.extend(buffer_names(bm.module(block), block))
+
+    def serialize(state: dict) -> tuple[dict, dict]:
+        tensors, meta = flatten_tensor_state_dict(state)
+        meta.pop("tensor_names", None)
+        return tensors, meta
+
+    out = stream_folder(bm, dtype=dtype, convert=conv, serialize=serialize, quantization_config=qc,
+                        common_metadata={"tensor_names": json.dumps(bm.names), "format": "pt"},
+                        work_dir=work_dir, device=device)
+    if restored:
+        out.extra["restored_on_load"] = sorted(set(restored))
+    return out
 
 
 _PATCHED = False

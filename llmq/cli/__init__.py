@@ -70,6 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LlmqError as e:
         print(f"llmq: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - only resource errors become a line; anything else is a bug to see
+        from llmq.errors import resource_error
+
+        err = resource_error(e)
+        if err is None:
+            raise
+        print(f"llmq: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         from llmq.outdir import interrupt_message
 
@@ -82,5 +90,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def entry() -> None:
+    """``python -m llmq`` and the ``llmq`` script: ``main``, then exit. After an interrupt (Ctrl-C,
+    SIGTERM) the output is already cleaned up, but a library's worker threads (GPTQModel's pools)
+    may still be computing a layer nobody will use: a normal interpreter exit would join them (tens of
+    seconds) and then tear down C++ thread pools under running threads (``terminate called ...``).
+    So an interrupted run runs the ``atexit`` callbacks (temporary folders) and ends the process."""
+    code = main()
+    if code == 130:
+        import atexit
+
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    entry()

@@ -28,7 +28,10 @@ def parse_model(text: str | None) -> Any:
     m = re.fullmatch(r"(\d+(?:\.\d+)?(?:e\d+)?)([kmbt]?)", t, re.IGNORECASE)
     if not m or Path(t).expanduser().exists():
         return t
-    return int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2).lower()])
+    n = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2).lower()]
+    if not 1 <= n < 1e16:  # 1e400 reads as inf; no model has 10 quadrillion parameters
+        raise ConfigError(f"--model {t}: a parameter count must be between 1 and 1e16, such as 7e9 or 70B.")
+    return int(n)
 
 
 def add_advise(sub: Any) -> None:
@@ -70,11 +73,9 @@ def cmd_advise(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(adv.to_markdown(), end="")
     else:
-        from rich.console import Console
+        from llmq.fmt import console, term_width
 
-        from llmq.fmt import term_width
-
-        Console(width=max(160, term_width())).print(adv)
+        console(max(160, term_width())).print(adv)
     return 0
 
 
@@ -123,8 +124,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": prof.to_dict(), "context": args.context, "rows": rows}, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from llmq.fmt import console
 
     t = Table(title=f"llmq estimate: {prof.name} ({human_count(prof.parameters)} parameters, {prof.source_text})")
     for col in ("scheme", "format", "bits/weight (quantized layers)", "bits/param (all)", "size", "vs fp32",
@@ -134,7 +136,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         bpw = f"{r['bits_per_weight']:.2f}" if r["bits_per_weight"] else "-"
         t.add_row(r["scheme"], r["format"], bpw, f"{r['bits_per_param']:.2f}", gb(r["size_bytes"]),
                   f"{r['vs_fp32']:.2f}x", r["kept_dtype"], gib(r["memory_bytes"]))
-    con = Console(width=160)
+    con = console(160)
     con.print(t)
     con.print(f"{prof.parameters:,} parameters ({prof.source_text}); layout: {prof.layout_source}; "
               f"{len(prof.linears)} Linear layers ({prof.linear_params:,} weights), embeddings {prof.embedding_params:,}"

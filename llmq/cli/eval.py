@@ -80,10 +80,10 @@ def _print(report: dict, as_json: bool) -> None:
 
         print(json.dumps(report, indent=2, default=str))
         return
-    from rich.console import Console
     from rich.table import Table
 
     from llmq.eval.report import rows
+    from llmq.fmt import console
 
     has_ref = bool(report.get("original"))
     t = Table(title="llmq evaluation")
@@ -91,7 +91,7 @@ def _print(report: dict, as_json: bool) -> None:
         t.add_column(col, justify="left" if col == "metric" else "right")
     for label, a, b, ch in rows(report):
         t.add_row(*((label, a, b, ch) if has_ref else (label, b)))
-    con = Console(width=120)
+    con = console(120)
     con.print(t)
     proto = report.get("protocol") or {}
     if proto.get("ppl"):

@@ -37,7 +37,8 @@ def add_qat(sub: Any) -> None:
     p.add_argument("--keep-embeddings", dest="quantize_embeddings", action="store_false",
                    help="torchao exports: keep the embedding and lm_head fp32 (default: int8 per row, fake-quantized in training)")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier llmq output (a folder with llmq.json); other folders are never replaced")
     p.set_defaults(func=_run)
 
 

@@ -50,6 +50,14 @@ class _Handle:
     path: Path | None = None
     pair: tuple[Any, Any] | None = None
     trust_remote_code: bool = False
+    #: the runtime it is scored on (``choose_runtime``'s); None: its plugin's first
+    runtime: str | None = None
+
+    def runtimes(self) -> tuple[str, ...]:
+        """The runtimes it can be scored on, preferred first (a .gguf: llama.cpp, then transformers)."""
+        if self.pair is not None:
+            return (runtime_family(getattr(self.pair[0], "llmq_runtime", "transformers")),)
+        return tuple(self.plugin().eval_runtimes())
 
     def tokenizer(self) -> Any:
         if self.pair is not None:
@@ -91,6 +99,9 @@ def _handle(model: Any, label: str, trust_remote_code: bool = False) -> _Handle:
         p = Path(str(model)).expanduser() if model is not None else None
         if p is not None and p.is_dir() and (p / "config.json").is_file():
             safety.refuse_remote_code(p, trust_remote_code)  # before the tokenizer or weights load
+            from llmq.weightfiles import check_safetensors_folder
+
+            check_safetensors_folder(p, required=True)  # a config-only or pytorch_model.bin folder: one line
             return _Handle(label, path=p, trust_remote_code=trust_remote_code)
         if p is not None and p.exists():
             from llmq.backends.base import Backend
@@ -106,6 +117,26 @@ def _handle(model: Any, label: str, trust_remote_code: bool = False) -> _Handle:
         return _Handle(label, path=Path(local), trust_remote_code=trust_remote_code)
     raise LlmqError(f"Cannot evaluate a {type(model).__name__}: pass a folder, a .gguf file, a Hub id or a "
                     "(model, tokenizer) pair.")
+
+
+def runtime_family(label: str) -> str:
+    """``"transformers (dequantized GGUF)"`` -> ``"transformers"``: the runtime a model label names."""
+    return str(label).split(" (", 1)[0]
+
+
+def choose_runtime(handles: list[_Handle]) -> str:
+    """One runtime for every model of a comparison, so a delta never mixes two runtimes' kernels: the
+    first runtime (in the first model's preference) that all of them run on, else one line naming
+    what each runs on."""
+    options = [h.runtimes() for h in handles]
+    common = [r for r in options[0] if all(r in o for o in options[1:])]
+    if not common:
+        sides = "; ".join(f"the {h.label} ({h.path or 'model in memory'}) runs on {' or '.join(o)}"
+                          for h, o in zip(handles, options))
+        raise LlmqError(f"No runtime runs both models, and a comparison across two runtimes would mix their kernels "
+                        f"into the delta: {sides}. Compare two .gguf files (llama.cpp), or model folders / .gguf "
+                        "files (transformers).")
+    return common[0]
 
 
 def check_same_tokenizer(a: Any, b: Any) -> None:
@@ -149,6 +180,8 @@ def evaluate(model: Any, *, ppl: str | os.PathLike | None = "wikitext2", tasks: 
     ours = [t for t in task_list if not (isinstance(t, str) and t.startswith("lm_eval:"))]
     harness = [t for t in task_list if isinstance(t, str) and t.startswith("lm_eval:")]
     specs = task_mod.resolve_tasks(ours, fields=task_fields)  # unknown task: one line, before any model loads
+    for spec in specs:
+        task_mod.check_rows(spec, limit)
     if harness:
         from llmq.eval import lm_eval_bridge
 
@@ -167,10 +200,16 @@ def evaluate(model: Any, *, ppl: str | os.PathLike | None = "wikitext2", tasks: 
     tok = target.tokenizer()
     if ref is not None:
         check_same_tokenizer(ref.tokenizer(), tok)
-    seqlen = _fit_seqlen(seqlen or DEFAULT_SEQLEN, [h for h in (ref, target) if h is not None])
+    handles = [h for h in (ref, target) if h is not None]
+    runtime = choose_runtime(handles)  # before any weight loads: one line if the two cannot share one
+    for h in handles:
+        h.runtime = runtime
+    if ref is not None and progress and any(h.runtimes()[0] != runtime for h in handles):
+        print(f"llmq eval: scoring both models on {runtime}, the one runtime they share", file=sys.stderr, flush=True)
+    seqlen = _fit_seqlen(seqlen or DEFAULT_SEQLEN, handles)
     device = device or _default_device()
 
-    protocol: dict[str, Any] = {"ppl": None, "tasks": {}}
+    protocol: dict[str, Any] = {"ppl": None, "tasks": {}, "runtime": runtime}
     tokens = cache = None
     if ppl is not None:
         from llmq.eval.perplexity import plan, tokenize
@@ -230,7 +269,10 @@ def _load(h: _Handle, device: str) -> tuple[Any, Any, float | None]:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, tok = load(h.path, device=device, trust_remote_code=h.trust_remote_code)
+        if h.runtime is not None and h.runtime != h.runtimes()[0]:  # e.g. a .gguf on transformers
+            model, tok = h.plugin().load_on(h.path, h.runtime, device=device)
+        else:
+            model, tok = load(h.path, device=device, trust_remote_code=h.trust_remote_code)
     return model, tok, time.perf_counter() - t0
 
 
@@ -344,7 +386,8 @@ def compare(original: Any, quantized: Any, *, ppl: str | os.PathLike | None = "w
 
 
 def original_of(path: str | os.PathLike) -> str:
-    """The local folder of the model an llmq folder was quantized from (read from its ``llmq.json``)."""
+    """What an llmq folder was quantized from (read from its ``llmq.json``): the ``.gguf`` file itself
+    where llama.cpp requantized it, else the local folder of its weights (a GGUF source dequantized)."""
     from llmq.meta import read_meta
     from llmq.models import resolve_model
 
@@ -356,7 +399,10 @@ def original_of(path: str | os.PathLike) -> str:
         name = None  # the offline demo: its GGUF ships in a package; `name` is its Hub id, not a path
     if not src:
         raise LlmqError(f"{path} has no llmq.json: cannot tell which model it was quantized from.")
-    return str(resolve_model(name).local_dir())
+    source = resolve_model(name)
+    if source.kind == "gguf" and (meta.get("quantization_config") or {}).get("source_format") == "gguf":
+        return str(source.path)
+    return str(source.local_dir())
 
 
 # -- everything `run` will do after quantizing, checked before it loads a weight ----------------------------
@@ -364,12 +410,15 @@ def check_eval_request(*, tasks: Any = None, ppl: Any = None, max_ppl_increase: 
                        max_accuracy_loss: Any = None, max_kld: Any = None) -> None:
     """``run --eval``: gate thresholds, task names and files, the perplexity file, all without a model."""
     from llmq.eval.gate import validate
-    from llmq.eval.tasks import resolve_task
+    from llmq.eval.tasks import check_rows, resolve_task
 
     validate(max_ppl_increase=max_ppl_increase, max_accuracy_loss=max_accuracy_loss, max_kld=max_kld)
     for t in split_tasks(tasks):
         if not (isinstance(t, str) and t.startswith("lm_eval:")):
-            resolve_task(t)
+            check_rows(resolve_task(t))
     if ppl is not None and str(ppl).lower() != "none" and ("/" in str(ppl) or Path(str(ppl)).suffix):
         if not Path(str(ppl)).expanduser().is_file():
             raise ConfigError(f"--ppl file not found: {ppl}")
+        from llmq.safety import check_text_file
+
+        check_text_file(Path(str(ppl)).expanduser())

@@ -70,6 +70,9 @@ def load_text(source: str | Path) -> tuple[str, str]:
         if path.suffix or "/" in src:
             raise LlmqError(f"Perplexity text file not found: {path}")
         raise UnknownNameError("perplexity dataset", src, SOURCES)
+    from llmq.safety import check_text_file
+
+    check_text_file(path)  # the check calibration files get: random bytes have no perplexity
     return path.read_text(encoding="utf-8", errors="replace"), f"file {path.name}"
 
 

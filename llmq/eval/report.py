@@ -117,7 +117,7 @@ def markdown(report: dict) -> str:
         lines.append(f"- perplexity: {proto['ppl']}")
     for t, p in (proto.get("tasks") or {}).items():
         lines.append(f"- {t}: {p}")
-    for key in ("kld", "speed"):
+    for key in ("runtime", "kld", "speed"):
         if proto.get(key):
             lines.append(f"- {key}: {proto[key]}")
     gate = report.get("gate")

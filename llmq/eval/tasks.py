@@ -179,9 +179,18 @@ def _default_template(shape: str) -> str:
     return "{query}" if shape == "multiple_choice" else "{context}"
 
 
+def _open_text(path: Path) -> Any:
+    """A task file opened for reading, after the text check every data file gets (a binary file is
+    one line, not a UnicodeDecodeError); bytes that are not UTF-8 further on read as U+FFFD."""
+    from llmq.safety import check_text_file
+
+    check_text_file(path)
+    return path.open(encoding="utf-8", errors="replace")
+
+
 def _detect_shape(path: Path, fields: dict[str, str] | None = None) -> str:
     fields = fields or {}
-    with path.open(encoding="utf-8") as f:
+    with _open_text(path) as f:
         for line in f:
             if line.strip():
                 try:
@@ -214,6 +223,15 @@ def task_file(spec: TaskSpec) -> Path | None:
     return local_file("tasks", spec.local)
 
 
+def check_rows(spec: TaskSpec, limit: int | None = None) -> None:
+    """Read and check every row of a task's local file (the rows ``limit`` keeps), before a model
+    loads: a bad row is one line now, not after minutes of loading and scoring. Hub tasks are
+    checked as they download."""
+    path = task_file(spec)
+    if path is not None:
+        _read_jsonl(path, spec, limit)
+
+
 def load_rows(spec: TaskSpec, limit: int | None = None) -> tuple[list[dict], str]:
     """Rows in the canonical schema of the task's shape, and where they came from."""
     path = task_file(spec)
@@ -230,7 +248,7 @@ def load_rows(spec: TaskSpec, limit: int | None = None) -> tuple[list[dict], str
 
 def _read_jsonl(path: Path, spec: TaskSpec, limit: int | None) -> tuple[list[dict], int]:
     rows, total = [], 0
-    with path.open(encoding="utf-8") as f:
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -260,6 +278,18 @@ def canonical(raw: Any, spec: TaskSpec, where: str) -> dict:
     listf = {"multiple_choice": "choices", "schema": "contexts"}.get(spec.shape)
     if listf and (not isinstance(row[listf], list) or len(row[listf]) < 2):
         raise TaskDataError(f"{where}: field {spec.fields.get(listf, listf)!r} must be a list of at least 2 strings.")
+    # what is scored must be text: an empty continuation or choice scores the delimiter alone
+    # (a free "correct" answer), a number or null is not a prompt
+    if "continuation" in SHAPE_FIELDS[spec.shape]:
+        c = row["continuation"]
+        if not isinstance(c, str) or not c.strip():
+            raise TaskDataError(f"{where}: field {spec.fields.get('continuation', 'continuation')!r} = {c!r} must "
+                                "be non-empty text.")
+    if listf:
+        for i, item in enumerate(row[listf]):
+            if not isinstance(item, str) or (listf == "choices" and not item.strip()):
+                raise TaskDataError(f"{where}: {spec.fields.get(listf, listf)!r}[{i}] = {item!r} must be "
+                                    + ("non-empty text." if listf == "choices" else "text."))
     if "gold" in SHAPE_FIELDS[spec.shape]:
         g = row["gold"]
         if isinstance(g, str) and g.strip().isdigit():

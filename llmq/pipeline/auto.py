@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +116,7 @@ def pick_candidates(advice: Any, budget_gb: float | None, names: list[str] | Non
         pool = [known[n] for n in names]
     else:
         pool = [c for c in advice.candidates
-                if c.fits and c.status not in ("avoid", "exceeds tolerance") and c.scheme not in NOT_BY_DEFAULT
+                if c.fits and c.status not in ("avoid", "exceeds tolerance", "unsupported") and c.scheme not in NOT_BY_DEFAULT
                 and needs_training(c.scheme) == training]
     pool = [c for c in pool if c.installed]
     if budget_gb is not None:
@@ -142,9 +141,10 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
              tasks: str | Sequence[str] | None = None, ppl: str | None = None, limit: int | None = None,
              eval_seqlen: int | None = None, max_ppl_increase: Any = None, max_accuracy_loss: float | None = None,
              max_kld: float | None = None, budget_gb: float | None = None,
-             candidates: Sequence[str] | None = None, allow_training: bool = False) -> int:
+             candidates: Sequence[str] | None = None, allow_training: bool = False, verify: bool = True) -> int:
     """Quantize, evaluate and gate each candidate (``candidates``, or the advisor's); 0 when one passes
-    (its folder becomes ``output``), 1 when none does (``output`` holds only the reports).
+    (its folder becomes ``output``), 1 when none does (``output`` holds only the reports). A candidate
+    whose save fails its verification (``llmq.verify``; ``verify=False`` skips it) fails with that line.
 
     ``allow_training``: when every post-training candidate fails, escalate to quantization-aware
     training (the ``qat-*`` schemes that fit, most compressed first; their ``steps``/``data``/``lr``
@@ -155,7 +155,7 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
     from llmq.eval.gate import check_gate, gate_set, validate
     from llmq.io import atomic_dir, check_output
     from llmq.models import folder_size, resolve_model
-    from llmq.outdir import default_output
+    from llmq.outdir import default_output, sibling_temp
 
     if not gate_set(max_ppl_increase, max_accuracy_loss, max_kld):
         raise ConfigError("--scheme auto needs a gate to choose by: --max-ppl-increase, --max-accuracy-loss "
@@ -178,9 +178,8 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
 
     src = resolve_model(model, revision=revision, trust_remote_code=trust_remote_code)
     original = src.local_dir()
-    out.parent.mkdir(parents=True, exist_ok=True)
     # named like the save's temp folder, so a killed search's leftovers are removed by the next write
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-auto-", suffix=".incomplete", dir=out.parent))
+    work = sibling_temp(out)
     print(f"llmq auto: {len(pool)} candidates, most compressed first: {', '.join(c.scheme for c in pool)}", flush=True)
     trials: list[Trial] = []
     winner = None
@@ -192,7 +191,7 @@ def run_auto(model: str | os.PathLike | None = None, *, output: str | os.PathLik
             try:
                 qm = quantize(model, c.scheme, device=device, revision=revision,
                                    trust_remote_code=trust_remote_code, **scheme_overrides(c.scheme, overrides))
-                path = qm.save(work / c.scheme)
+                path = qm.save(work / c.scheme, verify=verify)
                 qm_weights = qm.backend.weight_patterns
                 del qm
                 t.size_bytes = folder_size(path, qm_weights)

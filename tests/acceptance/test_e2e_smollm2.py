@@ -2,7 +2,7 @@
 
 Quantize -> save -> reload with llmq.load (plain transformers) -> perplexity on a WikiText-2 test
 slice (seqlen 512, first 4 windows, 2,044 scored tokens). Calibrated schemes use 16 windows of 256
-tokens from the WikiText-2 *valid* split (small, to keep CI fast; the README's table uses 64x512).
+tokens from the WikiText-2 *valid* split (AWQ: 8; small, to keep CI fast; the README's table uses 64x512).
 
 Bounds, relative to the original's perplexity on the same slice:
 - fp16: +1% (a cast; rounding only);
@@ -43,7 +43,7 @@ def baseline(smol_dir, data_dir):
 def quantized_ppl(scheme, tmp_path, smol_quantized, **kw):
     if kw:
         qm = llmq.quantize(None, scheme, device="cpu", **kw)  # None = the demo model
-        out = qm.save(tmp_path / scheme)
+        out = qm.save(tmp_path / scheme, verify=False)  # measured below by perplexity, a stronger check
         del qm
         check_size_estimate(out, scheme, kw)
     else:  # the scheme's defaults: the folder the size-estimate tests also check
@@ -85,7 +85,9 @@ def test_int8_static_default_calibration_stays_close(baseline, tmp_path, smol_qu
     assert math.isfinite(p) and p <= 1.03 * baseline["orig"], (p, baseline)
 
 
-@pytest.mark.parametrize("scheme, kw", [("bnb-nf4", {}), ("gptq-int4", CALIB), ("awq-int4", CALIB)])
+#: AWQ on 8 windows: its scale search runs 20 forwards of each block per window (about 10 s a layer at 16
+#: on a 2-core CPU); 8 windows scored 35.94 against the bound 44.87 (RTN 40.79, original 30.70) when set
+@pytest.mark.parametrize("scheme, kw", [("bnb-nf4", {}), ("gptq-int4", CALIB), ("awq-int4", {**CALIB, "n_samples": 8})])
 def test_4_bit_against_round_to_nearest(scheme, kw, baseline, tmp_path, smol_quantized):
     p = quantized_ppl(scheme, tmp_path, smol_quantized, **kw)
     assert math.isfinite(p) and baseline["orig"] < p <= 1.10 * baseline["rtn4_g64"], (scheme, p, baseline)

@@ -21,19 +21,19 @@ ROOT = Path(__file__).resolve().parents[2] / "llmq"
 LAYERS = {
     # L0 foundations: errors, the registry, formatting, the machine, the Hub, files and output folders, checks
     "llmq.errors": 0, "llmq.registry": 0, "llmq.fmt": 0, "llmq.hardware": 0, "llmq.hub": 0, "llmq.io": 0,
-    "llmq.outdir": 0, "llmq.safety": 0, "llmq.version": 0,
+    "llmq.outdir": 0, "llmq.owners": 0, "llmq.safety": 0, "llmq.version": 0, "llmq.weightfiles": 0,
     # L1 model and data plumbing
-    "llmq.config": 1, "llmq.data": 1, "llmq.calibration": 1, "llmq.models": 1, "llmq.sizing": 1, "llmq.meta": 1,
-    "llmq.testing": 1, "llmq.testing_gguf": 1,
+    "llmq.config": 1, "llmq.data": 1, "llmq.calibration": 1, "llmq.models": 1, "llmq.gguf_cache": 1, "llmq.sizing": 1, "llmq.meta": 1,
+    "llmq.testing": 1, "llmq.testing_gguf": 1, "llmq.streaming": 1, "llmq.cost": 1,
     # L2 the scheme plugins, each owning its runtime
     "llmq.backends": 2, "llmq.fastpath": 2,
     # compressed-tensors (the format vLLM serves: its writer and loader) and the fp8 scheme built on it
-    "llmq.backends.compressed": 2, "llmq.backends.fp8": 2,
+    "llmq.backends.compressed": 2, "llmq.backends.fp8": 2, "llmq.backends.exports": 2,
     # L3 the registry of plugins
     "llmq.schemes": 3,
     # L4 the library's verbs
-    "llmq.core": 4, "llmq.eval": 4, "llmq.advisor": 4, "llmq.benchmark": 4, "llmq.publish": 4,
-    "llmq.modelcard": 4, "llmq.cardrender": 4, "llmq.advisor.serving": 4,
+    "llmq.core": 4, "llmq.verify": 4, "llmq.eval": 4, "llmq.advisor": 4, "llmq.benchmark": 4, "llmq.publish": 4,
+    "llmq.modelcard": 4, "llmq.cardrender": 4, "llmq.testing_archs": 4, "llmq.advisor.serving": 4,
     # L5 pipelines
     "llmq.pipeline": 5,
     # L6 the command line and the package's lazy public surface

@@ -1,6 +1,6 @@
-"""Issue #13's probes, one test each, on tiny random models: foreign code, silent garbage, lost
-output, tracebacks, evaluator generality. Each asserts the exit code, a one-line error and an
-untouched filesystem."""
+"""Issue #13's probes and round two's, one test each, on tiny random models: foreign code, silent
+garbage, lost output, tracebacks, evaluator generality, resource errors, interrupts. Each asserts
+the exit code, a one-line error and an untouched filesystem."""
 
 from __future__ import annotations
 
@@ -307,32 +307,22 @@ def test_unwritable_output_is_refused_before_loading_weights(models, capsys, mon
         one_line_error(err, "Cannot write")
 
 
-def test_second_writer_fails_and_deletes_nothing(models, tmp_path, capsys):
+def test_second_writer_fails_and_deletes_nothing(models, tmp_path, capsys, held_elsewhere):
     """A live process holds the output's lock: `run --overwrite` must fail at once and keep the folder."""
     out = tmp_path / "o"
     out.mkdir()
     (out / "result.txt").write_text("finished result")
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from llmq.outdir import output_lock
-        with output_lock({str(out)!r}):
-            print("locked", flush=True)
-            time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    (out / "llmq.json").write_text("{}")  # an earlier llmq result, which --overwrite may replace
+    with held_elsewhere(out, "output_lock") as holder:
         code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
                            "--overwrite", "--no-sample")
         assert code == 2
         one_line_error(err, "being written by another llmq process", f"pid {holder.pid}")
         assert (out / "result.txt").read_text() == "finished result"
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.mark.parametrize("scheme", ["int8-dynamic", "auto"])
-def test_second_run_fails_before_loading_a_weight(models, tmp_path, monkeypatch, scheme):
+def test_second_run_fails_before_loading_a_weight(models, tmp_path, monkeypatch, scheme, held_elsewhere):
     """The run pipeline (API and CLI) holds the output's lock from its checks through the save: a
     second writer of the same output fails before quantizing, for a named scheme and for auto."""
     from llmq.errors import OutputLockedError
@@ -341,22 +331,12 @@ def test_second_run_fails_before_loading_a_weight(models, tmp_path, monkeypatch,
     out = tmp_path / "o"
     out.mkdir()
     (out / "result.txt").write_text("finished result")
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from llmq.outdir import reserve_output
-        with reserve_output({str(out)!r}, overwrite=True):
-            print("locked", flush=True)
-            time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    (out / "llmq.json").write_text("{}")
+    with held_elsewhere(out, "reserve_output", overwrite=True) as holder:
         _no_weights(monkeypatch)
         with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
             run(models["good"], scheme, output=out, overwrite=True, sample=False, max_kld=1.0)
         assert (out / "result.txt").read_text() == "finished result"
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_auto_refuses_the_source_as_output(models, tmp_path, capsys, monkeypatch):
@@ -415,6 +395,7 @@ def test_killed_save_leaves_debris_that_the_next_run_removes_and_reports(models,
     (tmp_path / f".o.old-{int(dead.stdout)}" / "x").write_text("x")
     out.mkdir()  # ... while the previous result survived (killed while deleting the old copy)
     (out / "previous").write_text("x")
+    (out / "llmq.json").write_text("{}")
     code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
                        "--no-sample", "--overwrite")
     assert code == 0, err
@@ -423,12 +404,12 @@ def test_killed_save_leaves_debris_that_the_next_run_removes_and_reports(models,
 
 
 def test_interrupt_after_complete_save_tells_the_truth(models, tmp_path, capsys, monkeypatch):
-    import llmq.cli as cli_mod
+    import llmq.cli.run as cli_run
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_mod, "print_summary", interrupted)
+    monkeypatch.setattr(cli_run, "print_summary", interrupted)
     out = tmp_path / "o"
     code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out,
                        "--no-sample")
@@ -549,3 +530,258 @@ def test_int8_dynamic_files_are_byte_identical_across_runs(models, tmp_path):
     for name in ("a", "b"):
         llmq.quantize(models["good"], "int8-dynamic", device="cpu").save(tmp_path / name)
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+# == Round two: code execution and data loss ==============================================================
+def _user_home(root: Path) -> Path:
+    home = root / "home"
+    for f, text in {".bashrc": "alias ll='ls -l'", ".ssh/id_ed25519": "secret", "Documents/thesis.tex": "chapter 1"}.items():
+        (home / f).parent.mkdir(parents=True, exist_ok=True)
+        (home / f).write_text(text)
+    return home
+
+
+def test_overwrite_never_replaces_a_folder_llmq_did_not_write(models, tmp_path, capsys, monkeypatch):
+    """`run -o '~' --overwrite` replaced a home folder with model files. Now only an llmq output (or an
+    empty folder) is replaced; anything else is one line and nothing is touched."""
+    home = _user_home(tmp_path)
+    before = tree_hash(home)
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", home, "--overwrite")
+    assert code == 2
+    one_line_error(err, "not an llmq output", "Nothing was touched")
+    assert tree_hash(home) == before and sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    monkeypatch.undo()
+    prev = tmp_path / "prev"
+    assert cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", prev, "--no-sample")[0] == 0
+    (prev / "notes.txt").write_text("added later")  # still an llmq output: --overwrite replaces it
+    assert cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", prev, "--no-sample",
+               "--overwrite")[0] == 0
+    assert not (prev / "notes.txt").exists() and (prev / "llmq.json").is_file() and debris_of(prev) == []
+
+
+@pytest.mark.parametrize("out", [".", "sub/..", "./"])
+def test_output_naming_the_current_folder_is_refused(models, tmp_path, capsys, monkeypatch, out):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "llmq.json").write_text("{}")  # even a folder llmq wrote: it is where the user stands
+    before = tree_hash(work)
+    monkeypatch.chdir(work)
+    _no_weights(monkeypatch)
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out, "--overwrite")
+    assert code == 2
+    one_line_error(err, "-o")
+    assert tree_hash(work) == before and sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_qat_resume_into_a_user_folder_and_qat_into_the_source_are_refused_before_training(models, tmp_path, capsys,
+                                                                                          monkeypatch):
+    """`qat --resume -o <folder with user files>` replaced it; `qat -o <inside the source>` trained and
+    wrote a checkpoint into the source before refusing. Both are now one line before a weight loads."""
+    home = _user_home(tmp_path)
+    src = copy_model(models["good"], tmp_path / "src")
+    before = tree_hash(home), tree_hash(src)
+    _no_weights(monkeypatch)
+    args = ["qat", "--model", src, "--scheme", "qat-w8a8", "--data", models["ppl_txt"], "--steps", "2", "--seqlen",
+            "16", "--batch-size", "1"]
+    code, _, err = cli(capsys, *args, "--resume", "-o", home)
+    assert code == 2
+    one_line_error(err, "exists and is not empty")
+    code, _, err = cli(capsys, *args, "--resume", "-o", home, "--overwrite")
+    assert code == 2
+    one_line_error(err, "not an llmq output")
+    code, _, err = cli(capsys, *args, "-o", src / "qat")
+    assert code == 2
+    one_line_error(err, "inside the input model folder")
+    assert (tree_hash(home), tree_hash(src)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "src"]  # no checkpoint, lock or temp folder
+
+
+def test_a_live_run_beside_is_never_taken_for_a_killed_ones_debris(models, tmp_path, capsys):
+    """Outputs `o.v2` and `o` in one parent: the run writing `o` deleted the live temp folder of the
+    run writing `o.v2` as "left by a killed run". Now cleanup matches exact names and live owners stay."""
+    parent = tmp_path / "p"
+    release = tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from llmq.outdir import atomic_output
+        with atomic_output({str(parent / "o.v2")!r}) as tmp:
+            (tmp / "llmq.json").write_text("{{}}")
+            print(tmp, flush=True)
+            while not Path({str(release)!r}).exists():
+                time.sleep(0.05)
+        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        live_tmp = Path(holder.stdout.readline().strip())
+        assert live_tmp.is_dir() and live_tmp.name.startswith(".o.v2.")
+        code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", parent / "o",
+                           "--no-sample")
+        assert code == 0, err
+        assert "left by a killed run" not in err and (live_tmp / "llmq.json").is_file()
+        release.touch()
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (parent / "o.v2" / "llmq.json").is_file() and (parent / "o" / "llmq.json").is_file()
+    assert sorted(p.name for p in parent.iterdir()) == ["o", "o.v2"]
+
+
+def test_gguf_beside_custom_code_is_refused_and_its_code_never_runs_or_spreads(tmp_path, capsys, monkeypatch):
+    """A `.gguf` with a `tokenizer_config.json` (auto_map) and its Python beside it: transformers asked
+    "run the custom code? [y/N]", a pipe answered y, and the GGUF cache kept the code for a clean copy
+    of the same file elsewhere. Now: refused in one line (the answer is never asked), and with
+    --trust-remote-code the file is read alone, so the code never runs and no output or cache entry holds it."""
+    import io
+
+    from llmq.testing_gguf import write_tiny_gguf
+
+    monkeypatch.setenv("LLMQ_CACHE", str(tmp_path / "cache"))
+    clean = write_tiny_gguf(tmp_path / "clean" / "m.gguf")
+    evil = tmp_path / "evil" / "m.gguf"
+    evil.parent.mkdir()
+    shutil.copyfile(clean, evil)
+    marker = tmp_path / "EVIL_RAN"
+    (evil.parent / "tokenizer_config.json").write_text(json.dumps(
+        {"auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}, "tokenizer_class": "EvilTokenizer"}))
+    (evil.parent / "tokenization_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PreTrainedTokenizerFast\n\n\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 10))  # a pipe that says yes to every prompt
+    for args in (["run", "--model", evil, "--scheme", "int8-dynamic", "-o", tmp_path / "o1"],
+                 ["eval", "--model", evil, "--ppl", "none", "--no-speed"]):
+        code, _, err = cli(capsys, *args)
+        assert code == 2
+        one_line_error(err, "--trust-remote-code", "auto_map")
+    code, _, err = cli(capsys, "run", "--model", evil, "--scheme", "int8-dynamic", "-o", tmp_path / "o2",
+                       "--no-sample", "--trust-remote-code")
+    assert code == 0, err
+    code, _, err = cli(capsys, "run", "--model", clean, "--scheme", "int8-dynamic", "-o", tmp_path / "o3", "--no-sample")
+    assert code == 0, err
+    assert not marker.exists() and not (tmp_path / "o1").exists()
+    for folder in (tmp_path / "o2", tmp_path / "o3", tmp_path / "cache"):
+        assert not list(folder.rglob("*.py")) and "auto_map" not in "".join(
+            f.read_text() for f in folder.rglob("*.json")), folder
+    assert len(list((tmp_path / "cache" / "gguf").iterdir())) == 1  # one entry for the byte-identical files
+# == Round two: silent wrong results, messages, resource errors ============================================
+def test_config_contradicting_its_weights_is_refused_before_quantizing(models, tmp_path, capsys):
+    """It quantized and saved a config.json that contradicts the tensors (exit 0)."""
+    src = copy_model(models["good"], tmp_path / "src")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["intermediate_size"] *= 2
+    (src / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "o"
+    code, _, err = cli(capsys, "run", "--model", src, "--scheme", "int8-dynamic", "-o", out, "--no-sample")
+    assert code == 2
+    one_line_error(err, "config.json disagrees with the weights", "intermediate_size=512; the weights say 256")
+    assert not out.exists() and debris_of(out) == []
+
+
+def test_disk_full_while_saving_is_one_line_and_leaves_nothing(models, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import transformers.modeling_utils as mu
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 1000)  # a part written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(mu, "safe_save_file", full_disk)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)  # the streamed writer (llmq.streaming)
+    out = tmp_path / "o"
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "fp16", "-o", out, "--no-sample")
+    assert code == 2
+    one_line_error(err, f"No space left on the device: {out};", "-o")
+    assert not out.exists() and debris_of(out) == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["long-name", "dangling-symlink", "read-only"])
+def test_outputs_the_file_system_refuses_are_one_line_before_loading_weights(models, tmp_path, capsys, monkeypatch,
+                                                                           case):
+    _no_weights(monkeypatch)
+    if case == "long-name":
+        out, words = tmp_path / ("n" * 250), ("File name too long", "choose a shorter name")
+    elif case == "dangling-symlink":
+        out, words = tmp_path / "link", ("is a symlink to", "which does not exist")
+        out.symlink_to(tmp_path / "gone" / "x")
+    else:
+        import errno
+        import pathlib
+
+        real_mkdir = pathlib.Path.mkdir
+
+        def read_only(self, *a, **k):  # the writability probe llmq makes beside the output
+            if self.name.startswith(".llmq-write-test"):
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return real_mkdir(self, *a, **k)
+
+        monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+        out, words = tmp_path / "o", ("Read-only file system", "choose a writable folder")
+    code, _, err = cli(capsys, "run", "--model", models["good"], "--scheme", "int8-dynamic", "-o", out)
+    assert code == 2
+    one_line_error(err, str(out), *words)
+
+
+def test_eval_data_that_is_not_what_it_claims_is_one_line(models, tmp_path, capsys):
+    """Random bytes as --ppl reported a perplexity; an empty continuation was scored; a binary task
+    file was a UnicodeDecodeError; a cut .gguf a reshape error."""
+    code, out, err = cli(capsys, "eval", "--model", models["good"], "--ppl", models["random_txt"], "--seqlen", "32",
+                         "--no-speed", "--json")
+    assert code == 2 and '"perplexity"' not in out
+    one_line_error(err, "random.txt does not look like text")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"context": "The answer is", "continuation": " yes"}) + "\n"
+                     + json.dumps({"context": "The answer is", "continuation": ""}) + "\n")
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(os.urandom(3000))
+    cut = tmp_path / "cut.gguf"
+    from llmq.models import demo_gguf_path
+
+    with open(demo_gguf_path(), "rb") as f:
+        cut.write_bytes(f.read(20_000_000))
+    for args, words in (([models["good"], "--tasks", empty], ("empty.jsonl line 2", "non-empty text")),
+                        ([models["good"], "--tasks", binary], ("binary.jsonl does not look like text",)),
+                        ([cut], ("cut.gguf is not a valid GGUF file", "truncated"))):
+        code, out, err = cli(capsys, "eval", "--model", *args, "--ppl", "none", "--no-speed")
+        assert code == 2
+        one_line_error(err, *words)
+        assert "Loading weights" not in err  # refused before any model loaded
+
+
+def test_folder_with_two_ggufs_is_ambiguous_not_guessed(tmp_path, capsys, monkeypatch):
+    _no_weights(monkeypatch)
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / "m").mkdir(exist_ok=True)
+        (tmp_path / "m" / name).write_bytes(b"GGUF")
+    code, _, err = cli(capsys, "run", "--model", tmp_path / "m", "--scheme", "int8-dynamic", "-o", tmp_path / "o")
+    assert code == 2
+    one_line_error(err, "holds 2 .gguf files (a.gguf, b.gguf)", "pass the one you mean")
+
+
+def test_sigterm_during_gptq_ends_quietly_and_promptly(models, tmp_path):
+    """The interrupt message came, then a 17-30 s wait for GPTQModel's worker threads and, at
+    times, a C++ ``terminate`` with a backtrace."""
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-m", "llmq", "run", "--model", str(models["good"]), "--scheme",
+                          "gptq-int4", "--calibration", "builtin", "--n-samples", "64", "--seqlen", "256",
+                          "-o", str(out), "--no-sample"],
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    err = ""
+    deadline = time.time() + 300
+    while "layer 1/2" not in err and time.time() < deadline and p.poll() is None:
+        err += p.stderr.readline()
+    assert p.poll() is None, "the run ended before it could be interrupted"
+    time.sleep(1)
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    rest = p.communicate(timeout=120)[1]
+    assert p.returncode == 130, rest[-2000:]
+    assert time.time() - t0 < 5, f"took {time.time() - t0:.1f} s to exit"  # 8-9 s before, 0.8 s now
+    assert "llmq: interrupted; nothing was written" in rest
+    assert "terminate" not in rest and "Traceback" not in rest
+    assert not out.exists() and debris_of(out) == []

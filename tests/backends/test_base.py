@@ -161,3 +161,60 @@ def test_unregister_removes_the_scheme(toy):
 
     register_plugin(ToyBackend)  # the fixture unregisters it again
     assert "toy-fp16" in SCHEMES
+
+
+def test_load_refuses_folders_without_safetensors_or_tokenizer(tiny_model_dir, tmp_path):
+    """A pytorch_model.bin folder was unpickled by torch (or failed with torch's traceback); a folder
+    without tokenizer files ended in transformers' multi-line message."""
+    import shutil
+
+    from llmq.errors import ModelNotFoundError
+
+    binonly = tmp_path / "bin"
+    binonly.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", binonly)
+    (binonly / "pytorch_model.bin").write_bytes(b"never unpickled")
+    with pytest.raises(ModelNotFoundError, match="holds pytorch_model.bin, and llmq loads safetensors only"):
+        llmq.load(binonly, device="cpu")
+    notok = tmp_path / "notok"
+    notok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / f, notok)
+    with pytest.raises(ModelNotFoundError, match="has no usable tokenizer") as e:
+        Backend.load_tokenizer(notok)
+    assert "\n" not in str(e.value)
+# -- layer types: a scheme refuses a model whose weights sit in layers it does not convert --------
+def _gpt2_config():
+    from transformers import GPT2Config
+
+    cfg = GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=128, bos_token_id=0, eos_token_id=0)
+    cfg.architectures = ["GPT2LMHeadModel"]
+    return cfg
+
+
+def test_weight_layers_are_read_from_the_config_alone(tiny_model_dir):
+    """Llama keeps its matrices in nn.Linear, GPT-2 in transformers' Conv1D (weight stored
+    transposed: c_attn maps 64 inputs to 3 x 64 outputs); embeddings and the head are not listed."""
+    from transformers import AutoConfig
+
+    from llmq.backends.base import block_shapes, weight_layer_types
+
+    llama = weight_layer_types(AutoConfig.from_pretrained(tiny_model_dir))
+    assert set(llama) == {"Linear"} and len(llama["Linear"]) == 14 and "lm_head" not in llama["Linear"]
+    gpt2 = _gpt2_config()
+    assert set(weight_layer_types(gpt2)) == {"Conv1D"}
+    shapes = block_shapes(gpt2)
+    assert shapes["transformer.h.0.attn.c_attn"] == (64, 192) and shapes["transformer.h.1.mlp.c_proj"] == (256, 64)
+    assert len(shapes) == 8 and block_shapes(gpt2, ("c_fc",)).keys() == shapes.keys() - {
+        "transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"}
+
+
+def test_a_linear_only_plugin_refuses_conv1d_in_one_line_and_a_cast_does_not():
+    from llmq.backends.cast import CastBackend
+
+    scheme = ToyBackend.schemes[0]
+    why = ToyBackend(scheme, scheme.config()).unsupported(_gpt2_config())
+    assert why.startswith("toy-fp16 cannot quantize GPT2LMHeadModel's Conv1D layers (transformer.h.0.attn.c_attn, ...)")
+    assert "Linear layers only" in why and "\n" not in why
+    fp16 = CastBackend.schemes[0]
+    assert CastBackend(fp16, fp16.config()).unsupported(_gpt2_config()) is None  # layer_types None: every weight

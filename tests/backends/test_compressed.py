@@ -29,11 +29,19 @@ def plain_logits(folder, ids=X):
         return m(torch.tensor(ids)).logits
 
 
+def torchao_model(qm):
+    """The torchao model llmq quantized: ``qm.model``, or, where the plugin wrote it block by block
+    (int8-dynamic streams), the torchao files it wrote loaded back (what the export converts)."""
+    from llmq.backends.torchao import in_memory
+
+    return in_memory(qm.model, qm.config.dtype)
+
+
 def mem_logits(qm, ids=X):
     import torch
 
     with torch.no_grad():
-        return qm.model(torch.tensor(ids)).logits
+        return torchao_model(qm)(torch.tensor(ids)).logits
 
 
 def close(a, b, rel):
@@ -81,7 +89,7 @@ def test_int8_dynamic_folder_holds_torchao_codes_and_reloads_with_plain_transfor
     assert group["input_activations"] == {**group["input_activations"], "dynamic": True, "strategy": "token",
                                           "num_bits": 8, "type": "int", "symmetric": True}
     sd = load_file(str(out / "model.safetensors"))
-    w = qm.model.model.layers[1].mlp.down_proj.weight  # torchao's Int8Tensor
+    w = torchao_model(qm).model.layers[1].mlp.down_proj.weight  # torchao's Int8Tensor
     assert sd["model.layers.1.mlp.down_proj.weight"].equal(w.qdata)
     assert sd["model.layers.1.mlp.down_proj.weight_scale"].equal(w.scale.reshape(-1, 1))
     meta = json.loads((out / "llmq.json").read_text())

@@ -138,7 +138,7 @@ def test_export_refuses_act_order_and_odd_bits(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from llmq.backends.gptqmodel import export_gptq_folder
+    from llmq.backends.compressed import export_gptq_folder
     from llmq.errors import ConfigError
 
     (tmp_path / "config.json").write_text('{"quantization_config": {"quant_method": "gptq", "bits": 3, "group_size": 32}}')

@@ -72,6 +72,21 @@ def test_asymmetric_gives_zero_points_symmetric_does_not():
         assert zp.item() == 0 and scale.shape == (1, 1, 1)
 
 
+def _in_memory(src, **kw):
+    """The whole model quantized in memory (:func:`quantize_model`) with the calibration windows
+    ``llmq.quantize`` cuts for the same settings: the reference the streamed folder must equal."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmq import calibration
+
+    cfg = S.Int8StaticConfig(calibration=TEXT, **kw)
+    cal = calibration.build(TEXT, AutoTokenizer.from_pretrained(src), n_samples=cfg.n_samples, seqlen=cfg.seqlen,
+                            seed=cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(src).eval()
+    S.quantize_model(model, cal.samples, cfg)
+    return model
+
+
 def _quantized(tiny_model_dir, **kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,11 +145,11 @@ def test_quantize_save_reload_identical_logits(tiny_model_dir, tmp_path):
     import llmq
     from llmq.models import read_json
 
-    q = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, n_samples=4, seqlen=32,
-                      calibration_method="entropy", sym=False, skip_modules=["*.o_proj"])
+    kw = dict(n_samples=4, seqlen=32, calibration_method="entropy", sym=False, skip_modules=["*.o_proj"])
+    q = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, **kw)
     x = torch.tensor([list(range(5, 45))])
-    with torch.no_grad():
-        before = q.model(x).logits
+    with torch.no_grad():  # calibrated layer by layer and written block by block = the whole model in memory
+        before = _in_memory(tiny_model_dir, **kw)(x).logits
     out = q.save(tmp_path / "q")
     from llmq.schemes import plugin_of_folder
 
@@ -172,6 +187,8 @@ def test_size_estimate_matches_the_folder(tiny_model_dir, tmp_path):
     ({"calibration_method": "kl"}, "calibration_method='kl' is invalid"),
     ({"percentile": 0}, "percentile must be in (0, 100]"),
     ({"percentile": 100.5}, "percentile must be in (0, 100]"),
+    ({"calibration_method": "entropy", "percentile": 99.9}, "percentile applies to calibration_method='percentile'"),
+    ({"calibration_method": "minmax", "percentile": 99.99}, "'minmax' ignores it"),
     ({"calibration": []}, "int8-static needs calibration data"),
     ({"smooth_alpha": 1.5}, "smooth_alpha must be in [0, 1]"),
 ])
@@ -185,6 +202,16 @@ def test_one_line_errors_before_any_weights_load(kw, msg, tiny_model_dir, monkey
     with pytest.raises(ConfigError) as e:
         core.quantize(str(tiny_model_dir), "int8-static", device="cpu", **kw)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_percentile_recorded_is_the_one_used():
+    """llmq.json recorded percentile 99.99 for entropy and minmax runs, which use none."""
+    cfg = S.Int8StaticConfig(calibration="builtin")
+    assert cfg.effective_percentile == 99.99 and cfg.to_dict()["percentile"] == 99.99
+    assert cfg.with_overrides(percentile=99.9).to_dict()["percentile"] == 99.9
+    for method in ("entropy", "minmax"):
+        c = cfg.with_overrides(calibration_method=method)
+        assert c.effective_percentile is None and c.to_dict()["percentile"] is None
 
 
 def test_static_without_calibration_data_is_refused():
@@ -248,14 +275,15 @@ def test_dynamic_modules_quantize_activations_per_token_and_reload(tiny_model_di
 
     import llmq
 
-    q = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, n_samples=2, seqlen=32,
-                      dynamic_modules=["*.down_proj"])
-    layer = q.model.model.layers[0]
+    kw = dict(n_samples=2, seqlen=32, dynamic_modules=["*.down_proj"])
+    q = llmq.quantize(str(tiny_model_dir), "int8-static", device="cpu", calibration=TEXT, **kw)
+    ref = _in_memory(tiny_model_dir, **kw)
+    layer = ref.model.layers[0]
     assert isinstance(layer.mlp.down_proj.weight, Int8Tensor) and layer.mlp.down_proj.weight.act_quant_scale is None
     assert layer.mlp.up_proj.weight.act_quant_scale is not None
     x = torch.tensor([list(range(5, 45))])
     with torch.no_grad():
-        before = q.model(x).logits
+        before = ref(x).logits
     model, _ = llmq.load(q.save(tmp_path / "m"), device="cpu")
     with torch.no_grad():
         assert torch.equal(model(x).logits, before)
@@ -364,3 +392,33 @@ def test_per_pattern_smoothing_reaches_the_weights(tiny_model_dir):
     assert m.model.layers[0].mlp.down_proj.weight.act_pre_scale is None and "smooth" not in \
         qp["model.layers.0.mlp.down_proj"]
     assert m.model.layers[0].mlp.up_proj.weight.act_pre_scale is not None
+
+
+def test_gemma3_int8_static_reproduces_and_fixes_the_embed_scale_garbage(tmp_path, monkeypatch):
+    """int8-static on a tiny Gemma-3: the int8 embedding's ``embed_scale`` buffer is left uninitialized
+    by transformers' torchao loader (NaN in deterministic mode): without ``restore_buffers`` the
+    verification fails (non-finite logits), with it the output is within the int8 bound."""
+    import math
+
+    import torch
+
+    import llmq
+    from llmq.testing import tiny_gemma
+    from llmq.verify import verify
+
+    src = tiny_gemma(tmp_path / "gemma3")
+    out = llmq.quantize(str(src), "int8-static", device="cpu", calibration="builtin", n_samples=4,
+                        seqlen=64).save(tmp_path / "g-static")
+    good = json.loads((out / "llmq.json").read_text())["verification"]
+    assert good["passed"] and good["kld"] < 0.01
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        monkeypatch.setattr(S, "restore_buffers", lambda model: [])  # the loader as it was before the fix
+        broken = verify(src, out)
+        monkeypatch.undo()
+        fixed = verify(src, out)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert not broken["passed"] and math.isinf(broken["kld"])
+    assert fixed["passed"] and fixed["kld"] == pytest.approx(good["kld"], rel=1e-6)

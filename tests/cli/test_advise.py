@@ -17,6 +17,14 @@ def test_parse_model(text, expected):
     assert parse_model(text) == expected
 
 
+@pytest.mark.parametrize("text", ["1e400", "0", "2e16"])
+def test_parameter_counts_out_of_range_are_one_line(text, capsys):
+    """``1e400`` read as inf and ended in an OverflowError traceback."""
+    assert main(["advise", "--model", text]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--model {text}: a parameter count must be between 1 and 1e16" in err
+
+
 def test_advise_json(capsys):
     assert main(["advise", "--model", "70B", "--device", "cuda", "--gpu-memory", "80", "--context", "8192",
                  "--json"]) == 0

@@ -63,6 +63,36 @@ def test_refuses_mismatched_tokenizers_and_non_models(tiny_model_dir, tmp_path):
         llmq.evaluate(str(tiny_model_dir), tasks=["nope"], **FAST)
 
 
+def test_folders_without_weights_are_one_line_before_the_tokenizer(tiny_model_dir, tmp_path):
+    """A config-only folder ended in transformers' tokenizer message; a pytorch_model.bin-only one
+    was unpickled (llmq loads safetensors only)."""
+    import shutil
+
+    for name, extra in (("config-only", None), ("bin-only", "pytorch_model.bin")):
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(tiny_model_dir / "config.json", d)
+        if extra:
+            (d / extra).write_bytes(b"not unpickled")
+        with pytest.raises(ModelNotFoundError, match="no .safetensors weights") as e:
+            llmq.evaluate(str(d), **FAST)
+        assert (extra or "safetensors only") in str(e.value)
+
+
+def test_run_eval_request_checks_data_files_before_quantizing(tmp_path):
+    from llmq.errors import DataError
+    from llmq.eval.api import check_eval_request
+    from llmq.eval.tasks import TaskDataError
+
+    (tmp_path / "r.txt").write_bytes(bytes(range(256)) * 80)
+    with pytest.raises(DataError, match="does not look like text"):
+        check_eval_request(ppl=str(tmp_path / "r.txt"))
+    (tmp_path / "t.jsonl").write_text(json.dumps({"context": "a", "continuation": " b"}) + "\n"
+                                      + json.dumps({"context": "a", "continuation": ""}) + "\n")
+    with pytest.raises(TaskDataError, match="line 2"):
+        check_eval_request(tasks=str(tmp_path / "t.jsonl"))
+
+
 def test_cli_compare_gate_exit_codes(tiny_model_dir, tiny_fp4_dir, tmp_path, capsys):
     from llmq.cli import main
 
@@ -109,3 +139,34 @@ def test_compare_with_no_original_uses_the_demo_model(tiny_model_dir, tiny_fp4_d
                         else real(m, *a, **k))
     r = compare(None, str(tiny_fp4_dir), ppl="wikitext2", limit=1, seqlen=64, speed=False, progress=False)
     assert None in seen and r["original"]["path"] == str(tiny_model_dir) and r["quantized"]["kld"]["mean"] > 0
+
+
+def test_compare_scores_a_gguf_and_a_folder_on_one_runtime(sp_gguf, tmp_path):
+    """A .gguf original against a transformers folder: both on transformers (the one runtime they
+    share), so the same weights give zero KL divergence, and the report names the runtime."""
+    folder, f32 = sp_gguf
+    r = compare(str(f32), str(folder), out_dir=tmp_path / "rep", **FAST)
+    assert r["protocol"]["runtime"] == "transformers"
+    assert r["original"]["runtime"] == "transformers (dequantized GGUF)" and r["quantized"]["runtime"] == "transformers"
+    assert r["original"]["path"] == str(f32) and r["original"]["size_bytes"] == f32.stat().st_size
+    assert r["quantized"]["kld"]["mean"] == pytest.approx(0, abs=1e-6) and r["quantized"]["kld"]["same_top"] == 1.0
+    assert "- runtime: transformers" in (tmp_path / "rep" / "report.md").read_text()
+    back = compare(str(folder), str(f32), **FAST)  # either order
+    assert back["protocol"]["runtime"] == "transformers" and back["quantized"]["kld"]["mean"] == pytest.approx(0, abs=1e-6)
+
+
+def test_compare_refuses_a_pair_with_no_shared_runtime(sp_gguf):
+    """A model already loaded on llama.cpp cannot be scored on transformers: one line naming what each
+    side runs on, before anything is scored."""
+    from llmq.backends.gguf.runtime import LlamaCppLM
+    from llmq.models import gguf_tokenizer
+
+    folder, f32 = sp_gguf
+    lm = LlamaCppLM(f32, n_ctx=128)
+    try:
+        with pytest.raises(LlmqError) as e:
+            compare((lm, gguf_tokenizer(f32)), str(folder), **FAST)
+    finally:
+        lm.close()
+    msg = str(e.value)
+    assert "\n" not in msg and "runs on llama.cpp" in msg and "runs on transformers" in msg

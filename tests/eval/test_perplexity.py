@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llmq.errors import LlmqError
+from llmq.errors import DataError, LlmqError
 from llmq.eval.perplexity import load_text, perplexity, windows
 
 
@@ -92,6 +92,9 @@ def test_sources_and_errors(tmp_path, data_dir):
 
     with pytest.raises(UnknownNameError, match="Did you mean 'wikitext2'"):
         load_text("wikitext")
+    (tmp_path / "random.txt").write_bytes(bytes(range(256)) * 80)  # calibration refused it; so does perplexity
+    with pytest.raises(DataError, match="random.txt does not look like text"):
+        load_text(str(tmp_path / "random.txt"))
 
 
 def test_limit_beyond_the_windows_uses_what_exists_and_says_so(tmp_path):

@@ -156,6 +156,36 @@ def test_errors_are_one_line(tmp_path):
         assert issubclass(e, LlmqError)
 
 
+@pytest.mark.parametrize("row, msg", [
+    ({"context": "The cat sat on the", "continuation": ""}, "'continuation' = '' must be non-empty text"),
+    ({"context": "x", "continuation": "  "}, "must be non-empty text"),
+    ({"context": "x", "continuation": None}, "must be non-empty text"),
+    ({"query": "q", "choices": ["a", ""], "gold": 0}, r"'choices'\[1\] = '' must be non-empty text"),
+    ({"query": "q", "choices": ["a", 7], "gold": 0}, r"'choices'\[1\] = 7 must be non-empty text"),
+    ({"contexts": ["a", 3], "continuation": "b", "gold": 0}, r"'contexts'\[1\] = 3 must be text"),
+])
+def test_what_is_scored_must_be_text(tmp_path, row, msg):
+    """An empty continuation scores the delimiter alone: a free 'correct' answer, counted in acc."""
+    f = write(tmp_path / "t.jsonl", [row])
+    with pytest.raises(TaskDataError, match=msg):
+        load_rows(resolve_task(str(f)))
+
+
+def test_binary_task_file_is_one_line_and_rows_are_checked_before_a_model(tmp_path):
+    from llmq.errors import DataError
+    from llmq.eval.tasks import check_rows
+
+    (tmp_path / "bin.jsonl").write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(DataError, match="does not look like text"):
+        resolve_task(str(tmp_path / "bin.jsonl"))
+    f = write(tmp_path / "late.jsonl", [{"context": "a", "continuation": " b"}] * 3
+              + [{"context": "a", "continuation": ""}])
+    spec = resolve_task(str(f))  # the first row decides the shape
+    with pytest.raises(TaskDataError, match="line 4"):
+        check_rows(spec)
+    check_rows(spec, limit=3)  # rows past --limit are not scored, nor checked
+
+
 def test_limit_beyond_the_data_uses_what_exists_and_says_so(tmp_path):
     f = write(tmp_path / "mc.jsonl", MC_ROWS)
     spec = TaskSpec("toy", "multiple_choice", str(f), fields={"query": "question", "choices": "options",

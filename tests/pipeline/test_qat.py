@@ -247,7 +247,8 @@ def test_llmq_run_with_a_named_qat_scheme_trains_and_advise_never_recommends_it(
     assert all(listed.index(q) > listed.index("int8-dynamic") for q in ("qat-w8a8", "qat-int8"))
 
 
-def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts, tmp_path, monkeypatch):
+def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts, tmp_path, monkeypatch,
+                                                                     ctrl_c_at_step):
     """``llmq run --scheme qat-*``: Ctrl-C mid-training keeps the checkpoint next to the output and
     writes no output; ``--resume`` continues from the saved step, and the checkpoint is removed once
     the model is saved. ``--resume`` with a scheme that does not train is a one-line error."""
@@ -257,21 +258,10 @@ def test_llmq_run_checkpoints_qat_and_resume_continues_after_ctrl_c(tiny, texts,
 
     out = tmp_path / "run"
     opts = dict(data=texts, steps=4, checkpoint_every=2, seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
-    calls = {"n": 0}
-    step = torch.optim.AdamW.step
-
-    def interrupt_third(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt_third)
-    with pytest.raises(LlmqError, match="interrupted at step 2.*--resume"):
+    with ctrl_c_at_step(3), pytest.raises(LlmqError, match="interrupted at step 2.*--resume"):
         run(str(tiny), "qat-int4", output=out, overrides=opts, device="cpu", sample=False)
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
     ck = default_checkpoint_dir(out)
-    assert (ck / QT.CKPT_FILE).is_file() and not out.exists()
+    assert (ck / QT.CKPT_META).is_file() and not out.exists()
     res = run(str(tiny), "qat-int4", output=out, overrides=opts, device="cpu", sample=False, resume=True)
     t = res.meta["training"]
     assert res.code == 0 and t["resumed_from_step"] == 2 and t["steps_done"] == 4 and not ck.exists()
@@ -390,7 +380,7 @@ def test_interrupt_then_resume_continues_from_saved_step_and_matches_uninterrupt
     ck = tmp_path / "ck"
     with pytest.raises(LlmqError, match="interrupted at step .*--resume"):
         _run_train(tiny, texts, tmp_path, 5, crash_at=3, ckdir=ck)  # checkpoint at step 2, step 3 lost
-    state = torch.load(ck / QT.CKPT_FILE, weights_only=False)
+    state = json.loads((ck / QT.CKPT_META).read_text())
     assert state["step"] == 2
     resumed, hist = _run_train(tiny, texts, tmp_path, 5, resume=True, ckdir=ck)
     assert hist["start_step"] == 2 and hist["steps_done"] == 5 and len(hist["loss"]) == 5
@@ -572,3 +562,93 @@ def test_qat_int4_exports_its_gptq_codes_as_compressed_tensors(tiny, texts, tmp_
     with pytest.raises(ConfigError, match="fp32 twin"):
         QP.qat(str(tiny), "qat-int4", data=texts, steps=2, fake_quant=False, objective="lm",
                format="compressed-tensors", **SMALL)
+
+
+# -- where training writes: checked (and the output locked) before a weight loads ------------------
+def _tree(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    import transformers
+
+    def boom(*a, **k):
+        raise AssertionError("weights loaded before the request was validated")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
+
+
+def _user_folder(tmp_path):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".bashrc").write_text("x")
+    (home / ".ssh" / "id").write_text("secret")
+    return home
+
+
+@pytest.mark.parametrize("case", ["inside-source", "unwritable", "resume-user-folder", "overwrite-user-folder",
+                                  "checkpoint-in-output", "checkpoint-user-folder"])
+def test_qat_checks_where_it_writes_before_training(tiny, texts, tmp_path, no_weights, case):
+    """``qat -o <inside the source>`` used to train, write a checkpoint into the source, then refuse;
+    ``qat --resume -o <user folder>`` replaced it. Each is now one line before a weight loads."""
+    from llmq.errors import OutputExistsError
+
+    src_before = _tree(tiny)
+    home = _user_folder(tmp_path)
+    kw = dict(output=tmp_path / "o")
+    expect = (ConfigError, "inside the input model folder")
+    if case == "inside-source":
+        kw = dict(output=tiny / "qat-out")
+    elif case == "unwritable":
+        kw, expect = dict(output="/proc/llmq-qat-out"), (ConfigError, "Cannot write")
+    elif case == "resume-user-folder":
+        kw, expect = dict(output=home, resume=True), (OutputExistsError, "exists and is not empty")
+    elif case == "overwrite-user-folder":
+        kw, expect = dict(output=home, overwrite=True), (OutputExistsError, "not an llmq output")
+    elif case == "checkpoint-in-output":
+        kw, expect = dict(output=tmp_path / "o", checkpoint_dir=tmp_path / "o" / "ck"), (ConfigError, "inside one another")
+    elif case == "checkpoint-user-folder":
+        kw, expect = dict(output=tmp_path / "o", checkpoint_dir=home), (OutputExistsError, "not an llmq output")
+    with pytest.raises(expect[0], match=expect[1]) as e:
+        QP.qat(str(tiny), "qat-w8a8", data=texts, steps=2, **kw, **SMALL)
+    assert "\n" not in str(e.value)
+    assert _tree(tiny) == src_before and _tree(home) == [".bashrc", ".ssh", ".ssh/id"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]  # no output, checkpoint, lock or temp folder
+
+
+def test_second_qat_to_one_output_fails_at_once(tiny, texts, tmp_path, no_weights, held_elsewhere):
+    """The output lock is taken before training: a second ``qat -o`` to an output another process is
+    writing fails before it loads a weight (it used to train, then fail at save)."""
+    from llmq.errors import OutputLockedError
+
+    out = tmp_path / "o"
+    with held_elsewhere(out, "reserve_output") as holder:
+        with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
+            QP.qat(str(tiny), "qat-w8a8", data=texts, steps=2, output=out, **SMALL)
+        assert not out.exists() and not QP.default_checkpoint_dir(out).exists()
+
+
+def test_run_resume_with_another_model_is_refused_before_weights_load(tiny, texts, tmp_path, monkeypatch,
+                                                                     ctrl_c_at_step):
+    """``run --scheme qat-* --resume`` with a different model folder (same shape) is refused by the
+    pipeline's early check, before a weight loads, instead of continuing the first model's training."""
+    from llmq.pipeline.run import run
+    from llmq.testing import tiny_llama
+
+    other = tiny_llama(tmp_path / "other", layers=2, seed=7)
+    out = tmp_path / "run"
+    opts = dict(data=texts, steps=4, checkpoint_every=2, seqlen=32, batch_size=2, warmup_steps=1, eval_windows=2)
+    from llmq.errors import LlmqError
+
+    with ctrl_c_at_step(3), pytest.raises(LlmqError, match="interrupted at step 2"):
+        run(str(tiny), "qat-w8a8", output=out, overrides=opts, device="cpu", sample=False)
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("weights loaded")))
+    with pytest.raises(ConfigError, match="trained from another model"):
+        run(str(other), "qat-w8a8", output=out, overrides=opts, device="cpu", sample=False, resume=True)
+    with pytest.raises(ConfigError, match=r"other settings \(steps differ\)"):
+        run(str(tiny), "qat-w8a8", output=out, overrides={**opts, "steps": 6}, device="cpu", sample=False, resume=True)
+    assert (QP.default_checkpoint_dir(out) / QT.CKPT_META).is_file() and not out.exists()

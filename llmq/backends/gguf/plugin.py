@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +110,17 @@ def _scheme(name: str, bits: float, precision: str, cpu: float, what: str) -> An
                   tree_rank={"cpu": cpu, **{k: v + cpu / 10 for k, v in _GPU_LAST.items()}})
 
 
+def _checked_gguf(path: Path) -> Path:
+    """The .gguf of ``path`` (a file or an output folder), checked complete before anything reads it."""
+    from llmq.weightfiles import check_gguf_file
+
+    f = _gguf_in(path)
+    if f is None:
+        raise LlmqError(f"{path} is not a .gguf file or a folder holding one.")
+    check_gguf_file(f)
+    return f
+
+
 def _gguf_in(path: Path) -> Path | None:
     """The .gguf ``path`` is, or the one .gguf of an output folder without config.json."""
     path = Path(path)
@@ -135,10 +145,24 @@ class GGUFArtifact:
     record: dict[str, Any]
 
 
+def _source_rows(qc: dict) -> list[tuple[str, str]]:
+    """The card's row for a file llama.cpp requantized from a ``.gguf`` source."""
+    if qc.get("source_format") != "gguf":
+        return []
+    src = f"`{qc.get('source_file')}` ({qc.get('source_ftype') or 'type not recorded'})"
+    if qc.get("requantized"):
+        return [("Requantized from", f"{src} by llama.cpp (`allow_requantize`): the source's tensors were already "
+                                     "quantized, so both rounding errors add up; an F32/F16 source gives better quality")]
+    return [("Quantized from", f"{src} by llama.cpp, metadata and tokenizer kept")]
+
+
 def output_name(model_dir: Path) -> str:
-    """The model's name for ``<name>-<FTYPE>.gguf``: a Hub snapshot's repo name, a dequantized GGUF
-    cache folder's source stem (without llmq's cache hash and the source's own type), else the folder name."""
+    """The model's name for ``<name>-<FTYPE>.gguf``: a ``.gguf`` source's or a dequantized GGUF cache
+    folder's source stem (without llmq's cache hash and the source's own type), a Hub snapshot's repo
+    name, else the folder name."""
     model_dir = Path(model_dir)
+    if model_dir.suffix == ".gguf":  # a .gguf source: its stem, without the source's own type
+        return model_dir.stem.split(".")[0] or model_dir.stem
     if model_dir.parent.name == "snapshots":
         return model_dir.parent.parent.name.split("--")[-1]
     from llmq.models import cache_dir
@@ -172,22 +196,56 @@ class GGUFBackend(_Backend):
         _scheme("gguf-q4_0", 4, "4", 7.5, "4-bit scale-only Q4_0"),
     )
 
-    def validate_model(self, source: Any) -> None:
+    #: llama.cpp's converter maps each architecture's tensors itself (Conv1D included)
+    layer_types = None
+
+    def unsupported(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
         """The converter must know the architecture: checked on the config alone, before weights load."""
-        with tempfile.TemporaryDirectory(prefix="llmq-gguf-cfg-") as d:
-            source.config().to_json_file(str(Path(d) / "config.json"))
-            check_model(Path(d), self.scheme.name)
+        try:
+            self.check_config(config)
+        except ConfigError as e:
+            return str(e)
+        return None
+
+    def validate_model(self, source: Any) -> None:
+        """The converter must know the architecture: checked on the config alone, before weights load.
+        A ``.gguf`` source needs no converter (llama.cpp requantizes it), unless an importance matrix
+        is asked for (it maps transformers' module names to the file's through the converter)."""
+        if self.source_file(source) is not None and getattr(self.config, "calibration", None) is None:
+            return
+        self.check_config(source.config())  # environment errors (an old gguf-py) as they are
+
+    def check_config(self, config: Any) -> str:
+        from llmq.owners import scratch_dir
+
+        with scratch_dir("gguf-cfg") as d:
+            config.to_json_file(str(Path(d) / "config.json"))
+            return check_model(Path(d), self.scheme.name)
+
+    def source_file(self, source: Any) -> Path | None:
+        """A ``.gguf`` source stays GGUF: llama.cpp requantizes the file itself, its metadata and
+        tokenizer kept (``llmq.backends.gguf.requantize``)."""
+        return Path(source.path) if source.kind == "gguf" and source.path is not None else None
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> GGUFArtifact:
         """Convert + (imatrix on the fp32 transformers model, CPU) + quantize into a scratch folder
-        removed at exit; ``save`` copies the file out."""
+        removed at exit (after a ``kill -9``, by the next llmq run that makes one: ``llmq.owners``), or
+        requantize a ``.gguf`` source; ``save`` copies the file out."""
         import atexit
 
-        work = Path(tempfile.mkdtemp(prefix="llmq-gguf-"))
-        atexit.register(shutil.rmtree, work, True)
+        from llmq.owners import make_scratch, remove_entry
+
+        work = make_scratch("gguf")
+        atexit.register(remove_entry, work)
         name = f"{output_name(model_dir)}-{self.config.ftype}"
-        path, record = build(model_dir, work, self.config, scheme=self.scheme.name, name=name,
-                             calibration=calibration)
+        if Path(model_dir).suffix == ".gguf" and Path(model_dir).is_file():
+            from llmq.backends.gguf.requantize import requantize
+
+            path, record = requantize(Path(model_dir), work, self.config, scheme=self.scheme.name, name=name,
+                                      calibration=calibration)
+        else:
+            path, record = build(model_dir, work, self.config, scheme=self.scheme.name, name=name,
+                                 calibration=calibration)
         return GGUFArtifact(path, record)
 
     def save(self, model: GGUFArtifact, tokenizer: Any, out: Path) -> None:
@@ -208,14 +266,10 @@ class GGUFBackend(_Backend):
     @classmethod
     def verify_output(cls, folder: Path, what: str) -> None:
         """The file parses as GGUF and its float tensors (norms, F32/F16 overrides) are finite."""
-        import numpy as np
-        import gguf
+        from llmq.backends.gguf.requantize import check_finite_floats
 
         for f in Path(folder).glob("*.gguf"):
-            r = gguf.GGUFReader(str(f))
-            for t in r.tensors:
-                if t.tensor_type.name in ("F32", "F16") and not np.isfinite(np.asarray(t.data)).all():
-                    raise LlmqError(f"{what}: tensor {t.name} of {f.name} has NaN/Inf values.")
+            check_finite_floats(f, what)
 
     @classmethod
     def recognises(cls, path: Path) -> bool:
@@ -223,30 +277,52 @@ class GGUFBackend(_Backend):
 
     @classmethod
     def load_tokenizer(cls, path: Path, *, trust_remote_code: bool = False) -> Any:
-        from transformers import AutoTokenizer
+        """The tokenizer stored in the file, read from the file alone (``llmq.gguf_cache.gguf_view``), in
+        the class its vocabulary has (``llmq.gguf_cache.gguf_tokenizer``); a ``.gguf`` beside custom code is
+        refused like a model folder that ships it."""
+        from llmq import safety
+        from llmq.models import gguf_tokenizer
 
-        f = _gguf_in(path)
-        return AutoTokenizer.from_pretrained(f.parent, gguf_file=f.name)
+        f = _checked_gguf(path)
+        safety.refuse_remote_code(f, trust_remote_code)
+        return gguf_tokenizer(f)
 
     @classmethod
     def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None) -> tuple[Any, Any]:
         """``(LlamaCppLM, tokenizer)`` when llama-cpp-python is installed (the file runs on llama.cpp);
         otherwise transformers' GGUF loader dequantizes it (``runtime`` says which)."""
-        f = _gguf_in(path)
-        if f is None:
-            raise LlmqError(f"{path} is not a .gguf file or a folder holding one.")
+        f = _checked_gguf(path)
         if kernel is not None:
             raise ConfigError(f"kernel= applies to GPTQ/AWQ folders; {path} is a GGUF file.")
+        return cls.load_on(f, cls.eval_runtimes()[0], device=device)
+
+    @classmethod
+    def verify_gguf_reference(cls, source: Path, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` of a ``.gguf`` source for ``llmq.verify``, on llama.cpp like its output
+        (one runtime for both; no dequantized copy); transformers when llama-cpp-python is missing."""
+        return cls.load_on(source, cls.eval_runtimes()[0], device="cpu")
+
+    @classmethod
+    def eval_runtimes(cls) -> tuple[str, ...]:
+        """llama.cpp where llama-cpp-python is installed; transformers (dequantized) always."""
+        return ("llama.cpp", "transformers") if llama_cpp_installed() else ("transformers",)
+
+    @classmethod
+    def load_on(cls, path: Path, runtime: str, *, device: str) -> tuple[Any, Any]:
+        f = _checked_gguf(path)
+        if runtime not in cls.eval_runtimes():
+            return super().load_on(f, runtime, device=device)
         tok = cls.load_tokenizer(f)
-        if llama_cpp_installed():
+        if runtime == "llama.cpp":
             from llmq.backends.gguf.runtime import LlamaCppLM
 
             return LlamaCppLM(f), tok
         from transformers import AutoModelForCausalLM
 
-        from llmq.models import strip_quantization_config
+        from llmq.models import gguf_view, strip_quantization_config
 
-        model = AutoModelForCausalLM.from_pretrained(f.parent, gguf_file=f.name, dtype="auto").eval()
+        with gguf_view(f) as (d, name):
+            model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype="auto", trust_remote_code=False).eval()
         strip_quantization_config(model)
         model.llmq_runtime = "transformers (dequantized GGUF)"
         return model, tok
@@ -265,11 +341,23 @@ class GGUFBackend(_Backend):
             raise MissingDependencyError("Benchmarking a .gguf on llama.cpp", ["llama-cpp-python"], EXTRA)
         from llmq.backends.gguf.runtime import LlamaCppRunner
 
-        return LlamaCppRunner(str(_gguf_in(Path(path))), device=device, threads=threads)
+        return LlamaCppRunner(str(_checked_gguf(Path(path))), device=device, threads=threads)
 
     @classmethod
     def estimate(cls, profile: Any, scheme: Any, config: Any, device: str) -> Any:
         return estimate_size(profile, scheme.name)
+
+    @classmethod
+    def cost_features(cls, profile: Any, scheme: Any, config: Any) -> Any:
+        """The converter reads tensors lazily and llama.cpp quantizes tensor by tensor: the largest
+        block, twice, in fp32; with an importance matrix, one layer in fp32 and every calibration
+        token's hidden state, time growing with parameters x tokens (the forward)."""
+        from llmq.cost import calibration_bytes, streamed
+
+        if config.calibration is None:
+            return streamed(profile, 4, 0)
+        tokens = config.n_samples * config.seqlen
+        return streamed(profile, 4, 0, calibration_bytes(profile, tokens), work=profile.parameters * tokens)
 
     @classmethod
     def card_facts(cls, meta: dict, repo: str) -> Any:
@@ -292,7 +380,7 @@ class GGUFBackend(_Backend):
         return CardFacts(
             packages="llama-cpp-python", python=python,
             tags=["gguf", "llama.cpp", ftype.lower()] + (["imatrix"] if qc.get("imatrix") else []),
-            hardware=hardware, note=note,
+            hardware=hardware, note=note, rows=_source_rows(qc),
             serve=f"ollama create my-model -f Modelfile && ollama run my-model\n# or: llama-server -m {f}",
             serve_note=f"The `Modelfile` next to `{f}` is Ollama's (`FROM ./{f}`); Ollama reads the chat template "
                        "from the GGUF. llmq's own tests run llama-cpp-python, not Ollama.",

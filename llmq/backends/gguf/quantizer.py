@@ -13,10 +13,12 @@ Why these pieces:
   Q4_K_M, fallbacks for rows not divisible by 256, ...). Overrides go through the same params.
 - **Importance matrix**: llama.cpp's semantics (``llama-imatrix``): per weight tensor, the mean of
   the squared input activation per input column over the calibration tokens. It is collected with
-  forward hooks on the fp32 transformers model (the GGUF was converted from the same weights) and
-  handed to ``llama_model_quantize`` as its C array of ``llama_model_imatrix_data``.
+  forward hooks on the fp32 transformers model run one decoder layer at a time (``llmq.streaming``;
+  the GGUF was converted from the same weights) and handed to ``llama_model_quantize`` as its C
+  array of ``llama_model_imatrix_data``.
 
 This module holds the config and the file pipeline (convert, importance matrix, quantize, Modelfile);
+a ``.gguf`` source skips the converter (``llmq.backends.gguf.requantize``);
 the scheme plugin (size estimate, advisor text, card facts, loading) is ``llmq.backends.gguf.plugin``
 and llama.cpp as a runtime (scoring and speed) is ``llmq.backends.gguf.runtime``.
 """
@@ -28,14 +30,13 @@ import importlib.util
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from llmq.config import SchemeConfig, check_choice as _check_choice
-from llmq.errors import ConfigError, LlmqError, MissingDependencyError
+from llmq.errors import ConfigError, LlmqError, MissingDependencyError, UnsupportedModelError
 from llmq.meta import META_FILE
 
 #: llmq scheme name -> llama.cpp file type (``llama_ftype`` / ``llama-quantize`` name)
@@ -46,8 +47,10 @@ SCHEMES: dict[str, str] = {
     "gguf-q4_k_m": "Q4_K_M",
     "gguf-q4_0": "Q4_0",
 }
-#: intermediate file types the converter writes before quantizing
-OUTTYPES = ("f32", "f16", "bf16")
+#: intermediate file types the converter writes before quantizing ("auto": the checkpoint's own float
+#: type, so the intermediate file is lossless and no larger than the checkpoint: a bf16 7B model's is
+#: 13.8 GB instead of 27 GB in f32, and the quantized file is the same)
+OUTTYPES = ("auto", "f32", "f16", "bf16")
 EXTRA = "gguf"
 #: (import name, pip distribution) the GGUF backend needs
 REQUIRES = (("llama_cpp", "llama-cpp-python"), ("auto_round", "auto-round"), ("gguf", "gguf"),
@@ -77,7 +80,7 @@ class GGUFConfig(SchemeConfig):
     seed: int = 0
     output_tensor_type: str | None = None
     token_embedding_type: str | None = None
-    outtype: str = "f32"
+    outtype: str = "auto"
     threads: int = 0  # 0: all cores
 
     def validate(self) -> None:
@@ -163,7 +166,7 @@ def check_model(model_dir: Path, scheme: str = "gguf") -> str:
                 "vendor/llama.cpp/gguf-py from the llama-cpp-python sdist (pip download --no-binary :all: "
                 "--no-deps llama-cpp-python)."
             ) from e
-        raise ConfigError(
+        raise UnsupportedModelError(
             f"Scheme {scheme!r}: llama.cpp's converter does not support architecture {arch}; use a non-GGUF "
             "scheme, or point LLAMA_CPP_ROOT at a newer llama.cpp checkout that supports it."
         ) from e
@@ -173,6 +176,11 @@ def check_model(model_dir: Path, scheme: str = "gguf") -> str:
 # ---------------------------------------------------------------------------------------------
 # conversion, importance matrix, quantization
 # ---------------------------------------------------------------------------------------------
+#: config.json keys llama.cpp's converters read under names transformers no longer writes: architecture ->
+#: {the converter's name: transformers' name} (GPT-2 saved by transformers 5 has no ``n_ctx``: KeyError)
+LEGACY_HPARAMS = {"GPT2LMHeadModel": {"n_ctx": "n_positions"}}
+
+
 def convert(model_dir: Path, out_file: Path, outtype: str = "f32") -> dict[str, Any]:
     """HF folder -> unquantized GGUF with llama.cpp's converter. Returns ``{arch, gguf_arch, converter}``."""
     import gguf
@@ -184,6 +192,9 @@ def convert(model_dir: Path, out_file: Path, outtype: str = "f32") -> dict[str, 
     hparams = mod.ModelBase.load_hparams(model_dir, False)
     arch = mod.get_model_architecture(hparams, mod.ModelType.TEXT)
     cls = ctx.get_model_class(arch)
+    for old, new in LEGACY_HPARAMS.get(arch, {}).items():
+        if old not in hparams and new in hparams:
+            hparams[old] = hparams[new]
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
              "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
     conv_log = logging.getLogger("hf-to-gguf")
@@ -191,12 +202,25 @@ def convert(model_dir: Path, out_file: Path, outtype: str = "f32") -> dict[str, 
     conv_log.setLevel(logging.WARNING)
     try:
         with torch.inference_mode():
-            inst = cls(model_dir, ftype, out_file)
+            inst = cls(model_dir, ftype, out_file, hparams=hparams)
             inst.write()
     finally:
         conv_log.setLevel(level)
     return {"architecture": arch, "gguf_arch": gguf.MODEL_ARCH_NAMES[cls.model_arch],
             "converter": ctx.source, "n_layers": int(inst.block_count)}
+
+
+def resolve_outtype(model_dir: Path, outtype: str) -> str:
+    """``"auto"``: ``bf16``/``f16`` when every floating tensor of the checkpoint is bf16/f16 (the
+    intermediate GGUF then holds them exactly), else ``f32``."""
+    if outtype != "auto":
+        return outtype
+    from llmq.safety import safetensors_header
+
+    dtypes = {info["dtype"] for f in sorted(Path(model_dir).glob("*.safetensors"))
+              for k, info in safetensors_header(f).items() if k != "__metadata__"}
+    floats = dtypes & {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+    return {frozenset({"BF16"}): "bf16", frozenset({"F16"}): "f16"}.get(frozenset(floats), "f32")
 
 
 def _tensor_name_map(model_dir: Path) -> tuple[Any, int]:
@@ -211,16 +235,36 @@ def _tensor_name_map(model_dir: Path) -> tuple[Any, int]:
     return gguf.get_tensor_name_map(cls.model_arch, n), n
 
 
+def importance(model_dir: Callable[[], Path], calibration: Any, imatrix: dict[str, Any] | None, config: GGUFConfig,
+               timings: dict[str, float], progress: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(importance matrix, its record)`` for ``quantize_file``: the caller's, or computed on the
+    transformers model ``model_dir()`` names from ``calibration`` (default: the config's); ``(None,
+    None)`` without either. Its wall time goes to ``timings["imatrix_s"]``."""
+    source = calibration if calibration is not None else config.calibration
+    if imatrix is not None:
+        return imatrix, {"source": "imatrix given by caller", "tensors": len(imatrix)}
+    if source is None:
+        return None, None
+    t = time.perf_counter()
+    out = compute_imatrix(model_dir(), source, n_samples=config.n_samples, seqlen=config.seqlen, seed=config.seed,
+                          progress=progress)
+    timings["imatrix_s"] = round(time.perf_counter() - t, 2)
+    return out
+
+
 def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, seqlen: int = 512, seed: int = 0,
-                    include_output: bool = False, progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                    progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """``({gguf tensor name: float32 array}, fingerprint)``: llama-imatrix's statistic (mean over
     calibration tokens of each input column's squared activation) for every Linear inside the
-    decoder blocks (llama-imatrix skips the output tensor unless ``--process-output``)."""
+    decoder blocks (llama-imatrix skips the output tensor by default). The fp32 model runs one
+    decoder layer at a time from the checkpoint's shards (``llmq.streaming.LayerRunner``), so a 7B
+    model needs one layer in memory, not 27 GB."""
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from llmq import calibration as cal
+    from llmq.streaming import BlockModel, LayerRunner
 
     model_dir = Path(model_dir)
     if isinstance(calibration, cal.Calibration):  # windows already cut (llmq.quantize builds them)
@@ -229,10 +273,9 @@ def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, 
         tok = AutoTokenizer.from_pretrained(model_dir)
         calib = cal.build(calibration, tok, n_samples=n_samples, seqlen=seqlen, seed=seed)
     name_map, _ = _tensor_name_map(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    bm = BlockModel(model_dir, torch.float32)
     sums: dict[str, Any] = {}
     counts: dict[str, int] = {}
-    hooks = []
 
     def hook(name: str):
         def fn(_mod, args, _out):
@@ -242,28 +285,29 @@ def compute_imatrix(model_dir: Path, calibration: Any, *, n_samples: int = 128, 
             counts[name] = counts.get(name, 0) + x.shape[0]
         return fn
 
-    targets = {}
-    for name, m in model.named_modules():
-        if not isinstance(m, torch.nn.Linear):
-            continue
-        gname = name_map.get_name(name + ".weight", try_suffixes=(".weight",))
-        if gname is None:
-            continue
-        if not gname.startswith("blk.") and not include_output:
-            continue
-        targets[name] = gname
-        hooks.append(m.register_forward_hook(hook(gname)))
-    if not targets:
+    runner = LayerRunner(bm)
+    runner.start(calib.samples)
+    found = 0
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(len(bm.layers)), desc="imatrix", unit="layer", disable=not progress):
+        with runner.layer(i) as layer:
+            hooks = []
+            for name, m in layer.named_modules():
+                if not isinstance(m, torch.nn.Linear):
+                    continue
+                gname = name_map.get_name(f"{bm.layers_name}.{i}.{name}.weight", try_suffixes=(".weight",))
+                if gname is None or not gname.startswith("blk."):
+                    continue
+                hooks.append(m.register_forward_hook(hook(gname)))
+            found += len(hooks)
+            try:
+                runner.forward(layer)
+            finally:
+                for h in hooks:
+                    h.remove()
+    if not found:
         raise LlmqError(f"No Linear of {model_dir.name} maps to a llama.cpp tensor name; cannot build an imatrix.")
-    try:
-        with torch.inference_mode():
-            for i, s in enumerate(calib.samples):
-                model(torch.tensor([s]))
-                if progress:
-                    print(f"imatrix {i + 1}/{len(calib.samples)}", end="\r", flush=True)
-    finally:
-        for h in hooks:
-            h.remove()
     out = {g: (sums[g] / counts[g]).float().numpy().astype(np.float32) for g in sums}
     return out, {**calib.fingerprint, "tensors": len(out), "statistic": "mean squared input activation per column"}
 
@@ -276,9 +320,10 @@ def _ggml_type(name: str | None) -> int:
 
 def quantize_file(src: Path, dst: Path, ftype: str, *, imatrix: dict[str, Any] | None = None,
                   output_tensor_type: str | None = None, token_embedding_type: str | None = None,
-                  threads: int = 0, dry_run: bool = False) -> None:
+                  threads: int = 0, dry_run: bool = False, allow_requantize: bool = False) -> None:
     """``llama_model_quantize`` (what ``llama-quantize`` runs) with llama.cpp's default params, plus
-    the importance matrix and overrides given."""
+    the importance matrix and overrides given; ``allow_requantize`` lets it read already quantized
+    tensors (``llama-quantize --allow-requantize``)."""
     import llama_cpp
     import numpy as np
 
@@ -286,6 +331,7 @@ def quantize_file(src: Path, dst: Path, ftype: str, *, imatrix: dict[str, Any] |
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     params.nthread = threads
     params.dry_run = dry_run
+    params.allow_requantize = allow_requantize
     if output_tensor_type is not None:
         params.output_tensor_type = _ggml_type(output_tensor_type)
     if token_embedding_type is not None:
@@ -336,7 +382,7 @@ class GGUFResult:
 
 def build(model_dir: Path, work: Path, config: GGUFConfig, *, scheme: str, name: str,
           calibration: Any = None, imatrix: dict[str, Any] | None = None,
-          progress: bool = False) -> tuple[Path, dict[str, Any]]:
+          progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Convert ``model_dir`` with llama.cpp's converter into ``work``, quantize to ``config.ftype``
     (with an importance matrix from ``calibration`` (a ``Calibration`` or a source), else from
     ``config.calibration``, or the ``imatrix`` given) into ``work/<name>.gguf``; returns the file and
@@ -345,18 +391,12 @@ def build(model_dir: Path, work: Path, config: GGUFConfig, *, scheme: str, name:
     arch = check_model(model_dir, scheme)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    f32 = work / f"model-{config.outtype}.gguf"
-    conv = convert(model_dir, f32, config.outtype)
+    outtype = resolve_outtype(model_dir, config.outtype)
+    f32 = work / f"model-{outtype}.gguf"
+    conv = convert(model_dir, f32, outtype)
+    conv["outtype"] = outtype
     timings["convert_s"] = round(time.perf_counter() - t, 2)
-    calib_record = None
-    source = calibration if calibration is not None else config.calibration
-    if imatrix is None and source is not None:
-        t = time.perf_counter()
-        imatrix, calib_record = compute_imatrix(model_dir, source, n_samples=config.n_samples,
-                                                seqlen=config.seqlen, seed=config.seed, progress=progress)
-        timings["imatrix_s"] = round(time.perf_counter() - t, 2)
-    elif imatrix is not None:
-        calib_record = {"source": "imatrix given by caller", "tensors": len(imatrix)}
+    imatrix, calib_record = importance(lambda: model_dir, calibration, imatrix, config, timings, progress)
     t = time.perf_counter()
     dst = work / f"{name}.gguf"
     quantize_file(f32, dst, config.ftype, imatrix=imatrix, output_tensor_type=config.output_tensor_type,
@@ -390,7 +430,9 @@ def quantize_model(model_dir: Path, out_dir: Path, config: GGUFConfig, *, name: 
 
         cal.validate_source(config.calibration)
     name = name or f"{model_dir.name}-{config.ftype}"
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory(prefix="llmq-gguf-") as work:
+    from llmq.owners import scratch_dir
+
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, scratch_dir("gguf") as work:
         dst, record = build(model_dir, Path(work), config, scheme=scheme, name=name, imatrix=imatrix,
                             progress=progress)
         shutil.move(str(dst), tmp / dst.name)

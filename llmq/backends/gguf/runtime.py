@@ -128,13 +128,16 @@ class LlamaCppLM:
 
 
 def load_tokenizer(path: str | Path, fallback: str | Path | None = None) -> Any:
-    """The Hugging Face tokenizer stored in the GGUF (transformers reads it), or ``fallback``'s."""
+    """The Hugging Face tokenizer stored in the GGUF (transformers reads it from the file alone, never
+    from a ``tokenizer_config.json`` beside it: ``llmq.models.gguf_view``), or ``fallback``'s."""
     from transformers import AutoTokenizer
 
+    from llmq.models import gguf_view
+
     if fallback is not None:
-        return AutoTokenizer.from_pretrained(fallback)
-    path = Path(path)
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(fallback, trust_remote_code=False)
+    with gguf_view(Path(path)) as (d, name):
+        return AutoTokenizer.from_pretrained(d, gguf_file=name, trust_remote_code=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +264,7 @@ class LlamaCppRunner:
     and what ``llama-bench``'s ``tg`` measures; ``bench`` skips larger batch sizes for it."""
 
     max_batch = 1
+    max_context = RUNNER_CTX
 
     def __init__(self, spec: str, *, device: str = "cpu", threads: int | None = None):
         if device != "cpu":

@@ -70,10 +70,24 @@ class QATBackend(Backend):
                f"int8 weights, trained; {_TRAINS}", tree_rank={k: v + 1 for k, v in _RANK_LAST.items()}),
     )
 
+    def misfit(self, config: Any, *, trust_remote_code: bool = False) -> str | None:
+        """The group size must divide every quantized layer's in_features (torchao's fake quantizer
+        asserts it mid-run otherwise)."""
+        gs = self.config.group_size
+        if gs == -1:
+            return None
+        from llmq.backends.base import block_shapes
+
+        shapes = block_shapes(config, tuple(self.config.skip_modules), trust_remote_code=trust_remote_code)
+        bad = sorted({s[0] for s in shapes.values() if s[0] % gs})
+        if bad:
+            return (f"group_size={gs} does not divide in_features {bad} of this model's decoder "
+                    "linears; pick a group size that does (--set group_size=...) or -1.")
+        return None
+
     def validate_model(self, source: Any) -> None:
-        """Before any weight loads: the GPTQ export's packages, group sizes that divide every
-        quantized layer's in_features (torchao's fake quantizer asserts it mid-run otherwise), and
-        enough training text for ``steps x batch_size x seqlen`` (tokenizes the text once)."""
+        """Before any weight loads: ``unsupported``, the GPTQ export's packages and enough training
+        text for ``steps x batch_size x seqlen`` (tokenizes the text once)."""
         from llmq.errors import MissingDependencyError
         from llmq.backends.qat.train import build_data
 
@@ -83,16 +97,7 @@ class QATBackend(Backend):
             missing = GPTQModelBackend.missing_packages()
             if missing:
                 raise MissingDependencyError(f"Scheme {self.scheme.name!r} (saved as GPTQ)", missing, "gptq")
-        gs = self.config.group_size
-        if gs != -1:
-            from llmq.models import excluded_modules, linear_shapes
-
-            shapes = linear_shapes(source.config())
-            skip = set(excluded_modules(source.config(), list(shapes), self.config.skip_modules))
-            bad = sorted({s[0] for n, s in shapes.items() if n not in skip and ".layers." in f".{n}" and s[0] % gs})
-            if bad:
-                raise ConfigError(f"group_size={gs} does not divide in_features {bad} of this model's decoder "
-                                  "linears; pick a group size that does (--set group_size=...) or -1.")
+        super().validate_model(source)
         build_data(self.config, source.tokenizer())
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
@@ -114,7 +119,7 @@ class QATBackend(Backend):
             write_json(out / "quantize_config.json", qc)
 
     def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
-        from llmq.backends.gptqmodel import export_via_folder
+        from llmq.backends.compressed import export_via_folder
 
         return export_via_folder(self.save, model, tokenizer, out)
 

@@ -38,7 +38,13 @@ from typing import Any, Callable
 from llmq.backends.qat.convert import attach_torchao_config, convert_fake_quant, prepare_fake_quant, to_gptq
 from llmq.errors import CalibrationError, ConfigError, LlmqError
 
-CKPT_FILE = "qat_state.pt"
+#: a checkpoint folder: tensors in safetensors, everything else in JSON; nothing is unpickled on resume
+CKPT_META = "qat_state.json"
+CKPT_MODEL = "model.safetensors"
+CKPT_STATE = "optimizer.safetensors"  # the optimizer's tensors and the RNG state
+#: what llmq wrote before (a pickle, which can run code when loaded): refused on resume, never loaded
+LEGACY_CKPT = "qat_state.pt"
+CKPT_FORMAT = 2
 
 
 def fingerprint(cfg: Any, fake_quant: bool) -> dict:
@@ -141,24 +147,117 @@ def heldout_ppl(model: Any, windows: Any, device: str, amp: Any = None) -> float
     return math.exp(nll / n)
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temp file, then rename: a crash mid-write keeps the previous checkpoint."""
+def _encode(obj: Any, key: str, tensors: dict) -> Any:
+    """``obj`` as JSON, its tensors moved into ``tensors`` under ``key`` paths. Only tensors, dicts,
+    lists, tuples and JSON scalars are accepted: a checkpoint holds data, never objects."""
     import torch
 
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{CKPT_FILE}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path / CKPT_FILE)
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _encode(v, f"{key}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        items = [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"QAT checkpoint: cannot store {type(obj).__name__} at {key}")
+
+
+def _decode(obj: Any, tensors: dict) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__tuple__" in obj:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        return {k: _decode(v, tensors) for k, v in obj["__dict__"]}
+    return obj
+
+
+def save_checkpoint(ckdir: Path, model: Any, opt: Any, record: dict) -> None:
+    """Write the whole checkpoint folder through ``llmq.outdir.atomic_output`` (temp folder, swapped in
+    when complete): a crash mid-write keeps the previous checkpoint, and the folder is replaced only
+    if it is one (or empty). ``record``: JSON facts (step, settings, model, data, history)."""
+    import torch
+    from safetensors.torch import save_file, save_model
+
+    from llmq.io import write_json
+    from llmq.outdir import atomic_output
+
+    tensors: dict = {"rng": torch.get_rng_state()}
+    optimizer = _encode(opt.state_dict(), "optimizer", tensors)
+    with atomic_output(ckdir, overwrite=True, track=False) as tmp:
+        save_model(model, str(tmp / CKPT_MODEL), force_contiguous=True)
+        save_file(tensors, str(tmp / CKPT_STATE))
+        write_json(tmp / CKPT_META, {**record, "format": CKPT_FORMAT, "optimizer": optimizer})
+
+
+def read_checkpoint(ckdir: Path) -> dict:
+    """The checkpoint's JSON record (no tensors read); one-line errors for a missing, old-format or
+    unreadable checkpoint."""
+    meta = ckdir / CKPT_META
+    if not meta.is_file():
+        if (ckdir / LEGACY_CKPT).is_file():
+            raise ConfigError(f"--resume: {ckdir / LEGACY_CKPT} is a pickle from an older llmq, which llmq no longer "
+                              "loads (unpickling can run code); start without --resume.")
+        raise LlmqError(f"--resume: no QAT checkpoint in {ckdir}; start without --resume.")
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume: {meta} is not a readable QAT checkpoint ({e}); start without --resume.") from None
+    if not isinstance(record, dict) or record.get("format") != CKPT_FORMAT:
+        raise ConfigError(f"--resume: {meta} is not a QAT checkpoint of this llmq (format "
+                          f"{record.get('format') if isinstance(record, dict) else '?'}); start without --resume.")
+    return record
+
+
+def check_resume(ckdir: Path, *, config: dict, weights_sha256: str | None = None,
+                 data_sha256: str | None = None) -> dict:
+    """Refuse, in one line, a checkpoint that belongs to another run: other settings, another model
+    (weights of the same shape included: compared by content) or other training data. Pipelines call
+    it before training with what they know; ``train`` calls it again with everything. Returns the record."""
+    record = read_checkpoint(ckdir)
+    if record.get("config") != config:
+        diff = sorted(k for k in set(config) | set(record.get("config") or {})
+                      if config.get(k) != (record.get("config") or {}).get(k))
+        raise ConfigError(f"--resume: the checkpoint in {ckdir} was written with other settings ({', '.join(diff)} "
+                          "differ); use the same ones or start without --resume.")
+    model = record.get("model") or {}
+    if weights_sha256 is not None and model.get("weights_sha256") != weights_sha256:
+        raise ConfigError(f"--resume: the checkpoint in {ckdir} was trained from another model ({model.get('name')}, "
+                          f"weights sha256 {str(model.get('weights_sha256'))[:12]} vs {weights_sha256[:12]}); "
+                          "resume with that model or start without --resume.")
+    if data_sha256 is not None and record.get("data_sha256") != data_sha256:
+        raise ConfigError(f"--resume: the checkpoint in {ckdir} was trained on other data; use the same data or "
+                          "start without --resume.")
+    return record
+
+
+def load_checkpoint(ckdir: Path, model: Any, opt: Any, device: str) -> dict:
+    """Restore model, optimizer and RNG from safetensors (no pickle); returns the JSON record."""
+    import torch
+    from safetensors.torch import load_file, load_model
+
+    record = read_checkpoint(ckdir)
+    load_model(model, str(ckdir / CKPT_MODEL), strict=True, device=device)
+    tensors = load_file(str(ckdir / CKPT_STATE))
+    opt.load_state_dict(_decode(record["optimizer"], tensors))
+    torch.set_rng_state(tensors["rng"])
+    return record
 
 
 def train(model: Any, data: TrainData, cfg: Any, *, device: str, checkpoint_dir: Path | None = None,
           resume: bool = False, progress: bool = True, baseline_heldout_ppl: float | None = None,
           on_step: Callable[[int, float], None] | None = None, fake_quant: bool = True,
-          teacher: Any = None) -> dict:
+          teacher: Any = None, source: dict | None = None) -> dict:
     """Fine-tune ``model`` (already prepared for fake quantization, or not for the fp32 twin) in
     place; returns the training facts. Deterministic for a given seed on a given device.
     ``baseline_heldout_ppl``: the untrained model's held-out perplexity, needed for the early stop.
-    ``teacher``: the frozen original, required by ``cfg.objective == "distill"``."""
+    ``teacher``: the frozen original, required by ``cfg.objective == "distill"``. ``source``: the
+    model trained (``{"name", "weights_sha256"}``), recorded in checkpoints and checked on resume."""
     import contextlib
 
     import torch
@@ -189,28 +288,22 @@ def train(model: Any, data: TrainData, cfg: Any, *, device: str, checkpoint_dir:
     hist: dict[str, Any] = {"loss": [], "heldout_ppl": [], "start_step": 0, "baseline_heldout_ppl": baseline_heldout_ppl,
                             "early_stopped": False, "tokens": 0, "train_seconds": 0.0}
     start = 0
-    ckpt = checkpoint_dir / CKPT_FILE if checkpoint_dir is not None else None
+    settings = fingerprint(cfg, fake_quant)
     if resume:
-        if ckpt is None or not ckpt.is_file():
-            raise LlmqError(f"--resume: no QAT checkpoint at {ckpt}; start without --resume.")
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state["config"] != fingerprint(cfg, fake_quant) or state["data_sha256"] != data.sha256:
-            raise ConfigError(f"--resume: the checkpoint at {ckpt} was written with other settings or data "
-                              f"({state['config']}); use the same ones or start a fresh run.")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        if checkpoint_dir is None:
+            raise ConfigError("--resume needs an output folder or checkpoint_dir to find the checkpoint in.")
+        check_resume(checkpoint_dir, config=settings, data_sha256=data.sha256,
+                     weights_sha256=(source or {}).get("weights_sha256"))
+        state = load_checkpoint(checkpoint_dir, model, opt, device)
         start = state["step"]
         hist = state["history"]
         hist["start_step"] = start
 
     def checkpoint(step: int) -> None:
-        if ckpt is None:
+        if checkpoint_dir is None:
             return
-        _save_checkpoint(checkpoint_dir, {
-            "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "rng": torch.get_rng_state(), "config": fingerprint(cfg, fake_quant), "data_sha256": data.sha256,
-            "history": hist})
+        save_checkpoint(checkpoint_dir, model, opt, {
+            "step": step, "config": settings, "data_sha256": data.sha256, "model": source or {}, "history": hist})
 
     tok_per_step = cfg.batch_size * cfg.seqlen
     bar = tqdm(total=cfg.steps, initial=start, desc="qat" if fake_quant else "fine-tune", unit="step",
@@ -285,7 +378,8 @@ def check_twin(objective: str, fake_quant: bool) -> None:
 
 def train_model(model_dir: Path, cfg: Any, device: str, *, checkpoint_dir: str | os.PathLike | None = None,
                 resume: bool = False, progress: bool = True, fake_quant: bool = True,
-                on_step: Callable[[int, float], None] | None = None, convert: bool = True) -> tuple[Any, dict]:
+                on_step: Callable[[int, float], None] | None = None, convert: bool = True,
+                source_name: str | None = None) -> tuple[Any, dict]:
     """Load ``model_dir`` in fp32, fine-tune it (with fake quantization unless ``fake_quant=False``:
     the fp32 twin), convert it and attach the torchao config ``save_pretrained`` writes. Returns
     ``(model, training facts)``; the QAT plugin's ``quantize``. ``convert=False`` returns the
@@ -294,11 +388,17 @@ def train_model(model_dir: Path, cfg: Any, device: str, *, checkpoint_dir: str |
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llmq.models import weights_fingerprint
+
     check_twin(cfg.objective, fake_quant)
     tdata = build_data(cfg, AutoTokenizer.from_pretrained(model_dir))
     ckdir = Path(checkpoint_dir).expanduser() if checkpoint_dir else None
     if resume and ckdir is None:
         raise ConfigError("--resume needs an output folder or checkpoint_dir to find the checkpoint in.")
+    source = {"name": source_name or str(model_dir), "weights_sha256": weights_fingerprint(model_dir)} if ckdir else None
+    if resume:  # before the weights load: settings, model and data must be the checkpoint's
+        check_resume(ckdir, config=fingerprint(cfg, fake_quant), weights_sha256=source["weights_sha256"],
+                     data_sha256=tdata.sha256)
     t0 = time.perf_counter()
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map=device)
     base_ppl = None
@@ -309,7 +409,8 @@ def train_model(model_dir: Path, cfg: Any, device: str, *, checkpoint_dir: str |
         prepare_fake_quant(hf, cfg)
     teacher = load_teacher(model_dir, device) if cfg.objective == "distill" else None
     hist = train(hf, tdata, cfg, device=device, checkpoint_dir=ckdir, resume=resume, progress=progress,
-                 baseline_heldout_ppl=base_ppl, on_step=on_step, fake_quant=fake_quant, teacher=teacher)
+                 baseline_heldout_ppl=base_ppl, on_step=on_step, fake_quant=fake_quant, teacher=teacher,
+                 source=source)
     teacher = None
     if fake_quant and convert:
         from llmq.backends.qat.config import exports_gptq

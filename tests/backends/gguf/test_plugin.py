@@ -275,14 +275,14 @@ def test_load_runs_the_output_on_llama_cpp_and_falls_back_to_transformers(q8_out
     finally:
         m.close()
     # the rule: without llama-cpp-python, transformers dequantizes the file, and says so
-    monkeypatch.setattr(G, "llama_cpp_installed", lambda: False)
+    monkeypatch.setattr(P, "llama_cpp_installed", lambda: False)
     m, _ = llmq.load(out / "llama-Q8_0.gguf")
     assert m.llmq_runtime == "transformers (dequantized GGUF)"
     with torch.no_grad():
         assert _rel(m(ids).logits[0].numpy(), ref) < TOL["gguf-q8_0"]
 
 
-def test_run_with_calibration_records_it(tiny, tmp_path):
+def test_run_with_calibration_records_it(tiny, tmp_path, capsys):
     from llmq.cli import main
 
     txt = tmp_path / "calib.txt"
@@ -291,6 +291,8 @@ def test_run_with_calibration_records_it(tiny, tmp_path):
     rc = main(["run", "--model", str(tiny), "--scheme", "gguf-q4_k_m", "--calibration", str(txt),
                "--n-samples", "2", "--seqlen", "32", "-o", str(out)])
     assert rc == 0
+    err = capsys.readouterr().err  # computing the importance matrix shows its progress (it was silent for minutes)
+    assert "imatrix" in err and "2/2" in err
     meta = json.loads((out / "llmq.json").read_text())
     assert meta["config"]["calibration"] == str(txt) and meta["config"]["n_samples"] == 2
     assert meta["calibration"]["n_samples"] == 2 and len(meta["calibration"]["sha256"]) == 64

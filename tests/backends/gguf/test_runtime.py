@@ -48,11 +48,11 @@ def test_compare_gguf_to_gguf_on_llama_cpp(ggufs, tmp_path):
 
 
 def test_gguf_without_llama_cpp_python_is_scored_on_transformers(ggufs, monkeypatch):
-    from llmq.backends.gguf import quantizer as G
+    from llmq.backends.gguf import plugin as P
     from llmq.eval import evaluate
 
     _, _, q4 = ggufs
-    monkeypatch.setattr(G, "llama_cpp_installed", lambda: False)
+    monkeypatch.setattr(P, "llama_cpp_installed", lambda: False)
     m = evaluate(str(q4), **FAST).to_dict()["model"]
     assert m["runtime"] == "transformers (dequantized GGUF)" and math.isfinite(m["perplexity"]["value"])
 
@@ -104,10 +104,10 @@ def test_llama_cpp_runner_generates_what_llama_cpp_generates(ggufs):
 
 def test_bench_gguf_without_llama_cpp_python_names_the_fix(ggufs, monkeypatch):
     from llmq import benchmark as B
-    from llmq.backends.gguf import quantizer as G
+    from llmq.backends.gguf import plugin as P
     from llmq.errors import MissingDependencyError
 
-    monkeypatch.setattr(G, "llama_cpp_installed", lambda: False)
+    monkeypatch.setattr(P, "llama_cpp_installed", lambda: False)
     with pytest.raises(MissingDependencyError, match="llama-cpp-python"):
         B.bench([str(ggufs[1])], isolate=False, prompt_tokens=8, new_tokens=2, batch_sizes=(1,), samples=1)
 

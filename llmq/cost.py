@@ -1,0 +1,161 @@
+"""What quantizing a model will cost on this machine, said before any weight loads: peak RAM and wall
+time. Each scheme's plugin declares its cost features (``Backend.cost_features``: the bytes it
+holds at its peak by its own formula, and the work its time grows with); the peak and the wall time
+are linear in them, with coefficients fitted by ``scripts/bench_scale.py`` to measurements at
+several model sizes (``eval/bench_scale.json``), fitted on all but the largest size and checked on
+it, and shipped in ``llmq/scale_costs.json``. Wall times were measured on one shared 2-core VM
+(its CPU and load are recorded); they scale with the core count only roughly, so they are quoted
+as "about".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from llmq.streaming import SHARD_BYTES  # the largest shard the writer holds before writing it
+
+COSTS_FILE = Path(__file__).with_name("scale_costs.json")
+GIB = 1024**3
+
+
+@dataclass
+class CostFeatures:
+    """A plugin's cost formula evaluated for one model and config."""
+
+    ram_bytes: float  # what the plugin holds at its peak, by its own formula
+    work: float  # what the wall time grows with: parameters, times calibration tokens when it calibrates
+    streams: bool = True  # memory bounded by a layer (False: the whole model is in memory)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Projection:
+    scheme: str
+    ram_gib: float
+    wall_s: float
+    basis: str  # where the coefficients come from
+
+    def describe(self) -> str:
+        return f"{self.scheme}: about {self.ram_gib:.1f} GiB RAM at peak, about {human_time(self.wall_s)}"
+
+
+def human_time(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+# -- the features plugins compute ----------------------------------------------------------------
+def layer_params(profile: Any) -> int:
+    """Parameters of one decoder layer (its Linears and two norms)."""
+    lin = sum(l.numel for l in profile.linears if l.in_layers)
+    return lin // max(profile.layers, 1) + 2 * profile.hidden
+
+
+def largest_block(profile: Any) -> int:
+    """Parameters of the largest block streamed at once: a decoder layer, or the embeddings with an
+    untied lm_head (``llmq.streaming.BlockModel.blocks``)."""
+    return max(layer_params(profile), profile.embedding_params + profile.lm_head_params)
+
+
+def layer_activation_widths(profile: Any) -> tuple[int, int]:
+    """``(inputs, outputs)``: summed widths of one decoder layer's distinct Linear inputs (shared
+    ones once) and of its Linear outputs."""
+    ins: dict[tuple[str, int], int] = {}
+    outs = 0
+    for l in profile.linears:
+        if l.in_layers and ".layers.0." in f".{l.name}":
+            kind = "attn_in" if l.name.endswith(("q_proj", "k_proj", "v_proj")) else \
+                "mlp_in" if l.name.endswith(("gate_proj", "up_proj")) else l.name
+            ins[(kind, l.in_features)] = l.in_features
+            outs += l.out_features
+    return sum(ins.values()), outs
+
+
+def streamed(profile: Any, compute_bytes: int, output_bytes: float, extra: float = 0.0, work: float | None = None
+             ) -> CostFeatures:
+    """A plugin that converts block by block: the largest block at the compute dtype and its
+    converted copy, the shard being filled (at most ``SHARD_BYTES``), plus ``extra``."""
+    ram = largest_block(profile) * compute_bytes * 2 + min(SHARD_BYTES, output_bytes) + extra
+    return CostFeatures(float(ram), float(profile.parameters if work is None else work))
+
+
+def calibration_bytes(profile: Any, tokens: int) -> float:
+    """Hidden states of every calibration token, in and out of the current layer, in fp32."""
+    return 2.0 * tokens * profile.hidden * 4
+
+
+# -- coefficients ----------------------------------------------------------------------------------
+def load_coefficients(path: Path = COSTS_FILE) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def project(scheme: str, features: CostFeatures, coefficients: dict[str, Any] | None = None) -> Projection | None:
+    """The projected peak RAM and wall time, or None when no measurement covers ``scheme``."""
+    data = load_coefficients() if coefficients is None else coefficients
+    c = (data.get("schemes") or {}).get(scheme)
+    if not c:
+        return None
+    ram = c["ram"][0] + c["ram"][1] * features.ram_bytes / GIB
+    wall = c["wall"][0] + c["wall"][1] * features.work
+    return Projection(scheme, max(ram, 0.1), max(wall, 1.0), data.get("basis", str(COSTS_FILE.name)))
+
+
+def _linfit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares ``y = a + b x`` (``b`` only through the origin's mean when one point)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if n < 2 or sxx == 0:
+        return 0.0, my / mx if mx else 0.0
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return my - b * mx, b
+
+
+def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: tuple[str, ...] = ("demo", "1B", "3B", "7B")
+             ) -> dict[str, Any]:
+    """Per scheme with >= 3 completed sizes: ``ram`` (peak anonymous RSS, GiB) and ``wall`` (s)
+    fitted on all but the largest size, and the relative error of the projection there."""
+    out: dict[str, Any] = {}
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("exit") == 0:
+            by.setdefault(r["scheme"], []).append(r)
+    for scheme, rs in by.items():
+        rs = sorted(rs, key=lambda r: order.index(r["size"]) if r["size"] in order else 99)
+        if len(rs) < 3:
+            continue
+        feats = [features_of(scheme, r["size"]) for r in rs]
+        fit, check = rs[:-1], rs[-1]
+        ff, fc = feats[:-1], feats[-1]
+        ram = _linfit([f["ram_bytes"] / GIB for f in ff], [r["peak_anon_gib"] for r in fit])
+        wall = _linfit([f["work"] for f in ff], [r["wall_s"] for r in fit])
+        p_ram = ram[0] + ram[1] * fc["ram_bytes"] / GIB
+        p_wall = wall[0] + wall[1] * fc["work"]
+        out[scheme] = {
+            "ram": [round(ram[0], 4), ram[1]], "wall": [round(wall[0], 2), wall[1]],
+            "fitted_on": [r["size"] for r in fit], "checked_on": check["size"],
+            "check": {"ram_gib": [round(p_ram, 2), check["peak_anon_gib"]],
+                      "wall_s": [round(p_wall, 1), check["wall_s"]],
+                      "ram_error": round(p_ram / check["peak_anon_gib"] - 1, 3),
+                      "wall_error": round(p_wall / check["wall_s"] - 1, 3)},
+        }
+    return out
+
+
+def write_coefficients(fit: dict[str, Any], source: str, path: Path = COSTS_FILE) -> None:
+    """The coefficients ``project`` reads: refitted on every measured size (the check is in ``source``)."""
+    data = {"basis": f"fitted to {source} (scripts/bench_scale.py)", "schemes": {
+        s: {"ram": f["ram"], "wall": f["wall"], "check": f["check"], "sizes": f["fitted_on"] + [f["checked_on"]]}
+        for s, f in fit.items()}}
+    Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
