@@ -107,6 +107,8 @@ class FP8Backend(CompressedTensorsBackend):
             elif attr == "weight":
                 m = model.get_submodule(mod)
                 layers[mod] = LayerQuant(weights, value.float(), m.weight_scale.detach(), None, acts)
+            elif not attr.startswith(("weight_", "input_", "output_")):  # not compressed-tensors' qparams
+                state[key] = value  # e.g. Qwen2's q/k/v biases
         return write_compressed(dense_model(model.config, torch_dtype(self.config.dtype), state, set(layers)),
                                 layers, out, tokenizer)
 
@@ -115,6 +117,17 @@ class FP8Backend(CompressedTensorsBackend):
 
     def quantization_config(self, model: Any) -> dict | None:
         return None  # the export's, recorded when it writes
+
+    @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """Not streamed: the model at ``dtype``, the dense copy the writer rebuilds, and each
+        quantized weight in float32 while the writer derives its codes (no measured coefficients
+        yet, so ``llmq.cost.project`` projects nothing for fp8)."""
+        from llmq.cost import CostFeatures
+        from llmq.sizing import BYTES
+
+        ram = 2 * profile.parameters * BYTES[config.dtype] + 4 * sum(l.numel for l in profile.linears)
+        return CostFeatures(float(ram), float(profile.parameters), streams=False)
 
     @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
