@@ -52,10 +52,11 @@ def run_one(scheme: str, work: Path, timeout: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     before, t = os.times(), time.perf_counter()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-        code, text = p.returncode, p.stdout + p.stderr
-    except subprocess.TimeoutExpired as e:
-        code, text = "timeout", (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+        code, raw = p.returncode, p.stdout
+    except subprocess.TimeoutExpired as e:  # its output comes as bytes, whatever ``text`` says
+        code, raw = "timeout", e.stdout or b""
+    text = raw.decode(errors="replace")
     after = os.times()
     verification = next((ln.strip() for ln in text.splitlines() if "verification " in ln), "")
     sample = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.strip().lower().startswith("sample")), "")

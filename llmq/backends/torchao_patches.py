@@ -12,7 +12,7 @@ integer; the partial sums are then added in int32, as ``_int_mm`` does. The resu
 (``tests/backends/test_torchao_patches.py``) and uses the CPU's fp32 GEMM (MKL/oneDNN). The fp32
 copies of the operands cost a conversion per call, which loses to the reference loop for a few rows:
 the patch takes over from ``MIN_ROWS`` rows (decode keeps ``_int_mm``). Measured on a 2-core AVX2 AMD
-EPYC (``python scripts/bench_int8_kernels.py --cpu-int-mm``, ``eval/bench_cpu_int_mm.json``).
+EPYC (``python scripts/bench_cpu_int_mm.py``, ``eval/bench_cpu_int_mm.json``).
 
 Applied only for torchao 0.18.*, in eager mode (a ``torch.compile`` graph keeps torchao's own
 decomposition: ``llmq.fastpath`` lowers it), on CPUs where torchao itself sees neither VNNI nor

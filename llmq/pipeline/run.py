@@ -16,8 +16,9 @@ from llmq.errors import ConfigError, LlmqError
 
 #: With no model: the demo model, and the scheme the advisor picks for a CPU (int8-dynamic, seconds).
 #: A scheme that calibrates or trains on text gets Python's bundled docs (offline) and a small budget
-#: (16 x 256 calibration tokens; 10 QAT steps of 2 x 128), so every scheme's demo finishes in minutes
-#: on a laptop CPU (awq-int4 at its 128 x 512 defaults took 34-45 min); one whose default groups do not
+#: (16 x 256 calibration tokens; 10 QAT steps of 2 x 128, a 16th and a 10th of the defaults), so every
+#: scheme's demo finishes in minutes on a 2-core CPU (awq-int4 266 s, ``scripts/bench_demo.py``,
+#: ``eval/bench_demo.json``); one whose default groups do not
 #: split SmolLM2's 576-wide layers (GPTQ/AWQ's 128) gets groups of 64; each only where the scheme's
 #: config has that field (``demo_overrides``). ``scripts/bench_demo.py`` runs every CPU scheme so.
 DEMO = {"scheme": "int8-dynamic", "group_size": 64, "calibration": "builtin"}

@@ -63,7 +63,7 @@ def test_demo_settings_are_per_scheme():
     group_size -1) refused: each setting now goes only to schemes whose config has that field."""
     from llmq.pipeline.run import demo_overrides
 
-    small = {"calibration": "builtin", "n_samples": 16, "seqlen": 256}  # minutes, not the defaults' 34-45 min
+    small = {"calibration": "builtin", "n_samples": 16, "seqlen": 256}  # a 16th of the defaults' tokens
     assert demo_overrides("int8-dynamic") == {}
     assert demo_overrides("gptq-int4") == {**small, "group_size": 64}  # 128 does not divide 576
     assert demo_overrides("awq-int4") == {**small, "group_size": 64}
