@@ -85,11 +85,24 @@ class SchemeConfig:
 @dataclass(kw_only=True)
 class QuantConfigBase(SchemeConfig):
     """Schemes that replace Linear weights. ``skip_modules``: names or fnmatch patterns kept in full
-    precision; ``lm_head`` and tied embeddings are never quantized by default."""
+    precision; ``lm_head`` and tied embeddings are never quantized by default. ``format``: the
+    checkpoint format of the output, one of ``formats`` (None: the plugin's own, e.g. torchao's or
+    GPTQ's); ``format_defaults`` are the defaults a format changes (``Scheme.config`` applies them
+    before the user's overrides), e.g. compressed-tensors keeps embeddings float because vLLM reads
+    no quantized embeddings."""
 
+    #: the checkpoint formats a config of this class may ask for besides its plugin's own
+    formats: ClassVar[tuple[str, ...]] = ()
+    #: format -> the defaults that format changes
+    format_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     skip_modules: tuple[str, ...] = ()
+    format: str | None = None
 
     def validate(self) -> None:
+        if self.format is not None and self.format not in self.formats:
+            own = f"choose one of {', '.join(map(repr, self.formats))}, or leave it out for " if self.formats else ""
+            raise ConfigError(f"format={self.format!r} is invalid for {type(self).__name__}; {own}"
+                              f"{'the' if self.formats else 'it writes only'} its plugin's own format.")
         if isinstance(self.skip_modules, str):
             self.skip_modules = (self.skip_modules,)
         self.skip_modules = tuple(self.skip_modules)

@@ -71,7 +71,7 @@ class QuantizedModel:
 
                 tmp = make_scratch("unsaved-model")  # removed at exit; after a kill -9, by the next llmq run
                 atexit.register(remove_entry, tmp)
-                self.backend.save(self.model, self.tokenizer, tmp)
+                self.backend.write(self.model, self.tokenizer, tmp)
                 path = tmp
             else:
                 path = self.saved_to
@@ -116,23 +116,34 @@ class QuantizedModel:
             **self.backend.extra_metadata(),
         }
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False, verify: bool = True) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False, verify: bool = True, *,
+             format: str | None = None) -> Path:
         """Write the plugin's output and ``llmq.json`` to a temp folder, check that folder against the
         original (``llmq.verify``: KL divergence and top-1 agreement on fixed text, bound by the
         scheme's ``Backend.verify_bound``; ``verify=False`` skips it and says so in ``llmq.json``),
         then rename. An output beyond its bound is not saved to ``path``: it is moved to
-        ``<path>.rejected`` (its ``llmq.json`` says why) and ``VerificationError`` is raised."""
+        ``<path>.rejected`` (its ``llmq.json`` says why) and ``VerificationError`` is raised.
+        ``format``: write this same quantization in another checkpoint format (e.g.
+        ``"compressed-tensors"``) where the config allows it (checked first); the config recorded in
+        llmq.json names it, and the verification measures the exported folder."""
         from llmq.verify import VerificationError, summary
 
+        if format is not None and format != getattr(self.config, "format", None):
+            kept = self.config, self.backend.config
+            self.config = self.backend.config = self.config.with_overrides(format=format)
+            try:
+                return self.save(path, overwrite, verify)
+            finally:
+                self.config, self.backend.config = kept
         out = Path(path).expanduser()
         with atomic_dir(path, overwrite=overwrite, inputs=(self.source.path,)) as tmp:
-            self.backend.save(self.model, self.tokenizer, tmp)
+            written = self.backend.write(self.model, self.tokenizer, tmp)
             missing = self.backend.missing_files(tmp)
             if missing:
                 raise LlmqError(f"The {self.scheme.backend} backend wrote no {' and no '.join(missing)}.")
             self.backend.verify_output(tmp, f"The {self.scheme.name} result")  # e.g. fp16 scales = inf
             self.verification = self._verify(tmp) if verify else {"skipped": True, "reason": "verify=False, --no-verify"}
-            self.meta = self.metadata(folder_size(tmp, self.backend.weight_patterns))
+            self.meta = {**self.metadata(folder_size(tmp, self.backend.weight_patterns)), **written}
             write_json(tmp / META_FILE, self.meta)
             if not self.verification.get("skipped") and not self.verification["passed"]:
                 kept = _keep_aside(tmp, out)

@@ -22,6 +22,7 @@ class GPU:
     name: str
     total_gb: float
     free_gb: float
+    capability: tuple[int, int] | None = None  # CUDA compute capability (9, 0) = Hopper
 
 
 @dataclass
@@ -115,7 +116,8 @@ def cuda_gpus() -> list[GPU]:
     out = []
     for i in range(torch.cuda.device_count()):
         free, total = torch.cuda.mem_get_info(i)
-        out.append(GPU(i, torch.cuda.get_device_name(i), total / GB, free / GB))
+        out.append(GPU(i, torch.cuda.get_device_name(i), total / GB, free / GB,
+                       tuple(torch.cuda.get_device_capability(i))))
     return out
 
 

@@ -131,10 +131,13 @@ def verification_text(meta: dict) -> str:
 
 
 def plugin_of(meta: dict) -> Any:
-    """The plugin class that wrote the folder."""
-    from llmq.schemes import get_scheme
+    """The plugin class that owns the folder: the scheme's, or, for a folder it exported in another
+    format (``config.format``, e.g. compressed-tensors), the plugin that loads that format."""
+    from llmq.schemes import get_scheme, plugin_for_method
 
-    return get_scheme(meta["scheme"]).backend_cls()
+    cls = get_scheme(meta["scheme"]).backend_cls()
+    fmt = (meta.get("config") or {}).get("format")
+    return plugin_for_method(fmt) if fmt in cls.exports else cls
 
 
 def card_facts(meta: dict, repo: str = "") -> Any:
@@ -157,8 +160,10 @@ def reproduce_command(meta: dict) -> tuple[str, str | None]:
     from llmq.schemes import get_scheme
 
     sch = get_scheme(meta["scheme"])
-    defaults = sch.config().to_dict()
     cfg = dict(meta.get("config") or {})
+    fmt = cfg.pop("format", None)
+    fmt = fmt if fmt != sch.config().to_dict().get("format") else None  # e.g. AWQ's "gemm" is its default
+    defaults = sch.config(**({"format": fmt} if fmt else {})).to_dict()  # with the defaults that format sets
     src = meta.get("source") or {}
     args = ["python", "-m", "llmq", "run"]
     note = None
@@ -169,6 +174,8 @@ def reproduce_command(meta: dict) -> tuple[str, str | None]:
     args += ["--scheme", meta["scheme"]]
     if src.get("revision"):
         args += ["--revision", str(src["revision"])]
+    if fmt:
+        args += ["--format", str(fmt)]
     calibrated = "calibration" in defaults
     for key, value in cfg.items():
         if key not in defaults:
@@ -201,9 +208,13 @@ def reproduce_command(meta: dict) -> tuple[str, str | None]:
     return " ".join(shlex.quote(a) for a in args), note
 
 def install_spec(meta: dict) -> str:
-    extra = plugin_of(meta).extra
+    """What reproducing the folder installs: the scheme's plugin's extra, and the exported
+    format's (compressed-tensors) when it differs."""
+    from llmq.schemes import get_scheme
+
+    extras = list(dict.fromkeys(e for e in (get_scheme(meta["scheme"]).backend_cls().extra, plugin_of(meta).extra) if e))
     version = (meta.get("versions") or {}).get("llmq") or meta.get("llmq_version")
-    name = f"llmq[{extra}]" if extra else "llmq"
+    name = f"llmq[{','.join(extras)}]" if extras else "llmq"
     return f"{name}=={version}" if version else name
 
 def usage(meta: dict, repo: str) -> dict[str, str | None]:

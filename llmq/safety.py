@@ -77,6 +77,8 @@ def nonfinite_tensors(tensors: Iterable[tuple[str, Any]], limit: int = 3) -> lis
             continue
         if type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
             continue  # tensor subclasses (torchao, bnb) are checked through their saved components
+        if t.element_size() == 1:  # FP8 (torch has no isfinite for it): NaN survives the upcast
+            t = t.to(torch.float16)
         if not bool(torch.isfinite(t).all()):
             bad.append(name)
             if len(bad) >= limit:

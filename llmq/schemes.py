@@ -24,6 +24,8 @@ BACKENDS.register("gptqmodel", "llmq.backends.gptqmodel:GPTQModelBackend")
 BACKENDS.register("qat", "llmq.backends.qat.plugin:QATBackend")
 BACKENDS.register("gguf", "llmq.backends.gguf.plugin:GGUFBackend")
 BACKENDS.register("int8-static", "llmq.backends.int8_static:Int8StaticBackend")
+BACKENDS.register("compressed-tensors", "llmq.backends.compressed:CompressedTensorsBackend")
+BACKENDS.register("fp8", "llmq.backends.fp8:FP8Backend")
 
 PLUGINS = BACKENDS
 

@@ -165,6 +165,8 @@ def main() -> int:
         for f, rows in cells.items():
             old["cells"].setdefault(f, {}).update(rows)
         old.setdefault("updates", []).append({"command": command, "cells": {f: list(r) for f, r in cells.items()}})
+        added = [s for s in schemes if s not in old["schemes"]]  # a new scheme gets its row
+        old["schemes"] = old["schemes"] + added
         cells, fams, schemes = old["cells"], old["families"], old["schemes"]
     result = {
         "command": old["command"] if args.update else command,

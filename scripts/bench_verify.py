@@ -42,7 +42,7 @@ DEMO_SCHEMES = {
     "gguf-q8_0": {}, "gguf-q6_k": {}, "gguf-q5_k_m": {}, "gguf-q4_k_m": {}, "gguf-q4_0": {},
     "int8-static": {"calibration": "builtin", "n_samples": 8, "seqlen": 256},
     "gptq-int8": CAL, "gptq-int4": CAL, "gptq-int3": CAL, "awq-int4": {**CAL, "n_samples": 8},
-    "qat-int8": QAT, "qat-w8a8": QAT, "qat-int4": QAT, "qat-8da4w": QAT,
+    "qat-int8": QAT, "qat-w8a8": QAT, "qat-int4": QAT, "qat-8da4w": QAT, "fp8": {},
 }
 TINY_CAL = {"calibration": "builtin", "n_samples": 8, "seqlen": 128}
 TINY_SCHEMES = {"fp16": {}, "bf16": {}, "int8-dynamic": {}, "int8-static": TINY_CAL, "bnb-int8": {}, "bnb-nf4": {},

@@ -172,6 +172,22 @@ def test_finite_safetensors_bit_check_per_dtype(tmp_path, dtype):
             safety.check_finite_safetensors(tmp_path, "m")
 
 
+def test_finite_safetensors_check_reads_fp8(tmp_path):
+    """FP8 tensors (the fp8 scheme's weights): torch has no isfinite for them; a NaN code is found,
+    448 (E4M3's largest) is not an error."""
+    import torch
+    from safetensors.torch import save_file
+
+    t = torch.randn(64, 8).to(torch.float8_e4m3fn)
+    t[3, 3] = 448.0
+    save_file({"w": t}, str(tmp_path / "m.safetensors"))
+    safety.check_finite_safetensors(tmp_path, "m")
+    t[5, 1] = float("nan")
+    save_file({"w": t}, str(tmp_path / "m.safetensors"))
+    with pytest.raises(CorruptModelError, match="in w"):
+        safety.check_finite_safetensors(tmp_path, "m")
+
+
 def test_file_source_guard_checks_the_folder_beside_it(tmp_path):
     from llmq import safety
     from llmq.errors import RemoteCodeError

@@ -6,7 +6,7 @@ from llmq.schemes import BACKENDS, SCHEMES, get_scheme
 EXPECTED = {"fp16", "bf16", "int8-dynamic", "bnb-int8", "bnb-nf4", "bnb-fp4", "gptq-int4", "gptq-int8", "gptq-int3", "awq-int4",
             "qat-int4", "qat-8da4w", "qat-w8a8", "qat-int8",
             "gguf-q8_0", "gguf-q6_k", "gguf-q5_k_m", "gguf-q4_k_m", "gguf-q4_0",
-            "int8-static"}
+            "int8-static", "fp8"}
 
 
 def test_every_family_is_registered():
@@ -34,7 +34,8 @@ def test_get_scheme_normalises_and_suggests():
 
 
 def test_backends_are_lazy_strings_until_used():
-    assert set(BACKENDS.names()) == {"cast", "torchao", "bitsandbytes", "gptqmodel", "qat", "gguf", "int8-static"}
+    assert set(BACKENDS.names()) == {"cast", "torchao", "bitsandbytes", "gptqmodel", "qat", "gguf", "int8-static",
+                                     "compressed-tensors", "fp8"}
 
 
 def _tiny_meta(name: str) -> dict:

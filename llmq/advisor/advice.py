@@ -68,6 +68,7 @@ class Advice:
     candidates: list[Candidate]
     fp32_bytes: int
     notes: list[str] = field(default_factory=list)
+    serve: dict[str, Any] | None = None  # {"engine": "vllm", "gpu_arch": ...} with --serve
 
     @property
     def recommended(self) -> Candidate | None:
@@ -88,6 +89,7 @@ class Advice:
             "fp32_bytes": self.fp32_bytes,
             "candidates": [c.to_dict() for c in self.candidates],
             "notes": self.notes,
+            "serve": self.serve,
         }
 
     # -- rendering ------------------------------------------------------------------------------
@@ -197,9 +199,11 @@ def measured_band_note(band: Any) -> str | None:
 def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float | None = None,
            ram_gb: float | None = None, context: int = 2048, batch_size: int = 1, tolerance: Any = None,
            revision: str | None = None, trust_remote_code: bool = False, hardware: Hardware | None = None,
-           schemes: list[str] | None = None) -> Advice:
+           schemes: list[str] | None = None, serve: str | None = None, gpu_arch: str | None = None) -> Advice:
     """Rank every scheme for ``model`` (Hub id, folder, .gguf, a bare parameter count, or None
-    for the demo) on this machine (or the one the flags describe), without downloading weights."""
+    for the demo) on this machine (or the one the flags describe), without downloading weights.
+    ``serve="vllm"``: rank by what that engine runs fast on the GPU generation (``gpu_arch``, else
+    the detected GPU's; ``llmq.advisor.serving``), with commands that write its format."""
     from llmq.schemes import SCHEMES
 
     if not isinstance(context, int) or context < 1:
@@ -233,6 +237,17 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         situation = "gpu_4bit"
     tree = rules.tree()
     order = cpu_order(tree["cpu"]) if situation == "cpu" else tree[situation]
+    served: dict[str, Any] = {}
+    if serve is not None:
+        from llmq.advisor import serving
+
+        engine = serving.check_engine(serve)
+        if hw.device != "cuda":
+            raise ConfigError(f"--serve {engine} advises for a GPU server: pass --gpu-memory GB and --gpu-arch "
+                              "when this machine has no GPU.")
+        arch = serving.resolve_arch(gpu_arch, [g.capability for g in hw.gpus])
+        served = {s: serving.vllm(get_scheme(s).serve_as, arch, batch_size) for s in names}
+        order = sorted(names, key=lambda s: (served[s].rank, order.index(s)))
     cpu_pick = tree["cpu"][0]  # int8-dynamic: the tree's CPU scheme
 
     why_not = model_support(prof, trust_remote_code)
@@ -245,6 +260,9 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
         c = Candidate(s, est[s].label, role.role, est[s], mems[s], fits[s], loss, loss_src,
                       command=f"python -m llmq run{model_arg} --scheme {s} --device {hw.device}")
         c.installed, extra = _installed(s)
+        if served:
+            c.reasons.append(f"vLLM ({served[s].kernel}): {served[s].why}")
+            c.command += export_flag(s)
         headroom = (mem_limit - mems[s].total) / GB
         where = "GPU" if hw.device == "cuda" else "RAM"
         if fits[s]:
@@ -262,8 +280,10 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
             if q.ram_gib > hw.memory_gb and c.status != "does not fit":
                 c.status = "does not fit"
                 c.reasons.append(f"quantizing needs more RAM than the {hw.memory_gb:.1f} GiB here")
-        # The decision tree.
-        if situation == "cpu":
+        # The decision tree (with --serve, the engine's kernels rank instead).
+        if served:
+            pass
+        elif situation == "cpu":
             if s == cpu_pick:
                 c.reasons.append(f"decision tree: CPU only -> {s}")
             note = measured_cpu_note(s)
@@ -287,7 +307,7 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
                 c.reasons.append("decision tree: too large for 16-bit -> 8-bit for max accuracy")
             elif role.precision == "4":
                 c.reasons.append("decision tree: too large -> 4-bit for max compression")
-        if s == cpu_pick and hw.device == "cuda":
+        if s == cpu_pick and hw.device == "cuda" and not served:
             c.reasons.append("the decision tree's CPU scheme; on GPU it prefers 16-bit, bitsandbytes or GPTQ/AWQ")
         # The rule of thumb.
         if role.precision in ("4", "3"):
@@ -316,6 +336,8 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
             elif loss[1] > tol * 100:
                 c.status = "warn"
                 c.reasons.append(f"expected loss {c.loss_text} may exceed tolerance {tol * 100:g}%")
+        if served and not served[s].fast and c.status in ("ok", "warn"):
+            c.status = "avoid"
         if not c.installed:
             c.reasons.append(f"not installed: pip install 'llmq[{extra}]'")
         if why_not.get(s):
@@ -357,7 +379,27 @@ def advise(model: Any = None, *, device: str | None = None, gpu_memory_gb: float
             notes.append("not simply a CPU speed-up here: " + "; ".join(f"{s} ({measured_cpu_note(s)})" for s in slow))
     if hw.device == "cuda":
         notes += measured_gpu_notes()
-    return Advice(prof, hw, context, batch_size, tol, situation, band, cands, original(prof).bytes, notes)
+    serve_info = None
+    if served:
+        from llmq.advisor import serving
+
+        serve_info = {"engine": "vllm", "gpu_arch": arch, "source": serving.SOURCE}
+        notes.append(f"--serve vllm on {arch}, batch {batch_size}: ranked by the kernel vLLM runs each layout with "
+                     f"({serving.SOURCE}); serve a folder with `vllm serve <folder> --tensor-parallel-size N`")
+    return Advice(prof, hw, context, batch_size, tol, situation, band, cands, original(prof).bytes, notes,
+                  serve_info)
+
+
+def export_flag(scheme: str) -> str:
+    """`` --format compressed-tensors`` where the scheme can write it (the format vLLM serves
+    int8, FP8 and packed-int4 checkpoints from), else nothing."""
+    from llmq.schemes import get_scheme
+
+    try:
+        cfg = get_scheme(scheme).config(format="compressed-tensors")
+    except LlmqError:  # no such option, or the scheme cannot write it
+        return ""
+    return "" if cfg.to_dict() == get_scheme(scheme).config().to_dict() else " --format compressed-tensors"
 
 
 def model_support(prof: ModelProfile, trust_remote_code: bool = False) -> dict[str, str]:
@@ -369,6 +411,8 @@ def model_support(prof: ModelProfile, trust_remote_code: bool = False) -> dict[s
 
     return {s: why for s, why in support(prof.config, trust_remote_code=trust_remote_code).items()
             if why and not why.startswith(NOT_INSTALLED)}
+
+
 def quantize_cost(prof: ModelProfile, scheme: str) -> Any:
     """``llmq.cost.Projection`` of quantizing ``prof`` with ``scheme``'s defaults on this CPU
     (calibrated schemes on 16 x 512 tokens, the cost model's own setting), or None when unmeasured."""

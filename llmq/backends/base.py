@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from llmq.errors import ConfigError, MissingDependencyError, ModelNotFoundError
+from llmq.backends.exports import check_export_installed, export_format, export_versions
 from llmq.backends.layers import block_shapes, model_type, weight_layer_types, weight_shapes  # noqa: F401
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -60,10 +61,15 @@ class Scheme:
     #: advisor: preference in each decision-tree situation ("cpu", "gpu_fits", "gpu_8bit",
     #: "gpu_4bit"), lower first; a situation not named ranks the scheme after every named one
     tree_rank: Mapping[str, float] = field(default_factory=dict)
+    #: how vLLM serves this scheme's folders (``llmq.advisor.serving``): "w8a8-fp8", "w8a8-int8",
+    #: "w4a16", "w8a16", "16-bit", or "" (no fast vLLM path)
+    serve_as: str = ""
 
     def config(self, **overrides: Any) -> Any:
-        """The scheme's default config with the user's overrides applied and validated."""
-        return self.config_cls(**dict(self.defaults)).with_overrides(**overrides)
+        """The scheme's default config with the user's overrides applied and validated; a
+        ``format`` override first applies the defaults that format changes (``format_defaults``)."""
+        fmt_defaults = getattr(self.config_cls, "format_defaults", {}).get(overrides.get("format"), {})
+        return self.config_cls(**{**self.defaults, **fmt_defaults}).with_overrides(**overrides)
 
     def backend_cls(self) -> type["Backend"]:
         """The plugin class that declared this scheme (bound by ``Backend.__init_subclass__``)."""
@@ -149,6 +155,10 @@ class Backend:
     #: output of this plugin may show before ``save`` rejects it: a number, {scheme name: number},
     #: or None for the default of the scheme's precision band (``VERIFY_KLD``); see ``verify_bound``
     verify_kld: ClassVar[float | Mapping[str, float] | None] = None
+    #: checkpoint formats ``export`` writes besides the plugin's own, picked by the config's
+    #: ``format``; each is the ``quant_method`` of the plugin that loads such folders
+    #: (``"compressed-tensors"``: ``llmq.backends.compressed``)
+    exports: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Bind each scheme a plugin declares to the plugin class, so ``Scheme.backend_cls`` needs no
@@ -162,6 +172,7 @@ class Backend:
         self.config = config
         #: run-time settings that are not part of the result (e.g. QAT's checkpoint folder, resume)
         self.options = dict(options or {})
+        check_export_installed(config)  # format="compressed-tensors" needs compressed-tensors
 
     # -- checks, all before any weights load -------------------------------------------------
     @classmethod
@@ -221,12 +232,31 @@ class Backend:
         return None
 
     def versions(self) -> dict[str, str | None]:
-        return {dist: package_version(dist) for _, dist in self.requires}
+        return {**{dist: package_version(dist) for _, dist in self.requires}, **export_versions(self.config)}
 
     # -- quantize and save ------------------------------------------------------------------
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         """Quantize ``model_dir`` (a safetensors folder, or what ``source_file`` named)."""
         raise NotImplementedError
+
+    def write(self, model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
+        """Write the output in the config's ``format``: ``export`` for one of ``exports``, else the
+        plugin's own ``save``. Returns the llmq.json entries an export decides (its
+        ``quantization_config``, serving facts). After an export the saved folder is what runs (its
+        format's plugin loads it), so the sample and the evaluation measure the exported checkpoint."""
+        fmt = export_format(self.config)
+        if fmt in self.exports:
+            written = self.export(model, tokenizer, out, fmt)
+            self.runs_in_memory = False
+            return written
+        self.save(model, tokenizer, out)
+        return {}
+
+    def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
+        """Write ``model`` (what ``quantize`` returned) into ``out`` in format ``fmt`` (one of
+        ``exports``): the same quantized weights in that format's layout. Returns llmq.json entries
+        (at least the ``quantization_config`` written into config.json)."""
+        raise NotImplementedError(f"plugin {self.name!r} exports no {fmt!r} format")
 
     def save(self, model: Any, tokenizer: Any, out: Path) -> None:
         """Write the complete output into ``out`` (an empty temporary folder; ``llmq.json`` is added

@@ -39,10 +39,10 @@ class CastBackend(Backend):
     schemes = (
         Scheme("fp16", "cast", CastConfig, {"dtype": "float16"}, 16, "cast weights to float16", "16",
                "no quantization: the baseline when it fits (fp16 on pre-Ampere GPUs)",
-               tree_rank={"cpu": 8, "gpu_fits": 1, "gpu_8bit": 9, "gpu_4bit": 9}),
+               tree_rank={"cpu": 8, "gpu_fits": 1, "gpu_8bit": 9, "gpu_4bit": 9}, serve_as="16-bit"),
         Scheme("bf16", "cast", CastConfig, {"dtype": "bfloat16"}, 16, "cast weights to bfloat16", "16",
                "no quantization: the baseline when it fits (bf16 on Ampere+ GPUs)",
-               tree_rank={"cpu": 1, "gpu_fits": 0, "gpu_8bit": 8, "gpu_4bit": 8}),
+               tree_rank={"cpu": 1, "gpu_fits": 0, "gpu_8bit": 8, "gpu_4bit": 8}, serve_as="16-bit"),
     )
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:

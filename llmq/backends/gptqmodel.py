@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from llmq.backends.base import (VLLM_NOTE, Backend, CardFacts, Scheme, block_shapes, model_type, package_version,
                                 transformers_snippet)
+from llmq.backends.compressed import FORMAT as CT_FORMAT, export_via_folder
 from llmq.config import CalibratedConfig, check_choice
 from llmq.errors import ConfigError, MissingDependencyError
 from llmq.models import excluded_modules, linear_shapes
@@ -25,6 +26,7 @@ class GPTQConfig(CalibratedConfig):
     """GPTQ through GPTQModel. ``desc_act`` (act-order) helps accuracy but slows some kernels;
     ``act_group_aware`` is GPTQModel's reordering that keeps groups contiguous (its default)."""
 
+    formats: ClassVar[tuple[str, ...]] = (CT_FORMAT,)
     desc_act: bool = False
     act_group_aware: bool = True
     damp_percent: float = 0.05
@@ -35,6 +37,16 @@ class GPTQConfig(CalibratedConfig):
             raise ConfigError(f"damp_percent must be in (0, 1), got {self.damp_percent!r}.")
         if self.desc_act and self.act_group_aware:
             raise ConfigError("desc_act=True and act_group_aware=True are exclusive; set act_group_aware=False.")
+        check_ct_packable(self)
+        if self.format == CT_FORMAT and self.desc_act:
+            raise ConfigError("format='compressed-tensors' stores no act-order index (compressed-tensors 0.20 dropped "
+                              "g_idx): use desc_act=False (act_group_aware, the default, keeps groups in order).")
+
+
+def check_ct_packable(cfg: Any) -> None:
+    """compressed-tensors' pack-quantized layout as vLLM serves it: 4- or 8-bit codes."""
+    if cfg.format == CT_FORMAT and cfg.bits not in (4, 8):
+        raise ConfigError(f"format='compressed-tensors' packs 4- or 8-bit weights for vLLM; bits={cfg.bits} is not one.")
 
 
 @dataclass(kw_only=True)
@@ -42,12 +54,13 @@ class AWQConfig(CalibratedConfig):
     """AWQ through GPTQModel, GEMM format (what vLLM and transformers load)."""
 
     allowed_bits: ClassVar[tuple[int, ...]] = (4,)
+    formats: ClassVar[tuple[str, ...]] = ("gemm", "gemv", CT_FORMAT)  # compressed-tensors: written from GEMM
     sym: bool = False
     format: str = "gemm"
 
     def validate(self) -> None:
         super().validate()
-        check_choice("format", self.format, ("gemm", "gemv"))
+        check_choice("format", self.format, self.formats)
         if self.group_size == -1:
             raise ConfigError("AWQ needs a group size (32, 64 or 128); -1 is not supported.")
 
@@ -151,6 +164,7 @@ class GPTQModelBackend(Backend):
     extra = "gptq"
     needs_calibration = True
     quant_methods = ("gptq", "awq")
+    exports = (CT_FORMAT,)
     layer_types_note = ("GPTQModel 7.7 on GPT-2's Conv1D layers: AWQ crashes the process and GPTQ writes a "
                         "folder transformers cannot load")
     #: GPTQModel's in-memory model right after ``quantize`` is not in an inference state on CPU (it
@@ -158,12 +172,13 @@ class GPTQModelBackend(Backend):
     runs_in_memory = False
     schemes = tuple(
         Scheme(f"gptq-int{b}", "gptqmodel", GPTQConfig, {"bits": b}, b,
-               f"GPTQ {b}-bit weights (GPTQModel), calibrated", *_ROLE[b], True, _TREE[f"gptq-int{b}"])
+               f"GPTQ {b}-bit weights (GPTQModel), calibrated", *_ROLE[b], True, _TREE[f"gptq-int{b}"],
+               {4: "w4a16", 8: "w8a16"}.get(b, ""))
         for b in (4, 8, 3)
     ) + (
         Scheme("awq-int4", "gptqmodel", AWQConfig, {"bits": 4}, 4, "AWQ 4-bit weights, GEMM format (GPTQModel), calibrated",
                "4", "4-bit for serving (AWQ: vLLM, TGI, transformers)", True,
-               {"cpu": 5, "gpu_fits": 4, "gpu_8bit": 2, "gpu_4bit": 0}),
+               {"cpu": 5, "gpu_fits": 4, "gpu_8bit": 2, "gpu_4bit": 0}, "w4a16"),
     )
 
     @property
@@ -211,7 +226,7 @@ class GPTQModelBackend(Backend):
         if isinstance(c, AWQConfig):
             return QuantizeConfig(
                 bits=c.bits, group_size=c.group_size, sym=c.sym, quant_method=METHOD.AWQ,
-                format=FORMAT.GEMM if c.format == "gemm" else FORMAT.GEMV, dynamic=dynamic,
+                format=FORMAT.GEMV if c.format == "gemv" else FORMAT.GEMM, dynamic=dynamic,  # compressed-tensors: from GEMM
                 offload_to_disk=True,
             )
         return QuantizeConfig(
@@ -279,6 +294,10 @@ class GPTQModelBackend(Backend):
         for f in out.glob("*.bin"):
             f.unlink()
         forget_offload(out)
+
+    def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
+        """The GPTQ/AWQ folder ``save`` writes, converted (:func:`export_gptq_folder`)."""
+        return export_via_folder(self.save, model, tokenizer, out)
 
     def quantization_config(self, model: Any) -> dict | None:
         qc = model.quantize_config.to_dict()

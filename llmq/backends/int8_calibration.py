@@ -273,3 +273,95 @@ def layer_errors(model: Any, source: Source, configs: dict[str, Sequence[Any]],
 
     source(list(configs), see, limit)
     return {n: [(t / max(den[n][0], 1), e / max(den[n][1], 1e-30)) for t, e in num[n]] for n in configs}
+
+
+# -- SmoothQuant folded into the norms (int8-static's ``smooth_fold``) ------------------------------
+def input_groups(model: Any, sample: Sequence[int], names: Sequence[str]) -> list[tuple[str | None, list[str]]]:
+    """The Linears of ``names`` grouped by the tensor they read, from one forward of ``sample``:
+    ``(producer, linears)`` where ``producer`` is the module that returned that tensor (the norm
+    before q/k/v or gate/up) or None (a tensor built in a forward, e.g. o_proj's and down_proj's
+    inputs). These are the groups vLLM fuses (qkv_proj, gate_up_proj)."""
+    import torch
+
+    produced: dict[int, str] = {}
+    keep: list[Any] = []  # hold every output for the pass, so no id is reused
+    read: dict[str, int] = {}
+
+    def out_hook(name: str):
+        def h(mod: Any, args: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                keep.append(out)
+                produced.setdefault(id(out), name)  # the first producer (a no-op Dropout returns its input)
+        return h
+
+    mods = dict(model.named_modules())
+    want = set(names)
+    hooks = [m.register_forward_hook(out_hook(n)) for n, m in mods.items() if n and n not in want]
+    def in_hook(name: str):
+        def h(mod: Any, args: Any) -> None:
+            keep.append(args[0])
+            read[name] = id(args[0])
+        return h
+
+    hooks += [mods[n].register_forward_pre_hook(in_hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model(torch.tensor([list(sample)[:16]], device=next(model.parameters()).device), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    by_tensor: dict[int, list[str]] = {}
+    for n in names:
+        by_tensor.setdefault(read[n], []).append(n)
+    return [(produced.get(t), group) for t, group in by_tensor.items()]
+
+
+def fold_smoothing(model: Any, samples: Sequence[Sequence[int]], groups: list[tuple[str | None, list[str]]],
+                   alphas: dict[str, float]) -> dict[str, Any]:
+    """SmoothQuant with the smoothing folded into the norm before each group: one
+    s_j = max|X_j|^a / max_over_group(max|W_j|)^(1-a) per group (its Linears read one input), the
+    norm's weight (and bias) divided by s, every Linear's weight columns multiplied by it, so no
+    run-time scale remains. Groups not read from a norm, or whose Linears have no alpha, are left
+    alone; Linears of one group must share one alpha. Checked on a sample: the float model's
+    logits must not change (a norm computing ``x * (1 + w)``, as Gemma's, would). Returns
+    ``{linear: s}`` for the smoothed Linears."""
+    import torch
+
+    mods = dict(model.named_modules())
+    plan = []
+    for producer, group in groups:
+        al = {alphas.get(n) for n in group}
+        if al == {None}:
+            continue
+        if len(al) > 1:
+            raise ConfigError(f"smooth_fold: {', '.join(group)} read one input and share one smoothing, but their "
+                              f"smooth_alpha differ ({sorted(map(str, al))}); give them one alpha.")
+        norm = mods.get(producer) if producer else None
+        w = getattr(norm, "weight", None)
+        if norm is None or isinstance(norm, (torch.nn.Linear, torch.nn.Embedding)) or w is None or w.ndim != 1:
+            continue  # nothing to fold into: left unsmoothed
+        plan.append((norm, group, al.pop()))
+    if not plan:
+        return {}
+    amax = channel_absmax(model_source(model, samples), [n for _, g, _ in plan for n in g])
+    probe = torch.tensor([list(samples[0])[:64]], device=next(model.parameters()).device)
+    with torch.no_grad():
+        before = model(probe, use_cache=False).logits.float()
+        out = {}
+        for norm, group, a in plan:
+            x = torch.stack([amax[n] for n in group]).amax(0).clamp(min=1e-5)
+            wmax = torch.stack([mods[n].weight.detach().float().abs().amax(0) for n in group]).amax(0)
+            s = ((x ** a) / (wmax.clamp(min=1e-5) ** (1 - a))).clamp(min=1e-5)
+            norm.weight.div_(s.to(norm.weight.dtype))
+            if getattr(norm, "bias", None) is not None:
+                norm.bias.div_(s.to(norm.bias.dtype))
+            for n in group:
+                mods[n].weight.mul_(s.to(mods[n].weight.dtype))
+                out[n] = s
+        after = model(probe, use_cache=False).logits.float()
+    tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2
+    err = float((after - before).abs().max() / before.abs().max().clamp(min=1e-12))
+    if err > tol:
+        raise ConfigError(f"smooth_fold changed this model's output (max relative {err:.2g}): its norms do not "
+                          "scale their output by their weight alone; quantize with smooth_fold=False.")
+    return out

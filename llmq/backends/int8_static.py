@@ -53,11 +53,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from llmq.backends.base import Backend, CardFacts, Scheme, torch_dtype
+from llmq.backends.compressed import FORMAT as CT_FORMAT, export_torchao
 from llmq.backends.int8_calibration import (METHODS, activation_qparams, calibrate, channel_absmax,  # noqa: F401
-                                           layer_errors, model_source, smooth_scales, target_linears)
+                                           fold_smoothing, input_groups, layer_errors, model_source, smooth_scales,
+                                           target_linears)
 from llmq.backends.int8_static_config import DEFAULT_PERCENTILE, ERROR_SAMPLES, Int8StaticConfig
 from llmq.backends.torchao import (alphas_for, attach_torchao_saver, buffers_note, buffers_record, enable_loading,
-                                   quantize_embeddings, restore_buffers, stream_torchao, torchao_int8_estimate)
+                                   in_memory, quantize_embeddings, restore_buffers, stream_torchao,
+                                   torchao_int8_estimate)
 
 
 # -- quantization -------------------------------------------------------------------------------
@@ -119,10 +122,11 @@ def measure(module: Any, source: Any, names: Sequence[str], listed: set[str], al
 
 
 def decide(stats: dict[str, dict[str, Any]], names: Sequence[str], listed: set[str],
-           cfg: Int8StaticConfig) -> dict[str, Any]:
+           cfg: Int8StaticConfig, units: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
     """Per-Linear ``{"scale", "zero_point"}`` (plus ``"smooth"``, ``"error_ratio"``) for static
     Linears and ``{"dynamic": "fallback" | "dynamic_modules"}`` for per-token ones: the fallback
-    takes the worst Linears of the whole model, at most ``max_dynamic_fraction`` of them."""
+    takes the worst Linears of the whole model, at most ``max_dynamic_fraction`` of them. ``units``:
+    Linears that take one choice together (``smooth_fold``'s groups, which vLLM fuses); default each alone."""
     qparams: dict[str, Any] = {n: {"dynamic": "dynamic_modules"} for n in names if n in listed}
     static = [n for n in names if n not in listed]
     for n in static:
@@ -130,11 +134,17 @@ def decide(stats: dict[str, dict[str, Any]], names: Sequence[str], listed: set[s
     if _fallback_on(cfg) and static:
         ratio = {n: stats[n]["ratio"] for n in static}
         budget = int(cfg.max_dynamic_fraction * len(names)) - len(listed)
-        worst = sorted((n for n in static if ratio[n] > cfg.dynamic_fallback), key=lambda n: -ratio[n])
+        units = [list(u) for u in units] if units is not None else [[n] for n in names]
+        worst = sorted((u for u in units if u[0] in ratio and max(ratio[n] for n in u) > cfg.dynamic_fallback),
+                       key=lambda u: -max(ratio[n] for n in u))
         for n in static:
             qparams[n]["error_ratio"] = round(ratio[n], 3)
-        for n in worst[:max(budget, 0)]:
-            qparams[n] = {"dynamic": "fallback", "error_ratio": round(ratio[n], 3)}
+        for u in worst:
+            if len(u) > budget:
+                break
+            budget -= len(u)
+            for n in u:
+                qparams[n] = {"dynamic": "fallback", "error_ratio": round(ratio[n], 3)}
     for n in names:
         if "smooth" in stats[n]:
             qparams[n]["smooth"] = stats[n]["smooth"]
@@ -166,9 +176,18 @@ def quantize_model(model: Any, samples: Sequence[Sequence[int]], cfg: Int8Static
     :func:`decide`'s per-Linear record, so callers, llmq.json and the model card can show it."""
     names = target_linears(model, cfg.skip_modules)
     listed, alphas = selection(names, cfg)
+    units, folded = None, {}
+    if cfg.smooth_fold:  # one smoothing and one static/per-token choice per group reading one input
+        groups = input_groups(model, samples[0], names)
+        units = [g for _, g in groups]
+        listed = {n for u in units if listed & set(u) for n in u}
+        folded = fold_smoothing(model, samples, groups, alphas) if alphas else {}
+        alphas = {}  # folded into the norms: no run-time scale
     stats = measure(model, model_source(model, samples), names, listed, alphas, cfg)
-    qparams = decide(stats, names, listed, cfg)
+    qparams = decide(stats, names, listed, cfg, units)
     convert(model, qparams, cfg)
+    for n, sc in folded.items():  # recorded after convert, which would apply a "smooth" scale again
+        qparams[n]["folded"] = sc
     if cfg.quantize_embeddings:
         quantize_embeddings(model, cfg.lm_head_activations)
     return qparams
@@ -220,7 +239,8 @@ def activation_summary(qparams: dict[str, Any], cfg: Int8StaticConfig) -> dict[s
            for n, q in qparams.items() if "dynamic" in q}
     return {"static_linears": len(qparams) - len(dyn), "dynamic_linears": len(dyn), "dynamic": dyn,
             "dynamic_fallback": cfg.dynamic_fallback, "max_dynamic_fraction": cfg.max_dynamic_fraction,
-            "smooth_alpha": cfg.smooth_alpha,
+            "smooth_alpha": cfg.smooth_alpha, "smooth_fold": cfg.smooth_fold,
+            "smoothed_linears": sum(1 for q in qparams.values() if "smooth" in q or "folded" in q),
             "lm_head_activations": cfg.lm_head_activations if cfg.quantize_embeddings else None}
 
 
@@ -282,23 +302,27 @@ class Int8StaticBackend(Backend):
     extra = "torchao"
     needs_calibration = True
     quant_methods = ()  # its folders say quant_method "torchao"; recognises() claims them first
+    exports = (CT_FORMAT,)
     schemes = (
         Scheme("int8-static", "int8-static", Int8StaticConfig, {}, 8,
                "torchao int8 weights and int8 activations with calibrated static scales (W8A8)", "8",
                "CPU: int8 weights and activations with static calibrated scales (torchao W8A8), about 4x "
                "smaller than fp32; needs calibration text",
-               tree_rank={"cpu": 0.7, "gpu_fits": 8.5, "gpu_8bit": 7.5, "gpu_4bit": 7.5}),
+               tree_rank={"cpu": 0.7, "gpu_fits": 8.5, "gpu_8bit": 7.5, "gpu_4bit": 7.5}, serve_as="w8a8-int8"),
     )
 
     def quantize(self, model_dir: Path, calibration: Any, device: str) -> Any:
         """Layer by layer from the checkpoint's shards (:func:`quantize_streamed`: memory bounded
-        by a layer and the recorded activations); a checkpoint that cannot be streamed loads whole."""
+        by a layer and the recorded activations); a checkpoint that cannot be streamed, and
+        ``smooth_fold`` (a whole-model forward finds the groups it folds into), load whole."""
         from llmq.backends.torchao_patches import patch_cpu_int_mm
         from llmq.streaming import BlockModel, NotStreamable
 
         patch_cpu_int_mm()  # calibration's error measurements run int8 GEMMs
         dtype = torch_dtype(self.config.dtype)
         try:
+            if self.config.smooth_fold:
+                raise NotStreamable("smooth_fold runs the whole model to find its groups")
             bm = BlockModel(model_dir, dtype)
             out, self.qparams = quantize_streamed(bm, calibration.samples, self.config, device=device,
                                                   work_dir=self.options.get("work_dir"))
@@ -314,6 +338,9 @@ class Int8StaticBackend(Backend):
         attach_quantizer(model, self.config)
         self._model = model
         return model
+
+    def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
+        return export_torchao(in_memory(model, self.config.dtype), tokenizer, out, torch_dtype(self.config.dtype))
 
     def extra_metadata(self) -> dict[str, Any]:
         qp = getattr(self, "qparams", None)

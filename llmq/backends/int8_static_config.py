@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from llmq.backends.compressed import FORMAT as CT_FORMAT
 from llmq.backends.int8_calibration import METHODS
-from llmq.backends.torchao import HEAD_ACTIVATIONS
+from llmq.backends.torchao import HEAD_ACTIVATIONS, check_ct_embeddings
 from llmq.config import DTYPES, CalibratedConfig, check_choice
 from llmq.errors import ConfigError
 
@@ -30,6 +31,9 @@ class Int8StaticConfig(CalibratedConfig):
     and lm_head. ``dtype``: the compute dtype, and what unquantized tensors are stored in."""
 
     allowed_bits: ClassVar[tuple[int, ...]] = (8,)
+    formats: ClassVar[tuple[str, ...]] = (CT_FORMAT,)
+    format_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        CT_FORMAT: {"quantize_embeddings": False, "smooth_fold": True}}
     bits: int = 8
     group_size: int = -1
     sym: bool = True
@@ -41,6 +45,11 @@ class Int8StaticConfig(CalibratedConfig):
     #: a number for every Linear, or {pattern: alpha} (the longest matching pattern wins; "off"
     #: for none); "off" (or None) turns smoothing off
     smooth_alpha: float | dict | str | None = field(default_factory=lambda: dict(SMOOTH_ALPHA))
+    #: fold the smoothing into the norm before each group of Linears that read one input (q/k/v,
+    #: gate/up: what vLLM fuses), which then share one smoothing and one static/per-token choice;
+    #: no run-time scale remains, and Linears not read from a norm (o_proj) are not smoothed. The
+    #: model is then quantized in memory, not streamed. format="compressed-tensors" needs it (and sets it)
+    smooth_fold: bool = False
     #: Linears (names or patterns) whose activations are quantized per token at run time instead
     #: of with a static scale: SmolLM2's down_proj inputs carry outliers no per-tensor scale covers
     dynamic_modules: tuple[str, ...] = ()
@@ -83,6 +92,13 @@ class Int8StaticConfig(CalibratedConfig):
         if not isinstance(self.quantize_embeddings, bool):
             raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
         check_choice("lm_head_activations", self.lm_head_activations, HEAD_ACTIVATIONS)
+        if not isinstance(self.smooth_fold, bool):
+            raise ConfigError(f"smooth_fold must be True or False, got {self.smooth_fold!r}.")
+        check_ct_embeddings(self)
+        alphas = self.smooth_alpha.values() if isinstance(self.smooth_alpha, dict) else [self.smooth_alpha]
+        if self.format == CT_FORMAT and not self.smooth_fold and any(a not in (None, "off") for a in alphas):
+            raise ConfigError("format='compressed-tensors' stores no run-time SmoothQuant scale: use smooth_fold=True "
+                              "(folded into the norms) or smooth_alpha='off'.")
         f = self.dynamic_fallback  # "off" rather than None: a None override means "the default"
         if f is not None and f != "off" and (isinstance(f, bool) or not isinstance(f, (int, float)) or not f >= 1):
             raise ConfigError(f"dynamic_fallback must be a number >= 1 (or 'off'), got {f!r}.")

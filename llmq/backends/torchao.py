@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from llmq.backends.base import VLLM_NOTE, Backend, CardFacts, Scheme, torch_dtype, transformers_snippet
+from llmq.backends.compressed import FORMAT as CT_FORMAT, export_torchao
 from llmq.config import DTYPES, QuantConfigBase, check_choice
 from llmq.errors import ConfigError
 from llmq.models import excluded_modules, linear_shapes
@@ -20,6 +21,8 @@ class Int8DynamicConfig(QuantConfigBase):
     time. Per-channel matters: per-tensor weight scales (the deprecated
     ``torch.ao.quantization.quantize_dynamic``) lose far more on small models."""
 
+    formats: ClassVar[tuple[str, ...]] = (CT_FORMAT,)
+    format_defaults: ClassVar[dict[str, dict[str, Any]]] = {CT_FORMAT: {"quantize_embeddings": False}}
     weight_granularity: str = "per_channel"
     dtype: str = "float32"
     quantize_embeddings: bool = True  # int8 per-row embeddings and lm_head (False: keep them at dtype)
@@ -32,6 +35,15 @@ class Int8DynamicConfig(QuantConfigBase):
         if not isinstance(self.quantize_embeddings, bool):
             raise ConfigError(f"quantize_embeddings must be True or False, got {self.quantize_embeddings!r}.")
         check_choice("lm_head_activations", self.lm_head_activations, HEAD_ACTIVATIONS)
+        check_ct_embeddings(self)
+
+
+def check_ct_embeddings(cfg: Any) -> None:
+    """compressed-tensors folders keep the embeddings and lm_head at ``dtype``: vLLM reads no
+    quantized embedding from them."""
+    if cfg.format == CT_FORMAT and cfg.quantize_embeddings:
+        raise ConfigError("format='compressed-tensors' keeps the embeddings and lm_head at dtype (vLLM reads no "
+                          "quantized embeddings); drop quantize_embeddings=True.")
 
 
 class TorchAoBackend(Backend):
@@ -39,11 +51,12 @@ class TorchAoBackend(Backend):
     requires = (("torchao", "torchao"),)
     extra = "torchao"
     quant_methods = ("torchao",)
+    exports = (CT_FORMAT,)
     schemes = (
         Scheme("int8-dynamic", "torchao", Int8DynamicConfig, {}, 8,
                "torchao int8 weights per channel, int8 activations per token at run time", "8",
                "CPU: int8 weights and activations (torchao), the CPU pick",
-               tree_rank={"cpu": 0, "gpu_fits": 8, "gpu_8bit": 7, "gpu_4bit": 7}),
+               tree_rank={"cpu": 0, "gpu_fits": 8, "gpu_8bit": 7, "gpu_4bit": 7}, serve_as="w8a8-int8"),
     )
 
     def torchao_config(self, model_dir: Path) -> tuple[Any, Any]:
@@ -108,6 +121,9 @@ class TorchAoBackend(Backend):
         enable_loading()  # static activation scales (int8-static folders written by torchao elsewhere too)
         patch_cpu_int_mm()
         return out
+
+    def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
+        return export_torchao(in_memory(model, self.config.dtype), tokenizer, out, torch_dtype(self.config.dtype))
 
     @classmethod
     def load(cls, path: Path, *, device: str, dtype: Any = "auto", kernel: str | None = None,
@@ -197,6 +213,25 @@ def attach_torchao_saver(model: Any, qc: Any) -> None:
 
     model.config.quantization_config = qc
     model.hf_quantizer = _TiedAwareTorchAoQuantizer(qc)
+
+
+def in_memory(model: Any, dtype: str) -> Any:
+    """The quantized model with its torchao tensors in memory, for an export's writer: ``model``
+    itself, or an output written block by block (``llmq.streaming.WrittenOutput``) loaded back from
+    its files, static scales and restored buffers included."""
+    from llmq.streaming import WrittenOutput
+
+    if not isinstance(model, WrittenOutput):
+        return model
+    from transformers import AutoModelForCausalLM
+
+    from llmq.backends.torchao_patches import patch_cpu_int_mm
+
+    enable_loading()
+    patch_cpu_int_mm()
+    loaded = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch_dtype(dtype), device_map="cpu").eval()
+    restore_buffers(loaded)
+    return loaded
 
 
 def restore_buffers(model: Any) -> list[str]:

@@ -46,6 +46,10 @@ def add_advise(sub: Any) -> None:
     p.add_argument("--context", type=int, default=2048, help="tokens of context to budget the KV cache for")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--tolerance", help="acceptable quality loss, e.g. 3%% or 0.03")
+    p.add_argument("--serve", metavar="ENGINE", help="rank by what this serving engine runs fast (vllm), with commands "
+                                                    "that write its format")
+    p.add_argument("--gpu-arch", help="with --serve: the GPU generation (turing, ampere, ada, hopper, blackwell; "
+                                      "default: the detected GPU's)")
     p.add_argument("--markdown", action="store_true", help="print the advice as a markdown table")
     p.add_argument("--markdown-table", action="store_true",
                    help="print the 'Which scheme?' section of docs/advisor.md (rule of thumb + measured figures) and exit")
@@ -62,7 +66,8 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
     adv = advise(parse_model(args.model), device=args.device, gpu_memory_gb=args.gpu_memory, ram_gb=args.ram,
                  context=args.context, batch_size=args.batch_size, tolerance=args.tolerance,
-                 revision=args.revision, trust_remote_code=args.trust_remote_code)
+                 revision=args.revision, trust_remote_code=args.trust_remote_code, serve=args.serve,
+                 gpu_arch=args.gpu_arch)
     if args.json:
         print(json.dumps(adv.to_dict(), indent=2, default=str))
     elif args.markdown:

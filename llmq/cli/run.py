@@ -46,6 +46,8 @@ def add_run(sub: Any) -> None:
     g.add_argument("--skip-modules", help="comma-separated module names or glob patterns kept in full precision")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set damp_percent=0.1 (repeatable)")
+    g.add_argument("--format", help="checkpoint format: compressed-tensors (what vLLM serves; int8-dynamic, int8-static, "
+                                    "fp8, gptq-int4/-int8, awq-int4, qat-int4); default: the scheme's own")
     g.add_argument("--keep-embeddings", dest="quantize_embeddings", action="store_false", default=None,
                    help="int8 schemes: keep embeddings and lm_head at the model's dtype (default: int8 per row)")
     c = p.add_argument_group("calibration (GPTQ, AWQ, int8-static; optional for GGUF: an importance matrix)")
@@ -85,7 +87,7 @@ def add_run(sub: Any) -> None:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     ov: dict[str, Any] = {}
     for key in ("bits", "group_size", "sym", "calibration", "n_samples", "seqlen", "seed", "calibration_method",
-                "percentile", "smooth_alpha", "quantize_embeddings"):
+                "percentile", "smooth_alpha", "quantize_embeddings", "format"):
         v = getattr(args, key, None)
         if v is not None:
             ov[key] = v

@@ -103,6 +103,8 @@ def qat(model: str | os.PathLike | None, scheme: str = "qat-int4", *, data: Any 
     from llmq.backends.qat.config import QATConfig
 
     check_twin(options.get("objective", QATConfig.objective), fake_quant)
+    if not fake_quant and options.get("format"):
+        raise ConfigError("the fp32 twin is not quantized: it has no compressed-tensors form; drop format.")
     overrides = {k: v for k, v in dict(data=data, steps=steps, lr=lr, seed=seed, **options).items() if v is not None}
     settings = fingerprint(qat_config(name, **overrides), fake_quant)  # validates the options, too
     ckdir = Path(checkpoint_dir).expanduser() if checkpoint_dir else (

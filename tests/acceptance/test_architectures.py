@@ -38,7 +38,7 @@ BOUNDS = {
     "gguf-q6_k": (0.25, 0.5), "gguf-q5_k_m": (0.8, 0.35),
     "gguf-q4_k_m": (2.5, 0.2), "gguf-q4_0": (3.0, 0.18), "bnb-nf4": (2.5, 0.18), "bnb-fp4": (4.0, 0.15),
     "gptq-int4": (2.5, 0.17), "awq-int4": (2.8, 0.17), "qat-int4": (3.0, 0.14), "qat-8da4w": (3.0, 0.15),
-    "gptq-int3": (5.0, 0.05),
+    "gptq-int3": (5.0, 0.05), "fp8": (0.65, 0.4),
 }
 #: stored bits per weight beyond the scheme's: qat-8da4w keeps its 4-bit values in int8 containers
 CONTAINER_BITS = {"qat-8da4w": 8}
@@ -51,7 +51,7 @@ def max_bits(scheme: str) -> float:
 
 #: (family, scheme) -> words the one-line refusal must contain. Anything else must be accepted.
 REFUSED = {
-    **{("gpt2", s): "Conv1D" for s in ALL if s.startswith(("int8-", "qat-", "gptq-", "awq-"))},
+    **{("gpt2", s): "Conv1D" for s in ALL if s.startswith(("int8-", "qat-", "gptq-", "awq-", "fp8"))},
     **{("opt", s): "does not support architecture OPTForCausalLM" for s in ALL if s.startswith("gguf-")},
     ("gemma3", "awq-int4"): "layer_type",
     **{("phi3", s): "GPTQModel 7.7" for s in ALL if s.startswith(("gptq-", "awq-"))},

@@ -27,11 +27,13 @@ LAYERS = {
     "llmq.testing": 1, "llmq.testing_gguf": 1, "llmq.streaming": 1, "llmq.cost": 1,
     # L2 the scheme plugins, each owning its runtime
     "llmq.backends": 2, "llmq.fastpath": 2,
+    # compressed-tensors (the format vLLM serves: its writer and loader) and the fp8 scheme built on it
+    "llmq.backends.compressed": 2, "llmq.backends.fp8": 2, "llmq.backends.exports": 2,
     # L3 the registry of plugins
     "llmq.schemes": 3,
     # L4 the library's verbs
     "llmq.core": 4, "llmq.verify": 4, "llmq.eval": 4, "llmq.advisor": 4, "llmq.benchmark": 4, "llmq.publish": 4,
-    "llmq.modelcard": 4, "llmq.cardrender": 4, "llmq.testing_archs": 4,
+    "llmq.modelcard": 4, "llmq.cardrender": 4, "llmq.testing_archs": 4, "llmq.advisor.serving": 4,
     # L5 pipelines
     "llmq.pipeline": 5,
     # L6 the command line and the package's lazy public surface

@@ -90,3 +90,64 @@ def test_awq_on_cpu_searches_in_fp32_but_saves_and_runs_in_bf16(tiny_model_dir, 
     x = torch.randint(0, 100, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(old(x).logits.float(), fp32(x).logits, atol=0.1, rtol=0.1)
+
+
+# -- compressed-tensors export (pack-quantized W4A16) -------------------------------------------
+@pytest.mark.parametrize("scheme,kw", [("gptq-int4", {"group_size": 32}), ("awq-int4", {"group_size": 64})])
+def test_gptq_and_awq_export_the_same_codes_as_compressed_tensors(tiny_model_dir, tmp_path, scheme, kw):
+    """One quantization saved twice: GPTQModel's folder and the compressed-tensors one (written from
+    it). Scales equal bit for bit, plain transformers reloads the export with the GPTQ/AWQ
+    folder's logits (both computed in fp32: the only difference is the GPTQ kernels' fp16
+    dequantization), and the config is what vLLM parses."""
+    import json
+
+    import torch
+    from compressed_tensors.quantization import QuantizationConfig
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    import llmq
+
+    qm = llmq.quantize(tiny_model_dir, scheme, device="cpu", calibration="builtin", n_samples=8, seqlen=64, **kw)
+    native = qm.save(tmp_path / "native")
+    ct = qm.save(tmp_path / "ct", format="compressed-tensors")
+    qc = json.loads((ct / "config.json").read_text())["quantization_config"]
+    cfg = QuantizationConfig.model_validate(qc)
+    assert qc["format"] == "pack-quantized" and qc["ignore"] == ["lm_head"]
+    (group,) = cfg.config_groups.values()
+    sym = scheme == "gptq-int4"
+    assert (group.weights.num_bits, group.weights.group_size, group.weights.symmetric) == (4, kw["group_size"], sym)
+    nat, out = load_file(str(native / "model.safetensors")), load_file(str(ct / "model.safetensors"))
+    name = "model.layers.1.mlp.down_proj"
+    assert out[f"{name}.weight_scale"].dtype == torch.float16
+    assert out[f"{name}.weight_scale"].equal(nat[f"{name}.scales"].T)
+    assert (f"{name}.weight_zero_point" in out) == (not sym)
+    assert json.loads((ct / "llmq.json").read_text())["config"]["format"] == "compressed-tensors"
+    x = torch.tensor([list(range(5, 45))])
+    a, _ = llmq.load(native, device="cpu", dtype=torch.float32)
+    # asymmetric (AWQ) packed zero points load only dequantized with transformers 5.25 + compressed-tensors
+    # 0.20 (llm-compressor#1618); llmq.load does the same (CompressedTensorsBackend.load_kwargs)
+    kw = {} if sym else {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+    b = AutoModelForCausalLM.from_pretrained(ct, dtype=torch.float32, **kw).eval()
+    with torch.no_grad():
+        la, lb = a(x).logits, b(x).logits
+    assert float((la - lb).abs().max()) <= 2e-3 * float(la.abs().max())
+
+
+def test_export_refuses_act_order_and_odd_bits(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from llmq.backends.compressed import export_gptq_folder
+    from llmq.errors import ConfigError
+
+    (tmp_path / "config.json").write_text('{"quantization_config": {"quant_method": "gptq", "bits": 3, "group_size": 32}}')
+    with pytest.raises(ConfigError, match="4/8-bit"):
+        export_gptq_folder(tmp_path, tmp_path / "out")
+    (tmp_path / "config.json").write_text('{"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 32, '
+                                          '"sym": true}}')
+    save_file({"l.qweight": torch.zeros(8, 64, dtype=torch.int32), "l.qzeros": torch.zeros(2, 8, dtype=torch.int32),
+               "l.scales": torch.ones(2, 64, dtype=torch.float16),
+               "l.g_idx": torch.arange(64, dtype=torch.int32).flip(0) // 32}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError, match="act-order"):
+        export_gptq_folder(tmp_path, tmp_path / "out")

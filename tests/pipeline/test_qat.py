@@ -536,6 +536,34 @@ def test_qat_int4_gptq_folder_has_the_in_memory_qat_models_perplexity_on_demo_mo
     assert abs(size / est - 1) < 0.02 and size < 0.25 * sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
+def test_qat_int4_exports_its_gptq_codes_as_compressed_tensors(tiny, texts, tmp_path):
+    """qat-int4 ``format="compressed-tensors"``: the GPTQ folder it writes, converted; plain
+    transformers reloads it with the GPTQ folder's logits (both in fp32)."""
+    from compressed_tensors.quantization import QuantizationConfig
+    from safetensors.torch import load_file
+
+    import llmq
+
+    qm = QP.qat(str(tiny), "qat-int4", data=texts, steps=2, lr=1e-3, **SMALL)
+    native = qm.save(tmp_path / "gptq")
+    ct = qm.save(tmp_path / "ct", format="compressed-tensors")
+    qc = json.loads((ct / "config.json").read_text())["quantization_config"]
+    (group,) = QuantizationConfig.model_validate(qc).config_groups.values()
+    assert qc["format"] == "pack-quantized" and (group.weights.group_size, group.weights.symmetric) == (32, True)
+    meta = json.loads((ct / "llmq.json").read_text())
+    assert meta["training"]["steps_done"] == 2 and meta["config"]["format"] == "compressed-tensors"
+    a, b = load_file(str(native / "model.safetensors")), load_file(str(ct / "model.safetensors"))
+    assert b["model.layers.0.self_attn.q_proj.weight_scale"].equal(a["model.layers.0.self_attn.q_proj.scales"].T)
+    x = torch.tensor([list(range(5, 40))])
+    g, _ = llmq.load(native, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        lg, lc = g(x).logits, _load(ct)(x).logits
+    assert float((lg - lc).abs().max()) <= 2e-3 * float(lg.abs().max())
+    with pytest.raises(ConfigError, match="fp32 twin"):
+        QP.qat(str(tiny), "qat-int4", data=texts, steps=2, fake_quant=False, objective="lm",
+               format="compressed-tensors", **SMALL)
+
+
 # -- where training writes: checked (and the output locked) before a weight loads ------------------
 def _tree(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))

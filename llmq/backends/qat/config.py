@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from llmq.config import QuantConfigBase
 from llmq.errors import ConfigError
@@ -27,6 +27,8 @@ class QATConfig(QuantConfigBase):
     exports store them and ``lm_head`` int8 per row (``quantize_embeddings``; qat-int4's GPTQ format
     keeps them bf16)."""
 
+    #: qat-int4 (int4 weight-only, saved as GPTQ) can be written as compressed-tensors W4A16
+    formats: ClassVar[tuple[str, ...]] = ("compressed-tensors",)
     bits: int = 4
     group_size: int = 32
     act_bits: int | None = None
@@ -75,6 +77,9 @@ class QATConfig(QuantConfigBase):
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"QAT objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
         parse_increase(self.max_ppl_increase)
+        if self.format == "compressed-tensors" and not exports_gptq(self):
+            raise ConfigError("format='compressed-tensors' is written from qat-int4's GPTQ folder (int4 weight-only); "
+                              "the torchao QAT schemes keep torchao's format.")
         if self.max_ppl_increase not in (None, "") and self.eval_windows < 1:
             raise ConfigError("max_ppl_increase needs eval_windows >= 1 (held-out text to check the gate on).")
         if self.data is None or (isinstance(self.data, (list, tuple)) and not self.data):

@@ -51,12 +51,13 @@ class QATBackend(Backend):
     needs_calibration = False
     needs_training = True
     quant_methods = ()  # the output is a GPTQ or torchao folder: the gptqmodel or torchao plugin loads it
+    exports = ("compressed-tensors",)  # qat-int4 only (its config checks): the GPTQ folder, converted
     schemes = (
         Scheme("qat-int4", "qat", QATConfig, {"bits": 4, "group_size": 32}, 4,
                "QAT: int4 weights, group 32, symmetric (torchao fake quantization), saved as packed GPTQ", "4",
                f"4-bit weights that win back part of the rounding loss by training, run by GPTQModel's 4-bit "
                f"kernels; {_TRAINS}",
-               tree_rank={**_RANK_LAST, "cpu": 51, "gpu_4bit": 49}),
+               tree_rank={**_RANK_LAST, "cpu": 51, "gpu_4bit": 49}, serve_as="w4a16"),
         Scheme("qat-8da4w", "qat", QATConfig, {"bits": 4, "group_size": 32, "act_bits": 8}, 4,
                "QAT: int4 weights (group 32) with int8 dynamic per-token activations", "4",
                f"4-bit weights and int8 activations (ExecuTorch-style 8da4w); {_TRAINS}",
@@ -116,6 +117,11 @@ class QATBackend(Backend):
             from llmq.io import write_json
 
             write_json(out / "quantize_config.json", qc)
+
+    def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
+        from llmq.backends.compressed import export_via_folder
+
+        return export_via_folder(self.save, model, tokenizer, out)
 
     def versions(self) -> dict[str, str | None]:
         v = super().versions()
