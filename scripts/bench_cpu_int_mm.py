@@ -40,11 +40,7 @@ def window_seconds(folder: Path, patched: bool) -> tuple[float, float]:
 
     model, tok = llmq.load(folder, device="cpu", dtype=torch.float32)
     if not patched:  # llmq.load applied it: put torchao's own function back for the reference run
-        import torchao.kernel.intmm as intmm
-
-        intmm._int_scaled_matmul_cpu = getattr(intmm._int_scaled_matmul_cpu, "__wrapped__",
-                                               intmm._int_scaled_matmul_cpu)
-        tp._applied = False
+        tp.unpatch()
     t = time.perf_counter()
     ppl = perplexity(model, tok, seqlen=512, limit=1, progress=False).value
     return time.perf_counter() - t, ppl

@@ -250,7 +250,8 @@ def update(rows: list[dict], cpu: str, path: Path = OUT_JSON, eval_rows: list[di
         data["eval_rows"] = list(ev.values())
     data["fit"] = cost.fit_rows(data["rows"], features_of)
     write_record(path, data, command=data.pop("command"))
-    cost.write_coefficients(data["fit"], source=str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))
+    if path.resolve() == OUT_JSON.resolve():  # a record elsewhere (a trial run) leaves the shipped costs alone
+        cost.write_coefficients(data["fit"], source=str(path.relative_to(ROOT)))
     print(format_table(data["rows"]))
 
 

@@ -58,8 +58,8 @@ from llmq.backends.int8_calibration import (METHODS, activation_qparams, calibra
                                            fold_smoothing, input_groups, layer_errors, model_source, smooth_scales,
                                            target_linears)
 from llmq.backends.int8_static_config import DEFAULT_PERCENTILE, ERROR_SAMPLES, Int8StaticConfig
-from llmq.backends.torchao import (alphas_for, attach_torchao_saver, buffers_note, buffers_record, enable_loading,
-                                   in_memory, quantize_embeddings, restore_buffers, stream_torchao,
+from llmq.backends.torchao import (alphas_for, attach_torchao_saver, buffers_note, buffers_record, in_memory,
+                                   prepare_runtime, quantize_embeddings, restore_buffers, stream_torchao,
                                    torchao_int8_estimate)
 
 
@@ -315,10 +315,9 @@ class Int8StaticBackend(Backend):
         """Layer by layer from the checkpoint's shards (:func:`quantize_streamed`: memory bounded
         by a layer and the recorded activations); a checkpoint that cannot be streamed, and
         ``smooth_fold`` (a whole-model forward finds the groups it folds into), load whole."""
-        from llmq.backends.torchao_patches import patch_cpu_int_mm
         from llmq.streaming import BlockModel, NotStreamable
 
-        patch_cpu_int_mm()  # calibration's error measurements run int8 GEMMs
+        prepare_runtime()  # calibration's error measurements run int8 GEMMs
         dtype = torch_dtype(self.config.dtype)
         try:
             if self.config.smooth_fold:
@@ -362,11 +361,8 @@ class Int8StaticBackend(Backend):
 
     @classmethod
     def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
-        from llmq.backends.torchao_patches import patch_cpu_int_mm
-
         out = super().load_kwargs(path, quantization_config, device, kernel)
-        enable_loading()  # transformers 5.24 drops _weight_act_quant_scale/_zero_point otherwise
-        patch_cpu_int_mm()
+        prepare_runtime()  # transformers 5.24 drops _weight_act_quant_scale/_zero_point otherwise
         return out
 
     @classmethod

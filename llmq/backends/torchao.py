@@ -76,10 +76,9 @@ class TorchAoBackend(Backend):
         by a layer; a checkpoint that cannot be streamed loads whole through transformers."""
         import torch
 
-        from llmq.backends.torchao_patches import patch_cpu_int_mm
         from llmq.streaming import BlockModel, NotStreamable
 
-        patch_cpu_int_mm()  # exact fp32 int8 GEMMs where torch's own is a reference loop (no VNNI/AMX)
+        prepare_runtime()
         lin, qc = self.torchao_config(model_dir)
         try:
             bm = BlockModel(model_dir, torch_dtype(self.config.dtype))
@@ -115,11 +114,8 @@ class TorchAoBackend(Backend):
 
     @classmethod
     def load_kwargs(cls, path: Path, quantization_config: dict, device: str, kernel: str | None) -> dict[str, Any]:
-        from llmq.backends.torchao_patches import patch_cpu_int_mm
-
         out = super().load_kwargs(path, quantization_config, device, kernel)
-        enable_loading()  # static activation scales (int8-static folders written by torchao elsewhere too)
-        patch_cpu_int_mm()
+        prepare_runtime()  # int8-static folders written by torchao elsewhere too
         return out
 
     def export(self, model: Any, tokenizer: Any, out: Path, fmt: str) -> dict[str, Any]:
@@ -225,10 +221,7 @@ def in_memory(model: Any, dtype: str) -> Any:
         return model
     from transformers import AutoModelForCausalLM
 
-    from llmq.backends.torchao_patches import patch_cpu_int_mm
-
-    enable_loading()
-    patch_cpu_int_mm()
+    prepare_runtime()
     loaded = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch_dtype(dtype), device_map="cpu").eval()
     restore_buffers(loaded)
     return loaded
@@ -341,6 +334,16 @@ def stream_torchao(bm: Any, convert: Any, qc: Any, dtype: str, embeddings: str |
 
 
 _PATCHED = False
+
+
+def prepare_runtime() -> None:
+    """What torchao models need in this process before they load or run, idempotent: transformers'
+    loader keeps static activation scales (:func:`enable_loading`), and on CPUs with neither VNNI nor
+    AMX int8 GEMMs take the exact fp32 path (``llmq.backends.torchao_patches``)."""
+    from llmq.backends.torchao_patches import patch_cpu_int_mm
+
+    enable_loading()
+    patch_cpu_int_mm()
 
 
 def enable_loading() -> None:

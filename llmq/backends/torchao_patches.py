@@ -80,3 +80,14 @@ def patch_cpu_int_mm() -> bool:
     intmm._int_scaled_matmul_cpu = _int_scaled_matmul_cpu
     _applied = True
     return True
+
+
+def unpatch() -> None:
+    """Put torchao's own function back (``scripts/bench_cpu_int_mm.py`` times it); idempotent."""
+    global _applied
+    if not _applied:
+        return
+    import torchao.kernel.intmm as intmm
+
+    intmm._int_scaled_matmul_cpu = getattr(intmm._int_scaled_matmul_cpu, "__wrapped__", intmm._int_scaled_matmul_cpu)
+    _applied = False

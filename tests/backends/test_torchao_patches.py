@@ -58,3 +58,21 @@ def test_not_applied_for_other_torchao_versions(monkeypatch):
     monkeypatch.setattr(tp, "package_version", lambda name: "0.18.0")
     monkeypatch.setenv("LLMQ_NO_TORCHAO_PATCHES", "1")
     assert not tp.needed()
+
+
+def test_unpatch_restores_torchaos_function(forced):
+    patched = forced._int_scaled_matmul_cpu
+    tp.unpatch()
+    assert forced._int_scaled_matmul_cpu is patched.__wrapped__ and not tp._applied
+    tp.unpatch()  # idempotent
+    assert forced._int_scaled_matmul_cpu is patched.__wrapped__
+
+
+def test_prepare_runtime_applies_both(monkeypatch, forced):
+    from llmq.backends import torchao as ta
+
+    tp.unpatch()
+    monkeypatch.setattr(ta, "_PATCHED", False)
+    ta.prepare_runtime()
+    assert tp._applied and ta._PATCHED
+    assert forced._int_scaled_matmul_cpu.__wrapped__ is not forced._int_scaled_matmul_cpu

@@ -61,9 +61,9 @@ def convert_fake_quant(model: Any, cfg: Any) -> Any:
     from torchao.quantization.qat import QATConfig
 
     from llmq.backends.qat.config import base_config, quantizes_embeddings
-    from llmq.backends.torchao_patches import patch_cpu_int_mm
+    from llmq.backends.torchao import prepare_runtime
 
-    patch_cpu_int_mm()
+    prepare_runtime()
 
     quantize_(model, QATConfig(base_config(cfg), step="convert"), filter_fn=_is_quantized_linear(cfg.skip_modules))
     if quantizes_embeddings(cfg):
@@ -79,9 +79,9 @@ def ptq(model: Any, cfg: Any) -> Any:
     from torchao.quantization import quantize_
 
     from llmq.backends.qat.config import base_config, quantizes_embeddings
-    from llmq.backends.torchao_patches import patch_cpu_int_mm
+    from llmq.backends.torchao import prepare_runtime
 
-    patch_cpu_int_mm()
+    prepare_runtime()
 
     quantize_(model, base_config(cfg), filter_fn=_is_quantized_linear(cfg.skip_modules))
     if quantizes_embeddings(cfg):
