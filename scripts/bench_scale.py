@@ -86,11 +86,40 @@ def _anon_kib(pid: int) -> int:
     return 0
 
 
-def run_one(cmd: list[str], cap: float, keep_output: bool = False) -> dict:
-    """``cmd`` under memcap, sampling the anonymous RSS of its process tree."""
+LAYER_LINE = re.compile(r"llmq: [\w.+-]+: layer (\d+)/(\d+)")
+
+
+def layer_times(stamped: list[tuple[float, str]]) -> dict | None:
+    """From GPTQ/AWQ's ``llmq: <scheme>: layer i/N`` lines (printed as layer i starts) and their
+    times: layers finished, seconds per layer (median), and the projected total (time to layer 1
+    plus N layers at that rate)."""
+    starts = [(t, int(m.group(1)), int(m.group(2))) for t, line in stamped if (m := LAYER_LINE.search(line))]
+    if len(starts) < 2:
+        return {"layers_started": len(starts), "of": starts[0][2]} if starts else None
+    per = sorted(b[0] - a[0] for a, b in zip(starts, starts[1:]))
+    med = per[len(per) // 2]
+    return {"layers_started": len(starts), "of": starts[0][2], "to_layer_1_s": round(starts[0][0], 1),
+            "per_layer_s": [round(x, 1) for x in per], "median_per_layer_s": round(med, 1),
+            "projected_total_s": round(starts[0][0] + starts[0][2] * med)}
+
+
+def run_one(cmd: list[str], cap: float, keep_output: bool = False, timeout: float | None = None) -> dict:
+    """``cmd`` under memcap, sampling the anonymous RSS of its process tree; stopped (SIGTERM: llmq
+    ends quietly and removes its temporary folder) after ``timeout`` seconds."""
+    import signal
+
     full = [str(MEMCAP), str(cap), *cmd]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    stamped: list[tuple[float, str]] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            stamped.append((time.perf_counter() - t0, line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     peak = [0]
 
     def sample() -> None:
@@ -100,14 +129,31 @@ def run_one(cmd: list[str], cap: float, keep_output: bool = False) -> dict:
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    out, _ = proc.communicate()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join()
     th.join()
     wall = time.perf_counter() - t0
+    out = "".join(line for _, line in stamped)
     m = re.search(r"memcap: cap [\d.]+ GiB, peak ([\d.]+) GiB, wall (\d+) s, exit (\d+)", out)
     tail = "\n".join(line for line in out.splitlines()[-6:] if "memcap:" not in line)
     row = {"exit": int(m.group(3)) if m else proc.returncode, "peak_cgroup_gib": float(m.group(1)) if m else None,
            "peak_anon_gib": round(peak[0] / 1024**2, 2), "wall_s": round(wall, 1),
            "error": None if m and m.group(3) == "0" else tail[-600:]}
+    if timed_out:
+        row.update(exit="timeout", error=f"stopped after {timeout:.0f} s (--timeout)")
+    layers = layer_times(stamped)
+    if layers:
+        row["layers"] = layers
     return {**row, "output": out} if keep_output else row
 
 
@@ -124,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", help="a file of rows printed by earlier runs (JSON lines) to merge instead of measuring")
     p.add_argument("--evaluate", metavar="SIZE", help="then compare and bench SIZE's int8-static/gguf-q8_0 outputs")
     p.add_argument("--eval-cap", type=float, default=20, help="memory cap of --evaluate's commands in GiB")
+    p.add_argument("--timeout", type=float, help="stop each run after this many seconds (GPTQ/AWQ rows then "
+                                                 "project the total from the layers done)")
     a = p.parse_args(argv)
     from llmq.hardware import cpu_name
 
@@ -144,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "llmq", "run", "--model", str(src), "--scheme", scheme, "-o", str(out),
                    "--overwrite", "--no-sample", "--no-memory-check", "--device", "cpu", *extra]
             load0 = os.getloadavg()[0]
-            r = run_one(cmd, a.cap)
+            r = run_one(cmd, a.cap, timeout=a.timeout)
             from llmq.models import folder_size
 
             size_b = folder_size(out, ("*.safetensors", "*.gguf")) if out.is_dir() else None

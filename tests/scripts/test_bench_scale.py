@@ -1,0 +1,49 @@
+"""scripts/bench_scale.py's own logic: per-layer timing of GPTQ/AWQ runs, timeouts, and reading the
+JSON a command printed among its notes."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPTS / "bench_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_layer_times_project_from_the_median_layer(bench):
+    lines = [(12.0, "llmq: awq-int4: layer 1/32\n"), (50.0, "some progress\n"),
+             (112.0, "llmq: awq-int4: layer 2/32\n"), (262.0, "llmq: awq-int4: layer 3/32\n"),
+             (362.0, "llmq: awq-int4: layer 4/32\n")]
+    t = bench.layer_times(lines)
+    assert t["layers_started"] == 4 and t["of"] == 32 and t["per_layer_s"] == [100.0, 100.0, 150.0]
+    assert t["projected_total_s"] == 12 + 32 * 100
+    assert bench.layer_times([(5.0, "llmq: gptq-int4: layer 1/22\n")]) == {"layers_started": 1, "of": 22}
+    assert bench.layer_times([(5.0, "no layers here\n")]) is None
+
+
+def test_a_run_past_its_timeout_is_stopped_and_keeps_its_layer_times(bench, monkeypatch, tmp_path):
+    fake = tmp_path / "memcap"  # runs the command without a cap
+    fake.write_text('#!/bin/sh\nshift\nexec "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(bench, "MEMCAP", fake)
+    script = "for i in 1 2 3; do echo llmq: gptq-int4: layer $i/9 >&2; sleep 0.3; done; sleep 60"
+    r = bench.run_one(["bash", "-c", script], cap=0, timeout=3)
+    assert r["exit"] == "timeout" and r["wall_s"] < 30
+    assert r["layers"]["layers_started"] == 3 and r["layers"]["of"] == 9
+
+
+def test_the_printed_json_is_found_among_notes(bench):
+    out = 'llmq: reading [x] {y}\n{\n "ppl": [1, 2]\n}\nmemcap: cap 20 GiB, peak 1.0 GiB, wall 3 s, exit 0\n'
+    assert bench._last_json(out) == {"ppl": [1, 2]}
+    assert bench._last_json("no json\n") is None
