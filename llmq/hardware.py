@@ -87,8 +87,54 @@ def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
     return f"{name} ({', '.join(have) or 'no AVX512-VNNI/BF16, no AMX'})"
 
 
+#: cgroup v1 reports "no limit" as a huge number (2**63 rounded down to a page)
+_NO_LIMIT = 2**60
+
+
+def cgroup_memory(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> tuple[int, int] | None:
+    """``(limit, available)`` in bytes of the tightest memory limit on this process's cgroup and its
+    ancestors (v2 ``memory.max``, v1 ``memory.limit_in_bytes``), or None when none is set. A
+    container, a Slurm job or a ``systemd-run -p MemoryMax=`` scope kills a process at its cgroup's
+    limit whatever ``/proc/meminfo`` says. Available: the limit less what the group holds, not
+    counting the inactive file cache the kernel reclaims first."""
+    from pathlib import Path
+
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    best: tuple[int, int] | None = None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2 unified hierarchy
+            base, files = Path(root), ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base, files = Path(root) / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                                  "total_inactive_file")
+        else:
+            continue
+        d = base / path.lstrip("/")
+        while True:
+            try:
+                raw = (d / files[0]).read_text().strip()
+                limit = _NO_LIMIT if raw == "max" else int(raw)
+                if limit < _NO_LIMIT:
+                    used = int((d / files[1]).read_text())
+                    stat = dict(l.split() for l in (d / "memory.stat").read_text().splitlines() if " " in l)
+                    avail = max(limit - used + int(stat.get(files[2], 0)), 0)
+                    if best is None or avail < best[1]:
+                        best = (limit, avail)
+            except (OSError, ValueError):
+                pass
+            if d == base or d.parent == d:
+                break
+            d = d.parent
+    return best
+
+
 def ram_gb() -> tuple[float, float | None]:
-    """(total, available) in GiB; ``/proc/meminfo`` on Linux, ``sysconf`` elsewhere."""
+    """(total, available) in GiB: ``/proc/meminfo`` on Linux (``sysconf`` elsewhere), capped by the
+    process's cgroup memory limit when one is set (:func:`cgroup_memory`)."""
     try:
         info = {}
         with open("/proc/meminfo") as f:
@@ -97,6 +143,10 @@ def ram_gb() -> tuple[float, float | None]:
                 info[k] = int(v.split()[0]) * 1024
         total = info["MemTotal"] / GB
         avail = info.get("MemAvailable")
+        cg = cgroup_memory()
+        if cg is not None:
+            total = min(total, cg[0] / GB)
+            avail = cg[1] if avail is None else min(avail, cg[1])
         return total, (avail / GB if avail is not None else None)
     except (OSError, KeyError, ValueError):
         try:

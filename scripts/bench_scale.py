@@ -8,7 +8,10 @@ under a cgroup memory cap (``../shared/tools/memcap``), one job at a time.
 Each row: the cgroup's peak (RSS + page cache the job charged; what the cap limits), the peak
 anonymous RSS of the job's processes (sampled every 0.5 s), wall time, exit status (137: killed for
 memory), the output's size, and the machine's load average (the 2-core VM is shared: wall times
-depend on it). Calibrated schemes calibrate on 16 x 512 WikiText-2 tokens. ``--update`` merges the
+depend on it). Calibrated schemes calibrate on 16 x 512 WikiText-2 tokens. Runs are ``--no-verify``:
+the rows measure quantizing, what the cost model projects (verification loads the original only when
+it fits in 70% of the available RAM, ``llmq.core``, so it never raises a run past the machine).
+``--update`` merges the
 rows into ``eval/bench_scale.json``, refits the cost model (``llmq.cost``: per scheme, peak and wall
 linear in the plugin's cost features, fitted on every size but the largest and checked on it) and
 writes its coefficients to ``llmq/scale_costs.json``, which ``llmq run`` and ``llmq advise`` read.
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra = extra + ["--group-size", "64"]  # 576-wide layers do not split into 128s
             out = work / f"{size}-{name}"
             cmd = [sys.executable, "-m", "llmq", "run", "--model", str(src), "--scheme", scheme, "-o", str(out),
-                   "--overwrite", "--no-sample", "--no-memory-check", "--device", "cpu", *extra]
+                   "--overwrite", "--no-sample", "--no-verify", "--no-memory-check", "--device", "cpu", *extra]
             load0 = os.getloadavg()[0]
             r = run_one(cmd, a.cap, timeout=a.timeout)
             from llmq.models import folder_size
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"scheme": name, "size": size, "cap_gib": a.cap, **r, "output_bytes": size_b,
                    "loadavg": [round(load0, 1), round(os.getloadavg()[0], 1)],
                    "command": " ".join(["memcap", str(a.cap), "python -m llmq run --model", src.name, "--scheme",
-                                        scheme, *extra, "--no-sample --device cpu"]),
+                                        scheme, *extra, "--no-sample --no-verify --device cpu"]),
                    "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -57,3 +57,38 @@ def test_cpu_name_reads_cpuinfo_and_falls_back(tmp_path):
     info.write_text("model name\t: Old CPU\nflags\t\t: fpu sse2\n")
     assert cpu_name(str(info)) == "Old CPU (no AVX512-VNNI/BF16, no AMX)"
     assert cpu_name(str(tmp_path / "missing"))  # platform's answer, never empty
+
+
+def _write(p, text):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+def test_cgroup_v2_limit_is_the_tightest_ancestor(tmp_path):
+    """A container's limit set on a parent group binds its children; the reclaimable file cache counts as free."""
+    root = tmp_path / "cg"
+    _write(tmp_path / "self", "0::/outer/inner\n")
+    _write(root / "outer" / "memory.max", str(12 * 2**30))
+    _write(root / "outer" / "memory.current", str(5 * 2**30))
+    _write(root / "outer" / "memory.stat", f"anon 1\ninactive_file {2**30}\n")
+    _write(root / "outer" / "inner" / "memory.max", "max")
+    assert hardware.cgroup_memory(str(tmp_path / "self"), str(root)) == (12 * 2**30, 8 * 2**30)
+
+
+def test_cgroup_v1_and_no_limit(tmp_path):
+    root = tmp_path / "cg"
+    _write(tmp_path / "self", "4:memory:/job\n0::/\n")
+    _write(root / "memory" / "job" / "memory.limit_in_bytes", str(6 * 2**30))
+    _write(root / "memory" / "job" / "memory.usage_in_bytes", str(2**30))
+    _write(root / "memory" / "job" / "memory.stat", "total_inactive_file 0\n")
+    _write(root / "memory.max", "max")  # the v2 root: no limit
+    assert hardware.cgroup_memory(str(tmp_path / "self"), str(root)) == (6 * 2**30, 5 * 2**30)
+    _write(root / "memory" / "job" / "memory.limit_in_bytes", str(2**63 - 4096))  # v1's "unlimited"
+    assert hardware.cgroup_memory(str(tmp_path / "self"), str(root)) is None
+    assert hardware.cgroup_memory(str(tmp_path / "missing")) is None
+
+
+def test_ram_gb_is_capped_by_the_cgroup(monkeypatch):
+    monkeypatch.setattr(hardware, "cgroup_memory", lambda: (3 * 2**30, 2**30))
+    total, avail = hardware.ram_gb()
+    assert total == 3.0 and avail == 1.0
