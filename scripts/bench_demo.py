@@ -77,10 +77,14 @@ def main() -> None:
     ap.add_argument("--schemes", help="comma-separated (default: every scheme that runs on CPU here)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per scheme")
     ap.add_argument("--keep", help="keep the outputs in this folder (default: a temporary one, removed)")
+    ap.add_argument("--update", action="store_true", help="keep the record's rows of other schemes")
     add_json_arg(ap)
     a = ap.parse_args()
     schemes = a.schemes.split(",") if a.schemes else cpu_schemes()
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="llmq-bench-demo-"))
+    kept = []
+    if a.update and Path(a.json).is_file():
+        kept = [r for r in json.loads(Path(a.json).read_text())["rows"] if r["scheme"] not in schemes]
     rows = []
     try:
         for s in schemes:
@@ -90,7 +94,9 @@ def main() -> None:
             short = re.sub(r" \(.*", "", r["verification"])[:90]
             print(f"{s:>13}  exit {r['exit']!s:>7}  {r['wall_s']:7.1f} s  {'PASS' if r['passed'] else 'FAIL'}  {short}",
                   flush=True)
-            write_record(a.json, {"rows": rows, "passed": sum(r["passed"] for r in rows), "of": len(rows)}, quiet=True)
+            every = kept + rows
+            write_record(a.json, {"rows": every, "passed": sum(r["passed"] for r in every), "of": len(every)},
+                         quiet=True)
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
