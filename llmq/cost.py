@@ -2,8 +2,8 @@
 time. Each scheme's plugin declares its cost features (``Backend.cost_features``: the bytes it
 holds at its peak by its own formula, and the work its time grows with); the peak and the wall time
 are linear in them, with coefficients fitted by ``scripts/bench_scale.py`` to measurements at
-several model sizes (``eval/bench_scale.json``), fitted on all but the largest size and checked on
-it, and shipped in ``llmq/scale_costs.json``. Wall times were measured on one shared 2-core VM
+several model sizes (``eval/bench_scale.json``: fitted on all but the largest size and checked on
+it), then refitted on every size and shipped in ``llmq/scale_costs.json``. Wall times were measured on one shared 2-core VM
 (its CPU and load are recorded); they scale with the core count only roughly, so they are quoted
 as "about".
 """
