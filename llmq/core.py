@@ -177,7 +177,7 @@ def _too_big_to_compare(original: Path, device: str) -> str | None:
     cfg = read_json(original / "config.json") if (original / "config.json").is_file() else {}
     saved = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("dtype")
     need = folder_size(original, ("*.safetensors",)) * (2 if saved == "float16" else 1) / hardware.GB  # fp16: fp32 on CPU
-    avail = hardware.ram_gb()[1] or hardware.ram_gb()[0]
+    avail = hardware.usable_ram_gb()
     if need <= 0.7 * avail:
         return None
     return (f"the original needs about {need:.1f} GiB of RAM to run and {avail:.1f} GiB is available; compare it on a "

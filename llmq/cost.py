@@ -3,9 +3,9 @@ time. Each scheme's plugin declares its cost features (``Backend.cost_features``
 holds at its peak by its own formula, and the work its time grows with); the peak and the wall time
 are linear in them, with coefficients fitted by ``scripts/bench_scale.py`` to measurements at
 several model sizes (``eval/bench_scale.json``: fitted on all but the largest size and checked on
-it), then refitted on every size and shipped in ``llmq/scale_costs.json``. Wall times were measured on one shared 2-core VM
-(its CPU and load are recorded); they scale with the core count only roughly, so they are quoted
-as "about".
+it), then refitted on every size and shipped in ``llmq/scale_costs.json``. Wall times were measured
+on one shared 2-core VM (its CPU and load are recorded); they scale with the core count only roughly,
+so they are quoted as "about".
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def write_coefficients(fit: dict[str, Any], source: str, path: Path = COSTS_FILE
     """The coefficients ``project`` reads: refitted on every measured size, the checked one included
     (the check of the fit without it is in ``source``)."""
     data = {"basis": f"fitted to {source} (scripts/bench_scale.py)", "schemes": {
-        s: {"ram": f.get("ram_all", f["ram"]), "wall": f.get("wall_all", f["wall"]), "check": f["check"],
+        s: {"ram": f["ram_all"], "wall": f["wall_all"], "check": f["check"],
             "sizes": f["fitted_on"] + [f["checked_on"]]}
         for s, f in fit.items()}}
     Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

@@ -63,7 +63,7 @@ def check_resources(source: Any, scheme: Any, config: Any, backend_cls: Any, dev
     if not device.startswith("cpu"):
         return None
     prof, p = projection(source, scheme, config, backend_cls)
-    avail = available_gib if available_gib is not None else (hardware.ram_gb()[1] or hardware.ram_gb()[0])
+    avail = available_gib if available_gib is not None else hardware.usable_ram_gb()
     if p is None:
         if 2 * prof.parameters / 2**30 > avail / 4:  # only where memory could matter: a bf16 copy > 1/4 of RAM
             note(f"llmq: no measured cost model for {scheme.name} (scripts/bench_scale.py); no RAM/time projection.")
@@ -96,7 +96,7 @@ def fits_to_load(path: Path, backend: Any, note: Callable[[str], None] = _note) 
     if backend.runtime != "transformers":
         return True
     need = folder_size(path, backend.weight_patterns) * 1.1 / hardware.GB
-    avail = hardware.ram_gb()[1] or hardware.ram_gb()[0]
+    avail = hardware.usable_ram_gb()
     if need > avail:
         note(f"llmq: sample skipped: loading the output needs about {need:.1f} GiB RAM, {avail:.1f} GiB is available.")
         return False
