@@ -51,6 +51,8 @@ SCHEMES = {
     "gptq-int4": ("gptq-int4", CALIB), "awq-int4": ("awq-int4", CALIB),
     "gguf-q8_0": ("gguf-q8_0", []), "gguf-q4_k_m": ("gguf-q4_k_m", []),
     "gguf-q4_k_m+imatrix": ("gguf-q4_k_m", CALIB),
+    # whole-model jobs, refused by their plugin's formula when they cannot fit (measured to check it)
+    "fp8": ("fp8", []), "int8-dynamic+ct": ("int8-dynamic", ["--format", "compressed-tensors"]),
 }
 
 
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
             size_b = folder_size(out, ("*.safetensors", "*.gguf")) if out.is_dir() else None
             row = {"scheme": name, "size": size, "cap_gib": a.cap, **r, "output_bytes": size_b,
+                   "formula_gib": whole_model_formula(name, src),
                    "loadavg": [round(load0, 1), round(os.getloadavg()[0], 1)],
                    "command": " ".join(["memcap", str(a.cap), "python -m llmq run --model", src.name, "--scheme",
                                         scheme, *extra, "--no-sample --no-verify --device cpu"]),
@@ -320,17 +323,39 @@ def features_of(scheme_name: str, size: str) -> dict:
     return sch.backend_cls().cost_features(profile(str(src)), sch, sch.config(**over)).as_dict()
 
 
+def whole_model_formula(scheme_name: str, src: Path) -> float | None:
+    """For a job that holds the whole model (unstreamed plugin, or an export), the peak RAM its
+    plugin's formula gives, which ``run`` refuses by (GiB); None for streamed jobs."""
+    from types import SimpleNamespace
+
+    from llmq.pipeline.resources import export_gib, projection
+    from llmq.schemes import get_scheme
+
+    scheme, extra = SCHEMES[scheme_name]
+    sch = get_scheme(scheme)
+    over = {"format": extra[extra.index("--format") + 1]} if "--format" in extra else {}
+    if extra and "--calibration" in extra:
+        over.update(calibration="wikitext2", n_samples=16, seqlen=512)
+    cfg = sch.config(**over)
+    prof, feats, _ = projection(SimpleNamespace(path=src, name=str(src), revision=None, trust_remote_code=False),
+                                sch, cfg, sch.backend_cls())
+    found = [x for x in (None if feats.streams else feats.ram_bytes / 2**30,
+                         export_gib(prof, sch, cfg, sch.backend_cls())) if x is not None]
+    return round(max(found), 2) if found else None
+
+
 def _order(r: dict) -> tuple:
     sizes = ["demo", "1B", "3B", "7B"]
     return (r["scheme"], sizes.index(r["size"]) if r["size"] in sizes else 9)
 
 
 def format_table(rows: list[dict]) -> str:
-    out = [f"{'scheme':22} {'size':5} {'exit':>4} {'cgroup GiB':>10} {'anon GiB':>8} {'wall s':>8} {'output GB':>9}"]
+    out = [f"{'scheme':22} {'size':5} {'exit':>4} {'cgroup GiB':>10} {'anon GiB':>8} {'formula GiB':>11} {'wall s':>8} {'output GB':>9}"]
     for r in rows:
         ob = f"{r['output_bytes'] / 1e9:.2f}" if r.get("output_bytes") else "-"
+        fg = f"{r['formula_gib']:.2f}" if r.get("formula_gib") else "-"
         out.append(f"{r['scheme']:22} {r['size']:5} {r['exit']:>4} {r['peak_cgroup_gib'] or 0:>10.2f} "
-                   f"{r['peak_anon_gib']:>8.2f} {r['wall_s']:>8.0f} {ob:>9}")
+                   f"{r['peak_anon_gib']:>8.2f} {fg:>11} {r['wall_s']:>8.0f} {ob:>9}")
     return "\n".join(out)
 
 

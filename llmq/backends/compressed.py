@@ -129,6 +129,16 @@ def write_compressed(model: Any, layers: Mapping[str, LayerQuant], out: Path, to
     return {"quantization_config": qc, "serving": serving_facts(model.config, layers)}
 
 
+def export_peak_bytes(profile: Any, quantized_bytes: float, dtype_bytes: float) -> float:
+    """What :func:`write_compressed` holds at once, by formula: the quantized model (or GPTQ/AWQ
+    folder) it converts from (``quantized_bytes``), a float32 copy of every quantized Linear's weight
+    (the writer re-derives the codes from them, all before compressing) and the dense model's other
+    tensors at dtype. About 5 bytes per parameter: a 7B model needs ~35 GB, so ``llmq run`` refuses
+    an export that cannot fit instead of being killed half way."""
+    lin = sum(l.numel for l in profile.linears if l.in_layers)
+    return float(quantized_bytes) + 4.0 * lin + (profile.parameters - lin) * dtype_bytes
+
+
 def _set_qparam(mod: Any, attr: str, value: Any) -> None:
     """Set a qparam ``apply_quantization_config`` created, keeping ``value``'s dtype (llmq's
     scales: torchao's fp32, GPTQ's fp16); a value for a qparam the scheme has none of is an error."""

@@ -142,14 +142,18 @@ def quiet_logs() -> bool:
     return True
 
 
-def layer_progress(model: Any, label: str) -> list:
-    """Print ``llmq: <label>: layer i/N`` to stderr the first time each decoder layer runs (GPTQ
-    processes the layers in order, so this is one line per layer). Returns the hook handles
+def layer_progress(model: Any, label: str, clock: Any = None) -> list:
+    """Print ``llmq: <label>: layer i/N`` to stderr the first time each decoder layer runs (GPTQ and
+    AWQ process the layers in order, so this is one line per layer), from the second layer on with
+    the time per layer so far and the time left at that rate: a 7B model takes minutes per layer on
+    a CPU, and only the first layers say how long the whole job will take. Returns the hook handles
     (``.remove()`` them after quantizing; empty: no layer list found)."""
     import sys
+    import time
 
     import torch
 
+    clock = clock or time.monotonic
     cfg = getattr(model, "config", None)
     n = getattr(getattr(cfg, "text_config", cfg), "num_hidden_layers", None)
     layers = None
@@ -160,12 +164,23 @@ def layer_progress(model: Any, label: str) -> list:
     if layers is None:
         return []
     seen: set[int] = set()
+    started: list[float] = []
 
     def hook(i: int):
         def pre(module, args):  # noqa: ARG001
-            if i not in seen:
-                seen.add(i)
-                print(f"llmq: {label}: layer {i + 1}/{n}", file=sys.stderr, flush=True)
+            if i in seen:
+                return
+            seen.add(i)
+            now = clock()
+            started.append(now)
+            line = f"llmq: {label}: layer {i + 1}/{n}"
+            done = len(started) - 1
+            if done:
+                from llmq.cost import human_time
+
+                per = (now - started[0]) / done
+                line += f" ({human_time(per)} per layer; about {human_time(per * (n - done))} to go)"
+            print(line, file=sys.stderr, flush=True)
         return pre
 
     return [layer.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]

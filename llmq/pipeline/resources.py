@@ -23,14 +23,27 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def projection(source: Any, scheme: Any, config: Any, backend_cls: Any) -> tuple[Any, Any]:
-    """``(profile, llmq.cost.Projection | None)`` of quantizing ``source`` with ``scheme``."""
+def projection(source: Any, scheme: Any, config: Any, backend_cls: Any) -> tuple[Any, Any, Any]:
+    """``(profile, cost features, llmq.cost.Projection | None)`` of quantizing ``source`` with ``scheme``."""
     from llmq.advisor.params import profile
     from llmq.cost import project
 
     prof = profile(str(source.path) if source.path is not None else source.name, revision=source.revision,
                    trust_remote_code=source.trust_remote_code)
-    return prof, project(scheme.name, backend_cls.cost_features(prof, scheme, config))
+    feats = backend_cls.cost_features(prof, scheme, config)
+    return prof, feats, project(scheme.name, feats)
+
+
+def export_gib(prof: Any, scheme: Any, config: Any, backend_cls: Any) -> float | None:
+    """RAM that writing the asked-for export format holds at once (None: the plugin's own format)."""
+    from llmq.backends.compressed import FORMAT, export_peak_bytes
+    from llmq.backends.exports import export_format
+    from llmq.sizing import BYTES
+
+    if export_format(config) != FORMAT or FORMAT not in backend_cls.exports:
+        return None
+    quantized = backend_cls.estimate(prof, scheme, config, "cpu").bytes
+    return export_peak_bytes(prof, quantized, BYTES.get(getattr(config, "dtype", "bfloat16"), 2)) / 2**30
 
 
 def alternatives(prof: Any, exclude: str, available_gib: float) -> list[tuple[str, Any]]:
@@ -54,6 +67,18 @@ def alternatives(prof: Any, exclude: str, available_gib: float) -> list[tuple[st
     return sorted(out, key=lambda x: x[1].ram_gib)
 
 
+def _hints(prof: Any, scheme: Any, config: Any, backend_cls: Any, avail: float) -> str:
+    """What would fit instead: other measured schemes, fewer calibration samples, a GPU, the override."""
+    fits = alternatives(prof, scheme.name, avail)
+    hints = []
+    if fits:
+        hints.append("schemes that fit: " + ", ".join(f"{n} (~{q.ram_gib:.1f} GiB)" for n, q in fits[:4]))
+    if getattr(config, "n_samples", None) and backend_cls.needs_calibration:
+        hints.append("fewer calibration samples (--n-samples)")
+    hints.append("--device cuda on a machine with a GPU, or --no-memory-check to try anyway")
+    return "; ".join(hints) + "."
+
+
 def check_resources(source: Any, scheme: Any, config: Any, backend_cls: Any, device: str, *,
                     note: Callable[[str], None] = _note, available_gib: float | None = None) -> Any:
     """State the projection; raise :class:`NotEnoughMemory` (one line, naming what would fit) when
@@ -62,24 +87,29 @@ def check_resources(source: Any, scheme: Any, config: Any, backend_cls: Any, dev
 
     if not device.startswith("cpu"):
         return None
-    prof, p = projection(source, scheme, config, backend_cls)
+    prof, feats, p = projection(source, scheme, config, backend_cls)
     avail = available_gib if available_gib is not None else hardware.usable_ram_gb()
+    if p is not None:
+        note(f"llmq: projected on this machine: {p.describe()} for {prof.parameters / 1e9:.2f}B parameters "
+             f"({avail:.1f} GiB RAM available; {p.basis}).")
+        if p.ram_gib > avail:
+            raise NotEnoughMemory(f"{scheme.name} on this model needs about {p.ram_gib:.1f} GiB RAM at peak but "
+                                  f"{avail:.1f} GiB is available; " + _hints(prof, scheme, config, backend_cls, avail))
+    elif not feats.streams and feats.ram_bytes / 2**30 > avail:
+        # no measurement, but a plugin that holds the whole model says by its own formula it cannot fit
+        raise NotEnoughMemory(f"{scheme.name} holds the whole model in memory: about {feats.ram_bytes / 2**30:.1f} "
+                              f"GiB RAM for this model by its formula, but {avail:.1f} GiB is available; "
+                              + _hints(prof, scheme, config, backend_cls, avail))
+    elif 2 * prof.parameters / 2**30 > avail / 4:  # only where memory could matter: a bf16 copy > 1/4 of RAM
+        note(f"llmq: no measured cost model for {scheme.name} (scripts/bench_scale.py); no RAM/time projection.")
+    ex = export_gib(prof, scheme, config, backend_cls)
+    if ex is not None and ex > avail:
+        raise NotEnoughMemory(f"writing {scheme.name} as compressed-tensors holds every quantized weight in float32 "
+                              f"at once: about {ex:.1f} GiB RAM for this model, but {avail:.1f} GiB is available; "
+                              "save llmq's own format (no --format) here, export on a machine with more RAM, or "
+                              "--no-memory-check to try anyway.")
     if p is None:
-        if 2 * prof.parameters / 2**30 > avail / 4:  # only where memory could matter: a bf16 copy > 1/4 of RAM
-            note(f"llmq: no measured cost model for {scheme.name} (scripts/bench_scale.py); no RAM/time projection.")
         return None
-    note(f"llmq: projected on this machine: {p.describe()} for {prof.parameters / 1e9:.2f}B parameters "
-         f"({avail:.1f} GiB RAM available; {p.basis}).")
-    if p.ram_gib > avail:
-        fits = alternatives(prof, scheme.name, avail)
-        hints = []
-        if fits:
-            hints.append("schemes that fit: " + ", ".join(f"{n} (~{q.ram_gib:.1f} GiB)" for n, q in fits[:4]))
-        if getattr(config, "n_samples", None) and backend_cls.needs_calibration:
-            hints.append("fewer calibration samples (--n-samples)")
-        hints.append("--device cuda on a machine with a GPU, or --no-memory-check to try anyway")
-        raise NotEnoughMemory(f"{scheme.name} on this model needs about {p.ram_gib:.1f} GiB RAM at peak but "
-                              f"{avail:.1f} GiB is available; " + "; ".join(hints) + ".")
     if p.wall_s > LONG_S:
         note(f"llmq: this is projected to take about {p.wall_s / 3600:.1f} h. Ctrl-C stops it at any point without "
              "leaving a partial output (it is written to a temporary folder); a rerun starts over, so fewer "

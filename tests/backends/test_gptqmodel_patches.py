@@ -45,3 +45,26 @@ def test_gptqmodel_logs_leave_the_working_directory(tmp_path, monkeypatch):
     from gptqmodel.looper import loop_processor
 
     assert loop_processor._PROJECT_LOG_DIR == tmp_path / "cache" / "gptqmodel-logs"
+
+
+def test_layer_progress_says_the_time_per_layer_and_what_is_left(capsys):
+    """From the second layer on, each line gives the rate so far and the time left at that rate."""
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = types.SimpleNamespace(num_hidden_layers=4)
+            self.layers = torch.nn.ModuleList(torch.nn.Identity() for _ in range(4))
+
+    m, t = M(), iter([0.0, 120.0, 240.0, 250.0])
+    hooks = P.layer_progress(m, "gptq-int4", clock=lambda: next(t))
+    x = torch.zeros(1)
+    for _ in range(2):  # a layer that runs again (GPTQ replays it) prints nothing more
+        for layer in m.layers:
+            layer(x)
+    for h in hooks:
+        h.remove()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["llmq: gptq-int4: layer 1/4",
+                     "llmq: gptq-int4: layer 2/4 (2 min per layer; about 6 min to go)",
+                     "llmq: gptq-int4: layer 3/4 (2 min per layer; about 4 min to go)",
+                     "llmq: gptq-int4: layer 4/4 (83 s per layer; about 83 s to go)"]

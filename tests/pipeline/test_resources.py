@@ -69,3 +69,26 @@ def test_gpu_jobs_are_not_checked_against_ram(llama7b_config):
     sch = get_scheme("int8-static")
     src = SimpleNamespace(path=llama7b_config, name="x", revision=None, trust_remote_code=False)
     assert check_resources(src, sch, sch.config(**CALIB), sch.backend_cls(), "cuda", available_gib=0.1) is None
+
+
+@pytest.mark.parametrize("scheme,over,words", [
+    ("int8-dynamic", {"format": "compressed-tensors"}, "writing int8-dynamic as compressed-tensors"),
+    ("gptq-int4", {**CALIB, "format": "compressed-tensors"}, "writing gptq-int4 as compressed-tensors"),
+    ("fp8", {}, "fp8 holds the whole model in memory"),
+    ("qat-int4", {}, "qat-int4 holds the whole model in memory"),
+])
+def test_whole_model_jobs_that_cannot_fit_are_refused_by_formula(llama7b_config, scheme, over, words):
+    """Jobs that hold the whole 7B model (an export to compressed-tensors, fp8, QAT) have no measured
+    cost model; their plugin's formula refuses them in one line instead of a kill half way."""
+    with pytest.raises(NotEnoughMemory) as e:
+        _check(llama7b_config, scheme, available=20.0, **over)
+    msg = str(e.value)
+    assert "\n" not in msg and words in msg and "20.0 GiB is available" in msg and "--no-memory-check" in msg
+
+
+def test_the_same_export_of_the_demo_fits(llama7b_config):
+    from llmq.models import resolve_model
+
+    demo = resolve_model(None).local_dir()
+    p, notes = _check(demo, "int8-dynamic", available=8.0, format="compressed-tensors")
+    assert p is not None and p.ram_gib < 8.0  # the measured projection, then the export's formula, both fit

@@ -141,6 +141,16 @@ class QATBackend(Backend):
         return {"training": t}
 
     @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """Not streamed: training holds the fp32 model, its gradients and AdamW's two moments (16
+        bytes per parameter), and the fp32 original as teacher when distilling (4 more). No measured
+        coefficients, so ``run`` checks this formula alone: a 7B model needs ~140 GB, refused up front."""
+        from llmq.cost import CostFeatures
+
+        per = 16 + (4 if config.objective == "distill" else 0)
+        return CostFeatures(float(per * profile.parameters), float(profile.parameters * config.steps), streams=False)
+
+    @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
         """GPTQ export (int4 weight-only): GPTQ's packing with bf16 kept tensors, like ``gptq-int4``.
         torchao folders: ``IntxUnpackedToInt8Tensor``, int8 ``qdata`` (4-bit values in int8
