@@ -108,7 +108,10 @@ def project(scheme: str, features: CostFeatures, coefficients: dict[str, Any] | 
         return None
     ram = c["ram"][0] + c["ram"][1] * features.ram_bytes / GIB
     wall = c["wall"][0] + c["wall"][1] * features.work
-    return Projection(scheme, max(ram, 0.1), max(wall, 1.0), data.get("basis", str(COSTS_FILE.name)))
+    basis = data.get("basis", str(COSTS_FILE.name))
+    if c.get("one_size"):
+        basis += f"; {scheme} scaled from its {c['sizes'][0]} run alone, roughly"
+    return Projection(scheme, max(ram, 0.1), max(wall, 1.0), basis)
 
 
 def _linfit(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -153,6 +156,33 @@ def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: t
                       "ram_error": round(p_ram / check["peak_anon_gib"] - 1, 3),
                       "wall_error": round(p_wall / check["wall_s"] - 1, 3)},
         }
+    out.update(fit_one_size(rows, features_of, order, skip=set(out)))
+    return out
+
+
+def fit_one_size(rows: list[dict], features_of: Callable[[str, str], dict],
+                 order: tuple[str, ...] = ("demo", "1B", "3B", "7B"), skip: set[str] = frozenset()) -> dict[str, Any]:
+    """Schemes measured at fewer than three sizes (GPTQ, AWQ, GGUF K-quants with an importance
+    matrix: an hour or more per 7B run here) get time and RAM proportional to their cost features,
+    scaled from the largest size measured: a completed run, or one stopped by ``--timeout`` whose
+    layers projected the total (``layers.projected_total_s``; its peak is that of the layers it ran).
+    Rougher than the fitted model (no intercept, no check on another size), and said so."""
+    out: dict[str, Any] = {}
+    best: dict[str, dict] = {}
+    rank = {s: i for i, s in enumerate(order)}
+    for r in rows:
+        total = r["wall_s"] if r.get("exit") == 0 else (r.get("layers") or {}).get("projected_total_s")
+        if r["scheme"] in skip or not total or r["size"] not in rank:
+            continue
+        if r["scheme"] not in best or rank[r["size"]] > rank[best[r["scheme"]]["size"]]:
+            best[r["scheme"]] = {**r, "_total": total}
+    for scheme, r in best.items():
+        f = features_of(scheme, r["size"])
+        ram = [0.0, r["peak_anon_gib"] / (f["ram_bytes"] / GIB)]
+        wall = [0.0, r["_total"] / f["work"]]
+        out[scheme] = {"ram": ram, "wall": wall, "ram_all": ram, "wall_all": wall, "fitted_on": [r["size"]],
+                       "checked_on": None, "check": None, "one_size": True,
+                       "projected_from_layers": r.get("exit") != 0}
     return out
 
 
@@ -161,6 +191,7 @@ def write_coefficients(fit: dict[str, Any], source: str, path: Path = COSTS_FILE
     (the check of the fit without it is in ``source``)."""
     data = {"basis": f"fitted to {source} (scripts/bench_scale.py)", "schemes": {
         s: {"ram": f["ram_all"], "wall": f["wall_all"], "check": f["check"],
-            "sizes": f["fitted_on"] + [f["checked_on"]]}
+            "sizes": f["fitted_on"] + ([f["checked_on"]] if f["checked_on"] else []),
+            **({"one_size": True} if f.get("one_size") else {})}
         for s, f in fit.items()}}
     Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

@@ -51,12 +51,33 @@ def test_shipped_coefficients_use_every_size(tmp_path):
     assert p.ram_gib == pytest.approx(rows[-1]["peak_anon_gib"], rel=1e-3)
 
 
-def test_too_few_sizes_or_failed_runs_fit_nothing():
+def test_fewer_than_three_sizes_scale_from_the_largest_run_and_failed_runs_count_for_nothing():
     rows = _rows()
     rows[1]["exit"] = 137  # killed for memory: not a measurement of the scheme's cost
-    rows = rows[:3]
-    assert cost.fit_rows(rows, _features) == {}
+    rows[3]["exit"] = 137
+    fit = cost.fit_rows(rows, _features)["x"]  # demo and 3B left: too few to fit a line
+    assert fit["one_size"] and fit["fitted_on"] == ["3B"] and fit["check"] is None
+    ram, work = FEATS["3B"]
+    assert fit["wall"] == [0.0, pytest.approx(rows[2]["wall_s"] / work)]
+    assert fit["ram"] == [0.0, pytest.approx(rows[2]["peak_anon_gib"] / (ram / GIB))]
+    assert cost.fit_rows([r for r in rows if r["exit"] != 0], _features) == {}
     assert cost.project("x", cost.CostFeatures(1.0, 1.0), {"schemes": {}}) is None
+
+
+def test_a_run_stopped_after_some_layers_projects_from_them(tmp_path):
+    """GPTQ/AWQ at 7B: a run stopped by --timeout carries its layers' projected total."""
+    row = {"scheme": "awq", "size": "7B", "exit": "timeout", "peak_anon_gib": 4.8, "wall_s": 1800.0,
+           "layers": {"projected_total_s": 36000}}
+    fit = cost.fit_rows([row], _features)
+    assert fit["awq"]["projected_from_layers"] and fit["awq"]["wall"][1] == pytest.approx(36000 / FEATS["7B"][1])
+    path = tmp_path / "costs.json"
+    cost.write_coefficients(fit, source="rows", path=path)
+    data = json.loads(path.read_text())
+    p = cost.project("awq", cost.CostFeatures(*FEATS["3B"]), data)
+    assert p.wall_s == pytest.approx(36000 * FEATS["3B"][1] / FEATS["7B"][1])
+    assert "scaled from its 7B run alone" in p.basis
+    del row["layers"]  # stopped before a layer finished: nothing to scale from
+    assert cost.fit_rows([row], _features) == {}
 
 
 def test_human_time():

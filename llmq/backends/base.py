@@ -436,6 +436,11 @@ class Backend:
 
     # -- what the advisor and the card need ---------------------------------------------------
     @classmethod
+    def cost_key(cls, scheme: Scheme, config: Any) -> str:
+        """The name ``scripts/bench_scale.py`` measured this job's cost under (``llmq/scale_costs.json``)."""
+        return scheme.name
+
+    @classmethod
     def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
         """``llmq.cost.CostFeatures`` of quantizing ``profile``: what ``llmq.cost.project`` turns
         into peak RAM and wall time. Default: a plugin that converts block by block

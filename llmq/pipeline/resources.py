@@ -31,7 +31,7 @@ def projection(source: Any, scheme: Any, config: Any, backend_cls: Any) -> tuple
     prof = profile(str(source.path) if source.path is not None else source.name, revision=source.revision,
                    trust_remote_code=source.trust_remote_code)
     feats = backend_cls.cost_features(prof, scheme, config)
-    return prof, feats, project(scheme.name, feats)
+    return prof, feats, project(backend_cls.cost_key(scheme, config), feats)
 
 
 def export_gib(prof: Any, scheme: Any, config: Any, backend_cls: Any) -> float | None:

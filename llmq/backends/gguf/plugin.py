@@ -348,6 +348,11 @@ class GGUFBackend(_Backend):
         return estimate_size(profile, scheme.name)
 
     @classmethod
+    def cost_key(cls, scheme: Any, config: Any) -> str:
+        """With an importance matrix the job is mostly its calibration forward: measured apart."""
+        return f"{scheme.name}+imatrix" if config.calibration is not None else scheme.name
+
+    @classmethod
     def cost_features(cls, profile: Any, scheme: Any, config: Any) -> Any:
         """The converter reads tensors lazily and llama.cpp quantizes tensor by tensor: the largest
         block, twice, in fp32; with an importance matrix, one layer in fp32 and every calibration

@@ -365,3 +365,13 @@ def test_pipeline_refuses_missing_packages_and_unsupported_architecture_before_w
             llmq.quantize(str(bad), "gguf-q8_0")
         msg = str(e.value)
         assert "\n" not in msg and dist in msg and "pip install 'llmq[gguf]'" in msg
+
+
+def test_cost_key_measures_an_importance_matrix_apart():
+    """With calibration the job is mostly the imatrix forward: bench_scale measures it as its own row."""
+    from llmq.schemes import get_scheme
+
+    sch = get_scheme("gguf-q4_k_m")
+    cls = sch.backend_cls()
+    assert cls.cost_key(sch, sch.config()) == "gguf-q4_k_m"
+    assert cls.cost_key(sch, sch.config(calibration="wikitext2", n_samples=16, seqlen=512)) == "gguf-q4_k_m+imatrix"
