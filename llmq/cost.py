@@ -79,11 +79,13 @@ def layer_activation_widths(profile: Any) -> tuple[int, int]:
     return sum(ins.values()), outs
 
 
-def streamed(profile: Any, compute_bytes: int, output_bytes: float, extra: float = 0.0, work: float | None = None
-             ) -> CostFeatures:
+def streamed(profile: Any, compute_bytes: float, output_bytes: float, extra: float = 0.0, work: float | None = None,
+             converted_bytes: float | None = None) -> CostFeatures:
     """A plugin that converts block by block: the largest block at the compute dtype and its
-    converted copy, the shard being filled (at most ``SHARD_BYTES``), plus ``extra``."""
-    ram = largest_block(profile) * compute_bytes * 2 + min(SHARD_BYTES, output_bytes) + extra
+    converted copy (``converted_bytes`` per parameter, default the compute dtype's), the shard being
+    filled (at most ``SHARD_BYTES``), plus ``extra``."""
+    conv = compute_bytes if converted_bytes is None else converted_bytes
+    ram = largest_block(profile) * (compute_bytes + conv) + min(SHARD_BYTES, output_bytes) + extra
     return CostFeatures(float(ram), float(profile.parameters if work is None else work))
 
 

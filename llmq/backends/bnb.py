@@ -150,6 +150,16 @@ class BitsAndBytesBackend(Backend):
         )
 
     @classmethod
+    def cost_features(cls, profile: Any, scheme: Scheme, config: Any) -> Any:
+        """Block by block (``llmq.streaming``): a block at ``dtype`` and its converted copy, which
+        holds int8 or 4-bit codes, not ``dtype`` values."""
+        from llmq.cost import streamed
+        from llmq.sizing import BYTES
+
+        return streamed(profile, BYTES[config.dtype], cls.estimate(profile, scheme, config, "cpu").bytes,
+                        converted_bytes=scheme.bits / 8)
+
+    @classmethod
     def estimate(cls, profile: Any, scheme: Scheme, config: Any, device: str) -> Any:
         """int8: int8 ``weight`` + fp32 per-row ``SCB`` + a 1-byte ``weight_format``, rest fp16.
         4-bit: ``bnb4_size``."""
