@@ -133,6 +133,7 @@ def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: t
     fitted on all but the largest size, and the relative error of the projection there."""
     out: dict[str, Any] = {}
     by: dict[str, list[dict]] = {}
+    rows = [r for r in rows if not r.get("formula_gib")]  # whole-model jobs: checks of a formula, not fitted
     for r in rows:
         if r.get("exit") == 0:
             by.setdefault(r["scheme"], []).append(r)

@@ -80,5 +80,11 @@ def test_a_run_stopped_after_some_layers_projects_from_them(tmp_path):
     assert cost.fit_rows([row], _features) == {}
 
 
+def test_rows_that_check_a_whole_model_formula_are_not_fitted():
+    """fp8 and compressed-tensors exports are refused by their plugin's formula; their rows check it."""
+    row = {"scheme": "fp8", "size": "1B", "exit": 0, "peak_anon_gib": 7.3, "wall_s": 79.0, "formula_gib": 7.97}
+    assert cost.fit_rows([row], _features) == {}
+
+
 def test_human_time():
     assert cost.human_time(45) == "45 s" and cost.human_time(600) == "10 min" and cost.human_time(7200) == "2.0 h"
