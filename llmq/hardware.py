@@ -155,12 +155,12 @@ def ram_gb() -> tuple[float, float | None]:
             return 0.0, None
 
 
-
 def usable_ram_gb() -> float:
     """What a job may use now in GiB: the available RAM (cgroup-capped), or the total where the OS
     does not say what is available."""
     total, avail = ram_gb()
     return avail or total
+
 
 def cuda_gpus() -> list[GPU]:
     """CUDA devices torch can see, with free memory now (another process may hold some)."""

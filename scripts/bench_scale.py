@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import add_json_arg, write_record  # noqa: E402
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
             size_b = folder_size(out, ("*.safetensors", "*.gguf")) if out.is_dir() else None
             row = {"scheme": name, "size": size, "cap_gib": a.cap, **r, "output_bytes": size_b,
-                   "formula_gib": whole_model_formula(name, src),
+                   "formula_gib": whole_model_formula(name, size),
                    "loadavg": [round(load0, 1), round(os.getloadavg()[0], 1)],
                    "command": " ".join(["memcap", str(a.cap), "python -m llmq run --model", src.name, "--scheme",
                                         scheme, *extra, "--no-sample --no-verify --device cpu"]),
@@ -309,39 +310,43 @@ def update(rows: list[dict], cpu: str, path: Path = OUT_JSON, eval_rows: list[di
     print(format_table(data["rows"]))
 
 
-def features_of(scheme_name: str, size: str) -> dict:
-    """The plugin's cost features of ``size``'s model under the bench settings."""
-    from llmq.advisor.params import profile
+def bench_config(scheme_name: str, size: str) -> tuple[Any, Any, Path]:
+    """``(scheme, config, model folder)`` of one bench row: the ``llmq run`` arguments in ``SCHEMES``
+    (calibration, format) and the demo's group size, as the command line gives them."""
     from llmq.schemes import get_scheme
 
     scheme, extra = SCHEMES[scheme_name]
     sch = get_scheme(scheme)
-    over = {"calibration": "wikitext2", "n_samples": 16, "seqlen": 512} if extra else {}
+    over: dict[str, Any] = {}
+    if "--calibration" in extra:
+        over.update(calibration="wikitext2", n_samples=16, seqlen=512)
+    if "--format" in extra:
+        over["format"] = extra[extra.index("--format") + 1]
     if size == "demo" and scheme.startswith(("gptq", "awq")):
         over["group_size"] = 64
-    src = model_dir(Path(os.environ.get("LLMQ_SCALE_MODELS", "/tmp/llmq-scale")), size)
-    return sch.backend_cls().cost_features(profile(str(src)), sch, sch.config(**over)).as_dict()
+    return sch, sch.config(**over), model_dir(Path(os.environ.get("LLMQ_SCALE_MODELS", "/tmp/llmq-scale")), size)
 
 
-def whole_model_formula(scheme_name: str, src: Path) -> float | None:
+def features_of(scheme_name: str, size: str) -> dict:
+    """The plugin's cost features of ``size``'s model under the bench settings."""
+    from llmq.advisor.params import profile
+
+    sch, cfg, src = bench_config(scheme_name, size)
+    return sch.backend_cls().cost_features(profile(str(src)), sch, cfg).as_dict()
+
+
+def whole_model_formula(scheme_name: str, size: str) -> float | None:
     """For a job that holds the whole model (unstreamed plugin, or an export), the peak RAM its
     plugin's formula gives, which ``run`` refuses by (GiB); None for streamed jobs."""
     from types import SimpleNamespace
 
-    from llmq.pipeline.resources import export_gib, projection
-    from llmq.schemes import get_scheme
+    from llmq.pipeline.resources import projection, whole_model_gib
 
-    scheme, extra = SCHEMES[scheme_name]
-    sch = get_scheme(scheme)
-    over = {"format": extra[extra.index("--format") + 1]} if "--format" in extra else {}
-    if extra and "--calibration" in extra:
-        over.update(calibration="wikitext2", n_samples=16, seqlen=512)
-    cfg = sch.config(**over)
+    sch, cfg, src = bench_config(scheme_name, size)
     prof, feats, _ = projection(SimpleNamespace(path=src, name=str(src), revision=None, trust_remote_code=False),
                                 sch, cfg, sch.backend_cls())
-    found = [x for x in (None if feats.streams else feats.ram_bytes / 2**30,
-                         export_gib(prof, sch, cfg, sch.backend_cls())) if x is not None]
-    return round(max(found), 2) if found else None
+    gib = whole_model_gib(prof, feats, sch, cfg, sch.backend_cls())
+    return round(gib, 2) if gib is not None else None
 
 
 def _order(r: dict) -> tuple:

@@ -46,6 +46,14 @@ def export_gib(prof: Any, scheme: Any, config: Any, backend_cls: Any) -> float |
     return export_peak_bytes(prof, quantized, BYTES.get(getattr(config, "dtype", "bfloat16"), 2)) / 2**30
 
 
+def whole_model_gib(prof: Any, feats: Any, scheme: Any, config: Any, backend_cls: Any) -> float | None:
+    """The formula :func:`check_resources` refuses a whole-model job by (GiB): an unstreamed plugin's
+    own peak, or the export's, whichever is larger; None for a streamed job in its own format."""
+    found = [x for x in (None if feats.streams else feats.ram_bytes / 2**30,
+                         export_gib(prof, scheme, config, backend_cls)) if x is not None]
+    return max(found) if found else None
+
+
 def alternatives(prof: Any, exclude: str, available_gib: float) -> list[tuple[str, Any]]:
     """Other schemes (default settings, calibrated ones on 16 x 512 tokens) projected to fit."""
     from llmq.cost import load_coefficients, project
