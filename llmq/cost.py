@@ -113,6 +113,8 @@ def project(scheme: str, features: CostFeatures, coefficients: dict[str, Any] | 
     basis = data.get("basis", str(COSTS_FILE.name))
     if c.get("one_size"):
         basis += f"; {scheme} scaled from its {c['sizes'][0]} run alone, roughly"
+    if c.get("projected"):
+        basis += f"; {scheme}'s time at {', '.join(c['projected'])} projected from the layers run"
     return Projection(scheme, max(ram, 0.1), max(wall, 1.0), basis)
 
 
@@ -127,17 +129,34 @@ def _linfit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
+def measured_wall(row: dict) -> float | None:
+    """A row's wall time: measured when the run completed, projected from its layers when
+    ``--timeout`` stopped it (``layers.projected_total_s``), else None (failed: not a measurement)."""
+    if row.get("exit") == 0:
+        return row["wall_s"]
+    if row.get("exit") == "timeout" and row.get("peak_anon_gib"):
+        return (row.get("layers") or {}).get("projected_total_s") or None
+    return None
+
+
 def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: tuple[str, ...] = ("demo", "1B", "3B", "7B")
              ) -> dict[str, Any]:
-    """Per scheme with >= 3 completed sizes: ``ram`` (peak anonymous RSS, GiB) and ``wall`` (s)
-    fitted on all but the largest size, and the relative error of the projection there."""
+    """Per scheme with >= 3 measured sizes: ``ram`` (peak anonymous RSS, GiB) and ``wall`` (s)
+    fitted on all but the largest size, and the relative error of the projection there. A size
+    measured by a run stopped with ``--timeout`` (AWQ: hours per 7B run here) counts with the total
+    its layers projected and the peak of the layers it ran; such sizes are listed in ``projected``."""
     out: dict[str, Any] = {}
-    by: dict[str, list[dict]] = {}
+    by: dict[str, dict[str, dict]] = {}
     rows = [r for r in rows if not r.get("formula_gib")]  # whole-model jobs: checks of a formula, not fitted
     for r in rows:
-        if r.get("exit") == 0:
-            by.setdefault(r["scheme"], []).append(r)
-    for scheme, rs in by.items():
+        total = measured_wall(r)
+        if total is None or r["size"] not in order:  # e.g. 7B-2L: the end of a run, not a size
+            continue
+        held = by.setdefault(r["scheme"], {}).get(r["size"])
+        if held is None or (held.get("exit") != 0 and r.get("exit") == 0):  # a completed run beats a projection
+            by[r["scheme"]][r["size"]] = {**r, "wall_s": total}
+    for scheme, sized in by.items():
+        rs = list(sized.values())
         rs = sorted(rs, key=lambda r: order.index(r["size"]) if r["size"] in order else 99)
         if len(rs) < 3:
             continue
@@ -154,6 +173,7 @@ def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: t
             "ram": [round(ram[0], 4), ram[1]], "wall": [round(wall[0], 2), wall[1]],
             "ram_all": [round(ram_all[0], 4), ram_all[1]], "wall_all": [round(wall_all[0], 2), wall_all[1]],
             "fitted_on": [r["size"] for r in fit], "checked_on": check["size"],
+            **({"projected": [r["size"] for r in rs if r.get("exit") != 0]} if any(r.get("exit") != 0 for r in rs) else {}),
             "check": {"ram_gib": [round(p_ram, 2), check["peak_anon_gib"]],
                       "wall_s": [round(p_wall, 1), check["wall_s"]],
                       "ram_error": round(p_ram / check["peak_anon_gib"] - 1, 3),
@@ -174,7 +194,7 @@ def fit_one_size(rows: list[dict], features_of: Callable[[str, str], dict],
     best: dict[str, dict] = {}
     rank = {s: i for i, s in enumerate(order)}
     for r in rows:
-        total = r["wall_s"] if r.get("exit") == 0 else (r.get("layers") or {}).get("projected_total_s")
+        total = measured_wall(r)
         if r["scheme"] in skip or not total or r["size"] not in rank:
             continue
         if r["scheme"] not in best or rank[r["size"]] > rank[best[r["scheme"]]["size"]]:
@@ -185,7 +205,7 @@ def fit_one_size(rows: list[dict], features_of: Callable[[str, str], dict],
         wall = [0.0, r["_total"] / f["work"]]
         out[scheme] = {"ram": ram, "wall": wall, "ram_all": ram, "wall_all": wall, "fitted_on": [r["size"]],
                        "checked_on": None, "check": None, "one_size": True,
-                       "projected_from_layers": r.get("exit") != 0}
+                       **({"projected": [r["size"]]} if r.get("exit") != 0 else {})}
     return out
 
 
@@ -195,6 +215,7 @@ def write_coefficients(fit: dict[str, Any], source: str, path: Path = COSTS_FILE
     data = {"basis": f"fitted to {source} (scripts/bench_scale.py)", "schemes": {
         s: {"ram": f["ram_all"], "wall": f["wall_all"], "check": f["check"],
             "sizes": f["fitted_on"] + ([f["checked_on"]] if f["checked_on"] else []),
-            **({"one_size": True} if f.get("one_size") else {})}
+            **({"one_size": True} if f.get("one_size") else {}),
+            **({"projected": f["projected"]} if f.get("projected") else {})}
         for s, f in fit.items()}}
     Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

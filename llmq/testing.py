@@ -109,6 +109,9 @@ SCALE_SHAPES: dict[str, dict[str, Any]] = {
     "3B": {"hidden": 3072, "intermediate": 8192, "layers": 28, "heads": 24, "kv_heads": 8, "tie": True},
     "1B": {"hidden": 2048, "intermediate": 5632, "layers": 22, "heads": 32, "kv_heads": 4, "tie": False},
 }
+#: the 7B's widths and embeddings with 2 layers: a run's end (packing, saving) at 7B widths, for a
+#: scheme too slow to run 32 layers here (AWQ: hours); not a size the cost model fits
+SCALE_SHAPES["7B-2L"] = {**SCALE_SHAPES["7B"], "layers": 2}
 
 
 def random_llama_streamed(path: str | Path, tokenizer: Any, *, hidden: int, intermediate: int, layers: int,

@@ -350,17 +350,19 @@ def whole_model_formula(scheme_name: str, size: str) -> float | None:
 
 
 def _order(r: dict) -> tuple:
-    sizes = ["demo", "1B", "3B", "7B"]
+    sizes = ["demo", "1B", "3B", "7B", "7B-2L"]
     return (r["scheme"], sizes.index(r["size"]) if r["size"] in sizes else 9)
 
 
 def format_table(rows: list[dict]) -> str:
-    out = [f"{'scheme':22} {'size':5} {'exit':>4} {'cgroup GiB':>10} {'anon GiB':>8} {'formula GiB':>11} {'wall s':>8} {'output GB':>9}"]
+    out = [f"{'scheme':22} {'size':5} {'exit':>7} {'cgroup GiB':>10} {'anon GiB':>8} {'formula GiB':>11} {'wall s':>8} "
+           f"{'projected s':>11} {'output GB':>9}"]
     for r in rows:
         ob = f"{r['output_bytes'] / 1e9:.2f}" if r.get("output_bytes") else "-"
         fg = f"{r['formula_gib']:.2f}" if r.get("formula_gib") else "-"
-        out.append(f"{r['scheme']:22} {r['size']:5} {r['exit']:>4} {r['peak_cgroup_gib'] or 0:>10.2f} "
-                   f"{r['peak_anon_gib']:>8.2f} {fg:>11} {r['wall_s']:>8.0f} {ob:>9}")
+        pj = (r.get("layers") or {}).get("projected_total_s") if r.get("exit") != 0 else None  # stopped by --timeout
+        out.append(f"{r['scheme']:22} {r['size']:5} {r['exit']:>7} {r['peak_cgroup_gib'] or 0:>10.2f} "
+                   f"{r['peak_anon_gib'] or 0:>8.2f} {fg:>11} {r['wall_s']:>8.0f} {pj or '-':>11} {ob:>9}")
     return "\n".join(out)
 
 

@@ -4,7 +4,8 @@ model's tokenizer, using little RAM (one tensor generated at a time, one shard h
 
     python scripts/make_scale_models.py --out /tmp/scale 7B 3B 1B
 
-The 7B folder is 13.8 GB (49,152-token vocab: the demo's)."""
+The 7B folder is 13.8 GB (49,152-token vocab: the demo's). ``7B-2L`` is the 7B's widths with two
+layers (1.6 GB): the end of a run (packing, saving) at 7B widths for a scheme too slow to run all 32."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def test_a_run_stopped_after_some_layers_projects_from_them(tmp_path):
     row = {"scheme": "awq", "size": "7B", "exit": "timeout", "peak_anon_gib": 4.8, "wall_s": 1800.0,
            "layers": {"projected_total_s": 36000}}
     fit = cost.fit_rows([row], _features)
-    assert fit["awq"]["projected_from_layers"] and fit["awq"]["wall"][1] == pytest.approx(36000 / FEATS["7B"][1])
+    assert fit["awq"]["projected"] == ["7B"] and fit["awq"]["wall"][1] == pytest.approx(36000 / FEATS["7B"][1])
     path = tmp_path / "costs.json"
     cost.write_coefficients(fit, source="rows", path=path)
     data = json.loads(path.read_text())
@@ -80,10 +80,33 @@ def test_a_run_stopped_after_some_layers_projects_from_them(tmp_path):
     assert cost.fit_rows([row], _features) == {}
 
 
+def test_sizes_stopped_by_timeout_count_in_the_fit_with_their_projection(tmp_path):
+    """AWQ at 1B/3B/7B is stopped after some layers; those sizes fit (and check) with the total their
+    layers projected, and a completed run of the same size is preferred to a projection."""
+    rows = _rows()
+    for r in rows[1:]:
+        r.update(exit="timeout", layers={"projected_total_s": r["wall_s"]}, wall_s=1200.0)
+    rows.append({**_rows()[1], "wall_s": _rows()[1]["wall_s"]})  # 1B also completed once
+    fit = cost.fit_rows(rows, _features)["x"]
+    assert fit["fitted_on"] == ["demo", "1B", "3B"] and fit["checked_on"] == "7B"
+    assert fit["projected"] == ["3B", "7B"]
+    assert fit["check"]["wall_error"] == pytest.approx(0, abs=1e-3)  # 1200 s would be far off the line
+    path = tmp_path / "costs.json"
+    cost.write_coefficients({"x": fit}, source="rows", path=path)
+    p = cost.project("x", cost.CostFeatures(*FEATS["7B"]), json.loads(path.read_text()))
+    assert "x's time at 3B, 7B projected from the layers run" in p.basis and "alone" not in p.basis
+    for r in rows:
+        r["peak_anon_gib"] = None if r["exit"] != 0 else r["peak_anon_gib"]  # no peak sampled: not a measurement
+    assert cost.fit_rows(rows, _features)["x"]["fitted_on"] == ["1B"]  # demo and 1B left: too few for a line
+
+
 def test_rows_that_check_a_whole_model_formula_are_not_fitted():
     """fp8 and compressed-tensors exports are refused by their plugin's formula; their rows check it."""
     row = {"scheme": "fp8", "size": "1B", "exit": 0, "peak_anon_gib": 7.3, "wall_s": 79.0, "formula_gib": 7.97}
     assert cost.fit_rows([row], _features) == {}
+    # nor the 7B widths with 2 layers (the end of an AWQ run, measured for its peak): not a model size
+    end = {"scheme": "x", "size": "7B-2L", "exit": 0, "peak_anon_gib": 7.0, "wall_s": 1500.0}
+    assert cost.fit_rows(_rows() + [end], _features) == cost.fit_rows(_rows(), _features)
 
 
 def test_human_time():
