@@ -2,8 +2,10 @@
 demo model (135M) and random Llama models of real shapes (1B, 3B, 7B: ``scripts/make_scale_models.py``)
 under a cgroup memory cap (``../shared/tools/memcap``), one job at a time.
 
-    LLMQ_DATA_DIR=../shared/data python scripts/bench_scale.py --models /tmp/llmq-scale \\
-        --sizes demo,1B,3B,7B --schemes fp16,int8-dynamic,int8-static,bnb-nf4,gguf-q8_0 --cap 12 --update
+    LLMQ_DATA_DIR=../shared/data python scripts/bench_scale.py --models /tmp/llmq-scale --cap 12 \\
+        --timeout awq-int4=1800 --evaluate 7B --update
+
+(every CPU scheme at every size: about 5 hours on a 2-core VM, GPTQ's 7B run 69 minutes of it).
 
 Each row: the cgroup's peak (RSS + page cache the job charged; what the cap limits), the peak
 anonymous RSS of the job's processes (sampled every 0.5 s), wall time, exit status (137: killed for
@@ -55,6 +57,25 @@ SCHEMES = {
     # whole-model jobs, refused by their plugin's formula when they cannot fit (measured to check it)
     "fp8": ("fp8", []), "int8-dynamic+ct": ("int8-dynamic", ["--format", "compressed-tensors"]),
 }
+
+
+#: the README's table: every CPU scheme (``--timeout awq-int4=1800`` projects AWQ past its first layers)
+TABLE_SCHEMES = ("fp16", "int8-dynamic", "int8-static", "bnb-nf4", "gguf-q8_0", "bnb-int8", "gptq-int4",
+                 "awq-int4", "gguf-q4_k_m+imatrix")
+
+
+def timeouts(text: str) -> dict[str, float]:
+    """``--timeout``: ``"1800"`` (every run) or ``"awq-int4=1800,600"`` (AWQ 1800 s, the rest 600 s)."""
+    out: dict[str, float] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, _, sec = item.rpartition("=")
+        if name and name not in SCHEMES:
+            raise argparse.ArgumentTypeError(f"unknown scheme {name!r} (one of {', '.join(SCHEMES)})")
+        try:
+            out[name or "*"] = float(sec)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {sec!r}") from None
+    return out
 
 
 def model_dir(models: Path, size: str) -> Path:
@@ -167,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="/tmp/llmq-scale", help="folder of make_scale_models.py's models")
     p.add_argument("--sizes", default="demo,1B,3B,7B")
-    p.add_argument("--schemes", default="fp16,int8-dynamic,int8-static,bnb-nf4,gguf-q8_0")
+    p.add_argument("--schemes", default=",".join(TABLE_SCHEMES))
     p.add_argument("--cap", type=float, default=12, help="memory cap in GiB")
     p.add_argument("--work", default="/tmp/llmq-bench-scale", help="outputs go here (deleted after measuring)")
     add_json_arg(p, OUT_JSON)
@@ -176,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", help="a file of rows printed by earlier runs (JSON lines) to merge instead of measuring")
     p.add_argument("--evaluate", metavar="SIZE", help="then compare and bench SIZE's int8-static/gguf-q8_0 outputs")
     p.add_argument("--eval-cap", type=float, default=20, help="memory cap of --evaluate's commands in GiB")
-    p.add_argument("--timeout", type=float, help="stop each run after this many seconds (GPTQ/AWQ rows then "
-                                                 "project the total from the layers done)")
+    p.add_argument("--timeout", type=timeouts, default={},
+                   help="stop a run after this many seconds: SECONDS for every run and/or SCHEME=SECONDS, "
+                        "comma-separated (GPTQ/AWQ rows then project the total from the layers done)")
     a = p.parse_args(argv)
     from llmq.hardware import cpu_name
 
@@ -198,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "llmq", "run", "--model", str(src), "--scheme", scheme, "-o", str(out),
                    "--overwrite", "--no-sample", "--no-verify", "--no-memory-check", "--device", "cpu", *extra]
             load0 = os.getloadavg()[0]
-            r = run_one(cmd, a.cap, timeout=a.timeout)
+            r = run_one(cmd, a.cap, timeout=a.timeout.get(name, a.timeout.get("*")))
             from llmq.models import folder_size
 
             size_b = folder_size(out, ("*.safetensors", "*.gguf")) if out.is_dir() else None

@@ -47,3 +47,13 @@ def test_the_printed_json_is_found_among_notes(bench):
     out = 'llmq: reading [x] {y}\n{\n "ppl": [1, 2]\n}\nmemcap: cap 20 GiB, peak 1.0 GiB, wall 3 s, exit 0\n'
     assert bench._last_json(out) == {"ppl": [1, 2]}
     assert bench._last_json("no json\n") is None
+
+
+def test_timeouts_per_scheme_and_for_every_run(bench):
+    """One run reproduces the table: AWQ stopped after its first layers, the rest to the end."""
+    assert bench.timeouts("awq-int4=1800") == {"awq-int4": 1800.0}
+    assert bench.timeouts("600, awq-int4=1800") == {"*": 600.0, "awq-int4": 1800.0}
+    for bad in ("awq=1800", "awq-int4=soon"):
+        with pytest.raises(Exception, match="unknown scheme|not a number"):
+            bench.timeouts(bad)
+    assert set(bench.TABLE_SCHEMES) <= set(bench.SCHEMES)
