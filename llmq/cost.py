@@ -156,8 +156,7 @@ def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: t
         if held is None or (held.get("exit") != 0 and r.get("exit") == 0):  # a completed run beats a projection
             by[r["scheme"]][r["size"]] = {**r, "wall_s": total}
     for scheme, sized in by.items():
-        rs = list(sized.values())
-        rs = sorted(rs, key=lambda r: order.index(r["size"]) if r["size"] in order else 99)
+        rs = sorted(sized.values(), key=lambda r: order.index(r["size"]))
         if len(rs) < 3:
             continue
         feats = [features_of(scheme, r["size"]) for r in rs]
