@@ -172,7 +172,7 @@ def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: t
             "ram": [round(ram[0], 4), ram[1]], "wall": [round(wall[0], 2), wall[1]],
             "ram_all": [round(ram_all[0], 4), ram_all[1]], "wall_all": [round(wall_all[0], 2), wall_all[1]],
             "fitted_on": [r["size"] for r in fit], "checked_on": check["size"],
-            **({"projected": [r["size"] for r in rs if r.get("exit") != 0]} if any(r.get("exit") != 0 for r in rs) else {}),
+            **({"projected": projected} if (projected := [r["size"] for r in rs if r.get("exit") != 0]) else {}),
             "check": {"ram_gib": [round(p_ram, 2), check["peak_anon_gib"]],
                       "wall_s": [round(p_wall, 1), check["wall_s"]],
                       "ram_error": round(p_ram / check["peak_anon_gib"] - 1, 3),

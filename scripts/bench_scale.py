@@ -213,9 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in a.sizes.split(","):
         src = model_dir(models, size)
         for name in a.schemes.split(","):
-            scheme, extra = SCHEMES[name]
-            if size == "demo" and scheme.startswith(("gptq", "awq")):
-                extra = extra + ["--group-size", "64"]  # 576-wide layers do not split into 128s
+            scheme, extra = run_args(name, size)
             out = work / f"{size}-{name}"
             cmd = [sys.executable, "-m", "llmq", "run", "--model", str(src), "--scheme", scheme, "-o", str(out),
                    "--overwrite", "--no-sample", "--no-verify", "--no-memory-check", "--device", "cpu", *extra]
@@ -332,20 +330,31 @@ def update(rows: list[dict], cpu: str, path: Path = OUT_JSON, eval_rows: list[di
     print(format_table(data["rows"]))
 
 
+def run_args(scheme_name: str, size: str) -> tuple[str, list[str]]:
+    """``(llmq scheme, extra llmq run arguments)`` of one bench row: ``SCHEMES``' and, on the demo,
+    GPTQ/AWQ's group of 64 (its 576-wide layers do not split into 128s)."""
+    scheme, extra = SCHEMES[scheme_name]
+    if size == "demo" and scheme.startswith(("gptq", "awq")):
+        extra = extra + ["--group-size", "64"]
+    return scheme, extra
+
+
 def bench_config(scheme_name: str, size: str) -> tuple[Any, Any, Path]:
-    """``(scheme, config, model folder)`` of one bench row: the ``llmq run`` arguments in ``SCHEMES``
-    (calibration, format) and the demo's group size, as the command line gives them."""
+    """``(scheme, config, model folder)`` of one bench row: its ``run_args`` read as the command line
+    reads them (calibration, format, group size)."""
     from llmq.schemes import get_scheme
 
-    scheme, extra = SCHEMES[scheme_name]
+    scheme, extra = run_args(scheme_name, size)
     sch = get_scheme(scheme)
+    flags = dict(zip(extra[::2], extra[1::2]))  # every extra argument is "--flag value"
     over: dict[str, Any] = {}
-    if "--calibration" in extra:
-        over.update(calibration="wikitext2", n_samples=16, seqlen=512)
-    if "--format" in extra:
-        over["format"] = extra[extra.index("--format") + 1]
-    if size == "demo" and scheme.startswith(("gptq", "awq")):
-        over["group_size"] = 64
+    if "--calibration" in flags:
+        over.update(calibration=flags["--calibration"], n_samples=int(flags["--n-samples"]),
+                    seqlen=int(flags["--seqlen"]))
+    if "--format" in flags:
+        over["format"] = flags["--format"]
+    if "--group-size" in flags:
+        over["group_size"] = int(flags["--group-size"])
     return sch, sch.config(**over), model_dir(Path(os.environ.get("LLMQ_SCALE_MODELS", "/tmp/llmq-scale")), size)
 
 
