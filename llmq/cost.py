@@ -19,6 +19,8 @@ from llmq.streaming import SHARD_BYTES  # the largest shard the writer holds bef
 
 COSTS_FILE = Path(__file__).with_name("scale_costs.json")
 GIB = 1024**3
+#: the sizes the cost model is fitted on, smallest first (the demo and ``llmq.testing.SCALE_SHAPES``)
+SIZES = ("demo", "1B", "3B", "7B")
 
 
 @dataclass
@@ -139,7 +141,7 @@ def measured_wall(row: dict) -> float | None:
     return None
 
 
-def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: tuple[str, ...] = ("demo", "1B", "3B", "7B")
+def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: tuple[str, ...] = SIZES
              ) -> dict[str, Any]:
     """Per scheme with >= 3 measured sizes: ``ram`` (peak anonymous RSS, GiB) and ``wall`` (s)
     fitted on all but the largest size, and the relative error of the projection there. A size
@@ -147,7 +149,8 @@ def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: t
     its layers projected and the peak of the layers it ran; such sizes are listed in ``projected``."""
     out: dict[str, Any] = {}
     by: dict[str, dict[str, dict]] = {}
-    rows = [r for r in rows if not r.get("formula_gib")]  # whole-model jobs: checks of a formula, not fitted
+    # whole-model jobs (checks of a formula) and runs under changed memory settings are not fitted
+    rows = [r for r in rows if not r.get("formula_gib") and not r.get("env")]
     for r in rows:
         total = measured_wall(r)
         if total is None or r["size"] not in order:  # e.g. 7B-2L: the end of a run, not a size
@@ -183,7 +186,7 @@ def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: t
 
 
 def fit_one_size(rows: list[dict], features_of: Callable[[str, str], dict],
-                 order: tuple[str, ...] = ("demo", "1B", "3B", "7B"), skip: set[str] = frozenset()) -> dict[str, Any]:
+                 order: tuple[str, ...] = SIZES, skip: set[str] = frozenset()) -> dict[str, Any]:
     """Schemes measured at fewer than three sizes (GPTQ, AWQ, GGUF K-quants with an importance
     matrix: an hour or more per 7B run here) get time and RAM proportional to their cost features,
     scaled from the largest size measured: a completed run, or one stopped by ``--timeout`` whose

@@ -9,7 +9,8 @@ under a cgroup memory cap (``../shared/tools/memcap``), one job at a time.
 
 Each row: the cgroup's peak (RSS + page cache the job charged; what the cap limits), the peak
 anonymous RSS of the job's processes (sampled every 0.5 s), wall time, exit status (137: killed for
-memory), the output's size, and the machine's load average (the 2-core VM is shared: wall times
+memory), when the peak came and what the job had printed last by then (the phase that held it;
+``--trace DIR`` keeps every sample), the output's size, and the machine's load average (the 2-core VM is shared: wall times
 depend on it). Calibrated schemes calibrate on 16 x 512 WikiText-2 tokens. Runs are ``--no-verify``:
 the rows measure quantizing, what the cost model projects (verification loads the original only when
 it fits in 70% of the available RAM, ``llmq.core``, so it never raises a run past the machine).
@@ -42,6 +43,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import add_json_arg, write_record  # noqa: E402
+
+from llmq.cost import SIZES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMCAP = ROOT.parent / "shared" / "tools" / "memcap"
@@ -130,28 +133,53 @@ def layer_times(stamped: list[tuple[float, str]]) -> dict | None:
             "projected_total_s": round(starts[0][0] + starts[0][2] * med)}
 
 
-def run_one(cmd: list[str], cap: float, keep_output: bool = False, timeout: float | None = None) -> dict:
+def iter_pieces(stream: Any):
+    """``stream``'s text as it arrives, cut after every newline and carriage return."""
+    import codecs
+
+    dec, buf = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+    while chunk := stream.read1(65536):
+        buf += dec.decode(chunk)
+        *done, buf = re.split(r"(?<=[\r\n])", buf)
+        yield from (d for d in done if d)
+    if buf + dec.decode(b"", final=True):
+        yield buf
+
+
+def phase_at(stamped: list[tuple[float, str]], t: float) -> str:
+    """What the job printed last before ``t`` (a progress bar's latest update counts): which phase
+    held the peak."""
+    before = [line for s, line in stamped if s <= t and line.strip()]
+    return before[-1].strip()[:160] if before else ""
+
+
+def run_one(cmd: list[str], cap: float, keep_output: bool = False, timeout: float | None = None,
+            trace: Path | None = None) -> dict:
     """``cmd`` under memcap, sampling the anonymous RSS of its process tree; stopped (SIGTERM: llmq
-    ends quietly and removes its temporary folder) after ``timeout`` seconds."""
+    ends quietly and removes its temporary folder) after ``timeout`` seconds. ``trace``: a JSON file
+    for the memory timeline (every sample) beside what the job printed, stamped."""
     import signal
 
     full = [str(MEMCAP), str(cap), *cmd]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    stamped: list[tuple[float, str]] = []
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    stamped: list[tuple[float, str]] = []  # pieces ending in "\n" or "\r" (a progress bar's updates), stamped
 
     def read() -> None:
-        for line in proc.stdout:
-            stamped.append((time.perf_counter() - t0, line))
+        for piece in iter_pieces(proc.stdout):
+            stamped.append((time.perf_counter() - t0, piece))
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    peak = [0]
+    peak = [0, 0.0]  # KiB, seconds since start
+    samples: list[tuple[float, int]] = []
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], sum(_anon_kib(p) for p in _children(proc.pid)))
+            now, t = sum(_anon_kib(p) for p in _children(proc.pid)), time.perf_counter() - t0
+            samples.append((round(t, 1), now))
+            if now > peak[0]:
+                peak[:] = [now, t]
             time.sleep(0.5)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -178,22 +206,29 @@ def run_one(cmd: list[str], cap: float, keep_output: bool = False, timeout: floa
            "error": None if m and m.group(3) == "0" else tail[-600:]}
     if timed_out:
         row.update(exit="timeout", error=f"stopped after {timeout:.0f} s (--timeout)")
+    if peak[0]:
+        row.update(peak_at_s=round(peak[1], 1), peak_during=phase_at(stamped, peak[1]))
     layers = layer_times(stamped)
     if layers:
         row["layers"] = layers
+    if trace:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        write_record(trace, {"anon_kib": samples, "printed": [(round(t, 1), x) for t, x in stamped]},
+                     command=full, quiet=True)
     return {**row, "output": out} if keep_output else row
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="/tmp/llmq-scale", help="folder of make_scale_models.py's models")
-    p.add_argument("--sizes", default="demo,1B,3B,7B")
+    p.add_argument("--sizes", default=",".join(SIZES))
     p.add_argument("--schemes", default=",".join(TABLE_SCHEMES))
     p.add_argument("--cap", type=float, default=12, help="memory cap in GiB")
     p.add_argument("--work", default="/tmp/llmq-bench-scale", help="outputs go here (deleted after measuring)")
     add_json_arg(p, OUT_JSON)
     p.add_argument("--update", action="store_true", help="merge into --json's record and refit")
     p.add_argument("--keep", action="store_true", help="keep the outputs")
+    p.add_argument("--trace", metavar="DIR", help="write each run's memory timeline and printed lines to DIR")
     p.add_argument("--rows", help="a file of rows printed by earlier runs (JSON lines) to merge instead of measuring")
     p.add_argument("--evaluate", metavar="SIZE", help="then compare and bench SIZE's int8-static/gguf-q8_0 outputs")
     p.add_argument("--eval-cap", type=float, default=20, help="memory cap of --evaluate's commands in GiB")
@@ -218,11 +253,13 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "llmq", "run", "--model", str(src), "--scheme", scheme, "-o", str(out),
                    "--overwrite", "--no-sample", "--no-verify", "--no-memory-check", "--device", "cpu", *extra]
             load0 = os.getloadavg()[0]
-            r = run_one(cmd, a.cap, timeout=a.timeout.get(name, a.timeout.get("*")))
+            r = run_one(cmd, a.cap, timeout=a.timeout.get(name, a.timeout.get("*")),
+                        trace=Path(a.trace) / f"{size}-{name}.json" if a.trace else None)
             from llmq.models import folder_size
 
             size_b = folder_size(out, ("*.safetensors", "*.gguf")) if out.is_dir() else None
             row = {"scheme": name, "size": size, "cap_gib": a.cap, **r, "output_bytes": size_b,
+                   **({"env": env} if (env := run_env()) else {}),
                    "formula_gib": whole_model_formula(name, size),
                    "loadavg": [round(load0, 1), round(os.getloadavg()[0], 1)],
                    "command": " ".join(["memcap", str(a.cap), "python -m llmq run --model", src.name, "--scheme",
@@ -312,12 +349,13 @@ def _last_json(out: str) -> object:
 
 
 def update(rows: list[dict], cpu: str, path: Path = OUT_JSON, eval_rows: list[dict] | None = None) -> None:
-    """Merge ``rows`` (one per scheme and size, newest wins), refit, write the table and the costs."""
+    """Merge ``rows`` (one per scheme, size and memory settings; newest wins), refit, write the table
+    and the costs."""
     from llmq import cost
 
     data = json.loads(path.read_text()) if path.is_file() else {}
-    old = {(r["scheme"], r["size"]): r for r in data.get("rows", [])}
-    old.update({(r["scheme"], r["size"]): r for r in rows})
+    old = {_key(r): r for r in data.get("rows", [])}
+    old.update({_key(r): r for r in rows})
     data.update(command=__doc__.split("\n\n")[1].strip(), cpu=cpu, rows=sorted(old.values(), key=_order))
     if eval_rows:
         ev = {(r["kind"], r["size"]): r for r in data.get("eval_rows", [])}
@@ -380,9 +418,22 @@ def whole_model_formula(scheme_name: str, size: str) -> float | None:
     return round(gib, 2) if gib is not None else None
 
 
+#: settings that change a run's memory: glibc's allocator, GPTQModel's extension build cache
+RUN_ENV = re.compile(r"MALLOC_\w+|GLIBC_TUNABLES|GPTQMODEL_TORCH_EXTENSIONS_DIR")
+
+
+def run_env() -> dict[str, str]:
+    """The memory settings this run was made under (``RUN_ENV``), recorded with its row."""
+    return {k: v for k, v in sorted(os.environ.items()) if RUN_ENV.fullmatch(k)}
+
+
+def _key(r: dict) -> tuple:
+    return r["scheme"], r["size"], tuple(sorted((r.get("env") or {}).items()))
+
+
 def _order(r: dict) -> tuple:
-    sizes = ["demo", "1B", "3B", "7B", "7B-2L"]
-    return (r["scheme"], sizes.index(r["size"]) if r["size"] in sizes else 9)
+    sizes = (*SIZES, "7B-2L")
+    return r["scheme"], sizes.index(r["size"]) if r["size"] in sizes else len(sizes), _key(r)[2]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -393,7 +444,8 @@ def format_table(rows: list[dict]) -> str:
         fg = f"{r['formula_gib']:.2f}" if r.get("formula_gib") else "-"
         pj = (r.get("layers") or {}).get("projected_total_s") if r.get("exit") != 0 else None  # stopped by --timeout
         out.append(f"{r['scheme']:22} {r['size']:5} {r['exit']:>7} {r['peak_cgroup_gib'] or 0:>10.2f} "
-                   f"{r['peak_anon_gib'] or 0:>8.2f} {fg:>11} {r['wall_s']:>8.0f} {pj or '-':>11} {ob:>9}")
+                   f"{r['peak_anon_gib'] or 0:>8.2f} {fg:>11} {r['wall_s']:>8.0f} {pj or '-':>11} {ob:>9}"
+                   + "".join(f" {k}={v}" for k, v in (r.get("env") or {}).items()))
     return "\n".join(out)
 
 

@@ -111,3 +111,10 @@ def test_rows_that_check_a_whole_model_formula_are_not_fitted():
 
 def test_human_time():
     assert cost.human_time(45) == "45 s" and cost.human_time(600) == "10 min" and cost.human_time(7200) == "2.0 h"
+
+
+def test_runs_under_changed_memory_settings_are_not_fitted():
+    """A row made with e.g. glibc's mmap threshold set (``env``) measures a variant, not the scheme."""
+    rows = _rows()
+    variant = {**rows[3], "peak_anon_gib": 99.0, "env": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}
+    assert cost.fit_rows(rows + [variant], _features) == cost.fit_rows(rows, _features)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,31 @@ def ensure_cpu_workers() -> None:
     cur = os.environ.get("GPTQMODEL_CPU_WORKERS")
     if cur is None or (cur.isdigit() and int(cur) < 2):
         os.environ["GPTQMODEL_CPU_WORKERS"] = str(max(2, os.cpu_count() or 2))
+
+
+def prebuild_pack_kernel() -> None:
+    """GPTQModel compiles its CPU packing kernel (a C++ torch extension, cached under
+    ``~/.cache/gptqmodel``) the first time it packs a GPTQ layer: on a fresh machine about 30 s and
+    1.5 GiB for the compiler, on top of what the run holds by then (SmolLM2 demo's first run: peak
+    2.24 GiB against 0.8 once cached; ``scripts/bench_scale.py --trace``). Built here, before any
+    weight loads, the compiler never adds to a loaded model. A failed build is GPTQModel's to report
+    (it falls back to its Python packer)."""
+    import time
+
+    from gptqmodel.utils.cpp import default_torch_ops_build_root
+
+    if any(default_torch_ops_build_root("pack_block_cpu").glob("*/*.so")):
+        return
+    from gptqmodel import extension
+
+    print("llmq: compiling GPTQModel's CPU packing kernel (once per machine, about 30 s)", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    try:
+        extension.load(name="pack_block_cpu")
+    except Exception as e:  # noqa: BLE001 - GPTQModel packs without it, slower
+        print(f"llmq: GPTQModel's CPU packing kernel did not build ({e}); GPTQModel packs in Python", file=sys.stderr)
+        return
+    print(f"llmq: compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
 def fitting_group_sizes(in_features: list[int]) -> list[int]:
@@ -272,6 +298,8 @@ class GPTQModelBackend(Backend):
 
         gptqmodel_patches.redirect_logs()
         qcfg = self.gptqmodel_config(AutoConfig.from_pretrained(model_dir))
+        if device == "cpu" and self.method == "gptq":
+            prebuild_pack_kernel()
         dtype = self.quantize_dtype(device)
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = GPTQModel.load(str(model_dir), qcfg, device=device, **kwargs)

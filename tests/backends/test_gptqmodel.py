@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from llmq.backends.gptqmodel import GPTQModelBackend, ensure_cpu_workers, fitting_group_sizes
+from llmq.backends.gptqmodel import GPTQModelBackend, ensure_cpu_workers, fitting_group_sizes, prebuild_pack_kernel
 from llmq.backends.gptqmodel import AWQConfig, GPTQConfig
 from llmq.schemes import get_scheme
 
@@ -20,6 +20,26 @@ def test_cpu_workers_env_is_raised_to_two(monkeypatch):
     monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", "6")
     ensure_cpu_workers()
     assert os.environ["GPTQMODEL_CPU_WORKERS"] == "6"  # a user's larger value is kept
+
+
+def test_the_cpu_packing_kernel_is_built_once_before_weights_load(monkeypatch, tmp_path, capsys):
+    """Only when GPTQModel's cache has no build: the compiler's 1.5 GiB then comes before the model's."""
+    from gptqmodel import extension
+
+    monkeypatch.setenv("GPTQMODEL_TORCH_EXTENSIONS_DIR", str(tmp_path))
+    built = []
+
+    def fake_load(name):
+        built.append(name)
+        (tmp_path / name / "abc").mkdir(parents=True)
+        (tmp_path / name / "abc" / f"gptqmodel_{name}.so").write_bytes(b"")
+        return {name: True}
+
+    monkeypatch.setattr(extension, "load", fake_load)
+    prebuild_pack_kernel()
+    prebuild_pack_kernel()
+    assert built == ["pack_block_cpu"]
+    assert "compiling GPTQModel's CPU packing kernel" in capsys.readouterr().err
 
 
 def test_kernel_choice_avoids_machete_on_cuda():

@@ -4,6 +4,8 @@ JSON a command printed among its notes."""
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import sys
 from pathlib import Path
 
@@ -57,3 +59,41 @@ def test_timeouts_per_scheme_and_for_every_run(bench):
         with pytest.raises(Exception, match="unknown scheme|not a number"):
             bench.timeouts(bad)
     assert set(bench.TABLE_SCHEMES) <= set(bench.SCHEMES)
+
+
+def test_the_phase_that_held_the_peak_is_recorded(bench, monkeypatch, tmp_path):
+    """A progress bar's latest update (after a carriage return) names the phase the peak fell in."""
+    fake = tmp_path / "memcap"
+    fake.write_text('#!/bin/sh\nshift\nexec "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(bench, "MEMCAP", fake)
+    script = ("import sys, time\n"
+              "print('loading', flush=True); time.sleep(1.5)\n"
+              "sys.stderr.write('pack 1/2\\rpack 2/2\\r'); sys.stderr.flush()\n"
+              "held = bytearray(400 * 2**20); time.sleep(2)\n"
+              "del held; print('saved', flush=True); time.sleep(1.5)\n")
+    r = bench.run_one([sys.executable, "-c", script], cap=0, trace=tmp_path / "t" / "x.json")
+    assert r["exit"] == 0 and r["peak_anon_gib"] >= 0.35
+    trace = json.loads((tmp_path / "t" / "x.json").read_text())
+    assert abs(max(k for _, k in trace["anon_kib"]) / 2**20 - r["peak_anon_gib"]) < 0.01
+    assert ["loading\n", "pack 1/2\r", "pack 2/2\r", "saved\n"] == [x for _, x in trace["printed"]]
+    assert r["peak_during"] == "pack 2/2" and 1.0 < r["peak_at_s"] < r["wall_s"] - 1.0
+    assert list(bench.iter_pieces(io.BytesIO(b"a\rb\nc"))) == ["a\r", "b\n", "c"]
+
+
+def test_a_variant_row_sits_beside_the_standard_one(bench, tmp_path, monkeypatch):
+    """Rows are merged per scheme, size and memory settings: a variant never replaces the fitted row."""
+    monkeypatch.setattr(bench, "features_of", lambda s, z: {"ram_bytes": 1.0, "work": 1.0})
+    monkeypatch.setattr(bench, "write_record", lambda path, data, command: path.write_text(json.dumps(data)))
+    row = {"scheme": "gptq-int4", "size": "1B", "exit": 0, "peak_cgroup_gib": 3.0, "peak_anon_gib": 2.0,
+           "wall_s": 600.0, "output_bytes": None}
+    variant = {**row, "peak_anon_gib": 1.4, "env": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}
+    path = tmp_path / "rec.json"
+    bench.update([row], "cpu", path)
+    bench.update([variant], "cpu", path)
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["peak_anon_gib"] for r in rows] == [2.0, 1.4]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")
+    monkeypatch.setenv("HOME_UNRELATED", "x")
+    assert bench.run_env() == {"MALLOC_MMAP_THRESHOLD_": "4194304"}
+    assert "MALLOC_MMAP_THRESHOLD_=4194304" in bench.format_table(rows).splitlines()[-1]
