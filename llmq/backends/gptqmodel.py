@@ -105,8 +105,8 @@ def prebuild_pack_kernel() -> None:
     ``~/.cache/gptqmodel``) the first time it packs a GPTQ layer: on a fresh machine about 30 s and
     1.5 GiB for the compiler, on top of what the run holds by then (SmolLM2 demo's first run: peak
     2.24 GiB against 0.8 once cached; ``scripts/bench_scale.py --trace``). Built here, before any
-    weight loads, the compiler never adds to a loaded model. A failed build is GPTQModel's to report
-    (it falls back to its Python packer)."""
+    weight loads, the compiler never adds to a loaded model. A failed build is not fatal: GPTQModel
+    packs in Python without it."""
     import time
 
     from gptqmodel.utils.cpp import default_torch_ops_build_root
