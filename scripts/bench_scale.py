@@ -212,7 +212,6 @@ def run_one(cmd: list[str], cap: float, keep_output: bool = False, timeout: floa
     if layers:
         row["layers"] = layers
     if trace:
-        trace.parent.mkdir(parents=True, exist_ok=True)
         write_record(trace, {"anon_kib": samples, "printed": [(round(t, 1), x) for t, x in stamped]},
                      command=full, quiet=True)
     return {**row, "output": out} if keep_output else row
@@ -236,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="stop a run after this many seconds: SECONDS for every run and/or SCHEME=SECONDS, "
                         "comma-separated (GPTQ/AWQ rows then project the total from the layers done)")
     a = p.parse_args(argv)
+    if a.trace:  # before the first run, not after an hour of it
+        try:
+            Path(a.trace).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            p.error(f"--trace: cannot make the folder {a.trace}: {e.strerror}")
     from llmq.hardware import cpu_name
 
     models, work = Path(a.models), Path(a.work)

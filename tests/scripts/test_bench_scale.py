@@ -72,9 +72,9 @@ def test_the_phase_that_held_the_peak_is_recorded(bench, monkeypatch, tmp_path):
               "sys.stderr.write('pack 1/2\\rpack 2/2\\r'); sys.stderr.flush()\n"
               "held = bytearray(400 * 2**20); time.sleep(2)\n"
               "del held; print('saved', flush=True); time.sleep(1.5)\n")
-    r = bench.run_one([sys.executable, "-c", script], cap=0, trace=tmp_path / "t" / "x.json")
+    r = bench.run_one([sys.executable, "-c", script], cap=0, trace=tmp_path / "x.json")
     assert r["exit"] == 0 and r["peak_anon_gib"] >= 0.35
-    trace = json.loads((tmp_path / "t" / "x.json").read_text())
+    trace = json.loads((tmp_path / "x.json").read_text())
     assert abs(max(k for _, k in trace["anon_kib"]) / 2**20 - r["peak_anon_gib"]) < 0.01
     assert ["loading\n", "pack 1/2\r", "pack 2/2\r", "saved\n"] == [x for _, x in trace["printed"]]
     assert r["peak_during"] == "pack 2/2" and 1.0 < r["peak_at_s"] < r["wall_s"] - 1.0
@@ -97,3 +97,12 @@ def test_a_variant_row_sits_beside_the_standard_one(bench, tmp_path, monkeypatch
     monkeypatch.setenv("HOME_UNRELATED", "x")
     assert bench.run_env() == {"MALLOC_MMAP_THRESHOLD_": "4194304"}
     assert "MALLOC_MMAP_THRESHOLD_=4194304" in bench.format_table(rows).splitlines()[-1]
+
+
+def test_a_trace_folder_that_cannot_be_made_is_refused_before_any_run(bench, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--models", str(tmp_path), "--work", str(tmp_path / "w"), "--trace", str(blocker)])
+    assert e.value.code == 2 and "--trace: cannot make the folder" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
