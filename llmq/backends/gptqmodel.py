@@ -125,6 +125,30 @@ def prebuild_pack_kernel() -> None:
     print(f"llmq: compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
+def fix_mmap_threshold(limit: int = 4 << 20) -> bool:
+    """Fix glibc's mmap threshold at ``limit`` for the rest of the process (as
+    ``MALLOC_MMAP_THRESHOLD_`` would), so blocks above it go back to the system when GPTQ frees them.
+    glibc's default threshold rises (to 32 MiB) as large blocks are freed, and GPTQ's per-layer
+    buffers then stay in its heaps: the 1B shape's peak grew layer by layer to 1.95 GiB, 1.38 GiB
+    with the threshold fixed, and the unfixed peaks are what made the cost model miss at 7B
+    (``scripts/bench_scale.py --sizes 1B --schemes gptq-int4 --trace DIR``; docs/large-models.md).
+    A threshold the user set (environment or ``GLIBC_TUNABLES``) is kept. False where glibc's
+    ``mallopt`` is not there (macOS, musl, Windows) or refused."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # glibc only: musl's mallopt ignores the option
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(-3, limit))  # -3 = M_MMAP_THRESHOLD
+
+
 def fitting_group_sizes(in_features: list[int]) -> list[int]:
     g = 0
     for n in in_features:
@@ -300,6 +324,7 @@ class GPTQModelBackend(Backend):
         qcfg = self.gptqmodel_config(AutoConfig.from_pretrained(model_dir))
         if device == "cpu" and self.method == "gptq":
             prebuild_pack_kernel()
+            fix_mmap_threshold()
         dtype = self.quantize_dtype(device)
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = GPTQModel.load(str(model_dir), qcfg, device=device, **kwargs)
