@@ -141,45 +141,65 @@ def measured_wall(row: dict) -> float | None:
     return None
 
 
+def reference_cpu(rows: list[dict]) -> str | None:
+    """The CPU that measured the most rows: wall times are fitted on its rows alone (a CPU without
+    native bf16 ran GPTQ's calibration several times slower; ``scripts/bench_scale.py``)."""
+    counts: dict[str | None, int] = {}
+    for r in rows:
+        counts[r.get("cpu")] = counts.get(r.get("cpu"), 0) + 1
+    return max(counts, key=counts.get) if counts else None
+
+
 def fit_rows(rows: list[dict], features_of: Callable[[str, str], dict], order: tuple[str, ...] = SIZES
              ) -> dict[str, Any]:
     """Per scheme with >= 3 measured sizes: ``ram`` (peak anonymous RSS, GiB) and ``wall`` (s)
     fitted on all but the largest size, and the relative error of the projection there. A size
     measured by a run stopped with ``--timeout`` (AWQ: hours per 7B run here) counts with the total
-    its layers projected and the peak of the layers it ran; such sizes are listed in ``projected``."""
+    its layers projected and the peak of the layers it ran; such sizes are listed in ``projected``.
+    Rows say which CPU measured them (``cpu``): times come from the reference CPU's rows (a completed
+    run beats a projection), peaks from a size's newest row on any CPU (a peak does not depend on how
+    fast the CPU is, and the newest run measured the code as it is: GPTQ's peak fell when llmq fixed
+    glibc's mmap threshold)."""
     out: dict[str, Any] = {}
     by: dict[str, dict[str, dict]] = {}
     # whole-model jobs (checks of a formula) and runs under changed memory settings are not fitted
     rows = [r for r in rows if not r.get("formula_gib") and not r.get("env")]
+    ref = reference_cpu(rows)
     for r in rows:
         total = measured_wall(r)
         if total is None or r["size"] not in order:  # e.g. 7B-2L: the end of a run, not a size
             continue
-        held = by.setdefault(r["scheme"], {}).get(r["size"])
-        if held is None or (held.get("exit") != 0 and r.get("exit") == 0):  # a completed run beats a projection
-            by[r["scheme"]][r["size"]] = {**r, "wall_s": total}
+        held = by.setdefault(r["scheme"], {}).setdefault(r["size"], {})
+        if r.get("cpu") == ref and ((w := held.get("wall")) is None or (w.get("exit") != 0 and r.get("exit") == 0)):
+            held["wall"] = {**r, "wall_s": total}
+        if (m := held.get("ram")) is None or (r.get("when") or "") > (m.get("when") or ""):
+            held["ram"] = r
     for scheme, sized in by.items():
-        rs = sorted(sized.values(), key=lambda r: order.index(r["size"]))
+        rs = sorted((s for s in sized.values() if len(s) == 2), key=lambda s: order.index(s["ram"]["size"]))
         if len(rs) < 3:
             continue
-        feats = [features_of(scheme, r["size"]) for r in rs]
-        fit, check = rs[:-1], rs[-1]
+        feats = [features_of(scheme, s["ram"]["size"]) for s in rs]
+        peaks, walls = [s["ram"]["peak_anon_gib"] for s in rs], [s["wall"]["wall_s"] for s in rs]
         ff, fc = feats[:-1], feats[-1]
-        ram = _linfit([f["ram_bytes"] / GIB for f in ff], [r["peak_anon_gib"] for r in fit])
-        wall = _linfit([f["work"] for f in ff], [r["wall_s"] for r in fit])
+        ram = _linfit([f["ram_bytes"] / GIB for f in ff], peaks[:-1])
+        wall = _linfit([f["work"] for f in ff], walls[:-1])
         p_ram = ram[0] + ram[1] * fc["ram_bytes"] / GIB
         p_wall = wall[0] + wall[1] * fc["work"]
-        ram_all = _linfit([f["ram_bytes"] / GIB for f in feats], [r["peak_anon_gib"] for r in rs])
-        wall_all = _linfit([f["work"] for f in feats], [r["wall_s"] for r in rs])
+        ram_all = _linfit([f["ram_bytes"] / GIB for f in feats], peaks)
+        wall_all = _linfit([f["work"] for f in feats], walls)
+        sizes = [s["ram"]["size"] for s in rs]
+        projected = [s["wall"]["size"] for s in rs if s["wall"].get("exit") != 0]
+        other = {s["ram"]["size"]: s["ram"]["cpu"] for s in rs if s["ram"].get("cpu") != ref}
         out[scheme] = {
             "ram": [round(ram[0], 4), ram[1]], "wall": [round(wall[0], 2), wall[1]],
             "ram_all": [round(ram_all[0], 4), ram_all[1]], "wall_all": [round(wall_all[0], 2), wall_all[1]],
-            "fitted_on": [r["size"] for r in fit], "checked_on": check["size"],
-            **({"projected": projected} if (projected := [r["size"] for r in rs if r.get("exit") != 0]) else {}),
-            "check": {"ram_gib": [round(p_ram, 2), check["peak_anon_gib"]],
-                      "wall_s": [round(p_wall, 1), check["wall_s"]],
-                      "ram_error": round(p_ram / check["peak_anon_gib"] - 1, 3),
-                      "wall_error": round(p_wall / check["wall_s"] - 1, 3)},
+            "fitted_on": sizes[:-1], "checked_on": sizes[-1],
+            **({"projected": projected} if projected else {}),
+            **({"peaks_on_other_cpu": other} if other else {}),
+            "check": {"ram_gib": [round(p_ram, 2), peaks[-1]],
+                      "wall_s": [round(p_wall, 1), walls[-1]],
+                      "ram_error": round(p_ram / peaks[-1] - 1, 3),
+                      "wall_error": round(p_wall / walls[-1] - 1, 3)},
         }
     out.update(fit_one_size(rows, features_of, order, skip=set(out)))
     return out

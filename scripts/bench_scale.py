@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             from llmq.models import folder_size
 
             size_b = folder_size(out, ("*.safetensors", "*.gguf")) if out.is_dir() else None
-            row = {"scheme": name, "size": size, "cap_gib": a.cap, **r, "output_bytes": size_b,
+            row = {"scheme": name, "size": size, "cap_gib": a.cap, **r, "output_bytes": size_b, "cpu": cpu_name(),
                    **({"env": env} if (env := run_env()) else {}),
                    "formula_gib": whole_model_formula(name, size),
                    "loadavg": [round(load0, 1), round(os.getloadavg()[0], 1)],
@@ -353,14 +353,19 @@ def _last_json(out: str) -> object:
 
 
 def update(rows: list[dict], cpu: str, path: Path = OUT_JSON, eval_rows: list[dict] | None = None) -> None:
-    """Merge ``rows`` (one per scheme, size and memory settings; newest wins), refit, write the table
-    and the costs."""
+    """Merge ``rows`` (one per scheme, size, memory settings and CPU; newest wins), refit, write the
+    table and the costs. A row without ``cpu`` was measured here (``cpu``, new rows) or, in the file,
+    on the CPU the file named before rows named their own."""
     from llmq import cost
 
     data = json.loads(path.read_text()) if path.is_file() else {}
+    for r in data.get("rows", []):
+        r.setdefault("cpu", data.get("cpu", cpu))
+    rows = [{**r, "cpu": r.get("cpu") or cpu} for r in rows]
     old = {_key(r): r for r in data.get("rows", [])}
     old.update({_key(r): r for r in rows})
-    data.update(command=__doc__.split("\n\n")[1].strip(), cpu=cpu, rows=sorted(old.values(), key=_order))
+    merged = sorted(old.values(), key=_order)
+    data.update(command=__doc__.split("\n\n")[1].strip(), cpu=cost.reference_cpu(merged), rows=merged)
     if eval_rows:
         ev = {(r["kind"], r["size"]): r for r in data.get("eval_rows", [])}
         ev.update({(r["kind"], r["size"]): r for r in eval_rows})
@@ -369,7 +374,7 @@ def update(rows: list[dict], cpu: str, path: Path = OUT_JSON, eval_rows: list[di
     write_record(path, data, command=data.pop("command"))
     if path.resolve() == OUT_JSON.resolve():  # a record elsewhere (a trial run) leaves the shipped costs alone
         cost.write_coefficients(data["fit"], source=str(path.relative_to(ROOT)))
-    print(format_table(data["rows"]))
+    print(format_table(data["rows"], data["cpu"]))
 
 
 def run_args(scheme_name: str, size: str) -> tuple[str, list[str]]:
@@ -432,15 +437,16 @@ def run_env() -> dict[str, str]:
 
 
 def _key(r: dict) -> tuple:
-    return r["scheme"], r["size"], tuple(sorted((r.get("env") or {}).items()))
+    return r["scheme"], r["size"], tuple(sorted((r.get("env") or {}).items())), r.get("cpu") or ""
 
 
 def _order(r: dict) -> tuple:
     sizes = (*SIZES, "7B-2L")
-    return r["scheme"], sizes.index(r["size"]) if r["size"] in sizes else len(sizes), _key(r)[2]
+    return r["scheme"], sizes.index(r["size"]) if r["size"] in sizes else len(sizes), _key(r)[2:]
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict], cpu: str | None = None) -> str:
+    """One line per row; a row measured on another CPU than ``cpu`` (the reference) names its own."""
     out = [f"{'scheme':22} {'size':5} {'exit':>7} {'cgroup GiB':>10} {'anon GiB':>8} {'formula GiB':>11} {'wall s':>8} "
            f"{'projected s':>11} {'output GB':>9}"]
     for r in rows:
@@ -449,7 +455,8 @@ def format_table(rows: list[dict]) -> str:
         pj = (r.get("layers") or {}).get("projected_total_s") if r.get("exit") != 0 else None  # stopped by --timeout
         out.append(f"{r['scheme']:22} {r['size']:5} {r['exit']:>7} {r['peak_cgroup_gib'] or 0:>10.2f} "
                    f"{r['peak_anon_gib'] or 0:>8.2f} {fg:>11} {r['wall_s']:>8.0f} {pj or '-':>11} {ob:>9}"
-                   + "".join(f" {k}={v}" for k, v in (r.get("env") or {}).items()))
+                   + "".join(f" {k}={v}" for k, v in (r.get("env") or {}).items())
+                   + (f" [{r['cpu']}]" if cpu and r.get("cpu") not in (None, cpu) else ""))
     return "\n".join(out)
 
 

@@ -118,3 +118,17 @@ def test_runs_under_changed_memory_settings_are_not_fitted():
     rows = _rows()
     variant = {**rows[3], "peak_anon_gib": 99.0, "env": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}
     assert cost.fit_rows(rows + [variant], _features) == cost.fit_rows(rows, _features)
+
+
+def test_times_come_from_the_reference_cpu_and_peaks_from_the_newest_run():
+    """GPTQ remeasured on a CPU without native bf16 (calibration several times slower) after its
+    peak fell: the fit keeps the reference CPU's times and takes the newer peaks."""
+    rows = [{**r, "cpu": "fast", "when": "2026-01-01"} for r in _rows()]
+    newer = [{**r, "cpu": "slow", "when": "2026-02-01", "wall_s": r["wall_s"] * 5,
+              "peak_anon_gib": r["peak_anon_gib"] * 0.8} for r in _rows()]
+    base = cost.fit_rows(rows, _features)["x"]
+    fit = cost.fit_rows(rows + newer[:2] + rows[:1], _features)["x"]  # more "fast" rows: the reference
+    assert fit["wall"] == base["wall"] and fit["check"]["wall_s"] == base["check"]["wall_s"]
+    assert fit["check"]["ram_gib"][1] == base["check"]["ram_gib"][1]  # 7B: no newer row
+    assert fit["ram"] != base["ram"] and fit["peaks_on_other_cpu"] == {"demo": "slow", "1B": "slow"}
+    assert cost.reference_cpu(rows + newer[:2]) == "fast" and cost.reference_cpu([]) is None

@@ -106,3 +106,21 @@ def test_a_trace_folder_that_cannot_be_made_is_refused_before_any_run(bench, tmp
         bench.main(["--models", str(tmp_path), "--work", str(tmp_path / "w"), "--trace", str(blocker)])
     assert e.value.code == 2 and "--trace: cannot make the folder" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_rows_from_another_cpu_sit_beside_the_reference_rows(bench, tmp_path, monkeypatch):
+    """A row names the CPU that measured it; rows the file held before rows did get the file's CPU,
+    and a row from another CPU never replaces the reference CPU's (whose times the fit uses)."""
+    monkeypatch.setattr(bench, "features_of", lambda s, z: {"ram_bytes": 1.0, "work": 1.0})
+    monkeypatch.setattr(bench, "write_record", lambda path, data, command: path.write_text(json.dumps(data)))
+    row = {"scheme": "gptq-int4", "size": "1B", "exit": 0, "peak_cgroup_gib": 3.0, "peak_anon_gib": 2.0,
+           "wall_s": 600.0, "output_bytes": None}
+    path = tmp_path / "rec.json"
+    path.write_text(json.dumps({"cpu": "fast", "rows": [row, {**row, "size": "3B"}]}))  # rows without cpu
+    bench.update([{**row, "peak_anon_gib": 1.4, "wall_s": 2400.0}], "slow", path)
+    data = json.loads(path.read_text())
+    assert [(r["size"], r["cpu"], r["peak_anon_gib"]) for r in data["rows"]] == [
+        ("1B", "fast", 2.0), ("1B", "slow", 1.4), ("3B", "fast", 2.0)]
+    assert data["cpu"] == "fast"  # the CPU with the most rows
+    table = bench.format_table(data["rows"], data["cpu"]).splitlines()
+    assert table[2].endswith("[slow]") and not table[1].endswith("]")

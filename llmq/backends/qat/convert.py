@@ -128,7 +128,7 @@ def to_gptq(model: Any, cfg: Any, dtype: Any = None) -> Any:
     import torch
     from torchao.quantization.qat import FakeQuantizedLinear
 
-    from llmq.backends.gptqmodel import ensure_cpu_workers
+    from llmq.backends.gptqmodel_cpu import ensure_cpu_workers
     from llmq.safety import check_finite
 
     ensure_cpu_workers()
