@@ -30,6 +30,9 @@ class CostFeatures:
     ram_bytes: float  # what the plugin holds at its peak, by its own formula
     work: float  # what the wall time grows with: parameters, times calibration tokens when it calibrates
     streams: bool = True  # memory bounded by a layer (False: the whole model is in memory)
+    #: its time is mostly bf16/fp16 matmuls on CPU (GPTQ's calibration forwards): several times
+    #: slower on a CPU without native bf16 than on the reference CPU (scripts/bench_cpu_dtypes.py)
+    half_matmuls: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,10 +234,10 @@ def fit_one_size(rows: list[dict], features_of: Callable[[str, str], dict],
     return out
 
 
-def write_coefficients(fit: dict[str, Any], source: str, path: Path = COSTS_FILE) -> None:
+def write_coefficients(fit: dict[str, Any], source: str, path: Path = COSTS_FILE, cpu: str | None = None) -> None:
     """The coefficients ``project`` reads: refitted on every measured size, the checked one included
-    (the check of the fit without it is in ``source``)."""
-    data = {"basis": f"fitted to {source} (scripts/bench_scale.py)", "schemes": {
+    (the check of the fit without it is in ``source``); ``cpu``: the one whose times they fit."""
+    data = {"basis": f"fitted to {source} (scripts/bench_scale.py)", **({"cpu": cpu} if cpu else {}), "schemes": {
         s: {"ram": f["ram_all"], "wall": f["wall_all"], "check": f["check"],
             "sizes": f["fitted_on"] + ([f["checked_on"]] if f["checked_on"] else []),
             **({"one_size": True} if f.get("one_size") else {}),

@@ -373,7 +373,7 @@ def update(rows: list[dict], cpu: str, path: Path = OUT_JSON, eval_rows: list[di
     data["fit"] = cost.fit_rows(data["rows"], features_of)
     write_record(path, data, command=data.pop("command"))
     if path.resolve() == OUT_JSON.resolve():  # a record elsewhere (a trial run) leaves the shipped costs alone
-        cost.write_coefficients(data["fit"], source=str(path.relative_to(ROOT)))
+        cost.write_coefficients(data["fit"], source=str(path.relative_to(ROOT)), cpu=data["cpu"])
     print(format_table(data["rows"], data["cpu"]))
 
 

@@ -92,3 +92,15 @@ def test_ram_gb_is_capped_by_the_cgroup(monkeypatch):
     monkeypatch.setattr(hardware, "cgroup_memory", lambda: (3 * 2**30, 2**30))
     total, avail = hardware.ram_gb()
     assert total == 3.0 and avail == 1.0
+
+
+def test_native_bf16_reads_the_x86_flags(tmp_path):
+    from llmq.hardware import native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert native_bf16(str(info)) is True
+    info.write_text("model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma f16c\n")  # this VM's kind: AVX2 only
+    assert native_bf16(str(info)) is False
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # aarch64: no x86 flags to read
+    assert native_bf16(str(info)) is None and native_bf16(str(tmp_path / "missing")) is None

@@ -357,9 +357,11 @@ class GPTQModelBackend(Backend):
         tokens = config.n_samples * config.seqlen
         hess = sum(4 * l.in_features ** 2 for l in profile.linears
                    if l.in_layers and ".layers.0." in f".{l.name}")
-        solve = 0 if isinstance(config, AWQConfig) else GPTQ_SOLVE_TOKENS
-        return streamed(profile, 4, 0, calibration_bytes(profile, tokens) + hess,
-                        work=profile.parameters * (tokens + solve))
+        awq = isinstance(config, AWQConfig)
+        feats = streamed(profile, 4, 0, calibration_bytes(profile, tokens) + hess,
+                         work=profile.parameters * (tokens + (0 if awq else GPTQ_SOLVE_TOKENS)))
+        feats.half_matmuls = not awq  # GPTQ calibrates in the checkpoint's dtype; AWQ in fp32 on CPU
+        return feats
 
     @classmethod
     def card_facts(cls, meta: dict, repo: str) -> CardFacts:

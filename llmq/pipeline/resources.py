@@ -92,6 +92,7 @@ def check_resources(source: Any, scheme: Any, config: Any, backend_cls: Any, dev
     """State the projection; raise :class:`NotEnoughMemory` (one line, naming what would fit) when
     the projected peak exceeds the available RAM. CPU only: GPU memory is the advisor's concern."""
     from llmq import hardware
+    from llmq.cost import load_coefficients
 
     if not device.startswith("cpu"):
         return None
@@ -100,6 +101,10 @@ def check_resources(source: Any, scheme: Any, config: Any, backend_cls: Any, dev
     if p is not None:
         note(f"llmq: projected on this machine: {p.describe()} for {prof.parameters / 1e9:.2f}B parameters "
              f"({avail:.1f} GiB RAM available; {p.basis}).")
+        if feats.half_matmuls and hardware.native_bf16() is False and "bf16" in load_coefficients().get("cpu", ""):
+            note(f"llmq: this CPU has no native bf16 (AVX512-BF16 or AMX) and the CPU these times were measured on "
+                 f"had: {scheme.name}'s calibration runs bf16 matmuls, 3-5x slower here "
+                 "(scripts/bench_cpu_dtypes.py), so expect several times the projected time.")
         if p.ram_gib > avail:
             raise NotEnoughMemory(f"{scheme.name} on this model needs about {p.ram_gib:.1f} GiB RAM at peak but "
                                   f"{avail:.1f} GiB is available; " + _hints(prof, scheme, config, backend_cls, avail))

@@ -92,3 +92,18 @@ def test_the_same_export_of_the_demo_fits(llama7b_config):
     demo = resolve_model(None).local_dir()
     p, notes = _check(demo, "int8-dynamic", available=8.0, format="compressed-tensors")
     assert p is not None and p.ram_gib < 8.0  # the measured projection, then the export's formula, both fit
+
+
+@pytest.mark.parametrize("native,said", [(False, True), (True, False), (None, False)])
+def test_a_cpu_without_native_bf16_is_warned_for_gptq(llama7b_config, monkeypatch, native, said):
+    """GPTQ's calibration forwards run in bf16: the demo's gptq-int4 took 571 s on an AVX2-only CPU
+    against 106 s on the AVX512-BF16 CPU the times were fitted on; the projection says so there."""
+    from llmq import cost, hardware
+
+    real = cost.load_coefficients()
+    monkeypatch.setattr(cost, "load_coefficients", lambda *a: {**real, "cpu": "AMD EPYC (avx512_vnni, avx512_bf16)"})
+    monkeypatch.setattr(hardware, "native_bf16", lambda *a: native)
+    _, notes = _check(llama7b_config, "gptq-int4", available=64.0, **CALIB)
+    assert any("no native bf16" in n for n in notes) is said
+    _, notes = _check(llama7b_config, "int8-dynamic", available=64.0)  # no calibration matmuls in bf16
+    assert not any("no native bf16" in n for n in notes)
