@@ -71,19 +71,27 @@ def cpu_cores() -> int:
 SPEED_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
+def _cpuinfo(cpuinfo: str) -> tuple[str, set[str] | None] | None:
+    """``(model name, x86 flags or None)`` from ``/proc/cpuinfo``; None where it cannot be read."""
+    try:
+        with open(cpuinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
+    flags = next((set(ln.split(":", 1)[1].split()) for ln in lines if ln.startswith("flags")), None)
+    return name, flags
+
+
 def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's model name and which of :data:`SPEED_FLAGS` it has (``/proc/cpuinfo`` on Linux,
     ``platform.processor()`` elsewhere), for benchmark records: the same code's speed ratios differ
     between CPUs."""
-    try:
-        with open(cpuinfo) as f:
-            info = f.read()
-    except OSError:
+    info = _cpuinfo(cpuinfo)
+    if info is None:
         return platform.processor() or platform.machine() or "unknown CPU"
-    lines = info.splitlines()
-    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
-    flags = next((set(ln.split(":", 1)[1].split()) for ln in lines if ln.startswith("flags")), set())
-    have = [f for f in SPEED_FLAGS if f in flags]
+    name, flags = info
+    have = [f for f in SPEED_FLAGS if f in (flags or set())]
     return f"{name} ({', '.join(have) or 'no AVX512-VNNI/BF16, no AMX'})"
 
 
@@ -91,11 +99,7 @@ def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     """Whether this x86 CPU multiplies bf16 natively (AVX512-BF16 or AMX); None where
     ``/proc/cpuinfo`` has no x86 flags to tell. Without it a bf16 matmul ran 3-5x slower than fp32
     (``scripts/bench_cpu_dtypes.py``, AMD EPYC without AVX512-BF16)."""
-    try:
-        with open(cpuinfo) as f:
-            flags = next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), None)
-    except OSError:
-        return None
+    flags = (_cpuinfo(cpuinfo) or ("", None))[1]
     return None if not flags else bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
